@@ -1,0 +1,37 @@
+# prism-sock: top-level entry points. `make test` and `make demo` install what is missing.
+KDIR ?= $(shell KERNEL_FLAVOR=$(KERNEL_FLAVOR) qemu-test/build-kernel.sh)
+KERNEL_FLAVOR ?= default
+export KERNEL_FLAVOR
+
+.PHONY: setup kernel module tools test test-host test-guest demo lint clean
+
+setup:
+	@scripts/setup.sh
+
+kernel: setup
+	@echo "kernel tree: $(KDIR)"
+
+module: setup
+	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 modules
+
+tools: setup
+	cargo build --release --workspace --bins
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-host: setup
+	cargo test --workspace
+
+test-guest: module tools
+	qemu-test/run-guest.sh suite
+
+test: test-host test-guest
+
+demo: module tools
+	qemu-test/run-guest.sh demo
+
+clean:
+	-[ -d "$(KDIR)" ] && $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean
+	cargo clean

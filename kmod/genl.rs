@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Safe wrappers over the generic netlink calls the command handlers need: reading a
+//! request's attributes, answering with an extended-ack message, building a reply.
+
+use crate::bindings as b;
+use crate::stats::{Stats, STATS};
+use core::ffi::{c_int, c_void};
+use core::mem::ManuallyDrop;
+use core::ptr::NonNull;
+use kernel::prelude::*;
+use kernel::str::CStr;
+
+/// Builds a kernel error from one of the uapi errno constants.
+pub(crate) fn errno(code: u32) -> Error {
+    // Errno constants are small positive numbers; `from_errno` wants them negated.
+    Error::from_errno(-(code as c_int))
+}
+
+/// A command handler: reads the request, sends its reply, or fails with an errno.
+pub(crate) type Handler = fn(&Request<'_>) -> Result;
+
+/// Runs `handler` for a `doit` callback and turns its result into an errno.
+///
+/// # Safety
+///
+/// `info` must be the `genl_info` that genetlink passed to a `doit` callback whose
+/// operation was validated against a policy of `maxattr + 1` entries.
+pub(crate) unsafe fn dispatch(info: *mut b::genl_info, maxattr: u16, handler: Handler) -> c_int {
+    // SAFETY: the caller guarantees `info` is valid for the whole callback.
+    let info = unsafe { &*info };
+    let req = Request { info, maxattr };
+    match handler(&req) {
+        Ok(()) => 0,
+        Err(e) => {
+            Stats::bump(&STATS.errors);
+            e.to_errno()
+        }
+    }
+}
+
+/// A validated request, alive for the duration of one `doit` callback.
+pub(crate) struct Request<'a> {
+    info: &'a b::genl_info,
+    maxattr: u16,
+}
+
+impl Request<'_> {
+    /// The attribute `kind` if the request carried it.
+    pub(crate) fn attr(&self, kind: u16) -> Option<&b::nlattr> {
+        if kind > self.maxattr || self.info.attrs.is_null() {
+            return None;
+        }
+        // SAFETY: genetlink parsed the request into an array of `maxattr + 1` entries
+        // (checked above), each null or pointing into the request skb.
+        unsafe { (*self.info.attrs.add(kind as usize)).as_ref() }
+    }
+
+    /// The u32 attribute `kind`; its length was checked by the policy.
+    pub(crate) fn attr_u32(&self, kind: u16) -> Option<(u32, &b::nlattr)> {
+        // SAFETY: the policy of every u32 attribute enforces a 4-byte payload.
+        self.attr(kind).map(|a| (unsafe { b::prism_nla_get_u32(a) }, a))
+    }
+
+    /// Sets the extended-ack message, pointing at `attr` when given.
+    pub(crate) fn set_err(&self, attr: Option<&b::nlattr>, msg: &'static CStr) {
+        let extack = self.info.extack;
+        if extack.is_null() {
+            return;
+        }
+        // SAFETY: `extack` belongs to this request and outlives the callback; the message
+        // is static, as `NL_SET_ERR_MSG` requires, and `attr` points into the request.
+        unsafe {
+            (*extack)._msg = msg.as_char_ptr();
+            if let Some(attr) = attr {
+                (*extack).bad_attr = attr;
+            }
+        }
+    }
+
+    /// Starts the reply to this request.
+    pub(crate) fn reply(&self, cmd: u8) -> Result<Message<'_>> {
+        let mut msg = Message::new(b::PRISM_NLMSG_GOODSIZE)?;
+        // SAFETY: `msg.skb` is a fresh netlink skb and `info.family` is the registered
+        // family that received the request.
+        let hdr = unsafe {
+            b::genlmsg_put(
+                msg.skb.as_ptr(),
+                self.info.snd_portid,
+                self.info.snd_seq,
+                self.info.family,
+                0,
+                cmd,
+            )
+        };
+        if hdr.is_null() {
+            return Err(errno(b::EMSGSIZE));
+        }
+        msg.hdr = hdr;
+        msg.req = Some(self);
+        Ok(msg)
+    }
+}
+
+/// A generic netlink message being built; freed unless it was sent.
+pub(crate) struct Message<'a> {
+    skb: NonNull<b::sk_buff>,
+    hdr: *mut c_void,
+    req: Option<&'a Request<'a>>,
+}
+
+impl<'a> Message<'a> {
+    fn new(size: usize) -> Result<Self> {
+        // SAFETY: plain allocation; GFP_KERNEL is fine, handlers run in process context.
+        let skb = unsafe { b::prism_genlmsg_new(size, kernel::bindings::GFP_KERNEL) };
+        let skb = NonNull::new(skb).ok_or(ENOMEM)?;
+        Ok(Self { skb, hdr: core::ptr::null_mut(), req: None })
+    }
+
+    fn put(&mut self, kind: u16, data: &[u8]) -> Result {
+        // SAFETY: `skb` is owned by this message; `data` is valid for its length.
+        let ret = unsafe {
+            b::nla_put(self.skb.as_ptr(), kind.into(), data.len() as c_int, data.as_ptr().cast())
+        };
+        to_result(ret)
+    }
+
+    pub(crate) fn put_u32(&mut self, kind: u16, value: u32) -> Result {
+        self.put(kind, &value.to_ne_bytes())
+    }
+
+    pub(crate) fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result {
+        let bytes = value.to_ne_bytes();
+        // SAFETY: `skb` is owned by this message; `bytes` is valid for 8 bytes.
+        let ret = unsafe {
+            b::nla_put_64bit(self.skb.as_ptr(), kind.into(), 8, bytes.as_ptr().cast(), pad.into())
+        };
+        to_result(ret)
+    }
+
+    pub(crate) fn put_str(&mut self, kind: u16, value: &CStr) -> Result {
+        self.put(kind, value.as_bytes_with_nul())
+    }
+
+    /// Finishes the message and sends it to the requester.
+    pub(crate) fn send_reply(self) -> Result {
+        let req = self.req.ok_or(EINVAL)?;
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `hdr` was returned by `genlmsg_put` on this skb; `genlmsg_reply` takes
+        // ownership of the skb whatever it returns, so it is not freed again.
+        let ret = unsafe {
+            b::prism_genlmsg_end(this.skb.as_ptr(), this.hdr);
+            b::prism_genlmsg_reply(this.skb.as_ptr(), core::ptr::from_ref(req.info).cast_mut())
+        };
+        to_result(ret)
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the skb is still owned by this message (sending forgets it).
+        unsafe { b::prism_nlmsg_free(self.skb.as_ptr()) };
+    }
+}
+
+/// Maps a C return value (0 or a negative errno) to a `Result`.
+pub(crate) fn to_result(ret: c_int) -> Result {
+    if ret < 0 {
+        Err(Error::from_errno(ret))
+    } else {
+        Ok(())
+    }
+}

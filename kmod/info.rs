@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `GET_INFO`: module version, protocol version and counters.
+
+use crate::genl::{errno, Request};
+use crate::stats::{Stats, STATS};
+use crate::uapi::{self, attr, cmd};
+use crate::bindings as b;
+use kernel::c_str;
+use kernel::prelude::*;
+
+pub(crate) fn get_info(req: &Request<'_>) -> Result {
+    if let Some((version, a)) = req.attr_u32(attr::PROTO_VERSION) {
+        if version == 0 {
+            req.set_err(Some(a), c_str!("proto-version must be at least 1"));
+            return Err(EINVAL);
+        }
+        if version > uapi::PROTO_VERSION {
+            req.set_err(Some(a), c_str!("caller speaks a newer protocol than this module"));
+            return Err(errno(b::EPROTONOSUPPORT));
+        }
+    }
+    let mut msg = req.reply(cmd::GET_INFO)?;
+    msg.put_str(attr::MODULE_VERSION, uapi::MODULE_VERSION)?;
+    msg.put_u32(attr::PROTO_VERSION, uapi::PROTO_VERSION)?;
+    msg.put_u64(attr::EXPORTS, Stats::get(&STATS.exports), attr::PAD)?;
+    msg.put_u64(attr::IMPORTS, Stats::get(&STATS.imports), attr::PAD)?;
+    msg.put_u64(attr::RELEASES, Stats::get(&STATS.releases), attr::PAD)?;
+    msg.put_u64(attr::ERRORS, Stats::get(&STATS.errors), attr::PAD)?;
+    msg.send_reply()
+}

@@ -1,0 +1,255 @@
+//! Foundation: module lifecycle, GET_INFO over userlib and YNL, policy validation with
+//! extended acks, and the multi-host topology.
+
+use crate::check;
+use crate::harness::{sh, Env, Log, Test, TestResult};
+use crate::module;
+use crate::netlink_raw;
+use crate::topology::{self, in_ns, Topology};
+use prism_sock::uapi::{InfoAttr, PROTO_VERSION};
+use prism_sock::{Client, Error};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test { name: "userlib_reports_module_not_loaded", run: not_loaded },
+        Test { name: "insmod_rmmod_100_times", run: load_unload_100 },
+        Test { name: "get_info_over_userlib", run: get_info_userlib },
+        Test { name: "get_info_counts_errors_and_checks_version", run: get_info_version },
+        Test { name: "get_info_over_ynl_cli", run: get_info_ynl },
+        Test { name: "events_group_via_ynl_needs_net_admin", run: events_subscribe },
+        Test { name: "malformed_unknown_attribute", run: malformed_unknown },
+        Test { name: "malformed_wrong_length", run: malformed_wrong_length },
+        Test { name: "malformed_reply_only_attribute", run: malformed_reply_only },
+        Test { name: "malformed_truncated_attribute", run: malformed_truncated_attr },
+        Test { name: "malformed_truncated_header", run: malformed_truncated_header },
+        Test { name: "topology_client_reaches_vip_on_fe", run: topology_reachability },
+    ]
+}
+
+const GET_INFO: u8 = 1;
+const EINVAL: i32 = libc::EINVAL;
+
+fn loaded(env: &Env, log: &mut Log) -> Result<Client, String> {
+    module::load(log, &env.module)?;
+    Client::connect().map_err(|e| format!("connect: {e}"))
+}
+
+fn not_loaded(_env: &Env, _log: &mut Log) -> TestResult {
+    match Client::connect() {
+        Err(Error::ModuleNotLoaded) => Ok(()),
+        Err(e) => Err(format!("expected ModuleNotLoaded, got {e}")),
+        Ok(_) => Err("connected although the module is not loaded".into()),
+    }
+}
+
+fn sunreclaim_kib() -> Result<i64, String> {
+    let m = std::fs::read_to_string("/proc/meminfo").map_err(|e| e.to_string())?;
+    m.lines()
+        .find_map(|l| l.strip_prefix("SUnreclaim:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no SUnreclaim in /proc/meminfo".into())
+}
+
+fn load_unload_100(env: &Env, log: &mut Log) -> TestResult {
+    // Warm up once so one-time allocations (module loader caches) are not counted.
+    module::load(log, &env.module)?;
+    module::unload(log)?;
+    let before = sunreclaim_kib()?;
+    for i in 0..100 {
+        module::load(&mut Log::default(), &env.module).map_err(|e| format!("round {i}: {e}"))?;
+        check!(module::is_loaded(), "round {i}: module not in /sys/module after insmod");
+        if i % 25 == 0 {
+            let c = Client::connect().map_err(|e| format!("round {i}: {e}"))?;
+            c.info().map_err(|e| format!("round {i}: {e}"))?;
+        }
+        module::unload(&mut Log::default()).map_err(|e| format!("round {i}: {e}"))?;
+        check!(!module::is_loaded(), "round {i}: module still present after rmmod");
+    }
+    let after = sunreclaim_kib()?;
+    log.line(format!("SUnreclaim before {before} kB, after {after} kB"));
+    // A Definition is ~1 KiB: leaking one per round would show as >= 100 KiB.
+    check!(after - before < 100, "unreclaimable slab grew by {} kB over 100 rounds", after - before);
+    check!(matches!(Client::connect(), Err(Error::ModuleNotLoaded)), "family still registered after rmmod");
+    Ok(())
+}
+
+fn get_info_userlib(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    let info = c.info().map_err(|e| e.to_string())?;
+    log.line(format!("{info:?}"));
+    check!(info.module_version == env!("CARGO_PKG_VERSION"), "module version {}", info.module_version);
+    check!(info.proto_version == PROTO_VERSION, "proto version {}", info.proto_version);
+    check!(
+        info.exports == 0 && info.imports == 0 && info.releases == 0 && info.errors == 0,
+        "fresh module has non-zero counters: {info:?}"
+    );
+    Ok(())
+}
+
+fn expect_refusal(res: Result<impl std::fmt::Debug, Error>, errno: i32, msg: &str) -> TestResult {
+    match res {
+        Err(Error::Kernel(k)) => {
+            check!(k.errno == errno, "errno {} ({}), expected {errno}", k.errno, k);
+            check!(
+                k.message.as_deref().is_some_and(|m| m.contains(msg)),
+                "extack message {:?}, expected one containing {msg:?}",
+                k.message
+            );
+            Ok(())
+        }
+        other => Err(format!("expected errno {errno} with {msg:?}, got {other:?}")),
+    }
+}
+
+fn get_info_version(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    let newer = (PROTO_VERSION + 1).to_ne_bytes().to_vec();
+    expect_refusal(
+        c.raw_request(GET_INFO, &[(InfoAttr::ProtoVersion.into(), newer)]),
+        libc::EPROTONOSUPPORT,
+        "newer protocol",
+    )?;
+    expect_refusal(
+        c.raw_request(GET_INFO, &[(InfoAttr::ProtoVersion.into(), 0u32.to_ne_bytes().to_vec())]),
+        EINVAL,
+        "at least 1",
+    )?;
+    let info = c.info().map_err(|e| e.to_string())?;
+    check!(info.errors == 2, "errors counter {} after two refused requests", info.errors);
+    Ok(())
+}
+
+fn ynl(env: &Env, log: &mut Log, prefix: &[&str], args: &[&str]) -> Result<String, String> {
+    let spec = env.spec.to_string_lossy();
+    let schema = env.schema.to_string_lossy();
+    let ynl = env.ynl.to_string_lossy();
+    let mut all: Vec<&str> = prefix.to_vec();
+    all.extend(["python3", &ynl, "--spec", &spec, "--schema", &schema]);
+    all.extend(args);
+    sh(log, all[0], &all[1..])
+}
+
+fn get_info_ynl(env: &Env, log: &mut Log) -> TestResult {
+    let _c = loaded(env, log)?;
+    let out = ynl(env, log, &[], &["--do", "get-info", "--json", r#"{"proto-version": 1}"#, "--output-json"])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| format!("ynl output: {e}: {out}"))?;
+    check!(v["module-version"] == env!("CARGO_PKG_VERSION"), "module-version {}", v["module-version"]);
+    check!(v["proto-version"] == PROTO_VERSION, "proto-version {}", v["proto-version"]);
+    for k in ["exports", "imports", "releases", "errors"] {
+        check!(v[k].is_u64(), "{k} missing in {v}");
+    }
+    Ok(())
+}
+
+fn events_subscribe(env: &Env, log: &mut Log) -> TestResult {
+    let _c = loaded(env, log)?;
+    ynl(env, log, &[], &["--subscribe", "events", "--sleep", "0.2"])?;
+    // Same user, CAP_NET_ADMIN removed: joining the group must be refused.
+    let denied = ynl(
+        env,
+        log,
+        &["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--"],
+        &["--subscribe", "events", "--sleep", "0.2"],
+    );
+    match denied {
+        Err(e) => {
+            check!(e.contains("Operation not permitted") || e.contains("EPERM") || e.contains("[Errno 1]"), "{e}");
+            Ok(())
+        }
+        Ok(out) => Err(format!("subscribing without CAP_NET_ADMIN succeeded: {out}")),
+    }
+}
+
+fn malformed_unknown(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    expect_refusal(c.raw_request(GET_INFO, &[(250, vec![0; 4])]), EINVAL, "Unknown attribute type")
+}
+
+fn malformed_wrong_length(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    expect_refusal(
+        c.raw_request(GET_INFO, &[(InfoAttr::ProtoVersion.into(), vec![1])]),
+        EINVAL,
+        "invalid attribute length",
+    )
+}
+
+fn malformed_reply_only(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    // `exports` exists in the attribute set but is not part of the request.
+    expect_refusal(c.raw_request(GET_INFO, &[(InfoAttr::Exports.into(), vec![0; 8])]), EINVAL, "")
+}
+
+fn malformed_truncated_attr(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    // An attribute header announcing 8 bytes with only 6 in the message.
+    let attr = [8u8, 0, 3, 0, 1, 0];
+    let ack = netlink_raw::request(c.family_id(), GET_INFO, &attr, 0).map_err(|e| e.to_string())?;
+    log.line(format!("{ack:?}"));
+    check!(ack.errno == EINVAL, "errno {}", ack.errno);
+    check!(
+        ack.message.as_deref() == Some("bytes leftover after parsing attributes"),
+        "extack {:?}",
+        ack.message
+    );
+    Ok(())
+}
+
+fn malformed_truncated_header(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    // The netlink length cuts the generic netlink header in half.
+    let ack = netlink_raw::request(c.family_id(), GET_INFO, &[], -2).map_err(|e| e.to_string())?;
+    log.line(format!("{ack:?}"));
+    check!(ack.errno == EINVAL, "errno {}", ack.errno);
+    // The module is still healthy afterwards.
+    c.info().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn echo_once(listener: TcpListener) -> std::io::Result<()> {
+    let (mut s, _) = listener.accept()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    s.write_all(&buf[..n])
+}
+
+fn topology_reachability(_env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    for v6 in [false, true] {
+        let vip = SocketAddr::new(topology::vip(v6), 8080);
+        let listener = in_ns("fe", move || TcpListener::bind(vip))?.map_err(|e| format!("bind {vip}: {e}"))?;
+        let server = std::thread::spawn(move || echo_once(listener));
+        let reply = in_ns("client", move || -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(10))?;
+            s.write_all(b"hello vip")?;
+            let mut buf = vec![0u8; 9];
+            s.read_exact(&mut buf)?;
+            Ok(buf)
+        })?
+        .map_err(|e| format!("client -> {vip}: {e}"))?;
+        server.join().map_err(|_| "server panicked")?.map_err(|e| format!("server: {e}"))?;
+        check!(reply == b"hello vip", "echo mismatch: {reply:?}");
+        log.line(format!("client reached {vip} on fe"));
+        // Nodes reach each other on their own addresses (the control path).
+        let be1 = SocketAddr::new(topology::addr("be1", v6), 9090);
+        let l = in_ns("be1", move || TcpListener::bind(be1))?.map_err(|e| format!("bind {be1}: {e}"))?;
+        let srv = std::thread::spawn(move || echo_once(l));
+        in_ns("fe", move || -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&be1, Duration::from_secs(10))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)
+        })?
+        .map_err(|e| format!("fe -> {be1}: {e}"))?;
+        srv.join().map_err(|_| "server panicked")?.map_err(|e| format!("be1 server: {e}"))?;
+        // Every node holds the VIP locally.
+        for node in topology::NODES {
+            in_ns(node, move || TcpListener::bind(SocketAddr::new(topology::vip(v6), 8081)))?
+                .map_err(|e| format!("{node} does not hold the VIP: {e}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! The multi-host test topology, built from network namespaces:
+//!
+//! ```text
+//!   client --- l4 --- fe        every node (fe, be1, be2) holds the VIP on a dummy
+//!              |  \-- be1       device (LVS direct-routing style); l4 routes the VIP
+//!              \----- be2       to fe unless a test or the steering daemon says otherwise
+//! ```
+//!
+//! Host `i` (client=0, fe=1, be1=2, be2=3) sits on 10.0.i.0/24 and fd00:i::/64, with
+//! l4 at .1/::1 and the host at .2/::2.
+
+use crate::harness::{sh, Log};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+/// The service address all nodes hold.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+/// The IPv6 service address all nodes hold.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+/// Hosts behind l4, in subnet order.
+pub const HOSTS: [&str; 4] = ["client", "fe", "be1", "be2"];
+/// The hosts that serve the VIP.
+pub const NODES: [&str; 3] = ["fe", "be1", "be2"];
+/// The router between the client and the nodes.
+pub const L4: &str = "l4";
+
+fn index(host: &str) -> u8 {
+    HOSTS.iter().position(|h| *h == host).expect("unknown host") as u8
+}
+
+/// A host's own (link) address.
+pub fn addr(host: &str, v6: bool) -> IpAddr {
+    let i = index(host);
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, i.into(), 0, 0, 0, 0, 0, 2))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 0, i, 2))
+    }
+}
+
+/// The VIP of one family.
+pub fn vip(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(VIP6)
+    } else {
+        IpAddr::V4(VIP4)
+    }
+}
+
+/// A built topology; dropping it removes every namespace.
+pub struct Topology {
+    _private: (),
+}
+
+impl Topology {
+    /// Builds the topology (removing leftovers of an earlier one first).
+    pub fn up() -> Result<Self, String> {
+        Self::teardown_all();
+        let mut log = Log::default();
+        let t = Topology { _private: () };
+        t.build(&mut log).map_err(|e| format!("{e}\n{}", log.text()))?;
+        Ok(t)
+    }
+
+    fn build(&self, log: &mut Log) -> Result<(), String> {
+        let ip = |log: &mut Log, args: &str| -> Result<(), String> {
+            sh(log, "ip", &args.split_whitespace().collect::<Vec<_>>()).map(|_| ())
+        };
+        for ns in HOSTS.iter().chain([L4].iter()) {
+            ip(log, &format!("netns add {ns}"))?;
+            ip(log, &format!("-n {ns} link set lo up"))?;
+        }
+        for host in HOSTS {
+            let i = index(host);
+            ip(log, &format!("-n {L4} link add l4-{host} type veth peer name eth0 netns {host}"))?;
+            ip(log, &format!("-n {L4} addr add 10.0.{i}.1/24 dev l4-{host}"))?;
+            ip(log, &format!("-n {L4} addr add fd00:{i}::1/64 dev l4-{host} nodad"))?;
+            ip(log, &format!("-n {L4} link set l4-{host} up"))?;
+            ip(log, &format!("-n {host} addr add 10.0.{i}.2/24 dev eth0"))?;
+            ip(log, &format!("-n {host} addr add fd00:{i}::2/64 dev eth0 nodad"))?;
+            ip(log, &format!("-n {host} link set eth0 up"))?;
+            ip(log, &format!("-n {host} route add default via 10.0.{i}.1"))?;
+            ip(log, &format!("-n {host} -6 route add default via fd00:{i}::1"))?;
+        }
+        for node in NODES {
+            ip(log, &format!("-n {node} link add vip0 type dummy"))?;
+            ip(log, &format!("-n {node} addr add {VIP4}/32 dev vip0"))?;
+            ip(log, &format!("-n {node} addr add {VIP6}/128 dev vip0 nodad"))?;
+            ip(log, &format!("-n {node} link set vip0 up"))?;
+        }
+        sh(log, "ip", &["netns", "exec", L4, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        sh(log, "ip", &["netns", "exec", L4, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        Self::route_vip(log, "fe")
+    }
+
+    /// Makes l4 send VIP traffic of every flow without a more specific rule to `node`.
+    pub fn route_vip(log: &mut Log, node: &str) -> Result<(), String> {
+        let i = index(node);
+        sh(log, "ip", &["-n", L4, "route", "replace", &format!("{VIP4}/32"), "via", &format!("10.0.{i}.2")])?;
+        sh(log, "ip", &["-n", L4, "-6", "route", "replace", &format!("{VIP6}/128"), "via", &format!("fd00:{i}::2")])
+            .map(|_| ())
+    }
+
+    /// Removes every namespace of the topology, whether or not it is complete.
+    pub fn teardown_all() {
+        for ns in HOSTS.iter().chain([L4].iter()) {
+            if std::path::Path::new("/run/netns").join(ns).exists() {
+                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        Self::teardown_all();
+    }
+}
+
+/// Runs `f` on a thread that entered network namespace `ns`; sockets it creates live
+/// there for good.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a valid namespace fd we own.
+        let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if ret != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| "namespace thread panicked".to_string())?
+}

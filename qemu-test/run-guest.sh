@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Boots the test kernel under virtme-ng and runs MODE (`suite` or `demo`) in it.
+# Prints each test's result and one line `N passed, N failed`; fails if any test
+# failed, the guest did not boot, the suite did not run, or dmesg shows a kernel splat.
+# Usage: run-guest.sh suite|demo [FILTER]
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+mode=${1:?usage: run-guest.sh suite|demo [FILTER]}
+filter=${2:-${PRISM_TEST_FILTER:-}}
+kdir=$("$here/build-kernel.sh") || exit 1
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
+out=$(mktemp -d /tmp/prism-guest.XXXXXX)
+timeout_s=${GUEST_TIMEOUT:-900}
+
+# KVM is used only when a probe boot on this machine showed that it works; the result is
+# cached (KVM hangs at boot on some hosts, see shared/TOOLCHAIN.md).
+accel=(--disable-kvm)
+probe=$cache/kvm-probe
+if [[ ! -f $probe ]]; then
+  echo "run-guest: probing KVM (once)"
+  if [[ -w /dev/kvm ]] && timeout 60 vng --run "$kdir/arch/x86/boot/bzImage" --user root \
+      --memory 512M --exec "true" </dev/null >/dev/null 2>&1; then
+    echo kvm >"$probe"
+  else
+    echo tcg >"$probe"
+  fi
+fi
+[[ $(cat "$probe") == kvm ]] && accel=()
+echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
+
+start=$SECONDS
+timeout "$timeout_s" vng --run "$kdir/arch/x86/boot/bzImage" "${accel[@]}" --user root \
+  --memory 2G --cpus 2 --rwdir "$out" \
+  --exec "$here/in-guest.sh $mode $out $repo $kdir $filter" </dev/null >"$out/console.log" 2>&1
+vng_rc=$?
+echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
+
+# Any kernel splat fails the run, whatever the tests said.
+splat=$(grep -E "BUG:|WARNING:|Oops|KASAN|general protection|possible circular locking|lockdep|INFO: task .* blocked|Call Trace" \
+  "$out/dmesg.txt" 2>/dev/null)
+leaks=$(grep -c "unreferenced object" "$out/kmemleak.txt" 2>/dev/null || true)
+
+if [[ $mode == demo ]]; then
+  cat "$out/guest.log" 2>/dev/null || cat "$out/console.log"
+  [[ -n $splat ]] && { echo "run-guest: kernel splat in dmesg:"; echo "$splat"; exit 1; }
+  [[ -f $out/guest.rc && $(cat "$out/guest.rc") == 0 ]] || { echo "run-guest: demo failed"; exit 1; }
+  exit 0
+fi
+
+if [[ ! -f $out/results.txt ]]; then
+  echo "run-guest: the suite did not run (guest exit $vng_rc); console:"
+  tail -50 "$out/console.log"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+cat "$out/results.txt"
+passed=$(grep -c '^PASS ' "$out/results.txt")
+failed=$(grep -c '^FAIL ' "$out/results.txt")
+grep '^FAIL ' "$out/results.txt" | while read -r _ name _; do
+  echo "---- $name log:"; cat "$out/logs/$name.log"
+done
+if [[ -n $splat ]]; then
+  echo "---- FAIL dmesg: kernel splat:"; echo "$splat" | head -40; failed=$((failed + 1))
+else
+  passed=$((passed + 1)); echo "PASS dmesg_clean (no BUG/WARNING/Oops/KASAN/lockdep)"
+fi
+if [[ ${leaks:-0} -gt 0 ]]; then
+  echo "---- FAIL kmemleak: $leaks unreferenced objects"; head -40 "$out/kmemleak.txt"; failed=$((failed + 1))
+fi
+if ((passed + failed == 1)); then
+  echo "run-guest: no test ran"; failed=$((failed + 1))
+fi
+echo "$passed passed, $failed failed"
+((failed == 0))

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything prism-sock needs to build and test, skipping what is present.
+# Idempotent: safe to run on every `make test` / `make demo`.
+set -euo pipefail
+
+APT_PKGS=(linux-source-6.12 clang lld llvm libclang-dev qemu-system-x86 bc flex bison
+  libelf-dev libssl-dev cpio iproute2 nftables udev curl strace tcpdump python3-yaml
+  python3-jsonschema kmod xz-utils make busybox-static)
+BINDGEN_VERSION=0.69.5
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "setup: adding rust-src"
+  rustup component add rust-src
+fi
+
+if ! command -v bindgen >/dev/null || ! bindgen --version 2>/dev/null | grep -q " $BINDGEN_VERSION"; then
+  echo "setup: installing bindgen-cli $BINDGEN_VERSION"
+  cargo install bindgen-cli --version "$BINDGEN_VERSION" --locked --quiet
+fi
+
+if ! command -v vng >/dev/null; then
+  echo "setup: installing virtme-ng"
+  pip install --quiet virtme-ng
+fi

@@ -1,0 +1,20 @@
+//! # prism-sock
+//!
+//! User-space side of prism-sock: talks to the `prism_sock` kernel module over its
+//! generic netlink family (see `docs/netlink/prism_sock.yaml`).
+//!
+//! ```no_run
+//! let client = prism_sock::Client::connect()?;
+//! let info = client.info()?;
+//! println!("module {} speaks protocol {}", info.module_version, info.proto_version);
+//! # Ok::<(), prism_sock::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+pub mod uapi;
+
+pub use client::{Client, ModuleInfo};
+pub use error::{Error, Result};
