@@ -14,6 +14,9 @@ use serde::Serialize;
 
 type Reply = Genlmsghdr<Command, InfoAttr>;
 
+/// One attribute as raw bytes: `(type, payload)`.
+pub type RawAttr = (u16, Vec<u8>);
+
 /// What `GET_INFO` reports about the loaded module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModuleInfo {
@@ -43,7 +46,11 @@ where
 {
     match e {
         RouterError::Nlmsgerr(err) => {
-            let mut k = KernelError { errno: -*err.error(), message: None, bad_attr_offset: None };
+            let mut k = KernelError {
+                errno: -*err.error(),
+                message: None,
+                bad_attr_offset: None,
+            };
             for a in err.ext_ack().iter() {
                 let payload = a.nla_payload().as_ref();
                 match a.nla_type().nla_type() {
@@ -52,8 +59,9 @@ where
                         k.message = Some(String::from_utf8_lossy(text).into_owned());
                     }
                     NlmsgerrAttr::Offset if payload.len() == 4 => {
-                        k.bad_attr_offset =
-                            Some(u32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]));
+                        k.bad_attr_offset = Some(u32::from_ne_bytes([
+                            payload[0], payload[1], payload[2], payload[3],
+                        ]));
                     }
                     _ => {}
                 }
@@ -70,8 +78,12 @@ impl Client {
     pub fn connect() -> Result<Self> {
         let (router, _multicast) = NlRouter::connect(NlFamily::Generic, None, Groups::empty())
             .map_err(|e| Error::Netlink(e.to_string()))?;
-        router.enable_ext_ack(true).map_err(|e| Error::Netlink(e.to_string()))?;
-        router.enable_strict_checking(true).map_err(|e| Error::Netlink(e.to_string()))?;
+        router
+            .enable_ext_ack(true)
+            .map_err(|e| Error::Netlink(e.to_string()))?;
+        router
+            .enable_strict_checking(true)
+            .map_err(|e| Error::Netlink(e.to_string()))?;
         let family = match router.resolve_genl_family(FAMILY_NAME) {
             Ok(id) => id,
             Err(RouterError::Nlmsgerr(e)) if -*e.error() == libc_enoent() => {
@@ -92,12 +104,17 @@ impl Client {
     ///
     /// Meant for diagnostics and for conformance tests of the module's validation: the
     /// attributes are sent as given, well-formed or not.
-    pub fn raw_request(&self, cmd: u8, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<Vec<(u16, Vec<u8>)>>> {
+    pub fn raw_request(&self, cmd: u8, attrs: &[RawAttr]) -> Result<Vec<Vec<RawAttr>>> {
         let mut buf = GenlBuffer::<u16, Buffer>::new();
         for (kind, payload) in attrs {
             buf.push(
                 NlattrBuilder::default()
-                    .nla_type(AttrTypeBuilder::default().nla_type(*kind).build().map_err(proto)?)
+                    .nla_type(
+                        AttrTypeBuilder::default()
+                            .nla_type(*kind)
+                            .build()
+                            .map_err(proto)?,
+                    )
                     .nla_payload(payload.clone())
                     .build()
                     .map_err(proto)?,
@@ -132,7 +149,12 @@ impl Client {
     pub fn info(&self) -> Result<ModuleInfo> {
         let attrs = std::iter::once(
             NlattrBuilder::default()
-                .nla_type(AttrTypeBuilder::default().nla_type(InfoAttr::ProtoVersion).build().map_err(proto)?)
+                .nla_type(
+                    AttrTypeBuilder::default()
+                        .nla_type(InfoAttr::ProtoVersion)
+                        .build()
+                        .map_err(proto)?,
+                )
                 .nla_payload(PROTO_VERSION)
                 .build()
                 .map_err(proto)?,
@@ -158,7 +180,9 @@ impl Client {
                     module_version: h
                         .get_attr_payload_as_with_len::<String>(InfoAttr::ModuleVersion)
                         .map_err(proto)?,
-                    proto_version: h.get_attr_payload_as::<u32>(InfoAttr::ProtoVersion).map_err(proto)?,
+                    proto_version: h
+                        .get_attr_payload_as::<u32>(InfoAttr::ProtoVersion)
+                        .map_err(proto)?,
                     exports: u64_of(InfoAttr::Exports)?,
                     imports: u64_of(InfoAttr::Imports)?,
                     releases: u64_of(InfoAttr::Releases)?,

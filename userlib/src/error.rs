@@ -63,3 +63,24 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_error_names_errno_message_and_offset() {
+        let e = Error::Kernel(KernelError {
+            errno: 22,
+            message: Some("Unknown attribute type".into()),
+            bad_attr_offset: Some(20),
+        });
+        let text = e.to_string();
+        assert!(text.contains("Invalid argument"), "{text}");
+        assert!(text.contains("Unknown attribute type"), "{text}");
+        assert!(text.contains("offset 20"), "{text}");
+        assert_eq!(e.errno(), Some(22));
+        assert_eq!(e.ext_ack_message(), Some("Unknown attribute type"));
+        assert_eq!(Error::ModuleNotLoaded.errno(), None);
+    }
+}

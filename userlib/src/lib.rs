@@ -16,5 +16,5 @@ mod client;
 mod error;
 pub mod uapi;
 
-pub use client::{Client, ModuleInfo};
+pub use client::{Client, ModuleInfo, RawAttr};
 pub use error::{Error, Result};

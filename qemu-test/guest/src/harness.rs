@@ -72,7 +72,10 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
         }
     };
     let mut failed = 0;
-    for t in crate::suites::all().into_iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
+    for t in crate::suites::all()
+        .into_iter()
+        .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+    {
         let mut log = Log::default();
         let start = Instant::now();
         let res = catch_unwind(AssertUnwindSafe(|| (t.run)(env, &mut log)))
@@ -126,6 +129,11 @@ pub fn sh(log: &mut Log, prog: &str, args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(stdout)
     } else {
-        Err(format!("{prog} {} failed ({}): {}", args.join(" "), out.status, stderr.trim()))
+        Err(format!(
+            "{prog} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            stderr.trim()
+        ))
     }
 }

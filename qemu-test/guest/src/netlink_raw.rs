@@ -21,7 +21,13 @@ pub struct Ack {
 /// returns the kernel's acknowledgement.
 pub fn request(family: u16, cmd: u8, payload: &[u8], len_delta: i32) -> io::Result<Ack> {
     // SAFETY: plain socket creation.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_GENERIC) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_GENERIC,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -31,7 +37,13 @@ pub fn request(family: u16, cmd: u8, payload: &[u8], len_delta: i32) -> io::Resu
     let one: libc::c_int = 1;
     // SAFETY: valid option value of the right size.
     unsafe {
-        libc::setsockopt(raw, libc::SOL_NETLINK, NETLINK_EXT_ACK, (&one as *const libc::c_int).cast(), 4);
+        libc::setsockopt(
+            raw,
+            libc::SOL_NETLINK,
+            NETLINK_EXT_ACK,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
     }
     let len = (16 + 4 + payload.len()) as i32 + len_delta;
     let mut msg = Vec::new();
@@ -88,7 +100,12 @@ fn parse_error(m: &[u8], flags: u16) -> Ack {
     let mut message = None;
     if flags & NLM_F_ACK_TLVS != 0 && m.len() >= 36 {
         let orig_len = u32::from_ne_bytes(m[20..24].try_into().unwrap()) as usize;
-        let mut off = 20 + if flags & NLM_F_CAPPED != 0 { 16 } else { (orig_len + 3) & !3 };
+        let mut off = 20
+            + if flags & NLM_F_CAPPED != 0 {
+                16
+            } else {
+                (orig_len + 3) & !3
+            };
         while off + 4 <= m.len() {
             let alen = u16::from_ne_bytes(m[off..off + 2].try_into().unwrap()) as usize;
             let atype = u16::from_ne_bytes(m[off + 2..off + 4].try_into().unwrap());

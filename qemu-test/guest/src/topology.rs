@@ -72,9 +72,15 @@ impl Topology {
         }
         for host in HOSTS {
             let i = index(host);
-            ip(log, &format!("-n {L4} link add l4-{host} type veth peer name eth0 netns {host}"))?;
+            ip(
+                log,
+                &format!("-n {L4} link add l4-{host} type veth peer name eth0 netns {host}"),
+            )?;
             ip(log, &format!("-n {L4} addr add 10.0.{i}.1/24 dev l4-{host}"))?;
-            ip(log, &format!("-n {L4} addr add fd00:{i}::1/64 dev l4-{host} nodad"))?;
+            ip(
+                log,
+                &format!("-n {L4} addr add fd00:{i}::1/64 dev l4-{host} nodad"),
+            )?;
             ip(log, &format!("-n {L4} link set l4-{host} up"))?;
             ip(log, &format!("-n {host} addr add 10.0.{i}.2/24 dev eth0"))?;
             ip(log, &format!("-n {host} addr add fd00:{i}::2/64 dev eth0 nodad"))?;
@@ -88,24 +94,66 @@ impl Topology {
             ip(log, &format!("-n {node} addr add {VIP6}/128 dev vip0 nodad"))?;
             ip(log, &format!("-n {node} link set vip0 up"))?;
         }
-        sh(log, "ip", &["netns", "exec", L4, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        sh(log, "ip", &["netns", "exec", L4, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        sh(
+            log,
+            "ip",
+            &["netns", "exec", L4, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        )?;
+        sh(
+            log,
+            "ip",
+            &[
+                "netns",
+                "exec",
+                L4,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
         Self::route_vip(log, "fe")
     }
 
     /// Makes l4 send VIP traffic of every flow without a more specific rule to `node`.
     pub fn route_vip(log: &mut Log, node: &str) -> Result<(), String> {
         let i = index(node);
-        sh(log, "ip", &["-n", L4, "route", "replace", &format!("{VIP4}/32"), "via", &format!("10.0.{i}.2")])?;
-        sh(log, "ip", &["-n", L4, "-6", "route", "replace", &format!("{VIP6}/128"), "via", &format!("fd00:{i}::2")])
-            .map(|_| ())
+        sh(
+            log,
+            "ip",
+            &[
+                "-n",
+                L4,
+                "route",
+                "replace",
+                &format!("{VIP4}/32"),
+                "via",
+                &format!("10.0.{i}.2"),
+            ],
+        )?;
+        sh(
+            log,
+            "ip",
+            &[
+                "-n",
+                L4,
+                "-6",
+                "route",
+                "replace",
+                &format!("{VIP6}/128"),
+                "via",
+                &format!("fd00:{i}::2"),
+            ],
+        )
+        .map(|_| ())
     }
 
     /// Removes every namespace of the topology, whether or not it is complete.
     pub fn teardown_all() {
         for ns in HOSTS.iter().chain([L4].iter()) {
             if std::path::Path::new("/run/netns").join(ns).exists() {
-                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status();
             }
         }
     }

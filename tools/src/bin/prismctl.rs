@@ -26,7 +26,11 @@ fn status(json: bool) -> Result<(), prism_sock::Error> {
     if json {
         println!("{}", serde_json::to_string(&info).expect("ModuleInfo serializes"));
     } else {
-        println!("module         loaded (generic netlink family {} id {})", prism_sock::uapi::FAMILY_NAME, client.family_id());
+        println!(
+            "module         loaded (generic netlink family {} id {})",
+            prism_sock::uapi::FAMILY_NAME,
+            client.family_id()
+        );
         println!("module version {}", info.module_version);
         println!("protocol       {}", info.proto_version);
         println!("exports        {}", info.exports);

@@ -14,18 +14,54 @@ use std::time::Duration;
 
 pub fn tests() -> Vec<Test> {
     vec![
-        Test { name: "userlib_reports_module_not_loaded", run: not_loaded },
-        Test { name: "insmod_rmmod_100_times", run: load_unload_100 },
-        Test { name: "get_info_over_userlib", run: get_info_userlib },
-        Test { name: "get_info_counts_errors_and_checks_version", run: get_info_version },
-        Test { name: "get_info_over_ynl_cli", run: get_info_ynl },
-        Test { name: "events_group_via_ynl_needs_net_admin", run: events_subscribe },
-        Test { name: "malformed_unknown_attribute", run: malformed_unknown },
-        Test { name: "malformed_wrong_length", run: malformed_wrong_length },
-        Test { name: "malformed_reply_only_attribute", run: malformed_reply_only },
-        Test { name: "malformed_truncated_attribute", run: malformed_truncated_attr },
-        Test { name: "malformed_truncated_header", run: malformed_truncated_header },
-        Test { name: "topology_client_reaches_vip_on_fe", run: topology_reachability },
+        Test {
+            name: "userlib_reports_module_not_loaded",
+            run: not_loaded,
+        },
+        Test {
+            name: "insmod_rmmod_100_times",
+            run: load_unload_100,
+        },
+        Test {
+            name: "get_info_over_userlib",
+            run: get_info_userlib,
+        },
+        Test {
+            name: "get_info_counts_errors_and_checks_version",
+            run: get_info_version,
+        },
+        Test {
+            name: "get_info_over_ynl_cli",
+            run: get_info_ynl,
+        },
+        Test {
+            name: "events_group_via_ynl_needs_net_admin",
+            run: events_subscribe,
+        },
+        Test {
+            name: "malformed_unknown_attribute",
+            run: malformed_unknown,
+        },
+        Test {
+            name: "malformed_wrong_length",
+            run: malformed_wrong_length,
+        },
+        Test {
+            name: "malformed_reply_only_attribute",
+            run: malformed_reply_only,
+        },
+        Test {
+            name: "malformed_truncated_attribute",
+            run: malformed_truncated_attr,
+        },
+        Test {
+            name: "malformed_truncated_header",
+            run: malformed_truncated_header,
+        },
+        Test {
+            name: "topology_client_reaches_vip_on_fe",
+            run: topology_reachability,
+        },
     ]
 }
 
@@ -60,19 +96,32 @@ fn load_unload_100(env: &Env, log: &mut Log) -> TestResult {
     let before = sunreclaim_kib()?;
     for i in 0..100 {
         module::load(&mut Log::default(), &env.module).map_err(|e| format!("round {i}: {e}"))?;
-        check!(module::is_loaded(), "round {i}: module not in /sys/module after insmod");
+        check!(
+            module::is_loaded(),
+            "round {i}: module not in /sys/module after insmod"
+        );
         if i % 25 == 0 {
             let c = Client::connect().map_err(|e| format!("round {i}: {e}"))?;
             c.info().map_err(|e| format!("round {i}: {e}"))?;
         }
         module::unload(&mut Log::default()).map_err(|e| format!("round {i}: {e}"))?;
-        check!(!module::is_loaded(), "round {i}: module still present after rmmod");
+        check!(
+            !module::is_loaded(),
+            "round {i}: module still present after rmmod"
+        );
     }
     let after = sunreclaim_kib()?;
     log.line(format!("SUnreclaim before {before} kB, after {after} kB"));
     // A Definition is ~1 KiB: leaking one per round would show as >= 100 KiB.
-    check!(after - before < 100, "unreclaimable slab grew by {} kB over 100 rounds", after - before);
-    check!(matches!(Client::connect(), Err(Error::ModuleNotLoaded)), "family still registered after rmmod");
+    check!(
+        after - before < 100,
+        "unreclaimable slab grew by {} kB over 100 rounds",
+        after - before
+    );
+    check!(
+        matches!(Client::connect(), Err(Error::ModuleNotLoaded)),
+        "family still registered after rmmod"
+    );
     Ok(())
 }
 
@@ -80,8 +129,16 @@ fn get_info_userlib(env: &Env, log: &mut Log) -> TestResult {
     let c = loaded(env, log)?;
     let info = c.info().map_err(|e| e.to_string())?;
     log.line(format!("{info:?}"));
-    check!(info.module_version == env!("CARGO_PKG_VERSION"), "module version {}", info.module_version);
-    check!(info.proto_version == PROTO_VERSION, "proto version {}", info.proto_version);
+    check!(
+        info.module_version == env!("CARGO_PKG_VERSION"),
+        "module version {}",
+        info.module_version
+    );
+    check!(
+        info.proto_version == PROTO_VERSION,
+        "proto version {}",
+        info.proto_version
+    );
     check!(
         info.exports == 0 && info.imports == 0 && info.releases == 0 && info.errors == 0,
         "fresh module has non-zero counters: {info:?}"
@@ -113,12 +170,19 @@ fn get_info_version(env: &Env, log: &mut Log) -> TestResult {
         "newer protocol",
     )?;
     expect_refusal(
-        c.raw_request(GET_INFO, &[(InfoAttr::ProtoVersion.into(), 0u32.to_ne_bytes().to_vec())]),
+        c.raw_request(
+            GET_INFO,
+            &[(InfoAttr::ProtoVersion.into(), 0u32.to_ne_bytes().to_vec())],
+        ),
         EINVAL,
         "at least 1",
     )?;
     let info = c.info().map_err(|e| e.to_string())?;
-    check!(info.errors == 2, "errors counter {} after two refused requests", info.errors);
+    check!(
+        info.errors == 2,
+        "errors counter {} after two refused requests",
+        info.errors
+    );
     Ok(())
 }
 
@@ -134,10 +198,30 @@ fn ynl(env: &Env, log: &mut Log, prefix: &[&str], args: &[&str]) -> Result<Strin
 
 fn get_info_ynl(env: &Env, log: &mut Log) -> TestResult {
     let _c = loaded(env, log)?;
-    let out = ynl(env, log, &[], &["--do", "get-info", "--json", r#"{"proto-version": 1}"#, "--output-json"])?;
-    let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| format!("ynl output: {e}: {out}"))?;
-    check!(v["module-version"] == env!("CARGO_PKG_VERSION"), "module-version {}", v["module-version"]);
-    check!(v["proto-version"] == PROTO_VERSION, "proto-version {}", v["proto-version"]);
+    let out = ynl(
+        env,
+        log,
+        &[],
+        &[
+            "--do",
+            "get-info",
+            "--json",
+            r#"{"proto-version": 1}"#,
+            "--output-json",
+        ],
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).map_err(|e| format!("ynl output: {e}: {out}"))?;
+    check!(
+        v["module-version"] == env!("CARGO_PKG_VERSION"),
+        "module-version {}",
+        v["module-version"]
+    );
+    check!(
+        v["proto-version"] == PROTO_VERSION,
+        "proto-version {}",
+        v["proto-version"]
+    );
     for k in ["exports", "imports", "releases", "errors"] {
         check!(v[k].is_u64(), "{k} missing in {v}");
     }
@@ -151,12 +235,22 @@ fn events_subscribe(env: &Env, log: &mut Log) -> TestResult {
     let denied = ynl(
         env,
         log,
-        &["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--"],
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+            "--",
+        ],
         &["--subscribe", "events", "--sleep", "0.2"],
     );
     match denied {
         Err(e) => {
-            check!(e.contains("Operation not permitted") || e.contains("EPERM") || e.contains("[Errno 1]"), "{e}");
+            check!(
+                e.contains("Operation not permitted") || e.contains("EPERM") || e.contains("[Errno 1]"),
+                "{e}"
+            );
             Ok(())
         }
         Ok(out) => Err(format!("subscribing without CAP_NET_ADMIN succeeded: {out}")),
@@ -165,7 +259,11 @@ fn events_subscribe(env: &Env, log: &mut Log) -> TestResult {
 
 fn malformed_unknown(env: &Env, log: &mut Log) -> TestResult {
     let c = loaded(env, log)?;
-    expect_refusal(c.raw_request(GET_INFO, &[(250, vec![0; 4])]), EINVAL, "Unknown attribute type")
+    expect_refusal(
+        c.raw_request(GET_INFO, &[(250, vec![0; 4])]),
+        EINVAL,
+        "Unknown attribute type",
+    )
 }
 
 fn malformed_wrong_length(env: &Env, log: &mut Log) -> TestResult {
@@ -180,7 +278,11 @@ fn malformed_wrong_length(env: &Env, log: &mut Log) -> TestResult {
 fn malformed_reply_only(env: &Env, log: &mut Log) -> TestResult {
     let c = loaded(env, log)?;
     // `exports` exists in the attribute set but is not part of the request.
-    expect_refusal(c.raw_request(GET_INFO, &[(InfoAttr::Exports.into(), vec![0; 8])]), EINVAL, "")
+    expect_refusal(
+        c.raw_request(GET_INFO, &[(InfoAttr::Exports.into(), vec![0; 8])]),
+        EINVAL,
+        "",
+    )
 }
 
 fn malformed_truncated_attr(env: &Env, log: &mut Log) -> TestResult {
@@ -220,7 +322,8 @@ fn topology_reachability(_env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     for v6 in [false, true] {
         let vip = SocketAddr::new(topology::vip(v6), 8080);
-        let listener = in_ns("fe", move || TcpListener::bind(vip))?.map_err(|e| format!("bind {vip}: {e}"))?;
+        let listener =
+            in_ns("fe", move || TcpListener::bind(vip))?.map_err(|e| format!("bind {vip}: {e}"))?;
         let server = std::thread::spawn(move || echo_once(listener));
         let reply = in_ns("client", move || -> std::io::Result<Vec<u8>> {
             let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(10))?;
@@ -230,7 +333,10 @@ fn topology_reachability(_env: &Env, log: &mut Log) -> TestResult {
             Ok(buf)
         })?
         .map_err(|e| format!("client -> {vip}: {e}"))?;
-        server.join().map_err(|_| "server panicked")?.map_err(|e| format!("server: {e}"))?;
+        server
+            .join()
+            .map_err(|_| "server panicked")?
+            .map_err(|e| format!("server: {e}"))?;
         check!(reply == b"hello vip", "echo mismatch: {reply:?}");
         log.line(format!("client reached {vip} on fe"));
         // Nodes reach each other on their own addresses (the control path).
@@ -244,11 +350,15 @@ fn topology_reachability(_env: &Env, log: &mut Log) -> TestResult {
             s.read_exact(&mut b)
         })?
         .map_err(|e| format!("fe -> {be1}: {e}"))?;
-        srv.join().map_err(|_| "server panicked")?.map_err(|e| format!("be1 server: {e}"))?;
+        srv.join()
+            .map_err(|_| "server panicked")?
+            .map_err(|e| format!("be1 server: {e}"))?;
         // Every node holds the VIP locally.
         for node in topology::NODES {
-            in_ns(node, move || TcpListener::bind(SocketAddr::new(topology::vip(v6), 8081)))?
-                .map_err(|e| format!("{node} does not hold the VIP: {e}"))?;
+            in_ns(node, move || {
+                TcpListener::bind(SocketAddr::new(topology::vip(v6), 8081))
+            })?
+            .map_err(|e| format!("{node} does not hold the VIP: {e}"))?;
         }
     }
     Ok(())

@@ -1,0 +1,98 @@
+//! The YNL spec, the module's `kmod/uapi.rs` and this library's `uapi` must agree on
+//! every name and number: this test reads all three.
+
+use prism_sock::uapi::{Command, InfoAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn spec() -> Value {
+    let text = std::fs::read_to_string(root().join("docs/netlink/prism_sock.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// name -> number of the entries of a YNL list (numbering starts at 1 unless `value` says).
+fn numbered(list: &Value) -> BTreeMap<String, u64> {
+    let mut next = 1;
+    let mut out = BTreeMap::new();
+    for e in list.as_sequence().unwrap() {
+        let n = e.get("value").and_then(Value::as_u64).unwrap_or(next);
+        out.insert(e["name"].as_str().unwrap().to_string(), n);
+        next = n + 1;
+    }
+    out
+}
+
+/// `NAME: TYPE = N;` constants of `pub(crate) mod <module>` in kmod/uapi.rs, kebab-cased.
+fn kmod_consts(module: &str) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(root().join("kmod/uapi.rs")).unwrap();
+    let start = text.find(&format!("pub(crate) mod {module} {{")).unwrap();
+    let body = &text[start..start + text[start..].find('}').unwrap()];
+    body.lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("pub(crate) const ")?;
+            let (name, rest) = l.split_once(':')?;
+            let value = rest
+                .split('=')
+                .nth(1)?
+                .trim()
+                .trim_end_matches(';')
+                .parse()
+                .ok()?;
+            Some((name.to_lowercase().replace('_', "-"), value))
+        })
+        .collect()
+}
+
+#[test]
+fn family_identity_matches() {
+    let s = spec();
+    assert_eq!(s["name"].as_str(), Some(FAMILY_NAME));
+    let groups = numbered(&s["mcast-groups"]["list"]);
+    assert!(groups.contains_key(MCGRP_EVENTS));
+    let version = s["definitions"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "proto-version");
+    assert_eq!(version.unwrap()["value"].as_u64(), Some(PROTO_VERSION as u64));
+    let kmod = std::fs::read_to_string(root().join("kmod/uapi.rs")).unwrap();
+    assert!(kmod.contains(&format!("PROTO_VERSION: u32 = {PROTO_VERSION};")));
+    assert!(kmod.contains(&format!("c_str!(\"{FAMILY_NAME}\")")));
+}
+
+#[test]
+fn operations_match() {
+    let ops = numbered(&spec()["operations"]["list"]);
+    assert_eq!(ops, kmod_consts("cmd"), "spec vs kmod/uapi.rs");
+    assert_eq!(ops["get-info"], u8::from(Command::GetInfo) as u64);
+}
+
+#[test]
+fn info_attributes_match() {
+    let sets = spec()["attribute-sets"].clone();
+    let info = sets
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "info")
+        .unwrap();
+    let attrs = numbered(&info["attributes"]);
+    assert_eq!(attrs, kmod_consts("attr"), "spec vs kmod/uapi.rs");
+    let lib = [
+        ("pad", InfoAttr::Pad),
+        ("module-version", InfoAttr::ModuleVersion),
+        ("proto-version", InfoAttr::ProtoVersion),
+        ("exports", InfoAttr::Exports),
+        ("imports", InfoAttr::Imports),
+        ("releases", InfoAttr::Releases),
+        ("errors", InfoAttr::Errors),
+    ];
+    assert_eq!(lib.len(), attrs.len());
+    for (name, a) in lib {
+        assert_eq!(attrs[name], u16::from(a) as u64, "{name}");
+    }
+}
