@@ -17,7 +17,7 @@ module: setup
 tools: setup
 	cargo build --release --workspace --bins
 
-lint:
+lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
@@ -27,7 +27,7 @@ test-host: setup
 test-guest: module tools
 	qemu-test/run-guest.sh suite
 
-test: test-host test-guest
+test: lint test-host test-guest
 
 demo: module tools
 	qemu-test/run-guest.sh demo

@@ -71,7 +71,7 @@ impl Request<'_> {
         // SAFETY: `extack` belongs to this request and outlives the callback; the message
         // is static, as `NL_SET_ERR_MSG` requires, and `attr` points into the request.
         unsafe {
-            (*extack)._msg = msg.as_char_ptr();
+            (*extack)._msg = msg.as_char_ptr().cast();
             if let Some(attr) = attr {
                 (*extack).bad_attr = attr;
             }

@@ -1,21 +1,29 @@
 //! A connection to the module's generic netlink family.
+//!
+//! Built on neli's `NlSocketHandle` rather than its `NlRouter`: the router (0.7.5)
+//! drops the extended-ack attributes when it converts an error to its typed form, and
+//! the kernel's extack message is what tells a user why a request was refused.
 
 use crate::error::{Error, KernelError, Result};
-use crate::uapi::{Command, InfoAttr, FAMILY_NAME, PROTO_VERSION};
-use neli::consts::nl::{NlmF, NlmsgerrAttr};
+use crate::uapi::{Command, InfoAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
+use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
+use neli::consts::nl::{GenlId, NlType, NlmF, NlmsgerrAttr};
 use neli::consts::socket::NlFamily;
-use neli::err::RouterError;
+use neli::err::{Nlmsgerr, NlmsghdrErr};
 use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, NlattrBuilder, NoUserHeader};
-use neli::nl::NlPayload;
-use neli::router::synchronous::NlRouter;
+use neli::nl::{NlPayload, NlmsghdrBuilder};
+use neli::socket::synchronous::NlSocketHandle;
 use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
+use neli::{FromBytesWithInput, Size, ToBytes};
 use serde::Serialize;
-
-type Reply = Genlmsghdr<Command, InfoAttr>;
+use std::cell::Cell;
+use std::fmt::Debug;
 
 /// One attribute as raw bytes: `(type, payload)`.
 pub type RawAttr = (u16, Vec<u8>);
+
+const ENOENT: i32 = 2;
 
 /// What `GET_INFO` reports about the loaded module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,65 +42,102 @@ pub struct ModuleInfo {
     pub errors: u64,
 }
 
-/// A netlink connection to the `prism_sock` family.
+/// A netlink connection to the `prism_sock` family. One request at a time; open one
+/// client per thread.
 pub struct Client {
-    router: NlRouter,
+    sock: NlSocketHandle,
     family: u16,
+    events_group: u32,
+    seq: Cell<u32>,
 }
 
-fn kernel_error<T, P>(e: RouterError<T, P>) -> Error
-where
-    RouterError<T, P>: std::fmt::Display,
-{
-    match e {
-        RouterError::Nlmsgerr(err) => {
-            let mut k = KernelError {
-                errno: -*err.error(),
-                message: None,
-                bad_attr_offset: None,
-            };
-            for a in err.ext_ack().iter() {
-                let payload = a.nla_payload().as_ref();
-                match a.nla_type().nla_type() {
-                    NlmsgerrAttr::Msg => {
-                        let text = payload.split(|b| *b == 0).next().unwrap_or_default();
-                        k.message = Some(String::from_utf8_lossy(text).into_owned());
-                    }
-                    NlmsgerrAttr::Offset if payload.len() == 4 => {
-                        k.bad_attr_offset = Some(u32::from_ne_bytes([
-                            payload[0], payload[1], payload[2], payload[3],
-                        ]));
-                    }
-                    _ => {}
-                }
+fn kernel_error<T, P>(err: &Nlmsgerr<NlmsghdrErr<T, P>>) -> Error {
+    let mut k = KernelError {
+        errno: -*err.error(),
+        message: None,
+        bad_attr_offset: None,
+    };
+    for a in err.ext_ack().iter() {
+        let payload = a.nla_payload().as_ref();
+        match a.nla_type().nla_type() {
+            NlmsgerrAttr::Msg => {
+                let text = payload.split(|b| *b == 0).next().unwrap_or_default();
+                k.message = Some(String::from_utf8_lossy(text).into_owned());
             }
-            Error::Kernel(k)
+            NlmsgerrAttr::Offset => {
+                k.bad_attr_offset = payload.try_into().ok().map(u32::from_ne_bytes);
+            }
+            _ => {}
         }
-        other => Error::Netlink(other.to_string()),
     }
+    Error::Kernel(k)
+}
+
+fn netlink(e: impl std::fmt::Display) -> Error {
+    Error::Netlink(e.to_string())
+}
+
+fn proto(e: impl std::fmt::Display) -> Error {
+    Error::Protocol(e.to_string())
+}
+
+fn attrs<A: NlAttrType>(list: impl IntoIterator<Item = (A, Vec<u8>)>) -> Result<GenlBuffer<A, Buffer>> {
+    list.into_iter()
+        .map(|(kind, payload)| {
+            NlattrBuilder::default()
+                .nla_type(AttrTypeBuilder::default().nla_type(kind).build().map_err(proto)?)
+                .nla_payload(payload)
+                .build()
+                .map_err(proto)
+        })
+        .collect()
 }
 
 impl Client {
-    /// Opens a generic netlink socket and resolves the family; fails with
-    /// [`Error::ModuleNotLoaded`] when the module is not loaded.
+    /// Opens a generic netlink socket and resolves the family and its `events` group;
+    /// fails with [`Error::ModuleNotLoaded`] when the module is not loaded.
     pub fn connect() -> Result<Self> {
-        let (router, _multicast) = NlRouter::connect(NlFamily::Generic, None, Groups::empty())
-            .map_err(|e| Error::Netlink(e.to_string()))?;
-        router
-            .enable_ext_ack(true)
-            .map_err(|e| Error::Netlink(e.to_string()))?;
-        router
-            .enable_strict_checking(true)
-            .map_err(|e| Error::Netlink(e.to_string()))?;
-        let family = match router.resolve_genl_family(FAMILY_NAME) {
-            Ok(id) => id,
-            Err(RouterError::Nlmsgerr(e)) if -*e.error() == libc_enoent() => {
-                return Err(Error::ModuleNotLoaded)
-            }
-            Err(RouterError::Msg(_)) => return Err(Error::ModuleNotLoaded),
-            Err(e) => return Err(kernel_error(e)),
+        let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(netlink)?;
+        sock.enable_ext_ack(true).map_err(netlink)?;
+        sock.enable_strict_checking(true).map_err(netlink)?;
+        let mut client = Client {
+            sock,
+            family: 0,
+            events_group: 0,
+            seq: Cell::new(1),
         };
-        Ok(Self { router, family })
+        let request = GenlmsghdrBuilder::<CtrlCmd, CtrlAttr, NoUserHeader>::default()
+            .cmd(CtrlCmd::Getfamily)
+            .version(2)
+            .attrs(attrs([(
+                CtrlAttr::FamilyName,
+                format!("{FAMILY_NAME}\0").into_bytes(),
+            )])?)
+            .build()
+            .map_err(proto)?;
+        let replies = match client.transact(GenlId::Ctrl, request) {
+            Err(Error::Kernel(k)) if k.errno == ENOENT => return Err(Error::ModuleNotLoaded),
+            other => other?,
+        };
+        let reply = replies
+            .first()
+            .ok_or_else(|| proto("no CTRL_CMD_GETFAMILY reply"))?;
+        let h = reply.attrs().get_attr_handle();
+        client.family = h.get_attr_payload_as::<u16>(CtrlAttr::FamilyId).map_err(proto)?;
+        let groups = h
+            .get_nested_attributes::<Index>(CtrlAttr::McastGroups)
+            .map_err(proto)?;
+        client.events_group = groups
+            .iter()
+            .find_map(|g| {
+                let g = g.get_attr_handle::<CtrlAttrMcastGrp>().ok()?;
+                let name = g
+                    .get_attr_payload_as_with_len::<String>(CtrlAttrMcastGrp::Name)
+                    .ok()?;
+                (name == MCGRP_EVENTS).then(|| g.get_attr_payload_as::<u32>(CtrlAttrMcastGrp::Id).ok())?
+            })
+            .ok_or_else(|| proto("family has no `events` multicast group"))?;
+        Ok(client)
     }
 
     /// The generic netlink family id the kernel assigned to `prism_sock`.
@@ -100,104 +145,98 @@ impl Client {
         self.family
     }
 
+    /// The multicast group id of the `events` group.
+    pub fn events_group(&self) -> u32 {
+        self.events_group
+    }
+
+    /// Sends one request and collects its replies up to the kernel's acknowledgement.
+    fn transact<T, C, A>(&self, nl_type: T, request: Genlmsghdr<C, A>) -> Result<Vec<Genlmsghdr<C, A>>>
+    where
+        T: NlType + Debug,
+        C: Cmd + Debug,
+        A: NlAttrType + Debug,
+        Genlmsghdr<C, A>: Size + ToBytes + FromBytesWithInput<Input = usize> + Clone,
+    {
+        let seq = self.seq.get();
+        self.seq.set(seq.wrapping_add(1));
+        let msg = NlmsghdrBuilder::default()
+            .nl_type(nl_type)
+            .nl_flags(NlmF::REQUEST | NlmF::ACK)
+            .nl_seq(seq)
+            .nl_payload(NlPayload::Payload(request))
+            .build()
+            .map_err(proto)?;
+        self.sock.send(&msg).map_err(netlink)?;
+        let mut out = Vec::new();
+        loop {
+            let (msgs, _) = self.sock.recv::<T, Genlmsghdr<C, A>>().map_err(netlink)?;
+            for m in msgs {
+                let m = m.map_err(netlink)?;
+                if *m.nl_seq() != seq {
+                    continue;
+                }
+                match m.nl_payload() {
+                    NlPayload::Payload(p) => out.push(p.clone()),
+                    NlPayload::Err(e) => return Err(kernel_error(e)),
+                    NlPayload::Ack(_) => return Ok(out),
+                    NlPayload::DumpExtAck(_) | NlPayload::Empty => {}
+                }
+            }
+        }
+    }
+
     /// Sends `cmd` with raw attributes `(type, payload)` and returns the replies' attributes.
     ///
     /// Meant for diagnostics and for conformance tests of the module's validation: the
     /// attributes are sent as given, well-formed or not.
-    pub fn raw_request(&self, cmd: u8, attrs: &[RawAttr]) -> Result<Vec<Vec<RawAttr>>> {
-        let mut buf = GenlBuffer::<u16, Buffer>::new();
-        for (kind, payload) in attrs {
-            buf.push(
-                NlattrBuilder::default()
-                    .nla_type(
-                        AttrTypeBuilder::default()
-                            .nla_type(*kind)
-                            .build()
-                            .map_err(proto)?,
-                    )
-                    .nla_payload(payload.clone())
-                    .build()
-                    .map_err(proto)?,
-            );
-        }
-        let msg = GenlmsghdrBuilder::<u8, u16, NoUserHeader>::default()
+    pub fn raw_request(&self, cmd: u8, attributes: &[RawAttr]) -> Result<Vec<Vec<RawAttr>>> {
+        let request = GenlmsghdrBuilder::<u8, u16, NoUserHeader>::default()
             .cmd(cmd)
             .version(PROTO_VERSION as u8)
-            .attrs(buf)
+            .attrs(attrs(attributes.iter().cloned())?)
             .build()
             .map_err(proto)?;
-        let recv = self
-            .router
-            .send::<_, _, u16, Genlmsghdr<u8, u16>>(self.family, NlmF::ACK, NlPayload::Payload(msg))
-            .map_err(kernel_error)?;
-        let mut replies = Vec::new();
-        for r in recv {
-            let r = r.map_err(kernel_error)?;
-            if let NlPayload::Payload(p) = r.nl_payload() {
-                replies.push(
-                    p.attrs()
-                        .iter()
-                        .map(|a| (*a.nla_type().nla_type(), a.nla_payload().as_ref().to_vec()))
-                        .collect(),
-                );
-            }
-        }
-        Ok(replies)
+        Ok(self
+            .transact(self.family, request)?
+            .iter()
+            .map(|p| {
+                p.attrs()
+                    .iter()
+                    .map(|a| (*a.nla_type().nla_type(), a.nla_payload().as_ref().to_vec()))
+                    .collect()
+            })
+            .collect())
     }
 
     /// Reads the module's version and counters (`GET_INFO`).
     pub fn info(&self) -> Result<ModuleInfo> {
-        let attrs = std::iter::once(
-            NlattrBuilder::default()
-                .nla_type(
-                    AttrTypeBuilder::default()
-                        .nla_type(InfoAttr::ProtoVersion)
-                        .build()
-                        .map_err(proto)?,
-                )
-                .nla_payload(PROTO_VERSION)
-                .build()
-                .map_err(proto)?,
-        )
-        .collect::<GenlBuffer<_, _>>();
-        let msg = GenlmsghdrBuilder::<Command, InfoAttr, NoUserHeader>::default()
+        let request = GenlmsghdrBuilder::<Command, InfoAttr, NoUserHeader>::default()
             .cmd(Command::GetInfo)
             .version(PROTO_VERSION as u8)
-            .attrs(attrs)
+            .attrs(attrs([(
+                InfoAttr::ProtoVersion,
+                PROTO_VERSION.to_ne_bytes().to_vec(),
+            )])?)
             .build()
             .map_err(proto)?;
-        let recv = self
-            .router
-            .send::<_, _, u16, Reply>(self.family, NlmF::ACK, NlPayload::Payload(msg))
-            .map_err(kernel_error)?;
-        let mut info = None;
-        for r in recv {
-            let r = r.map_err(kernel_error)?;
-            if let NlPayload::Payload(p) = r.nl_payload() {
-                let h = p.attrs().get_attr_handle();
-                let u64_of = |a| h.get_attr_payload_as::<u64>(a).map_err(proto);
-                info = Some(ModuleInfo {
-                    module_version: h
-                        .get_attr_payload_as_with_len::<String>(InfoAttr::ModuleVersion)
-                        .map_err(proto)?,
-                    proto_version: h
-                        .get_attr_payload_as::<u32>(InfoAttr::ProtoVersion)
-                        .map_err(proto)?,
-                    exports: u64_of(InfoAttr::Exports)?,
-                    imports: u64_of(InfoAttr::Imports)?,
-                    releases: u64_of(InfoAttr::Releases)?,
-                    errors: u64_of(InfoAttr::Errors)?,
-                });
-            }
-        }
-        info.ok_or_else(|| Error::Protocol("GET_INFO returned no reply".into()))
+        let replies = self.transact(self.family, request)?;
+        let reply = replies
+            .first()
+            .ok_or_else(|| proto("GET_INFO returned no reply"))?;
+        let h = reply.attrs().get_attr_handle();
+        let u64_of = |a| h.get_attr_payload_as::<u64>(a).map_err(proto);
+        Ok(ModuleInfo {
+            module_version: h
+                .get_attr_payload_as_with_len::<String>(InfoAttr::ModuleVersion)
+                .map_err(proto)?,
+            proto_version: h
+                .get_attr_payload_as::<u32>(InfoAttr::ProtoVersion)
+                .map_err(proto)?,
+            exports: u64_of(InfoAttr::Exports)?,
+            imports: u64_of(InfoAttr::Imports)?,
+            releases: u64_of(InfoAttr::Releases)?,
+            errors: u64_of(InfoAttr::Errors)?,
+        })
     }
-}
-
-fn proto(e: impl std::fmt::Display) -> Error {
-    Error::Protocol(e.to_string())
-}
-
-const fn libc_enoent() -> i32 {
-    2
 }

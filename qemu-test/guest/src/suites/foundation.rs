@@ -230,7 +230,7 @@ fn get_info_ynl(env: &Env, log: &mut Log) -> TestResult {
 
 fn events_subscribe(env: &Env, log: &mut Log) -> TestResult {
     let _c = loaded(env, log)?;
-    ynl(env, log, &[], &["--subscribe", "events", "--sleep", "0.2"])?;
+    ynl(env, log, &[], &["--subscribe", "events", "--sleep", "1"])?;
     // Same user, CAP_NET_ADMIN removed: joining the group must be refused.
     let denied = ynl(
         env,
@@ -243,7 +243,7 @@ fn events_subscribe(env: &Env, log: &mut Log) -> TestResult {
             "-net_admin",
             "--",
         ],
-        &["--subscribe", "events", "--sleep", "0.2"],
+        &["--subscribe", "events", "--sleep", "1"],
     );
     match denied {
         Err(e) => {
