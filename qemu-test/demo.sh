@@ -21,7 +21,7 @@ python3 "$kdir/tools/net/ynl/cli.py" --spec "$repo/docs/netlink/prism_sock.yaml"
 step "topology: client -- l4 -- {fe, be1, be2}, VIP on every node, l4 routes it to fe"
 "$bin/prism-guest-suite" topology-up
 for ns in client l4 fe be1 be2; do
-  printf '%-7s %s\n' "$ns" "$(ip -n "$ns" -br addr | grep -v '^lo' | awk '{print $1, $3, $4}' | tr '\n' ' ')"
+  printf '%-7s %s\n' "$ns" "$(ip -n "$ns" -br addr | grep -Ev '^(lo|sit0)' | awk '{print $1, $3, $4}' | tr '\n' ' ')"
 done
 
 step "curl from client to the VIP (served by fe)"
