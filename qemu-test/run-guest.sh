@@ -37,7 +37,7 @@ vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 
 # Any kernel splat fails the run, whatever the tests said.
-splat=$(grep -E "BUG:|WARNING:|Oops|KASAN|general protection|possible circular locking|lockdep|INFO: task .* blocked|Call Trace" \
+splat=$(grep -E "BUG:|WARNING:|Oops|KASAN:|general protection|possible (circular|recursive) locking|INFO: task .* blocked|rcu_sched self-detected stall|Call Trace" \
   "$out/dmesg.txt" 2>/dev/null)
 leaks=$(grep -c "unreferenced object" "$out/kmemleak.txt" 2>/dev/null || true)
 
