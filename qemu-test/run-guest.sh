@@ -68,6 +68,10 @@ fi
 if [[ ${leaks:-0} -gt 0 ]]; then
   echo "---- FAIL kmemleak: $leaks unreferenced objects"; head -40 "$out/kmemleak.txt"; failed=$((failed + 1))
 fi
+if [[ ! -f $out/guest.rc ]]; then
+  echo "---- FAIL suite_finished: the guest stopped before the suite ended (timeout or crash); console tail:"
+  tail -30 "$out/console.log"; failed=$((failed + 1))
+fi
 if ((passed + failed == 1)); then
   echo "run-guest: no test ran"; failed=$((failed + 1))
 fi
