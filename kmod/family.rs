@@ -5,8 +5,9 @@
 
 use crate::bindings as b;
 use crate::genl::{self, Handler};
+use crate::export;
 use crate::info;
-use crate::uapi::{self, attr, cmd};
+use crate::uapi::{self, attr, cmd, state};
 use core::ffi::c_int;
 use kernel::prelude::*;
 use kernel::str::CStr;
@@ -14,8 +15,9 @@ use kernel::str::CStr;
 /// Index of the `events` group in the family's group array.
 pub(crate) const GROUP_EVENTS: u32 = 0;
 
-const N_OPS: usize = 1;
+const N_OPS: usize = 2;
 const INFO_MAXATTR: u16 = attr::PROTO_VERSION;
+const EXPORT_MAXATTR: u16 = state::FD;
 
 /// Everything genetlink keeps pointers to, in one allocation whose address is stable
 /// from registration to unregistration.
@@ -24,6 +26,7 @@ struct Definition {
     ops: [b::genl_ops; N_OPS],
     groups: [b::genl_multicast_group; 1],
     info_policy: [b::nla_policy; INFO_MAXATTR as usize + 1],
+    export_policy: [b::nla_policy; EXPORT_MAXATTR as usize + 1],
 }
 
 /// The registered family; dropping it unregisters the family.
@@ -65,6 +68,7 @@ impl Family {
                 ops: Default::default(),
                 groups: Default::default(),
                 info_policy: Default::default(),
+                export_policy: Default::default(),
             },
             GFP_KERNEL,
         )?;
@@ -76,6 +80,14 @@ impl Family {
         d.ops[0].doit = Some(doit!(info::get_info, INFO_MAXATTR));
         d.ops[0].policy = d.info_policy.as_ptr();
         d.ops[0].maxattr = INFO_MAXATTR.into();
+
+        // Touches sockets: CAP_NET_ADMIN in the caller's user namespace.
+        d.export_policy[state::FD as usize].type_ = b::NLA_U32 as u8;
+        d.ops[1].cmd = cmd::SOCK_EXPORT;
+        d.ops[1].doit = Some(doit!(export::sock_export, EXPORT_MAXATTR));
+        d.ops[1].policy = d.export_policy.as_ptr();
+        d.ops[1].maxattr = EXPORT_MAXATTR.into();
+        d.ops[1].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
         copy_name(&mut d.groups[GROUP_EVENTS as usize].name, uapi::MCGRP_EVENTS);
         d.groups[GROUP_EVENTS as usize].flags = b::PRISM_GENL_MCAST_CAP_NET_ADMIN;

@@ -80,7 +80,12 @@ impl Request<'_> {
 
     /// Starts the reply to this request.
     pub(crate) fn reply(&self, cmd: u8) -> Result<Message<'_>> {
-        let mut msg = Message::new(b::PRISM_NLMSG_GOODSIZE)?;
+        self.reply_sized(cmd, b::PRISM_NLMSG_GOODSIZE)
+    }
+
+    /// Starts a reply with room for `size` bytes of attributes.
+    pub(crate) fn reply_sized(&self, cmd: u8, size: usize) -> Result<Message<'_>> {
+        let mut msg = Message::new(size)?;
         // SAFETY: `msg.skb` is a fresh netlink skb and `info.family` is the registered
         // family that received the request.
         let hdr = unsafe {
@@ -117,12 +122,20 @@ impl<'a> Message<'a> {
         Ok(Self { skb, hdr: core::ptr::null_mut(), req: None })
     }
 
-    fn put(&mut self, kind: u16, data: &[u8]) -> Result {
+    pub(crate) fn put(&mut self, kind: u16, data: &[u8]) -> Result {
         // SAFETY: `skb` is owned by this message; `data` is valid for its length.
         let ret = unsafe {
             b::nla_put(self.skb.as_ptr(), kind.into(), data.len() as c_int, data.as_ptr().cast())
         };
         to_result(ret)
+    }
+
+    pub(crate) fn put_u8(&mut self, kind: u16, value: u8) -> Result {
+        self.put(kind, &[value])
+    }
+
+    pub(crate) fn put_u16(&mut self, kind: u16, value: u16) -> Result {
+        self.put(kind, &value.to_ne_bytes())
     }
 
     pub(crate) fn put_u32(&mut self, kind: u16, value: u32) -> Result {

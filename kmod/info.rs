@@ -27,5 +27,6 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
     msg.put_u64(attr::IMPORTS, Stats::get(&STATS.imports), attr::PAD)?;
     msg.put_u64(attr::RELEASES, Stats::get(&STATS.releases), attr::PAD)?;
     msg.put_u64(attr::ERRORS, Stats::get(&STATS.errors), attr::PAD)?;
+    msg.put_u32(attr::MAX_QUEUE_BYTES, uapi::MAX_QUEUE_BYTES)?;
     msg.send_reply()
 }

@@ -6,10 +6,13 @@
 use kernel::prelude::*;
 
 mod bindings;
+mod export;
 mod family;
 mod genl;
 mod info;
+mod socket;
 mod stats;
+mod tcp_state;
 mod uapi;
 
 module! {

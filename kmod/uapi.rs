@@ -20,7 +20,15 @@ pub(crate) const MODULE_VERSION: &CStr = c_str!("0.1.0");
 /// Commands (`operations` in the spec).
 pub(crate) mod cmd {
     pub(crate) const GET_INFO: u8 = 1;
+    pub(crate) const SOCK_EXPORT: u8 = 2;
 }
+
+/// Version of the state blob format returned by `SOCK_EXPORT`.
+pub(crate) const BLOB_VERSION: u32 = 1;
+/// Largest send + receive queue, in bytes, that one export carries.
+pub(crate) const MAX_QUEUE_BYTES: u32 = 1 << 20;
+/// Queue bytes per attribute (an attribute holds at most 64 KiB).
+pub(crate) const QUEUE_CHUNK: usize = 32 << 10;
 
 /// Attributes of the `info` attribute set.
 pub(crate) mod attr {
@@ -31,4 +39,48 @@ pub(crate) mod attr {
     pub(crate) const IMPORTS: u16 = 5;
     pub(crate) const RELEASES: u16 = 6;
     pub(crate) const ERRORS: u16 = 7;
+    pub(crate) const MAX_QUEUE_BYTES: u16 = 8;
+}
+
+/// Attributes of the `state` attribute set (`SOCK_EXPORT`).
+pub(crate) mod state {
+    pub(crate) const FD: u16 = 1;
+    pub(crate) const BLOB_VERSION: u16 = 2;
+    pub(crate) const FAMILY: u16 = 3;
+    pub(crate) const SADDR: u16 = 4;
+    pub(crate) const DADDR: u16 = 5;
+    pub(crate) const SPORT: u16 = 6;
+    pub(crate) const DPORT: u16 = 7;
+    pub(crate) const TCP_STATE: u16 = 8;
+    pub(crate) const SND_UNA: u16 = 9;
+    pub(crate) const SND_NXT: u16 = 10;
+    pub(crate) const WRITE_SEQ: u16 = 11;
+    pub(crate) const RCV_NXT: u16 = 12;
+    pub(crate) const SEND_QUEUE: u16 = 13;
+    pub(crate) const RECV_QUEUE: u16 = 14;
+    pub(crate) const FIN_RECEIVED: u16 = 15;
+    pub(crate) const MSS_CLAMP: u16 = 16;
+    pub(crate) const SND_WSCALE: u16 = 17;
+    pub(crate) const RCV_WSCALE: u16 = 18;
+    pub(crate) const TIMESTAMPS: u16 = 19;
+    pub(crate) const SACK: u16 = 20;
+    pub(crate) const WSCALE_OK: u16 = 21;
+    pub(crate) const TS_NOW: u16 = 22;
+    pub(crate) const TS_RECENT: u16 = 23;
+    pub(crate) const SND_WL1: u16 = 24;
+    pub(crate) const SND_WND: u16 = 25;
+    pub(crate) const MAX_WINDOW: u16 = 26;
+    pub(crate) const RCV_WND: u16 = 27;
+    pub(crate) const RCV_WUP: u16 = 28;
+    pub(crate) const SND_CWND: u16 = 29;
+    pub(crate) const SND_SSTHRESH: u16 = 30;
+    pub(crate) const SRTT_US: u16 = 31;
+    pub(crate) const MDEV_US: u16 = 32;
+    pub(crate) const CC_NAME: u16 = 33;
+    pub(crate) const NODELAY: u16 = 34;
+    pub(crate) const CORK: u16 = 35;
+    pub(crate) const KEEPALIVE: u16 = 36;
+    pub(crate) const MARK: u16 = 37;
+    pub(crate) const USER_TIMEOUT: u16 = 38;
+    pub(crate) const NOTSENT_LOWAT: u16 = 39;
 }

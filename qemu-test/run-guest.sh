@@ -60,7 +60,9 @@ failed=$(grep -c '^FAIL ' "$out/results.txt")
 grep '^FAIL ' "$out/results.txt" | while read -r _ name _; do
   echo "---- $name log:"; cat "$out/logs/$name.log"
 done
-if [[ -n $splat ]]; then
+if [[ ! -s $out/dmesg.txt ]]; then
+  echo "---- FAIL dmesg: none captured (the guest did not reach the end of its script)"; failed=$((failed + 1))
+elif [[ -n $splat ]]; then
   echo "---- FAIL dmesg: kernel splat:"; echo "$splat" | head -40; failed=$((failed + 1))
 else
   passed=$((passed + 1)); echo "PASS dmesg_clean (no BUG/WARNING/Oops/KASAN/lockdep)"

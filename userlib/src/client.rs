@@ -5,8 +5,9 @@
 //! the kernel's extack message is what tells a user why a request was refused.
 
 use crate::error::{Error, KernelError, Result};
-use crate::uapi::{Command, InfoAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
-use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
+use crate::state::MigrationState;
+use crate::uapi::{Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
+use neli::consts::genl::{CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
 use neli::consts::nl::{GenlId, NlType, NlmF, NlmsgerrAttr};
 use neli::consts::socket::NlFamily;
 use neli::err::{Nlmsgerr, NlmsghdrErr};
@@ -19,6 +20,7 @@ use neli::{FromBytesWithInput, Size, ToBytes};
 use serde::Serialize;
 use std::cell::Cell;
 use std::fmt::Debug;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// One attribute as raw bytes: `(type, payload)`.
 pub type RawAttr = (u16, Vec<u8>);
@@ -40,6 +42,8 @@ pub struct ModuleInfo {
     pub releases: u64,
     /// Requests that failed after validation.
     pub errors: u64,
+    /// Largest send + receive queue one export carries.
+    pub max_queue_bytes: u32,
 }
 
 /// A netlink connection to the `prism_sock` family. One request at a time; open one
@@ -115,7 +119,7 @@ impl Client {
             )])?)
             .build()
             .map_err(proto)?;
-        let replies = match client.transact(GenlId::Ctrl, request) {
+        let replies = match client.transact::<_, _, Genlmsghdr<CtrlCmd, CtrlAttr>>(GenlId::Ctrl, request) {
             Err(Error::Kernel(k)) if k.errno == ENOENT => return Err(Error::ModuleNotLoaded),
             other => other?,
         };
@@ -151,12 +155,11 @@ impl Client {
     }
 
     /// Sends one request and collects its replies up to the kernel's acknowledgement.
-    fn transact<T, C, A>(&self, nl_type: T, request: Genlmsghdr<C, A>) -> Result<Vec<Genlmsghdr<C, A>>>
+    fn transact<T, Q, R>(&self, nl_type: T, request: Q) -> Result<Vec<R>>
     where
         T: NlType + Debug,
-        C: Cmd + Debug,
-        A: NlAttrType + Debug,
-        Genlmsghdr<C, A>: Size + ToBytes + FromBytesWithInput<Input = usize> + Clone,
+        Q: Size + ToBytes + Debug,
+        R: Size + FromBytesWithInput<Input = usize> + Clone + Debug,
     {
         let seq = self.seq.get();
         self.seq.set(seq.wrapping_add(1));
@@ -170,7 +173,7 @@ impl Client {
         self.sock.send(&msg).map_err(netlink)?;
         let mut out = Vec::new();
         loop {
-            let (msgs, _) = self.sock.recv::<T, Genlmsghdr<C, A>>().map_err(netlink)?;
+            let (msgs, _) = self.sock.recv::<T, R>().map_err(netlink)?;
             for m in msgs {
                 let m = m.map_err(netlink)?;
                 if *m.nl_seq() != seq {
@@ -198,7 +201,7 @@ impl Client {
             .build()
             .map_err(proto)?;
         Ok(self
-            .transact(self.family, request)?
+            .transact::<_, _, Genlmsghdr<u8, u16>>(self.family, request)?
             .iter()
             .map(|p| {
                 p.attrs()
@@ -220,7 +223,7 @@ impl Client {
             )])?)
             .build()
             .map_err(proto)?;
-        let replies = self.transact(self.family, request)?;
+        let replies = self.transact::<_, _, Genlmsghdr<Command, InfoAttr>>(self.family, request)?;
         let reply = replies
             .first()
             .ok_or_else(|| proto("GET_INFO returned no reply"))?;
@@ -237,6 +240,32 @@ impl Client {
             imports: u64_of(InfoAttr::Imports)?,
             releases: u64_of(InfoAttr::Releases)?,
             errors: u64_of(InfoAttr::Errors)?,
+            max_queue_bytes: h
+                .get_attr_payload_as::<u32>(InfoAttr::MaxQueueBytes)
+                .map_err(proto)?,
         })
+    }
+
+    /// Exports the whole state of the TCP socket `fd` (`SOCK_EXPORT`), captured
+    /// atomically; the socket is left as it was.
+    pub fn export_snapshot(&self, fd: impl AsFd) -> Result<MigrationState> {
+        let raw = fd.as_fd().as_raw_fd() as u32;
+        let request = GenlmsghdrBuilder::<Command, StateAttr, NoUserHeader>::default()
+            .cmd(Command::SockExport)
+            .version(PROTO_VERSION as u8)
+            .attrs(attrs([(StateAttr::Fd, raw.to_ne_bytes().to_vec())])?)
+            .build()
+            .map_err(proto)?;
+        // The reply is taken as raw bytes so the blob is the module's own, not re-encoded.
+        let replies = self.transact::<_, _, Buffer>(self.family, request)?;
+        let reply = replies
+            .first()
+            .ok_or_else(|| proto("SOCK_EXPORT returned no reply"))?;
+        let genl_header = 4;
+        let bytes = reply.as_ref();
+        if bytes.len() < genl_header {
+            return Err(proto("SOCK_EXPORT reply shorter than its header"));
+        }
+        Ok(MigrationState::from_bytes(bytes[genl_header..].to_vec()))
     }
 }

@@ -14,7 +14,9 @@
 
 mod client;
 mod error;
+mod state;
 pub mod uapi;
 
 pub use client::{Client, ModuleInfo, RawAttr};
-pub use error::{Error, Result};
+pub use error::{Error, KernelError, Result};
+pub use state::{DecodedState, MigrationState, BLOB_VERSION};

@@ -13,6 +13,8 @@ pub const MCGRP_EVENTS: &str = "events";
 pub enum Command {
     /// Module version, protocol version and counters.
     GetInfo = 1,
+    /// The whole state of a TCP socket.
+    SockExport = 2,
 }
 impl neli::consts::genl::Cmd for Command {}
 
@@ -33,5 +35,135 @@ pub enum InfoAttr {
     Releases = 6,
     /// Requests that failed after validation.
     Errors = 7,
+    /// Largest send + receive queue one export carries.
+    MaxQueueBytes = 8,
 }
 impl neli::consts::genl::NlAttrType for InfoAttr {}
+
+/// Attributes of the `state` attribute set: the state blob of `SOCK_EXPORT` (see the
+/// spec for each one's meaning).
+#[neli::neli_enum(serialized_type = "u16")]
+pub enum StateAttr {
+    /// `fd`
+    Fd = 1,
+    /// `blob-version`
+    BlobVersion = 2,
+    /// `family`
+    Family = 3,
+    /// `saddr`
+    Saddr = 4,
+    /// `daddr`
+    Daddr = 5,
+    /// `sport`
+    Sport = 6,
+    /// `dport`
+    Dport = 7,
+    /// `tcp-state`
+    TcpState = 8,
+    /// `snd-una`
+    SndUna = 9,
+    /// `snd-nxt`
+    SndNxt = 10,
+    /// `write-seq`
+    WriteSeq = 11,
+    /// `rcv-nxt`
+    RcvNxt = 12,
+    /// `send-queue`
+    SendQueue = 13,
+    /// `recv-queue`
+    RecvQueue = 14,
+    /// `fin-received`
+    FinReceived = 15,
+    /// `mss-clamp`
+    MssClamp = 16,
+    /// `snd-wscale`
+    SndWscale = 17,
+    /// `rcv-wscale`
+    RcvWscale = 18,
+    /// `timestamps`
+    Timestamps = 19,
+    /// `sack`
+    Sack = 20,
+    /// `wscale-ok`
+    WscaleOk = 21,
+    /// `ts-now`
+    TsNow = 22,
+    /// `ts-recent`
+    TsRecent = 23,
+    /// `snd-wl1`
+    SndWl1 = 24,
+    /// `snd-wnd`
+    SndWnd = 25,
+    /// `max-window`
+    MaxWindow = 26,
+    /// `rcv-wnd`
+    RcvWnd = 27,
+    /// `rcv-wup`
+    RcvWup = 28,
+    /// `snd-cwnd`
+    SndCwnd = 29,
+    /// `snd-ssthresh`
+    SndSsthresh = 30,
+    /// `srtt-us`
+    SrttUs = 31,
+    /// `mdev-us`
+    MdevUs = 32,
+    /// `cc-name`
+    CcName = 33,
+    /// `nodelay`
+    Nodelay = 34,
+    /// `cork`
+    Cork = 35,
+    /// `keepalive`
+    Keepalive = 36,
+    /// `mark`
+    Mark = 37,
+    /// `user-timeout`
+    UserTimeout = 38,
+    /// `notsent-lowat`
+    NotsentLowat = 39,
+}
+impl neli::consts::genl::NlAttrType for StateAttr {}
+
+/// Names of the `state` attributes in spec order, for contract checks and decoding.
+pub const STATE_ATTR_NAMES: [&str; 39] = [
+    "fd",
+    "blob-version",
+    "family",
+    "saddr",
+    "daddr",
+    "sport",
+    "dport",
+    "tcp-state",
+    "snd-una",
+    "snd-nxt",
+    "write-seq",
+    "rcv-nxt",
+    "send-queue",
+    "recv-queue",
+    "fin-received",
+    "mss-clamp",
+    "snd-wscale",
+    "rcv-wscale",
+    "timestamps",
+    "sack",
+    "wscale-ok",
+    "ts-now",
+    "ts-recent",
+    "snd-wl1",
+    "snd-wnd",
+    "max-window",
+    "rcv-wnd",
+    "rcv-wup",
+    "snd-cwnd",
+    "snd-ssthresh",
+    "srtt-us",
+    "mdev-us",
+    "cc-name",
+    "nodelay",
+    "cork",
+    "keepalive",
+    "mark",
+    "user-timeout",
+    "notsent-lowat",
+];

@@ -1,7 +1,9 @@
 //! The YNL spec, the module's `kmod/uapi.rs` and this library's `uapi` must agree on
 //! every name and number: this test reads all three.
 
-use prism_sock::uapi::{Command, InfoAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
+use prism_sock::uapi::{
+    Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION, STATE_ATTR_NAMES,
+};
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
@@ -69,6 +71,7 @@ fn operations_match() {
     let ops = numbered(&spec()["operations"]["list"]);
     assert_eq!(ops, kmod_consts("cmd"), "spec vs kmod/uapi.rs");
     assert_eq!(ops["get-info"], u8::from(Command::GetInfo) as u64);
+    assert_eq!(ops["sock-export"], u8::from(Command::SockExport) as u64);
 }
 
 #[test]
@@ -90,9 +93,31 @@ fn info_attributes_match() {
         ("imports", InfoAttr::Imports),
         ("releases", InfoAttr::Releases),
         ("errors", InfoAttr::Errors),
+        ("max-queue-bytes", InfoAttr::MaxQueueBytes),
     ];
     assert_eq!(lib.len(), attrs.len());
     for (name, a) in lib {
         assert_eq!(attrs[name], u16::from(a) as u64, "{name}");
     }
+}
+
+#[test]
+fn state_attributes_match() {
+    let sets = spec()["attribute-sets"].clone();
+    let set = sets
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "state")
+        .unwrap();
+    let attrs = numbered(&set["attributes"]);
+    assert_eq!(attrs, kmod_consts("state"), "spec vs kmod/uapi.rs");
+    assert_eq!(attrs.len(), STATE_ATTR_NAMES.len());
+    for (i, name) in STATE_ATTR_NAMES.iter().enumerate() {
+        let n = i as u16 + 1;
+        assert_eq!(attrs[*name], n as u64, "{name}");
+        assert_eq!(u16::from(StateAttr::from(n)), n, "{name}");
+    }
+    assert_eq!(u16::from(StateAttr::Fd), 1);
+    assert_eq!(u16::from(StateAttr::NotsentLowat), STATE_ATTR_NAMES.len() as u16);
 }

@@ -1,15 +1,18 @@
-//! A small test runner: each test is a function that returns `Ok` or a reason; panics
-//! count as failures. Results are written where the host harness reads them.
+//! A small test runner. Each test runs in a child process of this binary with a time
+//! limit, so a hung or crashing test fails alone and the suite goes on. Results are
+//! written where the host harness reads them.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Instant;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 /// Outcome of one test.
 pub type TestResult = Result<(), String>;
+
+/// Longest a single test may run.
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Paths the tests need, passed by the guest script.
 #[derive(clap::Args, Clone)]
@@ -28,6 +31,22 @@ pub struct Env {
     pub schema: PathBuf,
 }
 
+impl Env {
+    fn args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (k, p) in [
+            ("--module", &self.module),
+            ("--spec", &self.spec),
+            ("--ynl", &self.ynl),
+            ("--schema", &self.schema),
+        ] {
+            v.push(k.to_string());
+            v.push(p.to_string_lossy().into_owned());
+        }
+        v
+    }
+}
+
 /// A named test.
 pub struct Test {
     pub name: &'static str,
@@ -40,7 +59,8 @@ pub struct Log(String);
 
 impl Log {
     pub fn line(&mut self, s: impl AsRef<str>) {
-        let _ = writeln!(self.0, "{}", s.as_ref());
+        self.0.push_str(s.as_ref());
+        self.0.push('\n');
     }
 
     pub fn text(&self) -> &str {
@@ -58,6 +78,7 @@ macro_rules! check {
     };
 }
 
+/// Runs every test (or those matching `filter`), each in its own child process.
 pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
     let logs = out.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
@@ -71,15 +92,15 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let me = std::env::current_exe().expect("own path");
     let mut failed = 0;
     for t in crate::suites::all()
         .into_iter()
         .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
     {
-        let mut log = Log::default();
+        let log_path = logs.join(format!("{}.log", t.name));
         let start = Instant::now();
-        let res = catch_unwind(AssertUnwindSafe(|| (t.run)(env, &mut log)))
-            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
+        let res = run_child(&me, env, t.name, &log_path);
         // Whatever the test did, the next one starts from a clean guest.
         crate::topology::Topology::teardown_all();
         let _ = crate::module::unload_if_loaded();
@@ -88,16 +109,75 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
             Ok(()) => format!("PASS {} {ms}ms", t.name),
             Err(e) => {
                 failed += 1;
-                log.line(format!("FAILED: {e}"));
                 format!("FAIL {} {ms}ms {}", t.name, e.replace('\n', " | "))
             }
         };
         println!("{line}");
         let _ = writeln!(results, "{line}");
-        let _ = std::fs::write(logs.join(format!("{}.log", t.name)), &log.0);
+        let _ = results.flush();
     }
-    let _ = results.flush();
     if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_child(me: &Path, env: &Env, name: &str, log_path: &Path) -> TestResult {
+    let mut child = Command::new(me)
+        .arg("run-one")
+        .args(env.args())
+        .args(["--name", name, "--log"])
+        .arg(log_path)
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                return if status.success() {
+                    Ok(())
+                } else {
+                    let reason = log.lines().rev().find_map(|l| l.strip_prefix("FAILED: "));
+                    Err(reason
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("test process {status}")))
+                };
+            }
+            Ok(None) if start.elapsed() > TEST_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(log_path)
+                    .ok();
+                if let Some(f) = f.as_mut() {
+                    let _ = writeln!(f, "FAILED: timed out after {} s", TEST_TIMEOUT.as_secs());
+                }
+                return Err(format!("timed out after {} s", TEST_TIMEOUT.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    }
+}
+
+/// Child side: runs one test, writes its log, and exits 0 on success.
+pub fn run_one(env: &Env, name: &str, log_path: &Path) -> ExitCode {
+    let Some(t) = crate::suites::all().into_iter().find(|t| t.name == name) else {
+        eprintln!("no test named {name}");
+        return ExitCode::FAILURE;
+    };
+    let mut log = Log::default();
+    let res = catch_unwind(AssertUnwindSafe(|| (t.run)(env, &mut log)))
+        .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&p))));
+    if let Err(e) = &res {
+        log.line(format!("FAILED: {e}"));
+    }
+    let _ = std::fs::write(log_path, log.text());
+    if res.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -114,7 +194,7 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 /// Runs a command, returning its stdout, or an error with its stderr.
 pub fn sh(log: &mut Log, prog: &str, args: &[&str]) -> Result<String, String> {
     log.line(format!("$ {prog} {}", args.join(" ")));
-    let out = std::process::Command::new(prog)
+    let out = Command::new(prog)
         .args(args)
         .output()
         .map_err(|e| format!("{prog}: {e}"))?;

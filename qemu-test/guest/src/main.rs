@@ -4,6 +4,7 @@
 mod harness;
 mod module;
 mod netlink_raw;
+mod sockopt;
 mod suites;
 mod topology;
 
@@ -31,13 +32,31 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Run one test (the suite runs each test this way, in its own process).
+    #[command(hide = true)]
+    RunOne {
+        #[command(flatten)]
+        env: harness::Env,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        log: PathBuf,
+    },
     /// Build the topology (client, l4, fe, be1, be2) and leave it up.
     TopologyUp,
+    /// Try one export and print the errno (run without CAP_NET_ADMIN by a test).
+    #[command(hide = true)]
+    ExportProbe,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Suite { env, out, filter } => harness::run(&env, &out, filter.as_deref()),
+        Cmd::RunOne { env, name, log } => harness::run_one(&env, &name, &log),
+        Cmd::ExportProbe => {
+            println!("{}", suites::export::export_probe());
+            ExitCode::SUCCESS
+        }
         Cmd::TopologyUp => match topology::Topology::up() {
             Ok(t) => {
                 std::mem::forget(t);

@@ -1,9 +1,12 @@
 //! All guest tests, in the order they run.
 
+pub mod export;
 mod foundation;
 
 use crate::harness::Test;
 
 pub fn all() -> Vec<Test> {
-    foundation::tests()
+    let mut all = foundation::tests();
+    all.extend(export::tests());
+    all
 }

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `SOCK_EXPORT`: the whole state of one of the caller's TCP sockets, as a blob of
+//! attributes that `SOCK_IMPORT` takes back unchanged. The socket is left as it was.
+
+use crate::bindings as b;
+use crate::genl::{Message, Request};
+use crate::socket::{FdSocket, SockLock};
+use crate::stats::{Stats, STATS};
+use crate::tcp_state::TcpState;
+use crate::uapi::{cmd, state as a, BLOB_VERSION, QUEUE_CHUNK};
+use kernel::c_str;
+use kernel::prelude::*;
+
+pub(crate) fn sock_export(req: &Request<'_>) -> Result {
+    let Some((fd, fd_attr)) = req.attr_u32(a::FD) else {
+        req.set_err(None, c_str!("missing attribute: fd"));
+        return Err(EINVAL);
+    };
+    let file = FdSocket::lookup(fd).inspect_err(|_| {
+        req.set_err(Some(fd_attr), c_str!("fd is not an open socket of the caller"));
+    })?;
+    let sk = file.sk()?;
+    // The socket may come from another namespace (fd passing): TCP_REPAIR's own rule,
+    // CAP_NET_ADMIN over the socket's network namespace, applies.
+    // SAFETY: `sk` is alive while `file` holds its reference.
+    if !unsafe { b::ns_capable(b::prism_sock_user_ns(sk.as_ptr()), b::PRISM_CAP_NET_ADMIN) } {
+        req.set_err(Some(fd_attr), c_str!("needs CAP_NET_ADMIN in the socket's network namespace"));
+        return Err(EPERM);
+    }
+    let st = {
+        let lock = SockLock::lock(&file)?;
+        TcpState::capture(&lock).map_err(|(e, msg)| {
+            req.set_err(Some(fd_attr), msg);
+            e
+        })?
+    };
+    let queued = st.send_queue.len() + st.recv_queue.len();
+    let mut msg = req.reply_sized(cmd::SOCK_EXPORT, 1024 + queued + (queued / QUEUE_CHUNK + 2) * 8)?;
+    encode(&st, &mut msg).inspect_err(|_| req.set_err(None, c_str!("state does not fit the reply")))?;
+    msg.send_reply()?;
+    Stats::bump(&STATS.exports);
+    Ok(())
+}
+
+fn put_queue(msg: &mut Message<'_>, kind: u16, data: &[u8]) -> Result {
+    for chunk in data.chunks(QUEUE_CHUNK) {
+        msg.put(kind, chunk)?;
+    }
+    Ok(())
+}
+
+fn encode(st: &TcpState, msg: &mut Message<'_>) -> Result {
+    msg.put_u32(a::BLOB_VERSION, BLOB_VERSION)?;
+    msg.put_u16(a::FAMILY, st.family)?;
+    msg.put(a::SADDR, &st.saddr[..st.addr_len()])?;
+    msg.put(a::DADDR, &st.daddr[..st.addr_len()])?;
+    msg.put_u16(a::SPORT, st.sport)?;
+    msg.put_u16(a::DPORT, st.dport)?;
+    msg.put_u8(a::TCP_STATE, st.state)?;
+    msg.put_u32(a::SND_UNA, st.snd_una)?;
+    msg.put_u32(a::SND_NXT, st.snd_nxt)?;
+    msg.put_u32(a::WRITE_SEQ, st.write_seq)?;
+    msg.put_u32(a::RCV_NXT, st.rcv_nxt)?;
+    put_queue(msg, a::SEND_QUEUE, &st.send_queue)?;
+    put_queue(msg, a::RECV_QUEUE, &st.recv_queue)?;
+    msg.put_u8(a::FIN_RECEIVED, st.fin_received.into())?;
+    msg.put_u16(a::MSS_CLAMP, st.mss_clamp)?;
+    msg.put_u8(a::SND_WSCALE, st.snd_wscale)?;
+    msg.put_u8(a::RCV_WSCALE, st.rcv_wscale)?;
+    msg.put_u8(a::TIMESTAMPS, st.timestamps.into())?;
+    msg.put_u8(a::SACK, st.sack.into())?;
+    msg.put_u8(a::WSCALE_OK, st.wscale_ok.into())?;
+    msg.put_u32(a::TS_NOW, st.ts_now)?;
+    msg.put_u32(a::TS_RECENT, st.ts_recent)?;
+    msg.put_u32(a::SND_WL1, st.snd_wl1)?;
+    msg.put_u32(a::SND_WND, st.snd_wnd)?;
+    msg.put_u32(a::MAX_WINDOW, st.max_window)?;
+    msg.put_u32(a::RCV_WND, st.rcv_wnd)?;
+    msg.put_u32(a::RCV_WUP, st.rcv_wup)?;
+    msg.put_u32(a::SND_CWND, st.snd_cwnd)?;
+    msg.put_u32(a::SND_SSTHRESH, st.snd_ssthresh)?;
+    msg.put_u32(a::SRTT_US, st.srtt_us)?;
+    msg.put_u32(a::MDEV_US, st.mdev_us)?;
+    let name_len = st.cc_name.iter().position(|c| *c == 0).unwrap_or(st.cc_name.len() - 1);
+    let mut name = [0u8; 17];
+    name[..name_len].copy_from_slice(&st.cc_name[..name_len]);
+    msg.put(a::CC_NAME, &name[..=name_len])?;
+    msg.put_u8(a::NODELAY, st.nodelay.into())?;
+    msg.put_u8(a::CORK, st.cork.into())?;
+    msg.put_u8(a::KEEPALIVE, st.keepalive.into())?;
+    msg.put_u32(a::MARK, st.mark)?;
+    msg.put_u32(a::USER_TIMEOUT, st.user_timeout)?;
+    msg.put_u32(a::NOTSENT_LOWAT, st.notsent_lowat)?;
+    Ok(())
+}

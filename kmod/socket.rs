@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A socket named by a file descriptor of the caller, and its socket lock.
+
+use crate::bindings as b;
+use crate::genl::errno;
+use core::ffi::c_int;
+use core::ptr::NonNull;
+use kernel::prelude::*;
+
+/// A reference to the socket behind one of the caller's fds; drops the file reference.
+pub(crate) struct FdSocket {
+    sock: NonNull<b::socket>,
+}
+
+impl FdSocket {
+    /// Looks up `fd` in the caller's file table: EBADF, or ENOTSOCK for a non-socket.
+    pub(crate) fn lookup(fd: u32) -> Result<Self> {
+        let fd = c_int::try_from(fd).map_err(|_| EBADF)?;
+        let mut err: c_int = 0;
+        // SAFETY: `sockfd_lookup` validates `fd` and takes a file reference on success.
+        let sock = unsafe { b::sockfd_lookup(fd, &mut err) };
+        NonNull::new(sock).map(|sock| Self { sock }).ok_or_else(|| Error::from_errno(err))
+    }
+
+    /// The `struct sock`, present for every socket that was created successfully.
+    pub(crate) fn sk(&self) -> Result<NonNull<b::sock>> {
+        // SAFETY: the file reference keeps `sock` alive.
+        NonNull::new(unsafe { (*self.sock.as_ptr()).sk }).ok_or_else(|| errno(b::ENOTCONN))
+    }
+}
+
+impl Drop for FdSocket {
+    fn drop(&mut self) {
+        // SAFETY: drops the file reference `sockfd_lookup` took.
+        unsafe { b::prism_sockfd_put(self.sock.as_ptr()) };
+    }
+}
+
+/// The socket lock (`lock_sock`), held until dropped. While it is held the TCP receive
+/// path only queues to the backlog, so the socket's state does not change under us.
+pub(crate) struct SockLock<'a> {
+    sk: NonNull<b::sock>,
+    _file: &'a FdSocket,
+}
+
+impl<'a> SockLock<'a> {
+    pub(crate) fn lock(file: &'a FdSocket) -> Result<Self> {
+        let sk = file.sk()?;
+        // SAFETY: `sk` is alive as long as the file reference; `lock_sock` may sleep,
+        // which is allowed in a genetlink `doit`.
+        unsafe { b::prism_lock_sock(sk.as_ptr()) };
+        Ok(Self { sk, _file: file })
+    }
+
+    pub(crate) fn sk(&self) -> *mut b::sock {
+        self.sk.as_ptr()
+    }
+}
+
+impl Drop for SockLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the lock was taken in `lock` and is released exactly once.
+        unsafe { b::release_sock(self.sk.as_ptr()) };
+    }
+}

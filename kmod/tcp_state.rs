@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Capture of a TCP socket's whole state, queues included, under its socket lock.
+
+use crate::bindings as b;
+use crate::genl::errno;
+use crate::socket::SockLock;
+use crate::uapi::MAX_QUEUE_BYTES;
+use kernel::alloc::KVVec;
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::str::CStr;
+
+/// Why a socket cannot be exported: errno and the extended-ack message.
+pub(crate) type Refusal = (Error, &'static CStr);
+
+/// Everything SOCK_EXPORT reports about a connection.
+pub(crate) struct TcpState {
+    pub(crate) family: u16,
+    /// Local and peer address: 4 bytes for AF_INET, 16 for AF_INET6.
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) state: u8,
+    pub(crate) snd_una: u32,
+    pub(crate) snd_nxt: u32,
+    pub(crate) write_seq: u32,
+    pub(crate) rcv_nxt: u32,
+    /// The peer's FIN was received (it is counted in `rcv_nxt`, not in the queue).
+    pub(crate) fin_received: bool,
+    pub(crate) mss_clamp: u16,
+    pub(crate) snd_wscale: u8,
+    pub(crate) rcv_wscale: u8,
+    pub(crate) timestamps: bool,
+    pub(crate) sack: bool,
+    pub(crate) wscale_ok: bool,
+    /// The socket's timestamp clock as the peer sees it (offset included).
+    pub(crate) ts_now: u32,
+    pub(crate) ts_recent: u32,
+    pub(crate) snd_wl1: u32,
+    pub(crate) snd_wnd: u32,
+    pub(crate) max_window: u32,
+    pub(crate) rcv_wnd: u32,
+    pub(crate) rcv_wup: u32,
+    pub(crate) snd_cwnd: u32,
+    pub(crate) snd_ssthresh: u32,
+    pub(crate) srtt_us: u32,
+    pub(crate) mdev_us: u32,
+    pub(crate) cc_name: [u8; 16],
+    pub(crate) nodelay: bool,
+    pub(crate) cork: bool,
+    pub(crate) keepalive: bool,
+    pub(crate) mark: u32,
+    pub(crate) user_timeout: u32,
+    pub(crate) notsent_lowat: u32,
+    /// From `snd_una` to `write_seq`: the first `snd_nxt - snd_una` bytes were sent.
+    pub(crate) send_queue: KVVec<u8>,
+    /// Received, not yet read by the application, from `rcv_nxt - len`.
+    pub(crate) recv_queue: KVVec<u8>,
+}
+
+fn refuse(code: u32, msg: &'static CStr) -> Refusal {
+    (errno(code), msg)
+}
+
+/// Appends the payload of `skb` from sequence number `from` on; returns whether the
+/// segment carried a FIN.
+///
+/// # Safety
+///
+/// `skb` must be a TCP skb on a queue of a socket whose lock the caller holds.
+unsafe fn copy_payload(skb: *mut b::sk_buff, from: u32, out: &mut KVVec<u8>) -> Result<bool, Refusal> {
+    // SAFETY: TCP queue skbs carry a `tcp_skb_cb` in their control buffer.
+    let cb = unsafe { &*b::prism_tcp_skb_cb(skb) };
+    let fin = cb.tcp_flags & b::PRISM_TCPHDR_FIN != 0;
+    if cb.tcp_flags & b::PRISM_TCPHDR_SYN != 0 {
+        return Err(refuse(b::EBUSY, c_str!("a SYN is still queued: handshake not finished")));
+    }
+    let end = cb.end_seq.wrapping_sub(u32::from(fin));
+    // Sequence arithmetic is modulo 2^32: a positive distance from the segment's start
+    // to `from` is the part already acknowledged (or read) that is skipped.
+    let before = from.wrapping_sub(cb.seq) as i32;
+    let skip = before.max(0) as u32;
+    let span = end.wrapping_sub(cb.seq);
+    if skip >= span {
+        return Ok(fin);
+    }
+    let len = (span - skip) as usize;
+    if out.capacity() - out.len() < len {
+        return Err(refuse(b::EIO, c_str!("queue holds more bytes than its sequence numbers say")));
+    }
+    let dst = out.spare_capacity_mut();
+    // SAFETY: `dst` has room for `len` bytes (checked above); the skb holds `span`
+    // payload bytes, of which we copy from offset `skip`.
+    let ret = unsafe { b::skb_copy_bits(skb, skip as i32, dst.as_mut_ptr().cast(), len as i32) };
+    if ret < 0 {
+        return Err(refuse(b::EIO, c_str!("copying a queued segment failed")));
+    }
+    // SAFETY: `skb_copy_bits` initialised `len` more bytes.
+    unsafe { out.set_len(out.len() + len) };
+    Ok(fin)
+}
+
+/// Walks a `sk_buff_head` list.
+///
+/// # Safety
+///
+/// `head` must be a queue of a socket whose lock the caller holds.
+unsafe fn copy_list(head: *mut b::sk_buff_head, from: u32, out: &mut KVVec<u8>) -> Result<bool, Refusal> {
+    let end = head.cast::<b::sk_buff>();
+    let mut fin = false;
+    // SAFETY: the queue is a circular list headed by `head`, stable under the lock.
+    let mut skb = unsafe { (*head).__bindgen_anon_1.__bindgen_anon_1.next };
+    while skb != end {
+        // SAFETY: as above; each element is a TCP skb of this socket.
+        fin |= unsafe { copy_payload(skb, from, out)? };
+        // SAFETY: as above.
+        skb = unsafe { *skb.cast::<*mut b::sk_buff>() };
+    }
+    Ok(fin)
+}
+
+fn alloc_queue(len: u32) -> Result<KVVec<u8>, Refusal> {
+    KVVec::with_capacity(len as usize, GFP_KERNEL).map_err(|_| (ENOMEM, c_str!("no memory for the queues")))
+}
+
+impl TcpState {
+    /// Captures the state of the locked socket.
+    pub(crate) fn capture(lock: &SockLock<'_>) -> Result<Self, Refusal> {
+        let sk = lock.sk();
+        let tp = sk.cast::<b::tcp_sock>();
+        // SAFETY: the socket lock is held for the whole function: the fields read below
+        // are stable (the receive path defers to the backlog). `tp` is only used after
+        // the type and protocol checks show `sk` is embedded in a `tcp_sock`.
+        unsafe {
+            if (*sk).sk_type != b::PRISM_SOCK_STREAM || u32::from((*sk).sk_protocol) != b::IPPROTO_TCP {
+                return Err(refuse(b::EOPNOTSUPP, c_str!("fd is not a TCP socket")));
+            }
+            let common = &(*sk).__sk_common;
+            let family = common.skc_family;
+            let state = common.skc_state;
+            match u32::from(state) {
+                b::TCP_ESTABLISHED | b::TCP_CLOSE_WAIT => {}
+                b::TCP_LISTEN => return Err(refuse(b::EINVAL, c_str!("fd is a listening socket"))),
+                _ => return Err(refuse(b::EOPNOTSUPP, c_str!("TCP state is not ESTABLISHED or CLOSE_WAIT"))),
+            }
+            if (*tp).repair() != 0 {
+                return Err(refuse(b::EBUSY, c_str!("socket is in TCP_REPAIR mode")));
+            }
+            let mut saddr = [0u8; 16];
+            let mut daddr = [0u8; 16];
+            match u32::from(family) {
+                b::AF_INET => {
+                    let a = &common.__bindgen_anon_1.__bindgen_anon_1;
+                    saddr[..4].copy_from_slice(&a.skc_rcv_saddr.to_ne_bytes());
+                    daddr[..4].copy_from_slice(&a.skc_daddr.to_ne_bytes());
+                }
+                b::AF_INET6 => {
+                    saddr = common.skc_v6_rcv_saddr.in6_u.u6_addr8;
+                    daddr = common.skc_v6_daddr.in6_u.u6_addr8;
+                }
+                _ => return Err(refuse(b::EAFNOSUPPORT, c_str!("socket is neither AF_INET nor AF_INET6"))),
+            }
+            let ports = &common.__bindgen_anon_3.__bindgen_anon_1;
+
+            let t = &*tp;
+            let send_len = t.write_seq.wrapping_sub(t.snd_una);
+            let recv_max = t.rcv_nxt.wrapping_sub(t.copied_seq);
+            if u64::from(send_len) + u64::from(recv_max) > u64::from(MAX_QUEUE_BYTES) {
+                return Err(refuse(b::E2BIG, c_str!("queued bytes exceed the module's max-queue-bytes")));
+            }
+            let mut send_queue = alloc_queue(send_len)?;
+            let mut skb = b::prism_skb_rb_first(&mut (*sk).__bindgen_anon_2.tcp_rtx_queue);
+            while !skb.is_null() {
+                copy_payload(skb, t.snd_una, &mut send_queue)?;
+                skb = b::prism_skb_rb_next(skb);
+            }
+            copy_list(&mut (*sk).sk_write_queue, t.snd_una, &mut send_queue)?;
+            if send_queue.len() != send_len as usize {
+                return Err(refuse(b::EIO, c_str!("send queue does not match its sequence numbers")));
+            }
+            let mut recv_queue = alloc_queue(recv_max)?;
+            let fin_unread = copy_list(&mut (*sk).sk_receive_queue, t.copied_seq, &mut recv_queue)?;
+            if recv_queue.len() + usize::from(fin_unread) != recv_max as usize {
+                return Err(refuse(b::EIO, c_str!("receive queue does not match its sequence numbers")));
+            }
+
+            let icsk = &t.inet_conn;
+            let mut cc_name = [0u8; 16];
+            if let Some(ops) = icsk.icsk_ca_ops.as_ref() {
+                for (d, s) in cc_name.iter_mut().zip(ops.name.iter()) {
+                    *d = *s as u8;
+                }
+            }
+            let rx = &t.rx_opt;
+            let nonagle = u32::from(t.nonagle());
+            Ok(Self {
+                family,
+                saddr,
+                daddr,
+                sport: ports.skc_num,
+                dport: u16::from_be(ports.skc_dport),
+                state,
+                snd_una: t.snd_una,
+                snd_nxt: t.snd_nxt,
+                write_seq: t.write_seq,
+                rcv_nxt: t.rcv_nxt,
+                fin_received: u32::from(state) == b::TCP_CLOSE_WAIT,
+                mss_clamp: rx.mss_clamp,
+                snd_wscale: rx.snd_wscale() as u8,
+                rcv_wscale: rx.rcv_wscale() as u8,
+                timestamps: rx.tstamp_ok() != 0,
+                sack: rx.sack_ok() != 0,
+                wscale_ok: rx.wscale_ok() != 0,
+                ts_now: b::prism_tcp_time_stamp_ts(tp).wrapping_add(t.tsoffset),
+                ts_recent: rx.ts_recent,
+                snd_wl1: t.snd_wl1,
+                snd_wnd: t.snd_wnd,
+                max_window: t.max_window,
+                rcv_wnd: t.rcv_wnd,
+                rcv_wup: t.rcv_wup,
+                snd_cwnd: t.snd_cwnd,
+                snd_ssthresh: t.snd_ssthresh,
+                srtt_us: t.srtt_us,
+                mdev_us: t.mdev_us,
+                cc_name,
+                nodelay: nonagle & b::TCP_NAGLE_OFF != 0,
+                cork: nonagle & b::TCP_NAGLE_CORK != 0,
+                keepalive: b::prism_sock_flag_keepopen(sk),
+                mark: (*sk).sk_mark,
+                user_timeout: icsk.icsk_user_timeout,
+                notsent_lowat: t.notsent_lowat,
+                send_queue,
+                recv_queue,
+            })
+        }
+    }
+
+    pub(crate) fn addr_len(&self) -> usize {
+        if u32::from(self.family) == b::AF_INET {
+            4
+        } else {
+            16
+        }
+    }
+}

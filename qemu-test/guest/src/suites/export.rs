@@ -1,0 +1,481 @@
+//! SOCK_EXPORT: the snapshot matches the live socket byte for byte, leaves it working,
+//! and every kind of wrong fd or caller is refused with a meaningful errno and message.
+
+use crate::check;
+use crate::harness::{sh, Env, Log, Test, TestResult};
+use crate::module;
+use crate::sockopt::{queued, set_int, tcp_info};
+use crate::topology::{self, in_ns, Topology};
+use prism_sock::uapi::StateAttr;
+use prism_sock::{Client, DecodedState, Error};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "export_snapshot_v4_recv_queue_and_options",
+            run: |e, l| snapshot(e, l, false),
+        },
+        Test {
+            name: "export_snapshot_v6_recv_queue_and_options",
+            run: |e, l| snapshot(e, l, true),
+        },
+        Test {
+            name: "export_snapshot_send_queue_unsent_window_closed",
+            run: send_queue,
+        },
+        Test {
+            name: "export_snapshot_in_flight_unacked",
+            run: in_flight,
+        },
+        Test {
+            name: "export_snapshot_close_wait",
+            run: close_wait,
+        },
+        Test {
+            name: "export_refuses_wrong_fds",
+            run: wrong_fds,
+        },
+        Test {
+            name: "export_refuses_malformed_requests",
+            run: malformed,
+        },
+        Test {
+            name: "export_refuses_caller_without_net_admin",
+            run: unprivileged,
+        },
+    ]
+}
+
+const SOCK_EXPORT: u8 = 2;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A connection from `client` to the VIP, accepted on `fe`; (client side, fe side).
+fn connect_via_topology(
+    v6: bool,
+    port: u16,
+    client_rcvbuf: Option<i32>,
+) -> Result<(TcpStream, TcpStream), String> {
+    let vip = SocketAddr::new(topology::vip(v6), port);
+    let listener = in_ns("fe", move || TcpListener::bind(vip))?.map_err(|e| format!("bind {vip}: {e}"))?;
+    let client = in_ns("client", move || -> std::io::Result<TcpStream> {
+        let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: plain socket creation; ownership passes to TcpStream below.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh socket we own.
+        let s = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if let Some(b) = client_rcvbuf {
+            set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
+        }
+        let s = std::net::TcpStream::from(s);
+        let sa = socket2_addr(vip);
+        // SAFETY: valid address buffer and length.
+        let r = unsafe { libc::connect(s.as_raw_fd(), sa.0.as_ptr().cast(), sa.1) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(s)
+    })?
+    .map_err(|e| format!("connect {vip}: {e}"))?;
+    let (server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    Ok((client, server))
+}
+
+/// A sockaddr for `libc::connect`: bytes and length.
+fn socket2_addr(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+    match a {
+        SocketAddr::V4(a) => {
+            // SAFETY: zeroed sockaddr_in is valid.
+            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            s.sin_family = libc::AF_INET as u16;
+            s.sin_port = a.port().to_be();
+            s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: reading the bytes of a plain struct.
+            let b = unsafe { std::slice::from_raw_parts((&s as *const libc::sockaddr_in).cast::<u8>(), 16) };
+            (b.to_vec(), 16)
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: zeroed sockaddr_in6 is valid.
+            let mut s: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            s.sin6_family = libc::AF_INET6 as u16;
+            s.sin6_port = a.port().to_be();
+            s.sin6_addr.s6_addr = a.ip().octets();
+            // SAFETY: reading the bytes of a plain struct.
+            let b = unsafe { std::slice::from_raw_parts((&s as *const libc::sockaddr_in6).cast::<u8>(), 28) };
+            (b.to_vec(), 28)
+        }
+    }
+}
+
+fn export(c: &Client, fd: impl AsFd, log: &mut Log) -> Result<DecodedState, String> {
+    let state = c.export_snapshot(fd).map_err(|e| format!("export: {e}"))?;
+    let d = state.decode().map_err(|e| e.to_string())?;
+    log.line(format!("blob {} bytes: {d:?}", state.as_bytes().len()));
+    Ok(d)
+}
+
+fn snapshot(env: &Env, log: &mut Log, v6: bool) -> TestResult {
+    let _t = Topology::up()?;
+    module::load(log, &env.module)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let (mut client, mut server) = connect_via_topology(v6, 7000, None)?;
+    // 60 000 unread bytes: two queue chunks in the blob.
+    let request = pattern(60_000, 7);
+    client.write_all(&request).map_err(|e| e.to_string())?;
+    wait_for("the request in fe's receive queue", || {
+        queued(server.as_fd(), false) == 60_000
+    })?;
+    server.write_all(b"response").map_err(|e| e.to_string())?;
+    wait_for("fe's send queue to drain", || queued(server.as_fd(), true) == 0)?;
+    set_int(server.as_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).map_err(|e| e.to_string())?;
+    set_int(server.as_fd(), libc::SOL_SOCKET, libc::SO_MARK, 42).map_err(|e| e.to_string())?;
+
+    let d = export(&c, server.as_fd(), log)?;
+    let info = tcp_info(server.as_fd());
+    check!(
+        d.local == Some(server.local_addr().unwrap()),
+        "local {:?}",
+        d.local
+    );
+    check!(
+        d.peer == Some(server.peer_addr().unwrap()),
+        "peer {:?} vs {:?}",
+        d.peer,
+        server.peer_addr()
+    );
+    check!(
+        d.peer == Some(client.local_addr().unwrap()),
+        "peer is not the client's address"
+    );
+    check!(d.tcp_state == 1, "state {}", d.tcp_state);
+    check!(
+        d.recv_queue == request,
+        "receive queue differs ({} bytes)",
+        d.recv_queue.len()
+    );
+    check!(d.send_queue.is_empty(), "send queue {} bytes", d.send_queue.len());
+    check!(
+        d.snd_una == d.snd_nxt && d.snd_nxt == d.write_seq,
+        "seqs {} {} {}",
+        d.snd_una,
+        d.snd_nxt,
+        d.write_seq
+    );
+    check!(!d.fin_received, "fin_received on an open connection");
+    check!(
+        d.nodelay && d.mark == 42,
+        "options nodelay={} mark={}",
+        d.nodelay,
+        d.mark
+    );
+    check!(d.cc_name == "cubic", "cc {}", d.cc_name);
+    check!(
+        d.timestamps == (info.tcpi_options & 1 != 0),
+        "timestamps {}",
+        d.timestamps
+    );
+    check!(d.sack == (info.tcpi_options & 2 != 0), "sack {}", d.sack);
+    check!(
+        d.wscale_ok == (info.tcpi_options & 4 != 0),
+        "wscale_ok {}",
+        d.wscale_ok
+    );
+    let ws = info.tcpi_snd_rcv_wscale;
+    check!(
+        d.snd_wscale == ws & 0xf && d.rcv_wscale == ws >> 4,
+        "wscales {} {} vs {ws:#x}",
+        d.snd_wscale,
+        d.rcv_wscale
+    );
+    check!(
+        d.snd_cwnd == info.tcpi_snd_cwnd,
+        "cwnd {} vs {}",
+        d.snd_cwnd,
+        info.tcpi_snd_cwnd
+    );
+    check!(d.mss_clamp >= 536, "mss clamp {}", d.mss_clamp);
+
+    // A snapshot leaves the socket as it was: the request reads back intact, both ways work.
+    let mut got = vec![0; request.len()];
+    server.read_exact(&mut got).map_err(|e| e.to_string())?;
+    check!(got == request, "request corrupted after export");
+    let mut resp = [0u8; 8];
+    client.read_exact(&mut resp).map_err(|e| e.to_string())?;
+    check!(&resp == b"response", "response {resp:?}");
+    let info = c.info().map_err(|e| e.to_string())?;
+    check!(info.exports == 1 && info.errors == 0, "counters {info:?}");
+    Ok(())
+}
+
+fn send_queue(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    module::load(log, &env.module)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    // The client reads nothing and has a small buffer: fe's data piles up in flight and unsent.
+    let (client, mut server) = connect_via_topology(false, 7001, Some(8192))?;
+    set_int(server.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 65536).map_err(|e| e.to_string())?;
+    server.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let data = pattern(400_000, 3);
+    let mut written = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && written < data.len() {
+        match server.write(&data[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let d = export(&c, server.as_fd(), log)?;
+    let in_flight = d.snd_nxt.wrapping_sub(d.snd_una) as usize;
+    log.line(format!(
+        "written {written}, send queue {}, in flight {in_flight}",
+        d.send_queue.len()
+    ));
+    check!(
+        d.send_queue.len() == d.write_seq.wrapping_sub(d.snd_una) as usize,
+        "queue length vs seqs"
+    );
+    check!(
+        !d.send_queue.is_empty() && d.send_queue.len() > in_flight,
+        "expected unsent data beyond the in-flight part"
+    );
+    check!(
+        d.send_queue[..] == data[written - d.send_queue.len()..written],
+        "send queue bytes differ"
+    );
+    // Still a working connection: everything arrives in order at the client.
+    let total = data.len();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0; total];
+        let mut client = client;
+        client.read_exact(&mut got).map(|_| got)
+    });
+    server.set_nonblocking(false).map_err(|e| e.to_string())?;
+    server.write_all(&data[written..]).map_err(|e| e.to_string())?;
+    let got = reader
+        .join()
+        .map_err(|_| "reader panicked")?
+        .map_err(|e| e.to_string())?;
+    check!(got == data, "data corrupted after export");
+    Ok(())
+}
+
+/// Runs one nft command in namespace `ns`.
+fn nft(log: &mut Log, ns: &str, cmd: &str) -> Result<String, String> {
+    sh(log, "ip", &["netns", "exec", ns, "nft", cmd])
+}
+
+fn in_flight(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    module::load(log, &env.module)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let (client, mut server) = connect_via_topology(false, 7003, None)?;
+    // The client drops fe's segments for a while: what fe sends stays unacknowledged.
+    nft(log, "client", "add table inet hold")?;
+    nft(
+        log,
+        "client",
+        "add chain inet hold in { type filter hook input priority 0; }",
+    )?;
+    nft(log, "client", "add rule inet hold in tcp sport 7003 drop")?;
+    let data = pattern(20_000, 11);
+    server.write_all(&data).map_err(|e| e.to_string())?;
+    wait_for("fe to send everything", || {
+        let i = tcp_info(server.as_fd());
+        i.tcpi_unacked > 0 && queued(server.as_fd(), true) == 20_000
+    })?;
+    let d = export(&c, server.as_fd(), log)?;
+    let in_flight = d.snd_nxt.wrapping_sub(d.snd_una) as usize;
+    log.line(format!(
+        "send queue {}, in flight {in_flight}",
+        d.send_queue.len()
+    ));
+    check!(
+        d.send_queue == data,
+        "send queue differs ({} bytes)",
+        d.send_queue.len()
+    );
+    check!(
+        in_flight > 0,
+        "nothing in flight: the retransmit queue was not exercised"
+    );
+    nft(log, "client", "delete table inet hold")?;
+    // Retransmission delivers it all once the client listens again.
+    let mut got = vec![0; data.len()];
+    (&client).read_exact(&mut got).map_err(|e| e.to_string())?;
+    check!(got == data, "data corrupted after export");
+    Ok(())
+}
+
+fn close_wait(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    module::load(log, &env.module)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let (client, server) = connect_via_topology(true, 7002, None)?;
+    (&client).write_all(b"last words").map_err(|e| e.to_string())?;
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    wait_for("CLOSE_WAIT on fe", || tcp_info(server.as_fd()).tcpi_state == 8)?;
+    let d = export(&c, server.as_fd(), log)?;
+    check!(
+        d.tcp_state == 8 && d.fin_received,
+        "state {} fin {}",
+        d.tcp_state,
+        d.fin_received
+    );
+    check!(d.recv_queue == b"last words", "receive queue {:?}", d.recv_queue);
+    Ok(())
+}
+
+fn expect(res: Result<impl std::fmt::Debug, Error>, errno: i32, msg: &str, log: &mut Log) -> TestResult {
+    log.line(format!("{res:?}"));
+    match res {
+        Err(Error::Kernel(k))
+            if k.errno == errno && k.message.as_deref().is_some_and(|m| m.contains(msg)) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("expected errno {errno} with {msg:?}, got {other:?}")),
+    }
+}
+
+fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
+    module::load(log, &env.module)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let udp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    expect(
+        c.export_snapshot(udp.as_fd()),
+        libc::EOPNOTSUPP,
+        "not a TCP socket",
+        log,
+    )?;
+    let (r, _w) = std::io::pipe().map_err(|e| e.to_string())?;
+    expect(
+        c.export_snapshot(r.as_fd()),
+        libc::ENOTSOCK,
+        "not an open socket",
+        log,
+    )?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    expect(
+        c.export_snapshot(listener.as_fd()),
+        libc::EINVAL,
+        "listening socket",
+        log,
+    )?;
+    // SAFETY: plain socket creation, closed by OwnedFd.
+    let fresh = unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            0,
+        ))
+    };
+    expect(
+        c.export_snapshot(fresh.as_fd()),
+        libc::EOPNOTSUPP,
+        "not ESTABLISHED",
+        log,
+    )?;
+    // A closed descriptor number.
+    let closed = (1 << 20) as u32;
+    expect(
+        c.raw_request(
+            SOCK_EXPORT,
+            &[(StateAttr::Fd.into(), closed.to_ne_bytes().to_vec())],
+        ),
+        libc::EBADF,
+        "not an open socket",
+        log,
+    )?;
+    let info = c.info().map_err(|e| e.to_string())?;
+    check!(info.exports == 0 && info.errors == 5, "counters {info:?}");
+    Ok(())
+}
+
+fn malformed(env: &Env, log: &mut Log) -> TestResult {
+    module::load(log, &env.module)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    expect(
+        c.raw_request(SOCK_EXPORT, &[]),
+        libc::EINVAL,
+        "missing attribute: fd",
+        log,
+    )?;
+    expect(
+        c.raw_request(SOCK_EXPORT, &[(StateAttr::Fd.into(), vec![1, 0])]),
+        libc::EINVAL,
+        "invalid attribute length",
+        log,
+    )?;
+    expect(
+        c.raw_request(SOCK_EXPORT, &[(StateAttr::SndUna.into(), vec![0; 4])]),
+        libc::EINVAL,
+        "Unknown attribute type",
+        log,
+    )?;
+    Ok(())
+}
+
+fn unprivileged(env: &Env, log: &mut Log) -> TestResult {
+    module::load(log, &env.module)?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let me = me.to_string_lossy();
+    let out = sh(
+        log,
+        "setpriv",
+        &[
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+            "--",
+            &me,
+            "export-probe",
+        ],
+    )?;
+    check!(
+        out.trim() == format!("errno {}", libc::EPERM),
+        "unprivileged export gave {out:?}"
+    );
+    Ok(())
+}
+
+/// Child side of `export_refuses_caller_without_net_admin`: exports a loopback
+/// connection and prints how it failed.
+pub fn export_probe() -> String {
+    let run = || -> Result<String, String> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let s = TcpStream::connect(l.local_addr().unwrap()).map_err(|e| e.to_string())?;
+        let c = Client::connect().map_err(|e| e.to_string())?;
+        Ok(match c.export_snapshot(s.as_fd()) {
+            Ok(_) => "exported".into(),
+            Err(e) => format!("errno {}", e.errno().unwrap_or(0)),
+        })
+    };
+    run().unwrap_or_else(|e| e)
+}

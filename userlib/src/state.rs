@@ -1,0 +1,169 @@
+//! The state of an exported TCP connection.
+
+use crate::error::{Error, Result};
+use crate::uapi::StateAttr;
+use neli::types::{Buffer, GenlBuffer};
+use neli::FromBytesWithInput;
+use serde::Serialize;
+use std::io::Cursor;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Blob format version this library understands.
+pub const BLOB_VERSION: u32 = 1;
+
+/// The module's state blob, exactly as `SOCK_EXPORT` returned it: ship these bytes to
+/// another host unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationState {
+    blob: Vec<u8>,
+}
+
+/// A readable view of a [`MigrationState`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DecodedState {
+    /// Blob format version.
+    pub blob_version: u32,
+    /// Local address and port.
+    pub local: Option<SocketAddr>,
+    /// Peer address and port.
+    pub peer: Option<SocketAddr>,
+    /// TCP state (1 ESTABLISHED, 8 CLOSE_WAIT).
+    pub tcp_state: u8,
+    /// First unacknowledged sequence number.
+    pub snd_una: u32,
+    /// Next sequence number to send.
+    pub snd_nxt: u32,
+    /// Sequence number after the last byte the application wrote.
+    pub write_seq: u32,
+    /// Next sequence number expected from the peer.
+    pub rcv_nxt: u32,
+    /// Bytes from `snd_una` to `write_seq`.
+    #[serde(skip)]
+    pub send_queue: Vec<u8>,
+    /// Received bytes not read by the application.
+    #[serde(skip)]
+    pub recv_queue: Vec<u8>,
+    /// The peer's FIN was received.
+    pub fin_received: bool,
+    /// Negotiated MSS clamp.
+    pub mss_clamp: u16,
+    /// Peer's window scale.
+    pub snd_wscale: u8,
+    /// Our window scale.
+    pub rcv_wscale: u8,
+    /// Timestamps negotiated.
+    pub timestamps: bool,
+    /// SACK negotiated.
+    pub sack: bool,
+    /// Window scaling negotiated.
+    pub wscale_ok: bool,
+    /// Timestamp clock as the peer sees it.
+    pub ts_now: u32,
+    /// Timestamp to echo next.
+    pub ts_recent: u32,
+    /// Peer's last window advertisement (scaled).
+    pub snd_wnd: u32,
+    /// Largest window the peer advertised.
+    pub max_window: u32,
+    /// Our current receive window.
+    pub rcv_wnd: u32,
+    /// Congestion window, in segments.
+    pub snd_cwnd: u32,
+    /// Slow-start threshold.
+    pub snd_ssthresh: u32,
+    /// Smoothed RTT (microseconds << 3).
+    pub srtt_us: u32,
+    /// Congestion control algorithm.
+    pub cc_name: String,
+    /// TCP_NODELAY set.
+    pub nodelay: bool,
+    /// SO_KEEPALIVE set.
+    pub keepalive: bool,
+    /// SO_MARK.
+    pub mark: u32,
+}
+
+fn short(what: &str) -> Error {
+    Error::Protocol(format!("state blob: malformed {what}"))
+}
+
+fn ip(bytes: &[u8]) -> Result<IpAddr> {
+    match bytes.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap()))),
+        16 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap()))),
+        _ => Err(short("address")),
+    }
+}
+
+impl MigrationState {
+    /// Wraps bytes received from another host (checked when decoded or imported).
+    pub fn from_bytes(blob: Vec<u8>) -> Self {
+        Self { blob }
+    }
+
+    /// The blob, to send to another host.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.blob
+    }
+
+    /// Decodes the blob into readable fields.
+    pub fn decode(&self) -> Result<DecodedState> {
+        let attrs =
+            GenlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(&self.blob), self.blob.len())
+                .map_err(|e| Error::Protocol(format!("state blob: {e}")))?;
+        let mut d = DecodedState::default();
+        let (mut saddr, mut daddr, mut sport, mut dport) = (None, None, 0, 0);
+        for a in attrs.iter() {
+            let p = a.nla_payload().as_ref();
+            let u8v = || p.first().copied().ok_or_else(|| short("u8"));
+            let u16v = || p.try_into().map(u16::from_ne_bytes).map_err(|_| short("u16"));
+            let u32v = || p.try_into().map(u32::from_ne_bytes).map_err(|_| short("u32"));
+            match StateAttr::from(*a.nla_type().nla_type()) {
+                StateAttr::BlobVersion => d.blob_version = u32v()?,
+                StateAttr::Saddr => saddr = Some(ip(p)?),
+                StateAttr::Daddr => daddr = Some(ip(p)?),
+                StateAttr::Sport => sport = u16v()?,
+                StateAttr::Dport => dport = u16v()?,
+                StateAttr::TcpState => d.tcp_state = u8v()?,
+                StateAttr::SndUna => d.snd_una = u32v()?,
+                StateAttr::SndNxt => d.snd_nxt = u32v()?,
+                StateAttr::WriteSeq => d.write_seq = u32v()?,
+                StateAttr::RcvNxt => d.rcv_nxt = u32v()?,
+                StateAttr::SendQueue => d.send_queue.extend_from_slice(p),
+                StateAttr::RecvQueue => d.recv_queue.extend_from_slice(p),
+                StateAttr::FinReceived => d.fin_received = u8v()? != 0,
+                StateAttr::MssClamp => d.mss_clamp = u16v()?,
+                StateAttr::SndWscale => d.snd_wscale = u8v()?,
+                StateAttr::RcvWscale => d.rcv_wscale = u8v()?,
+                StateAttr::Timestamps => d.timestamps = u8v()? != 0,
+                StateAttr::Sack => d.sack = u8v()? != 0,
+                StateAttr::WscaleOk => d.wscale_ok = u8v()? != 0,
+                StateAttr::TsNow => d.ts_now = u32v()?,
+                StateAttr::TsRecent => d.ts_recent = u32v()?,
+                StateAttr::SndWnd => d.snd_wnd = u32v()?,
+                StateAttr::MaxWindow => d.max_window = u32v()?,
+                StateAttr::RcvWnd => d.rcv_wnd = u32v()?,
+                StateAttr::SndCwnd => d.snd_cwnd = u32v()?,
+                StateAttr::SndSsthresh => d.snd_ssthresh = u32v()?,
+                StateAttr::SrttUs => d.srtt_us = u32v()?,
+                StateAttr::CcName => {
+                    d.cc_name =
+                        String::from_utf8_lossy(p.split(|c| *c == 0).next().unwrap_or_default()).into()
+                }
+                StateAttr::Nodelay => d.nodelay = u8v()? != 0,
+                StateAttr::Keepalive => d.keepalive = u8v()? != 0,
+                StateAttr::Mark => d.mark = u32v()?,
+                _ => {}
+            }
+        }
+        if d.blob_version != BLOB_VERSION {
+            return Err(Error::Protocol(format!(
+                "state blob version {} (this library reads {BLOB_VERSION})",
+                d.blob_version
+            )));
+        }
+        d.local = saddr.map(|a| SocketAddr::new(a, sport));
+        d.peer = daddr.map(|a| SocketAddr::new(a, dport));
+        Ok(d)
+    }
+}
