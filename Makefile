@@ -17,8 +17,11 @@ module: setup
 tools: setup
 	cargo build --release --workspace --bins
 
+KMOD_RS := $(filter-out %_generated.rs,$(wildcard kmod/*.rs))
+
 lint: setup
 	cargo fmt --all --check
+	rustfmt --check --edition 2021 $(KMOD_RS)
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test-host: setup

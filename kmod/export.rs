@@ -18,14 +18,20 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         return Err(EINVAL);
     };
     let file = FdSocket::lookup(fd).inspect_err(|_| {
-        req.set_err(Some(fd_attr), c_str!("fd is not an open socket of the caller"));
+        req.set_err(
+            Some(fd_attr),
+            c_str!("fd is not an open socket of the caller"),
+        );
     })?;
     let sk = file.sk()?;
     // The socket may come from another namespace (fd passing): TCP_REPAIR's own rule,
     // CAP_NET_ADMIN over the socket's network namespace, applies.
     // SAFETY: `sk` is alive while `file` holds its reference.
     if !unsafe { b::ns_capable(b::prism_sock_user_ns(sk.as_ptr()), b::PRISM_CAP_NET_ADMIN) } {
-        req.set_err(Some(fd_attr), c_str!("needs CAP_NET_ADMIN in the socket's network namespace"));
+        req.set_err(
+            Some(fd_attr),
+            c_str!("needs CAP_NET_ADMIN in the socket's network namespace"),
+        );
         return Err(EPERM);
     }
     let st = {
@@ -36,8 +42,12 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         })?
     };
     let queued = st.send_queue.len() + st.recv_queue.len();
-    let mut msg = req.reply_sized(cmd::SOCK_EXPORT, 1024 + queued + (queued / QUEUE_CHUNK + 2) * 8)?;
-    encode(&st, &mut msg).inspect_err(|_| req.set_err(None, c_str!("state does not fit the reply")))?;
+    let mut msg = req.reply_sized(
+        cmd::SOCK_EXPORT,
+        1024 + queued + (queued / QUEUE_CHUNK + 2) * 8,
+    )?;
+    encode(&st, &mut msg)
+        .inspect_err(|_| req.set_err(None, c_str!("state does not fit the reply")))?;
     msg.send_reply()?;
     Stats::bump(&STATS.exports);
     Ok(())
@@ -82,7 +92,11 @@ fn encode(st: &TcpState, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::SND_SSTHRESH, st.snd_ssthresh)?;
     msg.put_u32(a::SRTT_US, st.srtt_us)?;
     msg.put_u32(a::MDEV_US, st.mdev_us)?;
-    let name_len = st.cc_name.iter().position(|c| *c == 0).unwrap_or(st.cc_name.len() - 1);
+    let name_len = st
+        .cc_name
+        .iter()
+        .position(|c| *c == 0)
+        .unwrap_or(st.cc_name.len() - 1);
     let mut name = [0u8; 17];
     name[..name_len].copy_from_slice(&st.cc_name[..name_len]);
     msg.put(a::CC_NAME, &name[..=name_len])?;

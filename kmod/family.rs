@@ -4,8 +4,8 @@
 //! `events` multicast group, registered for the module's lifetime.
 
 use crate::bindings as b;
-use crate::genl::{self, Handler};
 use crate::export;
+use crate::genl::{self, Handler};
 use crate::info;
 use crate::uapi::{self, attr, cmd, state};
 use core::ffi::c_int;
@@ -89,7 +89,10 @@ impl Family {
         d.ops[1].maxattr = EXPORT_MAXATTR.into();
         d.ops[1].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
-        copy_name(&mut d.groups[GROUP_EVENTS as usize].name, uapi::MCGRP_EVENTS);
+        copy_name(
+            &mut d.groups[GROUP_EVENTS as usize].name,
+            uapi::MCGRP_EVENTS,
+        );
         d.groups[GROUP_EVENTS as usize].flags = b::PRISM_GENL_MCAST_CAP_NET_ADMIN;
 
         let f = &mut d.family;

@@ -59,7 +59,8 @@ impl Request<'_> {
     /// The u32 attribute `kind`; its length was checked by the policy.
     pub(crate) fn attr_u32(&self, kind: u16) -> Option<(u32, &b::nlattr)> {
         // SAFETY: the policy of every u32 attribute enforces a 4-byte payload.
-        self.attr(kind).map(|a| (unsafe { b::prism_nla_get_u32(a) }, a))
+        self.attr(kind)
+            .map(|a| (unsafe { b::prism_nla_get_u32(a) }, a))
     }
 
     /// Sets the extended-ack message, pointing at `attr` when given.
@@ -119,13 +120,22 @@ impl<'a> Message<'a> {
         // SAFETY: plain allocation; GFP_KERNEL is fine, handlers run in process context.
         let skb = unsafe { b::prism_genlmsg_new(size, kernel::bindings::GFP_KERNEL) };
         let skb = NonNull::new(skb).ok_or(ENOMEM)?;
-        Ok(Self { skb, hdr: core::ptr::null_mut(), req: None })
+        Ok(Self {
+            skb,
+            hdr: core::ptr::null_mut(),
+            req: None,
+        })
     }
 
     pub(crate) fn put(&mut self, kind: u16, data: &[u8]) -> Result {
         // SAFETY: `skb` is owned by this message; `data` is valid for its length.
         let ret = unsafe {
-            b::nla_put(self.skb.as_ptr(), kind.into(), data.len() as c_int, data.as_ptr().cast())
+            b::nla_put(
+                self.skb.as_ptr(),
+                kind.into(),
+                data.len() as c_int,
+                data.as_ptr().cast(),
+            )
         };
         to_result(ret)
     }
@@ -146,7 +156,13 @@ impl<'a> Message<'a> {
         let bytes = value.to_ne_bytes();
         // SAFETY: `skb` is owned by this message; `bytes` is valid for 8 bytes.
         let ret = unsafe {
-            b::nla_put_64bit(self.skb.as_ptr(), kind.into(), 8, bytes.as_ptr().cast(), pad.into())
+            b::nla_put_64bit(
+                self.skb.as_ptr(),
+                kind.into(),
+                8,
+                bytes.as_ptr().cast(),
+                pad.into(),
+            )
         };
         to_result(ret)
     }

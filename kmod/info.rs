@@ -2,10 +2,10 @@
 
 //! `GET_INFO`: module version, protocol version and counters.
 
+use crate::bindings as b;
 use crate::genl::{errno, Request};
 use crate::stats::{Stats, STATS};
 use crate::uapi::{self, attr, cmd};
-use crate::bindings as b;
 use kernel::c_str;
 use kernel::prelude::*;
 
@@ -16,7 +16,10 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
             return Err(EINVAL);
         }
         if version > uapi::PROTO_VERSION {
-            req.set_err(Some(a), c_str!("caller speaks a newer protocol than this module"));
+            req.set_err(
+                Some(a),
+                c_str!("caller speaks a newer protocol than this module"),
+            );
             return Err(errno(b::EPROTONOSUPPORT));
         }
     }

@@ -30,7 +30,10 @@ struct PrismSock {
 impl kernel::Module for PrismSock {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let family = family::Family::register(module)?;
-        pr_info!("loaded, generic netlink family prism_sock v{}\n", uapi::PROTO_VERSION);
+        pr_info!(
+            "loaded, generic netlink family prism_sock v{}\n",
+            uapi::PROTO_VERSION
+        );
         Ok(Self { _family: family })
     }
 }

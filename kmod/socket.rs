@@ -20,7 +20,9 @@ impl FdSocket {
         let mut err: c_int = 0;
         // SAFETY: `sockfd_lookup` validates `fd` and takes a file reference on success.
         let sock = unsafe { b::sockfd_lookup(fd, &mut err) };
-        NonNull::new(sock).map(|sock| Self { sock }).ok_or_else(|| Error::from_errno(err))
+        NonNull::new(sock)
+            .map(|sock| Self { sock })
+            .ok_or_else(|| Error::from_errno(err))
     }
 
     /// The `struct sock`, present for every socket that was created successfully.

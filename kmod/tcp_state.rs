@@ -70,12 +70,19 @@ fn refuse(code: u32, msg: &'static CStr) -> Refusal {
 /// # Safety
 ///
 /// `skb` must be a TCP skb on a queue of a socket whose lock the caller holds.
-unsafe fn copy_payload(skb: *mut b::sk_buff, from: u32, out: &mut KVVec<u8>) -> Result<bool, Refusal> {
+unsafe fn copy_payload(
+    skb: *mut b::sk_buff,
+    from: u32,
+    out: &mut KVVec<u8>,
+) -> Result<bool, Refusal> {
     // SAFETY: TCP queue skbs carry a `tcp_skb_cb` in their control buffer.
     let cb = unsafe { &*b::prism_tcp_skb_cb(skb) };
     let fin = cb.tcp_flags & b::PRISM_TCPHDR_FIN != 0;
     if cb.tcp_flags & b::PRISM_TCPHDR_SYN != 0 {
-        return Err(refuse(b::EBUSY, c_str!("a SYN is still queued: handshake not finished")));
+        return Err(refuse(
+            b::EBUSY,
+            c_str!("a SYN is still queued: handshake not finished"),
+        ));
     }
     let end = cb.end_seq.wrapping_sub(u32::from(fin));
     // Sequence arithmetic is modulo 2^32: a positive distance from the segment's start
@@ -88,7 +95,10 @@ unsafe fn copy_payload(skb: *mut b::sk_buff, from: u32, out: &mut KVVec<u8>) -> 
     }
     let len = (span - skip) as usize;
     if out.capacity() - out.len() < len {
-        return Err(refuse(b::EIO, c_str!("queue holds more bytes than its sequence numbers say")));
+        return Err(refuse(
+            b::EIO,
+            c_str!("queue holds more bytes than its sequence numbers say"),
+        ));
     }
     let dst = out.spare_capacity_mut();
     // SAFETY: `dst` has room for `len` bytes (checked above); the skb holds `span`
@@ -107,7 +117,11 @@ unsafe fn copy_payload(skb: *mut b::sk_buff, from: u32, out: &mut KVVec<u8>) -> 
 /// # Safety
 ///
 /// `head` must be a queue of a socket whose lock the caller holds.
-unsafe fn copy_list(head: *mut b::sk_buff_head, from: u32, out: &mut KVVec<u8>) -> Result<bool, Refusal> {
+unsafe fn copy_list(
+    head: *mut b::sk_buff_head,
+    from: u32,
+    out: &mut KVVec<u8>,
+) -> Result<bool, Refusal> {
     let end = head.cast::<b::sk_buff>();
     let mut fin = false;
     // SAFETY: the queue is a circular list headed by `head`, stable under the lock.
@@ -122,7 +136,8 @@ unsafe fn copy_list(head: *mut b::sk_buff_head, from: u32, out: &mut KVVec<u8>) 
 }
 
 fn alloc_queue(len: u32) -> Result<KVVec<u8>, Refusal> {
-    KVVec::with_capacity(len as usize, GFP_KERNEL).map_err(|_| (ENOMEM, c_str!("no memory for the queues")))
+    KVVec::with_capacity(len as usize, GFP_KERNEL)
+        .map_err(|_| (ENOMEM, c_str!("no memory for the queues")))
 }
 
 impl TcpState {
@@ -134,7 +149,9 @@ impl TcpState {
         // are stable (the receive path defers to the backlog). `tp` is only used after
         // the type and protocol checks show `sk` is embedded in a `tcp_sock`.
         unsafe {
-            if (*sk).sk_type != b::PRISM_SOCK_STREAM || u32::from((*sk).sk_protocol) != b::IPPROTO_TCP {
+            if (*sk).sk_type != b::PRISM_SOCK_STREAM
+                || u32::from((*sk).sk_protocol) != b::IPPROTO_TCP
+            {
                 return Err(refuse(b::EOPNOTSUPP, c_str!("fd is not a TCP socket")));
             }
             let common = &(*sk).__sk_common;
@@ -143,7 +160,20 @@ impl TcpState {
             match u32::from(state) {
                 b::TCP_ESTABLISHED | b::TCP_CLOSE_WAIT => {}
                 b::TCP_LISTEN => return Err(refuse(b::EINVAL, c_str!("fd is a listening socket"))),
-                _ => return Err(refuse(b::EOPNOTSUPP, c_str!("TCP state is not ESTABLISHED or CLOSE_WAIT"))),
+                _ => {
+                    return Err(refuse(
+                        b::EOPNOTSUPP,
+                        c_str!("TCP state is not ESTABLISHED or CLOSE_WAIT"),
+                    ))
+                }
+            }
+            // kTLS and other ULPs keep their own state and put transformed bytes
+            // (ciphertext) on the queues: a blob without that state would corrupt the stream.
+            if !(*tp).inet_conn.icsk_ulp_ops.is_null() {
+                return Err(refuse(
+                    b::EOPNOTSUPP,
+                    c_str!("sockets with an upper-layer protocol (kTLS) are not supported"),
+                ));
             }
             if (*tp).repair() != 0 {
                 return Err(refuse(b::EBUSY, c_str!("socket is in TCP_REPAIR mode")));
@@ -160,7 +190,12 @@ impl TcpState {
                     saddr = common.skc_v6_rcv_saddr.in6_u.u6_addr8;
                     daddr = common.skc_v6_daddr.in6_u.u6_addr8;
                 }
-                _ => return Err(refuse(b::EAFNOSUPPORT, c_str!("socket is neither AF_INET nor AF_INET6"))),
+                _ => {
+                    return Err(refuse(
+                        b::EAFNOSUPPORT,
+                        c_str!("socket is neither AF_INET nor AF_INET6"),
+                    ))
+                }
             }
             let ports = &common.__bindgen_anon_3.__bindgen_anon_1;
 
@@ -168,7 +203,10 @@ impl TcpState {
             let send_len = t.write_seq.wrapping_sub(t.snd_una);
             let recv_max = t.rcv_nxt.wrapping_sub(t.copied_seq);
             if u64::from(send_len) + u64::from(recv_max) > u64::from(MAX_QUEUE_BYTES) {
-                return Err(refuse(b::E2BIG, c_str!("queued bytes exceed the module's max-queue-bytes")));
+                return Err(refuse(
+                    b::E2BIG,
+                    c_str!("queued bytes exceed the module's max-queue-bytes"),
+                ));
             }
             let mut send_queue = alloc_queue(send_len)?;
             let mut skb = b::prism_skb_rb_first(&mut (*sk).__bindgen_anon_2.tcp_rtx_queue);
@@ -178,12 +216,18 @@ impl TcpState {
             }
             copy_list(&mut (*sk).sk_write_queue, t.snd_una, &mut send_queue)?;
             if send_queue.len() != send_len as usize {
-                return Err(refuse(b::EIO, c_str!("send queue does not match its sequence numbers")));
+                return Err(refuse(
+                    b::EIO,
+                    c_str!("send queue does not match its sequence numbers"),
+                ));
             }
             let mut recv_queue = alloc_queue(recv_max)?;
             let fin_unread = copy_list(&mut (*sk).sk_receive_queue, t.copied_seq, &mut recv_queue)?;
             if recv_queue.len() + usize::from(fin_unread) != recv_max as usize {
-                return Err(refuse(b::EIO, c_str!("receive queue does not match its sequence numbers")));
+                return Err(refuse(
+                    b::EIO,
+                    c_str!("receive queue does not match its sequence numbers"),
+                ));
             }
 
             let icsk = &t.inet_conn;

@@ -401,6 +401,27 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
         "not ESTABLISHED",
         log,
     )?;
+    // A connection with the kTLS upper-layer protocol attached.
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let tls = TcpStream::connect(l.local_addr().unwrap()).map_err(|e| e.to_string())?;
+    let ulp = b"tls";
+    // SAFETY: valid fd, option value and length.
+    let r = unsafe {
+        libc::setsockopt(
+            tls.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_ULP,
+            ulp.as_ptr().cast(),
+            3,
+        )
+    };
+    check!(r == 0, "TCP_ULP tls: {}", std::io::Error::last_os_error());
+    expect(
+        c.export_snapshot(tls.as_fd()),
+        libc::EOPNOTSUPP,
+        "upper-layer protocol",
+        log,
+    )?;
     // A closed descriptor number.
     let closed = (1 << 20) as u32;
     expect(
@@ -413,7 +434,7 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
         log,
     )?;
     let info = c.info().map_err(|e| e.to_string())?;
-    check!(info.exports == 0 && info.errors == 5, "counters {info:?}");
+    check!(info.exports == 0 && info.errors == 6, "counters {info:?}");
     Ok(())
 }
 
