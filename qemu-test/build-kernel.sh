@@ -27,6 +27,10 @@ fi
 
 log=$cache/kernel-$flavor-$key.log
 mkdir -p "$cache"
+# Trees of older keys of this flavor are a few GiB each and never used again.
+for old in "$cache/kernel-$flavor-"*; do
+  [[ $old == "$kdir" || $old == "$log" ]] || rm -rf "$old"
+done
 echo "build-kernel: building $flavor kernel into $kdir (log: $log)" >&2
 rm -rf "$kdir" && mkdir -p "$kdir"
 tar -xf "$tarball" -C "$kdir" --strip-components=1
