@@ -1,13 +1,14 @@
 //! SOCK_EXPORT: the snapshot matches the live socket byte for byte, leaves it working,
 //! and every kind of wrong fd or caller is refused with a meaningful errno and message.
 
+use super::common::{expect_refusal, loaded, WITHOUT_NET_ADMIN};
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::module;
 use crate::sockopt::{queued, set_int, tcp_info};
 use crate::topology::{self, in_ns, Topology};
 use prism_sock::uapi::StateAttr;
-use prism_sock::{Client, DecodedState, Error};
+use prism_sock::{Client, DecodedState};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
@@ -138,8 +139,7 @@ fn export(c: &Client, fd: impl AsFd, log: &mut Log) -> Result<DecodedState, Stri
 
 fn snapshot(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     let _t = Topology::up()?;
-    module::load(log, &env.module)?;
-    let c = Client::connect().map_err(|e| e.to_string())?;
+    let c = loaded(env, log)?;
     let (mut client, mut server) = connect_via_topology(v6, 7000, None)?;
     // 60 000 unread bytes: two queue chunks in the blob.
     let request = pattern(60_000, 7);
@@ -231,8 +231,7 @@ fn snapshot(env: &Env, log: &mut Log, v6: bool) -> TestResult {
 
 fn send_queue(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
-    module::load(log, &env.module)?;
-    let c = Client::connect().map_err(|e| e.to_string())?;
+    let c = loaded(env, log)?;
     // The client reads nothing and has a small buffer: fe's data piles up in flight and unsent.
     let (client, mut server) = connect_via_topology(false, 7001, Some(8192))?;
     set_int(server.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 65536).map_err(|e| e.to_string())?;
@@ -292,8 +291,7 @@ fn nft(log: &mut Log, ns: &str, cmd: &str) -> Result<String, String> {
 
 fn in_flight(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
-    module::load(log, &env.module)?;
-    let c = Client::connect().map_err(|e| e.to_string())?;
+    let c = loaded(env, log)?;
     let (client, mut server) = connect_via_topology(false, 7003, None)?;
     // The client drops fe's segments for a while: what fe sends stays unacknowledged.
     nft(log, "client", "add table inet hold")?;
@@ -334,8 +332,7 @@ fn in_flight(env: &Env, log: &mut Log) -> TestResult {
 
 fn close_wait(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
-    module::load(log, &env.module)?;
-    let c = Client::connect().map_err(|e| e.to_string())?;
+    let c = loaded(env, log)?;
     let (client, server) = connect_via_topology(true, 7002, None)?;
     (&client).write_all(b"last words").map_err(|e| e.to_string())?;
     client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
@@ -351,37 +348,24 @@ fn close_wait(env: &Env, log: &mut Log) -> TestResult {
     Ok(())
 }
 
-fn expect(res: Result<impl std::fmt::Debug, Error>, errno: i32, msg: &str, log: &mut Log) -> TestResult {
-    log.line(format!("{res:?}"));
-    match res {
-        Err(Error::Kernel(k))
-            if k.errno == errno && k.message.as_deref().is_some_and(|m| m.contains(msg)) =>
-        {
-            Ok(())
-        }
-        other => Err(format!("expected errno {errno} with {msg:?}, got {other:?}")),
-    }
-}
-
 fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
-    module::load(log, &env.module)?;
-    let c = Client::connect().map_err(|e| e.to_string())?;
+    let c = loaded(env, log)?;
     let udp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    expect(
+    expect_refusal(
         c.export_snapshot(udp.as_fd()),
         libc::EOPNOTSUPP,
         "not a TCP socket",
         log,
     )?;
     let (r, _w) = std::io::pipe().map_err(|e| e.to_string())?;
-    expect(
+    expect_refusal(
         c.export_snapshot(r.as_fd()),
         libc::ENOTSOCK,
         "not an open socket",
         log,
     )?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    expect(
+    expect_refusal(
         c.export_snapshot(listener.as_fd()),
         libc::EINVAL,
         "listening socket",
@@ -395,7 +379,7 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
             0,
         ))
     };
-    expect(
+    expect_refusal(
         c.export_snapshot(fresh.as_fd()),
         libc::EOPNOTSUPP,
         "not ESTABLISHED",
@@ -416,7 +400,7 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
         )
     };
     check!(r == 0, "TCP_ULP tls: {}", std::io::Error::last_os_error());
-    expect(
+    expect_refusal(
         c.export_snapshot(tls.as_fd()),
         libc::EOPNOTSUPP,
         "upper-layer protocol",
@@ -424,7 +408,7 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
     )?;
     // A closed descriptor number.
     let closed = (1 << 20) as u32;
-    expect(
+    expect_refusal(
         c.raw_request(
             SOCK_EXPORT,
             &[(StateAttr::Fd.into(), closed.to_ne_bytes().to_vec())],
@@ -439,21 +423,20 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
 }
 
 fn malformed(env: &Env, log: &mut Log) -> TestResult {
-    module::load(log, &env.module)?;
-    let c = Client::connect().map_err(|e| e.to_string())?;
-    expect(
+    let c = loaded(env, log)?;
+    expect_refusal(
         c.raw_request(SOCK_EXPORT, &[]),
         libc::EINVAL,
         "missing attribute: fd",
         log,
     )?;
-    expect(
+    expect_refusal(
         c.raw_request(SOCK_EXPORT, &[(StateAttr::Fd.into(), vec![1, 0])]),
         libc::EINVAL,
         "invalid attribute length",
         log,
     )?;
-    expect(
+    expect_refusal(
         c.raw_request(SOCK_EXPORT, &[(StateAttr::SndUna.into(), vec![0; 4])]),
         libc::EINVAL,
         "Unknown attribute type",
@@ -466,19 +449,9 @@ fn unprivileged(env: &Env, log: &mut Log) -> TestResult {
     module::load(log, &env.module)?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let me = me.to_string_lossy();
-    let out = sh(
-        log,
-        "setpriv",
-        &[
-            "--bounding-set",
-            "-net_admin",
-            "--inh-caps",
-            "-net_admin",
-            "--",
-            &me,
-            "export-probe",
-        ],
-    )?;
+    let mut cmd: Vec<&str> = WITHOUT_NET_ADMIN.to_vec();
+    cmd.extend([&*me, "export-probe"]);
+    let out = sh(log, cmd[0], &cmd[1..])?;
     check!(
         out.trim() == format!("errno {}", libc::EPERM),
         "unprivileged export gave {out:?}"

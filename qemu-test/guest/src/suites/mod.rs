@@ -1,5 +1,6 @@
 //! All guest tests, in the order they run.
 
+mod common;
 pub mod export;
 mod foundation;
 
