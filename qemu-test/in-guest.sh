@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs inside the guest (virtme-ng): MODE is `suite` or `demo`. Results, logs and dmesg
-# go to OUT, the folder shared with the host. Arguments: MODE OUT REPO KDIR [FILTER]
+# go to OUT, the folder shared with the host.
+# Arguments: MODE OUT REPO KDIR TEST_TIMEOUT [FILTER]
 set -uo pipefail
-mode=$1 out=$2 repo=$3 kdir=$4 filter=${5:-}
+mode=$1 out=$2 repo=$3 kdir=$4 test_timeout=$5 filter=${6:-}
 mkdir -p "$out"
 exec > >(tee "$out/guest.log") 2>&1
 echo "guest: $(uname -r), $(nproc) cpus"
@@ -14,7 +15,7 @@ env_args=(--module "$repo/prism_sock.ko" --spec "$repo/docs/netlink/prism_sock.y
 rc=0
 case "$mode" in
   suite)
-    "$bin/prism-guest-suite" suite "${env_args[@]}" --out "$out" ${filter:+--filter "$filter"}
+    "$bin/prism-guest-suite" suite "${env_args[@]}" --out "$out" --test-timeout "$test_timeout" ${filter:+--filter "$filter"}
     rc=$?
     ;;
   demo)

@@ -11,7 +11,9 @@ filter=${2:-${PRISM_TEST_FILTER:-}}
 kdir=$("$here/build-kernel.sh") || exit 1
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
 out=$(mktemp -d /tmp/prism-guest.XXXXXX)
-timeout_s=${GUEST_TIMEOUT:-900}
+# KASAN and lockdep under TCG run several times slower.
+if [[ ${KERNEL_FLAVOR:-default} == debug ]]; then test_timeout=600 timeout_s=3600; else test_timeout=180 timeout_s=900; fi
+timeout_s=${GUEST_TIMEOUT:-$timeout_s}
 
 # KVM is used only when a probe boot on this machine showed that it works; the result is
 # cached (KVM hangs at boot on some hosts, see shared/TOOLCHAIN.md).
@@ -32,7 +34,7 @@ echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 start=$SECONDS
 timeout "$timeout_s" vng --run "$kdir/arch/x86/boot/bzImage" "${accel[@]}" --user root \
   --memory 2G --cpus 2 --rwdir "$out" \
-  --exec "$here/in-guest.sh $mode $out $repo $kdir $filter" </dev/null >"$out/console.log" 2>&1
+  --exec "$here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
 vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 /// Outcome of one test.
 pub type TestResult = Result<(), String>;
 
-/// Longest a single test may run.
-const TEST_TIMEOUT: Duration = Duration::from_secs(180);
-
 /// Paths the tests need, passed by the guest script.
 #[derive(clap::Args, Clone)]
 pub struct Env {
@@ -78,8 +75,9 @@ macro_rules! check {
     };
 }
 
-/// Runs every test (or those matching `filter`), each in its own child process.
-pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
+/// Runs every test (or those matching `filter`), each in its own child process that
+/// may run `timeout` at most.
+pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> ExitCode {
     let logs = out.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
         eprintln!("cannot create {}: {e}", logs.display());
@@ -100,7 +98,7 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
     {
         let log_path = logs.join(format!("{}.log", t.name));
         let start = Instant::now();
-        let res = run_child(&me, env, t.name, &log_path);
+        let res = run_child(&me, env, t.name, &log_path, timeout);
         // Whatever the test did, the next one starts from a clean guest.
         crate::topology::Topology::teardown_all();
         let _ = crate::module::unload_if_loaded();
@@ -123,7 +121,7 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>) -> ExitCode {
     }
 }
 
-fn run_child(me: &Path, env: &Env, name: &str, log_path: &Path) -> TestResult {
+fn run_child(me: &Path, env: &Env, name: &str, log_path: &Path, timeout: Duration) -> TestResult {
     let mut child = Command::new(me)
         .arg("run-one")
         .args(env.args())
@@ -145,7 +143,7 @@ fn run_child(me: &Path, env: &Env, name: &str, log_path: &Path) -> TestResult {
                         .unwrap_or_else(|| format!("test process {status}")))
                 };
             }
-            Ok(None) if start.elapsed() > TEST_TIMEOUT => {
+            Ok(None) if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
                 let mut f = std::fs::OpenOptions::new()
@@ -154,9 +152,9 @@ fn run_child(me: &Path, env: &Env, name: &str, log_path: &Path) -> TestResult {
                     .open(log_path)
                     .ok();
                 if let Some(f) = f.as_mut() {
-                    let _ = writeln!(f, "FAILED: timed out after {} s", TEST_TIMEOUT.as_secs());
+                    let _ = writeln!(f, "FAILED: timed out after {} s", timeout.as_secs());
                 }
-                return Err(format!("timed out after {} s", TEST_TIMEOUT.as_secs()));
+                return Err(format!("timed out after {} s", timeout.as_secs()));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return Err(format!("wait: {e}")),

@@ -31,6 +31,9 @@ enum Cmd {
         /// Run only tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// Longest one test may run, in seconds.
+        #[arg(long, default_value_t = 180)]
+        test_timeout: u64,
     },
     /// Run one test (the suite runs each test this way, in its own process).
     #[command(hide = true)]
@@ -51,7 +54,17 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Suite { env, out, filter } => harness::run(&env, &out, filter.as_deref()),
+        Cmd::Suite {
+            env,
+            out,
+            filter,
+            test_timeout,
+        } => harness::run(
+            &env,
+            &out,
+            filter.as_deref(),
+            std::time::Duration::from_secs(test_timeout),
+        ),
         Cmd::RunOne { env, name, log } => harness::run_one(&env, &name, &log),
         Cmd::ExportProbe => {
             println!("{}", suites::export::export_probe());
