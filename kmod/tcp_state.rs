@@ -129,7 +129,8 @@ unsafe fn copy_list(
     while skb != end {
         // SAFETY: as above; each element is a TCP skb of this socket.
         fin |= unsafe { copy_payload(skb, from, out)? };
-        // SAFETY: as above.
+        // SAFETY: as above; `next` is the first field of `struct sk_buff` (its list
+        // linkage), which is why `sk_buff` can stay opaque in the bindings.
         skb = unsafe { *skb.cast::<*mut b::sk_buff>() };
     }
     Ok(fin)
