@@ -7,7 +7,7 @@
 use crate::error::{Error, KernelError, Result};
 use crate::state::MigrationState;
 use crate::uapi::{Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
-use neli::consts::genl::{CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
+use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
 use neli::consts::nl::{GenlId, NlType, NlmF, NlmsgerrAttr};
 use neli::consts::socket::NlFamily;
 use neli::err::{Nlmsgerr, NlmsghdrErr};
@@ -85,8 +85,14 @@ fn proto(e: impl std::fmt::Display) -> Error {
     Error::Protocol(e.to_string())
 }
 
-fn attrs<A: NlAttrType>(list: impl IntoIterator<Item = (A, Vec<u8>)>) -> Result<GenlBuffer<A, Buffer>> {
-    list.into_iter()
+/// A generic netlink request: command `cmd` at `version`, with `(type, payload)` attributes.
+fn request<C: Cmd, A: NlAttrType>(
+    cmd: C,
+    version: u8,
+    list: impl IntoIterator<Item = (A, Vec<u8>)>,
+) -> Result<Genlmsghdr<C, A>> {
+    let attrs = list
+        .into_iter()
         .map(|(kind, payload)| {
             NlattrBuilder::default()
                 .nla_type(AttrTypeBuilder::default().nla_type(kind).build().map_err(proto)?)
@@ -94,7 +100,13 @@ fn attrs<A: NlAttrType>(list: impl IntoIterator<Item = (A, Vec<u8>)>) -> Result<
                 .build()
                 .map_err(proto)
         })
-        .collect()
+        .collect::<Result<GenlBuffer<A, Buffer>>>()?;
+    GenlmsghdrBuilder::<C, A, NoUserHeader>::default()
+        .cmd(cmd)
+        .version(version)
+        .attrs(attrs)
+        .build()
+        .map_err(proto)
 }
 
 impl Client {
@@ -110,15 +122,11 @@ impl Client {
             events_group: 0,
             seq: Cell::new(1),
         };
-        let request = GenlmsghdrBuilder::<CtrlCmd, CtrlAttr, NoUserHeader>::default()
-            .cmd(CtrlCmd::Getfamily)
-            .version(2)
-            .attrs(attrs([(
-                CtrlAttr::FamilyName,
-                format!("{FAMILY_NAME}\0").into_bytes(),
-            )])?)
-            .build()
-            .map_err(proto)?;
+        let request = request(
+            CtrlCmd::Getfamily,
+            2,
+            [(CtrlAttr::FamilyName, format!("{FAMILY_NAME}\0").into_bytes())],
+        )?;
         let replies = match client.transact::<_, _, Genlmsghdr<CtrlCmd, CtrlAttr>>(GenlId::Ctrl, request) {
             Err(Error::Kernel(k)) if k.errno == ENOENT => return Err(Error::ModuleNotLoaded),
             other => other?,
@@ -194,12 +202,7 @@ impl Client {
     /// Meant for diagnostics and for conformance tests of the module's validation: the
     /// attributes are sent as given, well-formed or not.
     pub fn raw_request(&self, cmd: u8, attributes: &[RawAttr]) -> Result<Vec<Vec<RawAttr>>> {
-        let request = GenlmsghdrBuilder::<u8, u16, NoUserHeader>::default()
-            .cmd(cmd)
-            .version(PROTO_VERSION as u8)
-            .attrs(attrs(attributes.iter().cloned())?)
-            .build()
-            .map_err(proto)?;
+        let request = request(cmd, PROTO_VERSION as u8, attributes.iter().cloned())?;
         Ok(self
             .transact::<_, _, Genlmsghdr<u8, u16>>(self.family, request)?
             .iter()
@@ -214,15 +217,11 @@ impl Client {
 
     /// Reads the module's version and counters (`GET_INFO`).
     pub fn info(&self) -> Result<ModuleInfo> {
-        let request = GenlmsghdrBuilder::<Command, InfoAttr, NoUserHeader>::default()
-            .cmd(Command::GetInfo)
-            .version(PROTO_VERSION as u8)
-            .attrs(attrs([(
-                InfoAttr::ProtoVersion,
-                PROTO_VERSION.to_ne_bytes().to_vec(),
-            )])?)
-            .build()
-            .map_err(proto)?;
+        let request = request(
+            Command::GetInfo,
+            PROTO_VERSION as u8,
+            [(InfoAttr::ProtoVersion, PROTO_VERSION.to_ne_bytes().to_vec())],
+        )?;
         let replies = self.transact::<_, _, Genlmsghdr<Command, InfoAttr>>(self.family, request)?;
         let reply = replies
             .first()
@@ -250,12 +249,11 @@ impl Client {
     /// atomically; the socket is left as it was.
     pub fn export_snapshot(&self, fd: impl AsFd) -> Result<MigrationState> {
         let raw = fd.as_fd().as_raw_fd() as u32;
-        let request = GenlmsghdrBuilder::<Command, StateAttr, NoUserHeader>::default()
-            .cmd(Command::SockExport)
-            .version(PROTO_VERSION as u8)
-            .attrs(attrs([(StateAttr::Fd, raw.to_ne_bytes().to_vec())])?)
-            .build()
-            .map_err(proto)?;
+        let request = request(
+            Command::SockExport,
+            PROTO_VERSION as u8,
+            [(StateAttr::Fd, raw.to_ne_bytes().to_vec())],
+        )?;
         // The reply is taken as raw bytes so the blob is the module's own, not re-encoded.
         let replies = self.transact::<_, _, Buffer>(self.family, request)?;
         let reply = replies

@@ -91,7 +91,7 @@ fn connect_via_topology(
             set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
         }
         let s = std::net::TcpStream::from(s);
-        let sa = socket2_addr(vip);
+        let sa = sockaddr_bytes(vip);
         // SAFETY: valid address buffer and length.
         let r = unsafe { libc::connect(s.as_raw_fd(), sa.0.as_ptr().cast(), sa.1) };
         if r != 0 {
@@ -105,7 +105,7 @@ fn connect_via_topology(
 }
 
 /// A sockaddr for `libc::connect`: bytes and length.
-fn socket2_addr(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+fn sockaddr_bytes(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
     match a {
         SocketAddr::V4(a) => {
             // SAFETY: zeroed sockaddr_in is valid.
