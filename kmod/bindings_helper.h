@@ -7,6 +7,16 @@
 #include <net/sock.h>
 #include <net/inet_sock.h>
 #include <net/tcp.h>
+#include <net/inet_common.h>
+#include <net/ipv6.h>
+#include <net/net_namespace.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/random.h>
+#include <linux/uio.h>
+#include <linux/fcntl.h>
+#include <linux/in.h>
+#include <linux/in6.h>
 #include "helpers.h"
 
 /* Macros bindgen cannot evaluate, turned into constants it can. */
@@ -16,3 +26,13 @@ const u8 PRISM_TCPHDR_FIN = TCPHDR_FIN;
 const u8 PRISM_TCPHDR_SYN = TCPHDR_SYN;
 const int PRISM_CAP_NET_ADMIN = CAP_NET_ADMIN;
 const u16 PRISM_SOCK_STREAM = SOCK_STREAM;
+const unsigned int PRISM_HZ = HZ;
+const unsigned int PRISM_TCP_RTO_MAX = TCP_RTO_MAX;
+const u32 PRISM_TCP_INFINITE_SSTHRESH = TCP_INFINITE_SSTHRESH;
+const u8 PRISM_TCPHDR_ACK = TCPHDR_ACK;
+const u8 PRISM_TCP_SACK_SEEN = TCP_SACK_SEEN;
+const unsigned int PRISM_TCPOLEN_TSTAMP_ALIGNED = TCPOLEN_TSTAMP_ALIGNED;
+const unsigned int PRISM_ITER_SOURCE = ITER_SOURCE;
+const unsigned int PRISM_MSG_DONTWAIT = MSG_DONTWAIT;
+const unsigned int PRISM_O_CLOEXEC = O_CLOEXEC;
+const unsigned int PRISM_O_NONBLOCK = O_NONBLOCK;

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! `SOCK_EXPORT`: the whole state of one of the caller's TCP sockets, as a blob of
-//! attributes that `SOCK_IMPORT` takes back unchanged. The socket is left as it was.
+//! attributes that `SOCK_IMPORT` takes back unchanged. The socket is left as it was, or
+//! with DETACH, finished on this host without a packet to the peer.
 
 use crate::bindings as b;
-use crate::genl::{Message, Request};
+use crate::departed::Tuple;
+use crate::genl::{errno, Message, Request};
+use crate::guard;
 use crate::socket::{FdSocket, SockLock};
 use crate::stats::{Stats, STATS};
 use crate::tcp_state::TcpState;
@@ -17,6 +20,7 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         req.set_err(None, c_str!("missing attribute: fd"));
         return Err(EINVAL);
     };
+    let detach = req.attr(a::DETACH).is_some();
     let file = FdSocket::lookup(fd).inspect_err(|_| {
         req.set_err(
             Some(fd_attr),
@@ -34,21 +38,52 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         );
         return Err(EPERM);
     }
-    let st = {
-        let lock = SockLock::lock(&file)?;
-        TcpState::capture(&lock).map_err(|(e, msg)| {
-            req.set_err(Some(fd_attr), msg);
-            e
-        })?
-    };
+    let lock = SockLock::lock(&file)?;
+    let st = TcpState::capture(&lock).map_err(|(e, msg)| {
+        req.set_err(Some(fd_attr), msg);
+        e
+    })?;
     let queued = st.send_queue.len() + st.recv_queue.len();
     let mut msg = req.reply_sized(
         cmd::SOCK_EXPORT,
         1024 + queued + (queued / QUEUE_CHUNK + 2) * 8,
     )?;
-    encode(&st, &mut msg)
+    // SAFETY: plain call into the random pool.
+    let migration_id = unsafe { b::get_random_u64() };
+    encode(&st, migration_id, &mut msg)
         .inspect_err(|_| req.set_err(None, c_str!("state does not fit the reply")))?;
-    msg.send_reply()?;
+    if !detach {
+        drop(lock);
+        msg.send_reply()?;
+        Stats::bump(&STATS.exports);
+        return Ok(());
+    }
+
+    // DETACH: the tuple is guarded before the socket lets go of it, and the socket lets
+    // go only once the reply (the state) is queued to the caller. All of it under the
+    // socket lock, so the state cannot change between the copy and the end.
+    let table = guard::table().ok_or(ENODEV)?;
+    let tuple = Tuple::of_socket(
+        // SAFETY: the socket is locked; its namespace is fixed for its lifetime.
+        unsafe { (*lock.sk()).__sk_common.skc_net.net } as usize,
+        st.family,
+        &st.saddr,
+        &st.daddr,
+        st.sport,
+        st.dport,
+    );
+    if table.insert(&tuple).is_err() {
+        req.set_err(
+            None,
+            c_str!("departed-tuple table is full: cannot guard the tuple, socket left as it was"),
+        );
+        return Err(errno(b::ENOSPC));
+    }
+    if let Err(e) = msg.send_reply() {
+        table.remove(&tuple);
+        return Err(e);
+    }
+    lock.detach();
     Stats::bump(&STATS.exports);
     Ok(())
 }
@@ -60,7 +95,7 @@ fn put_queue(msg: &mut Message<'_>, kind: u16, data: &[u8]) -> Result {
     Ok(())
 }
 
-fn encode(st: &TcpState, msg: &mut Message<'_>) -> Result {
+fn encode(st: &TcpState, migration_id: u64, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::BLOB_VERSION, BLOB_VERSION)?;
     msg.put_u16(a::FAMILY, st.family)?;
     msg.put(a::SADDR, &st.saddr[..st.addr_len()])?;
@@ -106,5 +141,16 @@ fn encode(st: &TcpState, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::MARK, st.mark)?;
     msg.put_u32(a::USER_TIMEOUT, st.user_timeout)?;
     msg.put_u32(a::NOTSENT_LOWAT, st.notsent_lowat)?;
+    msg.put_u32(a::KEEPIDLE, st.keepidle)?;
+    msg.put_u32(a::KEEPINTVL, st.keepintvl)?;
+    msg.put_u32(a::KEEPCNT, st.keepcnt)?;
+    msg.put_u32(a::SNDBUF, st.sndbuf)?;
+    msg.put_u32(a::RCVBUF, st.rcvbuf)?;
+    msg.put_u8(a::BUF_LOCKS, st.buf_locks)?;
+    msg.put_u8(a::TOS, st.tos)?;
+    msg.put_u32(a::WINDOW_CLAMP, st.window_clamp)?;
+    msg.put_u32(a::RCV_SSTHRESH, st.rcv_ssthresh)?;
+    msg.put_u8(a::REUSEADDR, st.reuseaddr.into())?;
+    msg.put_u64(a::MIGRATION_ID, migration_id, a::PAD)?;
     Ok(())
 }

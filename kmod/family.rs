@@ -6,8 +6,9 @@
 use crate::bindings as b;
 use crate::export;
 use crate::genl::{self, Handler};
+use crate::import;
 use crate::info;
-use crate::uapi::{self, attr, cmd, state};
+use crate::uapi::{self, attr, cmd, state, QUEUE_CHUNK};
 use core::ffi::c_int;
 use kernel::prelude::*;
 use kernel::str::CStr;
@@ -15,9 +16,10 @@ use kernel::str::CStr;
 /// Index of the `events` group in the family's group array.
 pub(crate) const GROUP_EVENTS: u32 = 0;
 
-const N_OPS: usize = 2;
+const N_OPS: usize = 3;
 const INFO_MAXATTR: u16 = attr::PROTO_VERSION;
-const EXPORT_MAXATTR: u16 = state::FD;
+const EXPORT_MAXATTR: u16 = state::DETACH;
+const IMPORT_MAXATTR: u16 = state::MAX;
 
 /// Everything genetlink keeps pointers to, in one allocation whose address is stable
 /// from registration to unregistration.
@@ -27,6 +29,7 @@ struct Definition {
     groups: [b::genl_multicast_group; 1],
     info_policy: [b::nla_policy; INFO_MAXATTR as usize + 1],
     export_policy: [b::nla_policy; EXPORT_MAXATTR as usize + 1],
+    import_policy: [b::nla_policy; IMPORT_MAXATTR as usize + 1],
 }
 
 /// The registered family; dropping it unregisters the family.
@@ -59,6 +62,81 @@ macro_rules! doit {
     }};
 }
 
+/// The `state` set as `SOCK_IMPORT` takes it: the blob's attributes and the importer's.
+/// Lengths are checked here; values in `blob.rs`.
+fn import_policy(p: &mut [b::nla_policy; IMPORT_MAXATTR as usize + 1]) {
+    use state::*;
+    let mut set = |kinds: &[u16], ty: u32, len: u16| {
+        for k in kinds {
+            p[usize::from(*k)].type_ = ty as u8;
+            p[usize::from(*k)].len = len;
+        }
+    };
+    set(
+        &[
+            FD,
+            BLOB_VERSION,
+            SND_UNA,
+            SND_NXT,
+            WRITE_SEQ,
+            RCV_NXT,
+            TS_NOW,
+            TS_RECENT,
+            SND_WL1,
+            SND_WND,
+            MAX_WINDOW,
+            RCV_WND,
+            RCV_WUP,
+            SND_CWND,
+            SND_SSTHRESH,
+            SRTT_US,
+            MDEV_US,
+            MARK,
+            USER_TIMEOUT,
+            NOTSENT_LOWAT,
+            KEEPIDLE,
+            KEEPINTVL,
+            KEEPCNT,
+            SNDBUF,
+            RCVBUF,
+            WINDOW_CLAMP,
+            RCV_SSTHRESH,
+        ],
+        b::NLA_U32,
+        0,
+    );
+    set(&[FAMILY, SPORT, DPORT, MSS_CLAMP], b::NLA_U16, 0);
+    set(
+        &[
+            TCP_STATE,
+            FIN_RECEIVED,
+            SND_WSCALE,
+            RCV_WSCALE,
+            TIMESTAMPS,
+            SACK,
+            WSCALE_OK,
+            NODELAY,
+            CORK,
+            KEEPALIVE,
+            BUF_LOCKS,
+            TOS,
+            REUSEADDR,
+        ],
+        b::NLA_U8,
+        0,
+    );
+    set(&[SADDR, DADDR, BIND_ADDR], b::NLA_BINARY, 16);
+    set(&[SEND_QUEUE, RECV_QUEUE], b::NLA_BINARY, QUEUE_CHUNK as u16);
+    set(&[CC_NAME], b::NLA_NUL_STRING, 15);
+    set(&[MIGRATION_ID], b::NLA_U64, 0);
+    // `pad` may sit before the 64-bit migration id; the others are the importer's flags.
+    set(
+        &[PAD, DETACH, FREEBIND, TRANSPARENT, NONBLOCK],
+        b::NLA_FLAG,
+        0,
+    );
+}
+
 impl Family {
     /// Registers the family; the module is pinned while any request runs in it.
     pub(crate) fn register(module: &'static ThisModule) -> Result<Self> {
@@ -68,7 +146,8 @@ impl Family {
                 ops: Default::default(),
                 groups: Default::default(),
                 info_policy: Default::default(),
-                export_policy: Default::default(),
+                export_policy: [b::nla_policy::default(); EXPORT_MAXATTR as usize + 1],
+                import_policy: [b::nla_policy::default(); IMPORT_MAXATTR as usize + 1],
             },
             GFP_KERNEL,
         )?;
@@ -83,11 +162,19 @@ impl Family {
 
         // Touches sockets: CAP_NET_ADMIN in the caller's user namespace.
         d.export_policy[state::FD as usize].type_ = b::NLA_U32 as u8;
+        d.export_policy[state::DETACH as usize].type_ = b::NLA_FLAG as u8;
         d.ops[1].cmd = cmd::SOCK_EXPORT;
         d.ops[1].doit = Some(doit!(export::sock_export, EXPORT_MAXATTR));
         d.ops[1].policy = d.export_policy.as_ptr();
         d.ops[1].maxattr = EXPORT_MAXATTR.into();
         d.ops[1].flags = b::GENL_UNS_ADMIN_PERM as u8;
+
+        import_policy(&mut d.import_policy);
+        d.ops[2].cmd = cmd::SOCK_IMPORT;
+        d.ops[2].doit = Some(doit!(import::sock_import, IMPORT_MAXATTR));
+        d.ops[2].policy = d.import_policy.as_ptr();
+        d.ops[2].maxattr = IMPORT_MAXATTR.into();
+        d.ops[2].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
         copy_name(
             &mut d.groups[GROUP_EVENTS as usize].name,

@@ -6,6 +6,7 @@
 use crate::bindings as b;
 use crate::stats::{Stats, STATS};
 use core::ffi::{c_int, c_void};
+use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use kernel::prelude::*;
@@ -54,6 +55,26 @@ impl Request<'_> {
         // SAFETY: genetlink parsed the request into an array of `maxattr + 1` entries
         // (checked above), each null or pointing into the request skb.
         unsafe { (*self.info.attrs.add(kind as usize)).as_ref() }
+    }
+
+    /// Every attribute of the request in order, repeated ones included (the parsed
+    /// array keeps only the last of each type).
+    pub(crate) fn all_attrs(&self) -> AttrIter<'_> {
+        let mut len: c_int = 0;
+        // SAFETY: `info` belongs to a validated request whose attributes start right
+        // after the generic netlink header (the family has no user header).
+        let start = unsafe { b::prism_genl_request_attrs(self.info, &mut len) };
+        AttrIter {
+            next: start.cast(),
+            left: len.max(0) as usize,
+            _req: PhantomData,
+        }
+    }
+
+    /// The network namespace of the requesting netlink socket.
+    pub(crate) fn net(&self) -> *mut b::net {
+        // SAFETY: `info` is valid for the request.
+        unsafe { b::prism_genl_info_net(self.info) }
     }
 
     /// The u32 attribute `kind`; its length was checked by the policy.
@@ -105,6 +126,36 @@ impl Request<'_> {
         msg.hdr = hdr;
         msg.req = Some(self);
         Ok(msg)
+    }
+}
+
+/// Iterator over the attributes of a request.
+pub(crate) struct AttrIter<'a> {
+    next: *const u8,
+    left: usize,
+    _req: PhantomData<&'a b::nlattr>,
+}
+
+impl<'a> Iterator for AttrIter<'a> {
+    type Item = &'a b::nlattr;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const HDR: usize = core::mem::size_of::<b::nlattr>();
+        if self.left < HDR {
+            return None;
+        }
+        // SAFETY: at least a header's worth of the validated request remains; netlink
+        // attributes are 4-byte aligned.
+        let nla = unsafe { &*self.next.cast::<b::nlattr>() };
+        let len = usize::from(nla.nla_len);
+        if len < HDR || len > self.left {
+            return None;
+        }
+        let step = ((len + 3) & !3).min(self.left);
+        // SAFETY: `step` stays within the remaining bytes.
+        self.next = unsafe { self.next.add(step) };
+        self.left -= step;
+        Some(nla)
     }
 }
 

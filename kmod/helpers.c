@@ -78,3 +78,85 @@ bool prism_sock_flag_keepopen(const struct sock *sk)
 {
 	return sock_flag(sk, SOCK_KEEPOPEN);
 }
+
+void prism_spin_lock_init(spinlock_t *lock)
+{
+	spin_lock_init(lock);
+}
+
+void prism_spin_lock_bh(spinlock_t *lock)
+{
+	spin_lock_bh(lock);
+}
+
+void prism_spin_unlock_bh(spinlock_t *lock)
+{
+	spin_unlock_bh(lock);
+}
+
+unsigned long prism_jiffies(void)
+{
+	return jiffies;
+}
+
+unsigned long prism_msecs_to_jiffies(unsigned int ms)
+{
+	return msecs_to_jiffies(ms);
+}
+
+unsigned long prism_usecs_to_jiffies(unsigned int us)
+{
+	return usecs_to_jiffies(us);
+}
+
+u32 prism_tcp_rto_min_us(const struct sock *sk)
+{
+	return tcp_rto_min_us(sk);
+}
+
+const void *prism_skb_header_pointer(const struct sk_buff *skb, int offset, int len,
+				     void *buffer)
+{
+	return skb_header_pointer(skb, offset, len, buffer);
+}
+
+int prism_skb_network_offset(const struct sk_buff *skb)
+{
+	return skb_network_offset(skb);
+}
+
+sockptr_t prism_kernel_sockptr(void *p)
+{
+	return KERNEL_SOCKPTR(p);
+}
+
+struct socket *prism_sk_socket(const struct sock *sk)
+{
+	return sk->sk_socket;
+}
+
+void prism_sock_set_flag_done(struct sock *sk)
+{
+	sock_set_flag(sk, SOCK_DONE);
+}
+
+void prism_inet_csk_enter_pingpong_mode(struct sock *sk)
+{
+	inet_csk_enter_pingpong_mode(sk);
+}
+
+struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list)
+{
+	return skb_peek_tail(list);
+}
+
+struct ipv6_pinfo *prism_inet6_sk(const struct sock *sk)
+{
+	return inet6_sk(sk);
+}
+
+const struct nlattr *prism_genl_request_attrs(const struct genl_info *info, int *len)
+{
+	*len = genlmsg_len(info->genlhdr);
+	return genlmsg_data(info->genlhdr);
+}

@@ -8,6 +8,8 @@
 
 #include <net/genetlink.h>
 #include <net/tcp.h>
+#include <net/ipv6.h>
+#include <linux/sockptr.h>
 
 struct sk_buff *prism_genlmsg_new(size_t payload, gfp_t flags);
 void prism_genlmsg_end(struct sk_buff *skb, void *hdr);
@@ -27,5 +29,23 @@ struct sk_buff *prism_skb_rb_first(struct rb_root *root);
 struct sk_buff *prism_skb_rb_next(struct sk_buff *skb);
 u32 prism_tcp_time_stamp_ts(const struct tcp_sock *tp);
 bool prism_sock_flag_keepopen(const struct sock *sk);
+
+void prism_spin_lock_init(spinlock_t *lock);
+void prism_spin_lock_bh(spinlock_t *lock);
+void prism_spin_unlock_bh(spinlock_t *lock);
+unsigned long prism_jiffies(void);
+unsigned long prism_msecs_to_jiffies(unsigned int ms);
+unsigned long prism_usecs_to_jiffies(unsigned int us);
+u32 prism_tcp_rto_min_us(const struct sock *sk);
+const void *prism_skb_header_pointer(const struct sk_buff *skb, int offset, int len,
+				     void *buffer);
+int prism_skb_network_offset(const struct sk_buff *skb);
+sockptr_t prism_kernel_sockptr(void *p);
+struct socket *prism_sk_socket(const struct sock *sk);
+void prism_sock_set_flag_done(struct sock *sk);
+void prism_inet_csk_enter_pingpong_mode(struct sock *sk);
+struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list);
+struct ipv6_pinfo *prism_inet6_sk(const struct sock *sk);
+const struct nlattr *prism_genl_request_attrs(const struct genl_info *info, int *len);
 
 #endif

@@ -3,7 +3,9 @@
 //! `GET_INFO`: module version, protocol version and counters.
 
 use crate::bindings as b;
+use crate::departed;
 use crate::genl::{errno, Request};
+use crate::guard;
 use crate::stats::{Stats, STATS};
 use crate::uapi::{self, attr, cmd};
 use kernel::c_str;
@@ -31,5 +33,13 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
     msg.put_u64(attr::RELEASES, Stats::get(&STATS.releases), attr::PAD)?;
     msg.put_u64(attr::ERRORS, Stats::get(&STATS.errors), attr::PAD)?;
     msg.put_u32(attr::MAX_QUEUE_BYTES, uapi::MAX_QUEUE_BYTES)?;
+    if let Some(t) = guard::table() {
+        msg.put_u32(attr::DEPARTED_ACTIVE, t.sweep() as u32)?;
+        msg.put_u32(attr::DEPARTED_CAPACITY, departed::CAPACITY as u32)?;
+        msg.put_u32(attr::DEPARTED_TIMEOUT_MS, departed::TIMEOUT_MS)?;
+        msg.put_u64(attr::DEPARTED_DROPPED, Stats::get(&t.dropped), attr::PAD)?;
+        msg.put_u64(attr::DEPARTED_EXPIRED, Stats::get(&t.expired), attr::PAD)?;
+        msg.put_u64(attr::DEPARTED_FULL, Stats::get(&t.full), attr::PAD)?;
+    }
     msg.send_reply()
 }

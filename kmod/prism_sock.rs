@@ -6,9 +6,13 @@
 use kernel::prelude::*;
 
 mod bindings;
+mod blob;
+mod departed;
 mod export;
 mod family;
 mod genl;
+mod guard;
+mod import;
 mod info;
 mod socket;
 mod stats;
@@ -24,17 +28,23 @@ module! {
 }
 
 struct PrismSock {
+    // Dropped in this order: no request runs once the family is gone, then the guard.
     _family: family::Family,
+    _guard: guard::Guard,
 }
 
 impl kernel::Module for PrismSock {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        let guard = guard::Guard::new()?;
         let family = family::Family::register(module)?;
         pr_info!(
             "loaded, generic netlink family prism_sock v{}\n",
             uapi::PROTO_VERSION
         );
-        Ok(Self { _family: family })
+        Ok(Self {
+            _family: family,
+            _guard: guard,
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::bindings as b;
 use crate::genl::errno;
 use core::ffi::c_int;
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 use kernel::prelude::*;
 
@@ -43,16 +44,29 @@ impl Drop for FdSocket {
 /// path only queues to the backlog, so the socket's state does not change under us.
 pub(crate) struct SockLock<'a> {
     sk: NonNull<b::sock>,
-    _file: &'a FdSocket,
+    _owner: PhantomData<&'a ()>,
 }
 
 impl<'a> SockLock<'a> {
     pub(crate) fn lock(file: &'a FdSocket) -> Result<Self> {
         let sk = file.sk()?;
-        // SAFETY: `sk` is alive as long as the file reference; `lock_sock` may sleep,
-        // which is allowed in a genetlink `doit`.
+        // SAFETY: `sk` is alive as long as the file reference.
+        Ok(unsafe { Self::lock_raw(sk) })
+    }
+
+    /// Locks a socket the caller keeps alive for `'a`.
+    ///
+    /// # Safety
+    ///
+    /// `sk` must stay valid for `'a`. `lock_sock` may sleep, which is allowed in a
+    /// genetlink `doit`.
+    pub(crate) unsafe fn lock_raw(sk: NonNull<b::sock>) -> Self {
+        // SAFETY: the caller guarantees `sk` is valid.
         unsafe { b::prism_lock_sock(sk.as_ptr()) };
-        Ok(Self { sk, _file: file })
+        Self {
+            sk,
+            _owner: PhantomData,
+        }
     }
 
     pub(crate) fn sk(&self) -> *mut b::sock {
@@ -64,5 +78,28 @@ impl Drop for SockLock<'_> {
     fn drop(&mut self) {
         // SAFETY: the lock was taken in `lock` and is released exactly once.
         unsafe { b::release_sock(self.sk.as_ptr()) };
+    }
+}
+
+impl SockLock<'_> {
+    /// Ends the connection on this host without sending anything: in repair mode
+    /// `tcp_disconnect` neither sends FIN nor RST, and unhashes the socket. The
+    /// application's fd stays open on a closed socket whose next call reports
+    /// ECONNABORTED.
+    pub(crate) fn detach(self) {
+        let sk = self.sk();
+        let tp = sk.cast::<b::tcp_sock>();
+        // SAFETY: the socket is locked and is a TCP socket (checked by the capture that
+        // precedes every detach).
+        unsafe {
+            (*tp).set_repair(1);
+            b::tcp_disconnect(sk, 0);
+            (*tp).set_repair(0);
+            (*tp).repair_queue = b::TCP_NO_QUEUE as u8;
+            let sock = b::prism_sk_socket(sk);
+            if !sock.is_null() {
+                (*sock).state = b::socket_state_SS_UNCONNECTED;
+            }
+        }
     }
 }

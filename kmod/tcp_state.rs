@@ -5,7 +5,7 @@
 use crate::bindings as b;
 use crate::genl::errno;
 use crate::socket::SockLock;
-use crate::uapi::MAX_QUEUE_BYTES;
+use crate::uapi::{BUF_LOCK_RCV, BUF_LOCK_SND, MAX_QUEUE_BYTES};
 use kernel::alloc::KVVec;
 use kernel::c_str;
 use kernel::prelude::*;
@@ -35,7 +35,8 @@ pub(crate) struct TcpState {
     pub(crate) timestamps: bool,
     pub(crate) sack: bool,
     pub(crate) wscale_ok: bool,
-    /// The socket's timestamp clock as the peer sees it (offset included).
+    /// The socket's timestamp clock as the peer sees it (offset included; low bit: the
+    /// clock counts microseconds).
     pub(crate) ts_now: u32,
     pub(crate) ts_recent: u32,
     pub(crate) snd_wl1: u32,
@@ -54,6 +55,19 @@ pub(crate) struct TcpState {
     pub(crate) mark: u32,
     pub(crate) user_timeout: u32,
     pub(crate) notsent_lowat: u32,
+    /// Keepalive idle time, probe interval (seconds) and probe count; 0: the sysctl.
+    pub(crate) keepidle: u32,
+    pub(crate) keepintvl: u32,
+    pub(crate) keepcnt: u32,
+    pub(crate) sndbuf: u32,
+    pub(crate) rcvbuf: u32,
+    /// `BUF_LOCK_*` bits: which buffer sizes the application fixed.
+    pub(crate) buf_locks: u8,
+    /// IP_TOS or IPV6_TCLASS.
+    pub(crate) tos: u8,
+    pub(crate) window_clamp: u32,
+    pub(crate) rcv_ssthresh: u32,
+    pub(crate) reuseaddr: bool,
     /// From `snd_una` to `write_seq`: the first `snd_nxt - snd_una` bytes were sent.
     pub(crate) send_queue: KVVec<u8>,
     /// Received, not yet read by the application, from `rcv_nxt - len`.
@@ -240,6 +254,24 @@ impl TcpState {
             }
             let rx = &t.rx_opt;
             let nonagle = u32::from(t.nonagle());
+            let userlocks = u32::from((*sk).sk_userlocks);
+            let mut buf_locks = 0;
+            if userlocks & b::SOCK_SNDBUF_LOCK != 0 {
+                buf_locks |= BUF_LOCK_SND;
+            }
+            if userlocks & b::SOCK_RCVBUF_LOCK != 0 {
+                buf_locks |= BUF_LOCK_RCV;
+            }
+            let tos = if u32::from(family) == b::AF_INET6 {
+                let np = b::prism_inet6_sk(sk);
+                if np.is_null() {
+                    0
+                } else {
+                    (*np).tclass
+                }
+            } else {
+                icsk.icsk_inet.tos
+            };
             Ok(Self {
                 family,
                 saddr,
@@ -258,7 +290,16 @@ impl TcpState {
                 timestamps: rx.tstamp_ok() != 0,
                 sack: rx.sack_ok() != 0,
                 wscale_ok: rx.wscale_ok() != 0,
-                ts_now: b::prism_tcp_time_stamp_ts(tp).wrapping_add(t.tsoffset),
+                // As TCP_TIMESTAMP reports it: the low bit says the clock counts
+                // microseconds, which TCP_TIMESTAMP's setter takes back.
+                ts_now: {
+                    let ts = b::prism_tcp_time_stamp_ts(tp).wrapping_add(t.tsoffset);
+                    if t.tcp_usec_ts() != 0 {
+                        ts | 1
+                    } else {
+                        ts & !1
+                    }
+                },
                 ts_recent: rx.ts_recent,
                 snd_wl1: t.snd_wl1,
                 snd_wnd: t.snd_wnd,
@@ -276,6 +317,16 @@ impl TcpState {
                 mark: (*sk).sk_mark,
                 user_timeout: icsk.icsk_user_timeout,
                 notsent_lowat: t.notsent_lowat,
+                keepidle: t.keepalive_time / b::PRISM_HZ,
+                keepintvl: t.keepalive_intvl / b::PRISM_HZ,
+                keepcnt: u32::from(t.keepalive_probes),
+                sndbuf: (*sk).sk_sndbuf as u32,
+                rcvbuf: (*sk).sk_rcvbuf as u32,
+                buf_locks,
+                tos,
+                window_clamp: t.window_clamp,
+                rcv_ssthresh: t.rcv_ssthresh,
+                reuseaddr: common.skc_reuse() != 0,
                 send_queue,
                 recv_queue,
             })

@@ -21,6 +21,7 @@ pub(crate) const MODULE_VERSION: &CStr = c_str!("0.1.0");
 pub(crate) mod cmd {
     pub(crate) const GET_INFO: u8 = 1;
     pub(crate) const SOCK_EXPORT: u8 = 2;
+    pub(crate) const SOCK_IMPORT: u8 = 3;
 }
 
 /// Version of the state blob format returned by `SOCK_EXPORT`.
@@ -40,9 +41,16 @@ pub(crate) mod attr {
     pub(crate) const RELEASES: u16 = 6;
     pub(crate) const ERRORS: u16 = 7;
     pub(crate) const MAX_QUEUE_BYTES: u16 = 8;
+    pub(crate) const DEPARTED_ACTIVE: u16 = 9;
+    pub(crate) const DEPARTED_CAPACITY: u16 = 10;
+    pub(crate) const DEPARTED_TIMEOUT_MS: u16 = 11;
+    pub(crate) const DEPARTED_DROPPED: u16 = 12;
+    pub(crate) const DEPARTED_EXPIRED: u16 = 13;
+    pub(crate) const DEPARTED_FULL: u16 = 14;
 }
 
-/// Attributes of the `state` attribute set (`SOCK_EXPORT`).
+/// Attributes of the `state` attribute set: the blob `SOCK_EXPORT` returns, and the
+/// request attributes of `SOCK_EXPORT` and `SOCK_IMPORT` around it.
 pub(crate) mod state {
     pub(crate) const FD: u16 = 1;
     pub(crate) const BLOB_VERSION: u16 = 2;
@@ -83,4 +91,27 @@ pub(crate) mod state {
     pub(crate) const MARK: u16 = 37;
     pub(crate) const USER_TIMEOUT: u16 = 38;
     pub(crate) const NOTSENT_LOWAT: u16 = 39;
+    pub(crate) const KEEPIDLE: u16 = 40;
+    pub(crate) const KEEPINTVL: u16 = 41;
+    pub(crate) const KEEPCNT: u16 = 42;
+    pub(crate) const SNDBUF: u16 = 43;
+    pub(crate) const RCVBUF: u16 = 44;
+    pub(crate) const BUF_LOCKS: u16 = 45;
+    pub(crate) const TOS: u16 = 46;
+    pub(crate) const WINDOW_CLAMP: u16 = 47;
+    pub(crate) const RCV_SSTHRESH: u16 = 48;
+    pub(crate) const REUSEADDR: u16 = 49;
+    pub(crate) const PAD: u16 = 50;
+    pub(crate) const MIGRATION_ID: u16 = 51;
+    pub(crate) const DETACH: u16 = 52;
+    pub(crate) const BIND_ADDR: u16 = 53;
+    pub(crate) const FREEBIND: u16 = 54;
+    pub(crate) const TRANSPARENT: u16 = 55;
+    pub(crate) const NONBLOCK: u16 = 56;
+    /// Highest attribute of the set.
+    pub(crate) const MAX: u16 = NONBLOCK;
 }
+
+/// `buf-locks` bits: the buffer size was set by the application (SO_SNDBUF/SO_RCVBUF).
+pub(crate) const BUF_LOCK_SND: u8 = 1;
+pub(crate) const BUF_LOCK_RCV: u8 = 2;

@@ -1,0 +1,592 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Decoding and validation of a `SOCK_IMPORT` request: the state blob `SOCK_EXPORT`
+//! returned, plus the importer's own attributes. Everything is checked here, before a
+//! socket exists, so a refusal leaves nothing behind.
+
+use crate::bindings as b;
+use crate::genl::{errno, Request};
+use crate::uapi::{state as a, BLOB_VERSION, MAX_QUEUE_BYTES};
+use kernel::alloc::KVec;
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::str::CStr;
+
+/// A refusal: errno, extack message, and the attribute it is about.
+pub(crate) type Invalid<'a> = (Error, &'static CStr, Option<&'a b::nlattr>);
+
+/// Largest buffer size accepted for SO_SNDBUF/SO_RCVBUF (the kernel's own cap, INT_MAX/2).
+const MAX_BUF: u32 = i32::MAX as u32 / 2;
+/// RFC 7323: a window scale above 14 is an error.
+const MAX_WSCALE: u8 = 14;
+/// The kernel's bounds for an MSS (TCP_MIN_MSS, and the largest that fits an IPv4 packet).
+const MSS_MIN: u16 = 88;
+const MSS_MAX: u16 = 65535 - 40;
+/// TCP_RTO_MAX (120 s) in the fixed-point units of `srtt_us` (<< 3) and `mdev_us` (<< 2).
+const SRTT_MAX: u32 = 120_000_000 << 3;
+const MDEV_MAX: u32 = 120_000_000 << 2;
+
+macro_rules! names {
+    ($($kind:ident => $name:literal),* $(,)?) => {
+        fn missing(kind: u16) -> &'static CStr {
+            match kind {
+                $(a::$kind => c_str!(concat!("missing attribute: ", $name)),)*
+                _ => c_str!("missing attribute"),
+            }
+        }
+        fn duplicate(kind: u16) -> &'static CStr {
+            match kind {
+                $(a::$kind => c_str!(concat!("attribute given twice: ", $name)),)*
+                _ => c_str!("attribute given twice"),
+            }
+        }
+        fn not_bool(kind: u16) -> &'static CStr {
+            match kind {
+                $(a::$kind => c_str!(concat!($name, " must be 0 or 1")),)*
+                _ => c_str!("flag must be 0 or 1"),
+            }
+        }
+    };
+}
+
+names! {
+    BLOB_VERSION => "blob-version", FAMILY => "family", SADDR => "saddr", DADDR => "daddr",
+    SPORT => "sport", DPORT => "dport", TCP_STATE => "tcp-state", SND_UNA => "snd-una",
+    SND_NXT => "snd-nxt", WRITE_SEQ => "write-seq", RCV_NXT => "rcv-nxt",
+    FIN_RECEIVED => "fin-received", MSS_CLAMP => "mss-clamp", SND_WSCALE => "snd-wscale",
+    RCV_WSCALE => "rcv-wscale", TIMESTAMPS => "timestamps", SACK => "sack",
+    WSCALE_OK => "wscale-ok", TS_NOW => "ts-now", TS_RECENT => "ts-recent",
+    SND_WL1 => "snd-wl1", SND_WND => "snd-wnd", MAX_WINDOW => "max-window",
+    RCV_WND => "rcv-wnd", RCV_WUP => "rcv-wup", SND_CWND => "snd-cwnd",
+    SND_SSTHRESH => "snd-ssthresh", SRTT_US => "srtt-us", MDEV_US => "mdev-us",
+    CC_NAME => "cc-name", NODELAY => "nodelay", CORK => "cork", KEEPALIVE => "keepalive",
+    MARK => "mark", USER_TIMEOUT => "user-timeout", NOTSENT_LOWAT => "notsent-lowat",
+    KEEPIDLE => "keepidle", KEEPINTVL => "keepintvl", KEEPCNT => "keepcnt",
+    SNDBUF => "sndbuf", RCVBUF => "rcvbuf", BUF_LOCKS => "buf-locks", TOS => "tos",
+    WINDOW_CLAMP => "window-clamp", RCV_SSTHRESH => "rcv-ssthresh", REUSEADDR => "reuseaddr",
+    MIGRATION_ID => "migration-id", BIND_ADDR => "bind-addr", FD => "fd",
+}
+
+/// Sequence number `x` is after `y` (modulo 2^32), as the kernel's `after()`.
+pub(crate) fn after(x: u32, y: u32) -> bool {
+    (y.wrapping_sub(x) as i32) < 0
+}
+
+/// A decoded, validated import request. Queue chunks point into the request skb.
+pub(crate) struct Blob<'a> {
+    pub(crate) family: u16,
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) fin_received: bool,
+    pub(crate) snd_una: u32,
+    pub(crate) snd_nxt: u32,
+    pub(crate) write_seq: u32,
+    pub(crate) rcv_nxt: u32,
+    pub(crate) mss_clamp: u16,
+    pub(crate) snd_wscale: u8,
+    pub(crate) rcv_wscale: u8,
+    pub(crate) timestamps: bool,
+    pub(crate) sack: bool,
+    pub(crate) wscale_ok: bool,
+    pub(crate) ts_now: u32,
+    pub(crate) ts_recent: u32,
+    pub(crate) snd_wl1: u32,
+    pub(crate) snd_wnd: u32,
+    pub(crate) max_window: u32,
+    pub(crate) rcv_wnd: u32,
+    pub(crate) rcv_wup: u32,
+    pub(crate) snd_cwnd: u32,
+    pub(crate) snd_ssthresh: u32,
+    pub(crate) srtt_us: u32,
+    pub(crate) mdev_us: u32,
+    /// NUL-terminated.
+    pub(crate) cc_name: &'a [u8],
+    pub(crate) nodelay: bool,
+    pub(crate) cork: bool,
+    pub(crate) keepalive: bool,
+    pub(crate) mark: u32,
+    pub(crate) user_timeout: u32,
+    pub(crate) notsent_lowat: u32,
+    pub(crate) keepidle: u32,
+    pub(crate) keepintvl: u32,
+    pub(crate) keepcnt: u32,
+    pub(crate) sndbuf: u32,
+    pub(crate) rcvbuf: u32,
+    pub(crate) buf_locks: u8,
+    pub(crate) tos: u8,
+    pub(crate) window_clamp: u32,
+    pub(crate) rcv_ssthresh: u32,
+    pub(crate) reuseaddr: bool,
+    pub(crate) migration_id: u64,
+    pub(crate) send_queue: KVec<&'a [u8]>,
+    pub(crate) recv_queue: KVec<&'a [u8]>,
+    pub(crate) send_len: u32,
+    pub(crate) recv_len: u32,
+    /// Local address to bind instead of the exported one.
+    pub(crate) bind_addr: Option<[u8; 16]>,
+    pub(crate) freebind: bool,
+    pub(crate) transparent: bool,
+    pub(crate) nonblock: bool,
+}
+
+/// One attribute of the request: its header (for extack) and payload.
+struct Attr<'a> {
+    nla: &'a b::nlattr,
+    data: &'a [u8],
+}
+
+/// The request's attributes by type; queue chunks kept apart, in order.
+struct Attrs<'a> {
+    by_kind: [Option<Attr<'a>>; a::MAX as usize + 1],
+    send: KVec<&'a [u8]>,
+    recv: KVec<&'a [u8]>,
+}
+
+fn nomem<'a>() -> Invalid<'a> {
+    (ENOMEM, c_str!("no memory to decode the request"), None)
+}
+
+impl<'a> Attrs<'a> {
+    fn collect(req: &'a Request<'a>) -> Result<Self, Invalid<'a>> {
+        let mut out = Self {
+            by_kind: [const { None }; a::MAX as usize + 1],
+            send: KVec::new(),
+            recv: KVec::new(),
+        };
+        for nla in req.all_attrs() {
+            // SAFETY: genetlink validated every attribute's header and length; the
+            // payload follows the 4-byte header inside the request skb.
+            let data = unsafe {
+                core::slice::from_raw_parts(
+                    core::ptr::from_ref(nla).cast::<u8>().add(4),
+                    usize::from(nla.nla_len).saturating_sub(4),
+                )
+            };
+            let kind = nla.nla_type & b::NLA_TYPE_MASK as u16;
+            match kind {
+                // Alignment padding before a 64-bit attribute; it carries nothing.
+                a::PAD => {}
+                a::SEND_QUEUE => out.send.push(data, GFP_KERNEL).map_err(|_| nomem())?,
+                a::RECV_QUEUE => out.recv.push(data, GFP_KERNEL).map_err(|_| nomem())?,
+                k if usize::from(k) < out.by_kind.len() => {
+                    let slot = &mut out.by_kind[usize::from(k)];
+                    if slot.is_some() {
+                        return Err((EINVAL, duplicate(k), Some(nla)));
+                    }
+                    *slot = Some(Attr { nla, data });
+                }
+                _ => return Err((EINVAL, c_str!("unknown attribute"), Some(nla))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, kind: u16) -> Result<&Attr<'a>, Invalid<'a>> {
+        self.by_kind[usize::from(kind)]
+            .as_ref()
+            .ok_or((EINVAL, missing(kind), None))
+    }
+
+    fn nla(&self, kind: u16) -> Option<&'a b::nlattr> {
+        self.by_kind[usize::from(kind)].as_ref().map(|x| x.nla)
+    }
+
+    fn bytes<const N: usize>(&self, kind: u16) -> Result<[u8; N], Invalid<'a>> {
+        let at = self.get(kind)?;
+        at.data.try_into().map_err(|_| {
+            (
+                EINVAL,
+                c_str!("attribute has the wrong length"),
+                Some(at.nla),
+            )
+        })
+    }
+
+    fn u8(&self, kind: u16) -> Result<u8, Invalid<'a>> {
+        Ok(self.bytes::<1>(kind)?[0])
+    }
+
+    fn u16(&self, kind: u16) -> Result<u16, Invalid<'a>> {
+        Ok(u16::from_ne_bytes(self.bytes(kind)?))
+    }
+
+    fn u32(&self, kind: u16) -> Result<u32, Invalid<'a>> {
+        Ok(u32::from_ne_bytes(self.bytes(kind)?))
+    }
+
+    fn flag(&self, kind: u16) -> Result<bool, Invalid<'a>> {
+        match self.u8(kind)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err((EINVAL, not_bool(kind), self.nla(kind))),
+        }
+    }
+
+    /// Presence of a NLA_FLAG attribute.
+    fn present(&self, kind: u16) -> bool {
+        self.by_kind[usize::from(kind)].is_some()
+    }
+
+    fn addr(&self, kind: u16, len: usize) -> Result<[u8; 16], Invalid<'a>> {
+        let at = self.get(kind)?;
+        if at.data.len() != len {
+            return Err((
+                EINVAL,
+                c_str!("address length does not match the address family"),
+                Some(at.nla),
+            ));
+        }
+        let mut out = [0u8; 16];
+        out[..len].copy_from_slice(at.data);
+        Ok(out)
+    }
+}
+
+fn check<'a>(
+    ok: bool,
+    code: Error,
+    msg: &'static CStr,
+    at: Option<&'a b::nlattr>,
+) -> Result<(), Invalid<'a>> {
+    if ok {
+        Ok(())
+    } else {
+        Err((code, msg, at))
+    }
+}
+
+fn queue_len(chunks: &[&[u8]]) -> u64 {
+    chunks.iter().map(|c| c.len() as u64).sum()
+}
+
+impl<'a> Blob<'a> {
+    /// Decodes and validates the request; nothing is touched.
+    pub(crate) fn decode(req: &'a Request<'a>) -> Result<Self, Invalid<'a>> {
+        let mut at = Attrs::collect(req)?;
+        let einval = EINVAL;
+        let version = at.u32(a::BLOB_VERSION)?;
+        check(
+            version != 0,
+            einval,
+            c_str!("blob-version 0 does not exist"),
+            at.nla(a::BLOB_VERSION),
+        )?;
+        check(
+            version <= BLOB_VERSION,
+            errno(b::EPROTONOSUPPORT),
+            c_str!("blob-version is newer than this module understands"),
+            at.nla(a::BLOB_VERSION),
+        )?;
+        check(
+            !at.present(a::FD) && !at.present(a::DETACH),
+            einval,
+            c_str!("fd and detach belong to SOCK_EXPORT, not SOCK_IMPORT"),
+            at.nla(a::FD).or(at.nla(a::DETACH)),
+        )?;
+        let family = at.u16(a::FAMILY)?;
+        let alen = match u32::from(family) {
+            b::AF_INET => 4,
+            b::AF_INET6 => 16,
+            _ => {
+                return Err((
+                    errno(b::EAFNOSUPPORT),
+                    c_str!("family must be AF_INET or AF_INET6"),
+                    at.nla(a::FAMILY),
+                ))
+            }
+        };
+        let saddr = at.addr(a::SADDR, alen)?;
+        let daddr = at.addr(a::DADDR, alen)?;
+        let bind_addr = if at.present(a::BIND_ADDR) {
+            Some(at.addr(a::BIND_ADDR, alen)?)
+        } else {
+            None
+        };
+        let sport = at.u16(a::SPORT)?;
+        let dport = at.u16(a::DPORT)?;
+        check(
+            sport != 0,
+            einval,
+            c_str!("sport must not be 0"),
+            at.nla(a::SPORT),
+        )?;
+        check(
+            dport != 0,
+            einval,
+            c_str!("dport must not be 0"),
+            at.nla(a::DPORT),
+        )?;
+        let tcp_state = u32::from(at.u8(a::TCP_STATE)?);
+        check(
+            tcp_state == b::TCP_ESTABLISHED || tcp_state == b::TCP_CLOSE_WAIT,
+            errno(b::EOPNOTSUPP),
+            c_str!("tcp-state must be ESTABLISHED or CLOSE_WAIT"),
+            at.nla(a::TCP_STATE),
+        )?;
+        let fin_received = at.flag(a::FIN_RECEIVED)?;
+        check(
+            fin_received == (tcp_state == b::TCP_CLOSE_WAIT),
+            einval,
+            c_str!("fin-received must be set exactly in CLOSE_WAIT"),
+            at.nla(a::FIN_RECEIVED),
+        )?;
+
+        let snd_una = at.u32(a::SND_UNA)?;
+        let snd_nxt = at.u32(a::SND_NXT)?;
+        let write_seq = at.u32(a::WRITE_SEQ)?;
+        let rcv_nxt = at.u32(a::RCV_NXT)?;
+        let send_len = queue_len(&at.send);
+        let recv_len = queue_len(&at.recv);
+        check(
+            send_len + recv_len <= u64::from(MAX_QUEUE_BYTES),
+            errno(b::E2BIG),
+            c_str!("queues exceed the module's max-queue-bytes"),
+            None,
+        )?;
+        check(
+            snd_nxt.wrapping_sub(snd_una) <= write_seq.wrapping_sub(snd_una),
+            einval,
+            c_str!("snd-nxt must lie between snd-una and write-seq"),
+            at.nla(a::SND_NXT),
+        )?;
+        check(
+            u64::from(write_seq.wrapping_sub(snd_una)) == send_len,
+            einval,
+            c_str!("send-queue length must equal write-seq - snd-una"),
+            at.nla(a::WRITE_SEQ),
+        )?;
+
+        let mss_clamp = at.u16(a::MSS_CLAMP)?;
+        check(
+            (MSS_MIN..=MSS_MAX).contains(&mss_clamp),
+            einval,
+            c_str!("mss-clamp must be within 88..65495"),
+            at.nla(a::MSS_CLAMP),
+        )?;
+        let wscale_ok = at.flag(a::WSCALE_OK)?;
+        let snd_wscale = at.u8(a::SND_WSCALE)?;
+        let rcv_wscale = at.u8(a::RCV_WSCALE)?;
+        check(
+            snd_wscale <= MAX_WSCALE,
+            errno(b::EFBIG),
+            c_str!("snd-wscale must be at most 14"),
+            at.nla(a::SND_WSCALE),
+        )?;
+        check(
+            rcv_wscale <= MAX_WSCALE,
+            errno(b::EFBIG),
+            c_str!("rcv-wscale must be at most 14"),
+            at.nla(a::RCV_WSCALE),
+        )?;
+        check(
+            wscale_ok || (snd_wscale == 0 && rcv_wscale == 0),
+            einval,
+            c_str!("window scales must be 0 without wscale-ok"),
+            at.nla(a::WSCALE_OK),
+        )?;
+
+        let snd_wl1 = at.u32(a::SND_WL1)?;
+        let snd_wnd = at.u32(a::SND_WND)?;
+        let max_window = at.u32(a::MAX_WINDOW)?;
+        let rcv_wnd = at.u32(a::RCV_WND)?;
+        let rcv_wup = at.u32(a::RCV_WUP)?;
+        check(
+            u64::from(snd_wnd) <= 65535u64 << snd_wscale,
+            einval,
+            c_str!("snd-wnd exceeds what the peer's window scale can express"),
+            at.nla(a::SND_WND),
+        )?;
+        check(
+            max_window >= snd_wnd,
+            einval,
+            c_str!("max-window must be at least snd-wnd"),
+            at.nla(a::MAX_WINDOW),
+        )?;
+        check(
+            u64::from(rcv_wnd) <= 65535u64 << rcv_wscale,
+            einval,
+            c_str!("rcv-wnd exceeds what our window scale can express"),
+            at.nla(a::RCV_WND),
+        )?;
+        check(
+            !after(snd_wl1, rcv_nxt.wrapping_add(rcv_wnd)),
+            einval,
+            c_str!("snd-wl1 must not be after rcv-nxt + rcv-wnd"),
+            at.nla(a::SND_WL1),
+        )?;
+        check(
+            !after(rcv_wup, rcv_nxt),
+            einval,
+            c_str!("rcv-wup must not be after rcv-nxt"),
+            at.nla(a::RCV_WUP),
+        )?;
+        let snd_cwnd = at.u32(a::SND_CWND)?;
+        check(
+            snd_cwnd >= 1 && snd_cwnd <= b::PRISM_TCP_INFINITE_SSTHRESH,
+            einval,
+            c_str!("snd-cwnd must be at least 1"),
+            at.nla(a::SND_CWND),
+        )?;
+        let snd_ssthresh = at.u32(a::SND_SSTHRESH)?;
+        check(
+            snd_ssthresh >= 2 && snd_ssthresh <= b::PRISM_TCP_INFINITE_SSTHRESH,
+            einval,
+            c_str!("snd-ssthresh must be within 2..TCP_INFINITE_SSTHRESH"),
+            at.nla(a::SND_SSTHRESH),
+        )?;
+        let srtt_us = at.u32(a::SRTT_US)?;
+        check(
+            srtt_us <= SRTT_MAX,
+            einval,
+            c_str!("srtt-us exceeds TCP_RTO_MAX"),
+            at.nla(a::SRTT_US),
+        )?;
+        let mdev_us = at.u32(a::MDEV_US)?;
+        check(
+            mdev_us <= MDEV_MAX,
+            einval,
+            c_str!("mdev-us exceeds TCP_RTO_MAX"),
+            at.nla(a::MDEV_US),
+        )?;
+        let cc = at.get(a::CC_NAME)?;
+        let cc_name: &'a [u8] = cc.data;
+        check(
+            cc_name.len() >= 2
+                && cc_name.len() <= 16
+                && cc_name.iter().position(|c| *c == 0) == Some(cc_name.len() - 1),
+            einval,
+            c_str!("cc-name must be a NUL-terminated name of 1 to 15 bytes"),
+            Some(cc.nla),
+        )?;
+
+        let user_timeout = at.u32(a::USER_TIMEOUT)?;
+        check(
+            user_timeout <= i32::MAX as u32,
+            einval,
+            c_str!("user-timeout must fit an int"),
+            at.nla(a::USER_TIMEOUT),
+        )?;
+        let notsent_lowat = at.u32(a::NOTSENT_LOWAT)?;
+        check(
+            notsent_lowat <= i32::MAX as u32,
+            einval,
+            c_str!("notsent-lowat must fit an int"),
+            at.nla(a::NOTSENT_LOWAT),
+        )?;
+        let keepidle = at.u32(a::KEEPIDLE)?;
+        let keepintvl = at.u32(a::KEEPINTVL)?;
+        let keepcnt = at.u32(a::KEEPCNT)?;
+        check(
+            keepidle <= b::MAX_TCP_KEEPIDLE,
+            einval,
+            c_str!("keepidle must be at most 32767 seconds"),
+            at.nla(a::KEEPIDLE),
+        )?;
+        check(
+            keepintvl <= b::MAX_TCP_KEEPINTVL,
+            einval,
+            c_str!("keepintvl must be at most 32767 seconds"),
+            at.nla(a::KEEPINTVL),
+        )?;
+        check(
+            keepcnt <= b::MAX_TCP_KEEPCNT,
+            einval,
+            c_str!("keepcnt must be at most 127"),
+            at.nla(a::KEEPCNT),
+        )?;
+        let sndbuf = at.u32(a::SNDBUF)?;
+        let rcvbuf = at.u32(a::RCVBUF)?;
+        check(
+            sndbuf > 0 && sndbuf <= MAX_BUF,
+            einval,
+            c_str!("sndbuf must be within 1..INT_MAX/2"),
+            at.nla(a::SNDBUF),
+        )?;
+        check(
+            rcvbuf > 0 && rcvbuf <= MAX_BUF,
+            einval,
+            c_str!("rcvbuf must be within 1..INT_MAX/2"),
+            at.nla(a::RCVBUF),
+        )?;
+        let buf_locks = at.u8(a::BUF_LOCKS)?;
+        check(
+            buf_locks & !3 == 0,
+            einval,
+            c_str!("buf-locks has unknown bits"),
+            at.nla(a::BUF_LOCKS),
+        )?;
+        let migration_id = u64::from_ne_bytes(at.bytes(a::MIGRATION_ID)?);
+
+        let send_queue = core::mem::replace(&mut at.send, KVec::new());
+        let recv_queue = core::mem::replace(&mut at.recv, KVec::new());
+        Ok(Self {
+            family,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            fin_received,
+            snd_una,
+            snd_nxt,
+            write_seq,
+            rcv_nxt,
+            mss_clamp,
+            snd_wscale,
+            rcv_wscale,
+            timestamps: at.flag(a::TIMESTAMPS)?,
+            sack: at.flag(a::SACK)?,
+            wscale_ok,
+            ts_now: at.u32(a::TS_NOW)?,
+            ts_recent: at.u32(a::TS_RECENT)?,
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd,
+            rcv_wup,
+            snd_cwnd,
+            snd_ssthresh,
+            srtt_us,
+            mdev_us,
+            cc_name,
+            nodelay: at.flag(a::NODELAY)?,
+            cork: at.flag(a::CORK)?,
+            keepalive: at.flag(a::KEEPALIVE)?,
+            mark: at.u32(a::MARK)?,
+            user_timeout,
+            notsent_lowat,
+            keepidle,
+            keepintvl,
+            keepcnt,
+            sndbuf,
+            rcvbuf,
+            buf_locks,
+            tos: at.u8(a::TOS)?,
+            window_clamp: at.u32(a::WINDOW_CLAMP)?,
+            rcv_ssthresh: at.u32(a::RCV_SSTHRESH)?,
+            reuseaddr: at.flag(a::REUSEADDR)?,
+            migration_id,
+            send_queue,
+            recv_queue,
+            send_len: send_len as u32,
+            recv_len: recv_len as u32,
+            bind_addr,
+            freebind: at.present(a::FREEBIND),
+            transparent: at.present(a::TRANSPARENT),
+            nonblock: at.present(a::NONBLOCK),
+        })
+    }
+
+    /// Bytes of the send queue already sent once (from `snd_una` to `snd_nxt`).
+    pub(crate) fn sent_len(&self) -> u32 {
+        self.snd_nxt.wrapping_sub(self.snd_una)
+    }
+
+    /// Where the receive queue starts: `rcv_nxt` less the queued bytes and the FIN.
+    pub(crate) fn recv_start(&self) -> u32 {
+        self.rcv_nxt
+            .wrapping_sub(u32::from(self.fin_received))
+            .wrapping_sub(self.recv_len)
+    }
+}

@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Departed tuples: connections this host exported with DETACH.
+//!
+//! Until the L4 layer steers a migrated flow to its new owner, the peer's packets
+//! (retransmissions, ACKs, the next request) still arrive here, where no socket owns the
+//! tuple and TCP would answer with RST. The guard (`guard.rs`) drops them silently while
+//! the tuple is in this table. An entry leaves the table when the tuple is imported again
+//! in the same namespace, when the peer opens a new connection on it (a SYN), when it
+//! expires, or when its namespace goes away. The table is bounded: a DETACH that finds it
+//! full is refused, leaving the socket untouched.
+
+use crate::bindings as b;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use kernel::alloc::KVVec;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+/// Entries the table holds at most.
+pub(crate) const CAPACITY: usize = 16384;
+/// How long a departed tuple is protected, in milliseconds: far longer than a steering
+/// update takes, short enough that a stale entry does not linger.
+pub(crate) const TIMEOUT_MS: u32 = 30_000;
+const BUCKETS: usize = 4096;
+const NIL: u32 = u32::MAX;
+
+/// A connection as packets arriving at this host name it. IPv4 (and v4-mapped IPv6)
+/// addresses occupy the first 4 bytes with `v6` false, so both spellings match.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Tuple {
+    /// The namespace (`struct net *`), as an address: only compared, never dereferenced.
+    pub(crate) net: usize,
+    pub(crate) v6: bool,
+    pub(crate) local: [u8; 16],
+    pub(crate) remote: [u8; 16],
+    pub(crate) lport: u16,
+    pub(crate) rport: u16,
+}
+
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+impl Tuple {
+    /// The tuple of a socket: `family` AF_INET with 4-byte addresses first, or AF_INET6.
+    pub(crate) fn of_socket(
+        net: usize,
+        family: u16,
+        local: &[u8; 16],
+        remote: &[u8; 16],
+        lport: u16,
+        rport: u16,
+    ) -> Self {
+        let mut t = Self {
+            net,
+            v6: u32::from(family) == b::AF_INET6,
+            local: *local,
+            remote: *remote,
+            lport,
+            rport,
+        };
+        if t.v6 && is_v4_mapped(&t.local) && is_v4_mapped(&t.remote) {
+            t.v6 = false;
+            t.local = [0; 16];
+            t.remote = [0; 16];
+            t.local[..4].copy_from_slice(&local[12..]);
+            t.remote[..4].copy_from_slice(&remote[12..]);
+        }
+        t
+    }
+
+    fn hash(&self, seed: u32) -> usize {
+        // FNV-1a over the fields with a random seed: cheap, and a remote peer cannot
+        // aim many tuples at one bucket without knowing the seed.
+        let mut h = 0x811c_9dc5u32 ^ seed;
+        let mut mix = |bytes: &[u8]| {
+            for b in bytes {
+                h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+            }
+        };
+        mix(&self.net.to_ne_bytes());
+        mix(&self.local);
+        mix(&self.remote);
+        mix(&self.lport.to_ne_bytes());
+        mix(&self.rport.to_ne_bytes());
+        mix(&[u8::from(self.v6)]);
+        h as usize % BUCKETS
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    tuple: Tuple,
+    expires: usize,
+    next: u32,
+}
+
+/// Chained hash table in two flat arrays; free entries are chained through `next`.
+struct Slots {
+    heads: KVVec<u32>,
+    entries: KVVec<Entry>,
+    free: u32,
+}
+
+/// What the guard does with a packet.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Accept,
+    Drop,
+}
+
+/// Why an insertion failed.
+pub(crate) struct Full;
+
+pub(crate) struct Departed {
+    lock: Opaque<b::spinlock_t>,
+    /// Guarded by `lock`.
+    slots: UnsafeCell<Slots>,
+    seed: u32,
+    /// Live entries; read without the lock by the packet path to skip an empty table.
+    count: AtomicUsize,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) full: AtomicU64,
+}
+
+// SAFETY: `slots` is only reached through `Locked`, which holds the spinlock.
+unsafe impl Sync for Departed {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for Departed {}
+
+fn expired(expires: usize, now: usize) -> bool {
+    // jiffies wrap: compare as a signed distance, as time_after_eq() does.
+    now.wrapping_sub(expires) as isize >= 0
+}
+
+fn now() -> usize {
+    // SAFETY: reads the jiffies counter.
+    unsafe { b::prism_jiffies() as usize }
+}
+
+struct Locked<'a> {
+    t: &'a Departed,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: taken in `Departed::lock`, released once.
+        unsafe { b::prism_spin_unlock_bh(self.t.lock.get()) };
+    }
+}
+
+impl Locked<'_> {
+    fn slots(&mut self) -> &mut Slots {
+        // SAFETY: the spinlock is held for the lifetime of `self`, which is borrowed
+        // mutably here: no other reference to the slots exists.
+        unsafe { &mut *self.t.slots.get() }
+    }
+
+    /// Unlinks every entry for which `gone` says so; returns how many.
+    fn remove_where(&mut self, mut gone: impl FnMut(&Entry) -> bool) -> usize {
+        let s = self.slots();
+        let mut removed = 0;
+        for bucket in 0..BUCKETS {
+            let mut prev = NIL;
+            let mut i = s.heads[bucket];
+            while i != NIL {
+                let next = s.entries[i as usize].next;
+                if gone(&s.entries[i as usize]) {
+                    if prev == NIL {
+                        s.heads[bucket] = next;
+                    } else {
+                        s.entries[prev as usize].next = next;
+                    }
+                    s.entries[i as usize].next = s.free;
+                    s.free = i;
+                    removed += 1;
+                } else {
+                    prev = i;
+                }
+                i = next;
+            }
+        }
+        self.t.count.fetch_sub(removed, Ordering::Release);
+        removed
+    }
+
+    fn find(&mut self, tuple: &Tuple) -> Option<(usize, u32, u32)> {
+        let bucket = tuple.hash(self.t.seed);
+        let s = self.slots();
+        let mut prev = NIL;
+        let mut i = s.heads[bucket];
+        while i != NIL {
+            if s.entries[i as usize].tuple == *tuple {
+                return Some((bucket, prev, i));
+            }
+            prev = i;
+            i = s.entries[i as usize].next;
+        }
+        None
+    }
+
+    fn unlink(&mut self, (bucket, prev, i): (usize, u32, u32)) {
+        let s = self.slots();
+        let next = s.entries[i as usize].next;
+        if prev == NIL {
+            s.heads[bucket] = next;
+        } else {
+            s.entries[prev as usize].next = next;
+        }
+        s.entries[i as usize].next = s.free;
+        s.free = i;
+        self.t.count.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Departed {
+    pub(crate) fn new() -> Result<KBox<Self>> {
+        let mut heads = KVVec::with_capacity(BUCKETS, GFP_KERNEL)?;
+        for _ in 0..BUCKETS {
+            heads.push(NIL, GFP_KERNEL)?;
+        }
+        let mut entries = KVVec::with_capacity(CAPACITY, GFP_KERNEL)?;
+        for i in 0..CAPACITY {
+            let next = if i + 1 < CAPACITY { i as u32 + 1 } else { NIL };
+            entries.push(
+                Entry {
+                    tuple: Tuple::default(),
+                    expires: 0,
+                    next,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let t = KBox::new(
+            Self {
+                lock: Opaque::uninit(),
+                slots: UnsafeCell::new(Slots {
+                    heads,
+                    entries,
+                    free: 0,
+                }),
+                // SAFETY: plain call into the random pool.
+                seed: unsafe { b::get_random_u32() },
+                count: AtomicUsize::new(0),
+                dropped: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
+                full: AtomicU64::new(0),
+            },
+            GFP_KERNEL,
+        )?;
+        // SAFETY: the lock lives in the box, whose address does not change until freed.
+        unsafe { b::prism_spin_lock_init(t.lock.get()) };
+        Ok(t)
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        // SAFETY: initialised in `new`; the packet path takes it from softirq, so
+        // process context disables bottom halves while holding it.
+        unsafe { b::prism_spin_lock_bh(self.lock.get()) };
+        Locked { t: self }
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Protects `tuple` for `TIMEOUT_MS` from now (again, if it already is).
+    pub(crate) fn insert(&self, tuple: &Tuple) -> Result<(), Full> {
+        // SAFETY: converts a constant.
+        let expires = now().wrapping_add(unsafe { b::prism_msecs_to_jiffies(TIMEOUT_MS) } as usize);
+        let mut l = self.lock();
+        if let Some((_, _, i)) = l.find(tuple) {
+            l.slots().entries[i as usize].expires = expires;
+            return Ok(());
+        }
+        if l.slots().free == NIL {
+            let t = now();
+            let n = l.remove_where(|e| expired(e.expires, t));
+            self.expired.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let bucket = tuple.hash(self.seed);
+        let s = l.slots();
+        let i = s.free;
+        if i == NIL {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return Err(Full);
+        }
+        let e = &mut s.entries[i as usize];
+        s.free = e.next;
+        *e = Entry {
+            tuple: *tuple,
+            expires,
+            next: s.heads[bucket],
+        };
+        s.heads[bucket] = i;
+        self.count.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Forgets `tuple`: it has an owner on this host again.
+    pub(crate) fn remove(&self, tuple: &Tuple) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut l = self.lock();
+        match l.find(tuple) {
+            Some(at) => {
+                l.unlink(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every tuple of the namespace `net`, which is going away.
+    pub(crate) fn flush_net(&self, net: usize) {
+        self.lock().remove_where(|e| e.tuple.net == net);
+    }
+
+    /// Drops expired entries; returns the number still protected.
+    pub(crate) fn sweep(&self) -> usize {
+        let t = now();
+        let n = self.lock().remove_where(|e| expired(e.expires, t));
+        self.expired.fetch_add(n as u64, Ordering::Relaxed);
+        self.active()
+    }
+
+    /// Decides the fate of a packet of `tuple`; `new_connection` is a SYN without ACK.
+    pub(crate) fn check(&self, tuple: &Tuple, new_connection: bool) -> Verdict {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Verdict::Accept;
+        }
+        let mut l = self.lock();
+        let Some(at) = l.find(tuple) else {
+            return Verdict::Accept;
+        };
+        if expired(l.slots().entries[at.2 as usize].expires, now()) {
+            l.unlink(at);
+            self.expired.fetch_add(1, Ordering::Relaxed);
+            return Verdict::Accept;
+        }
+        if new_connection {
+            // The peer starts over on this tuple: the migrated connection is over for it.
+            l.unlink(at);
+            return Verdict::Accept;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        Verdict::Drop
+    }
+}

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The RST guard: a netfilter LOCAL_IN hook in every network namespace that drops, without
+//! answer, the packets of tuples in the departed table (`departed.rs`).
+
+use crate::bindings as b;
+use crate::departed::{Departed, Tuple, Verdict};
+use core::ffi::{c_int, c_uint, c_void};
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::prelude::*;
+
+/// Everything the hooks and the pernet callbacks reach, at a stable address.
+struct Inner {
+    table: KBox<Departed>,
+    hooks: [b::nf_hook_ops; 2],
+    pernet: b::pernet_operations,
+}
+
+/// The guard of this module instance: registered in `new`, unregistered on drop.
+pub(crate) struct Guard {
+    inner: KBox<Inner>,
+}
+
+// SAFETY: after registration `Inner` is only read (the table synchronises itself).
+unsafe impl Send for Guard {}
+// SAFETY: as above.
+unsafe impl Sync for Guard {}
+
+/// Set while the guard is registered; the pernet callbacks and the command handlers
+/// reach the table through it. Command handlers only run while the family is
+/// registered, which is inside the guard's lifetime.
+static CURRENT: AtomicPtr<Inner> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The departed table; `None` only outside the module's lifetime.
+pub(crate) fn table() -> Option<&'static Departed> {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer is the registered `Inner`, which is freed only after
+    // the family (whose handlers call this) and the hooks are gone.
+    unsafe { p.as_ref() }.map(|i| &*i.table)
+}
+
+/// Reads `N` bytes at `offset` of the packet, linear or not.
+///
+/// # Safety
+///
+/// `skb` must be a valid packet for the duration of the call.
+unsafe fn bytes<const N: usize>(skb: *const b::sk_buff, offset: c_int) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: `buf` has room for `N` bytes; the helper checks the packet's length.
+    let p =
+        unsafe { b::prism_skb_header_pointer(skb, offset, N as c_int, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null means `N` readable bytes, in the packet or copied into `buf`.
+    Some(unsafe { *p.cast::<[u8; N]>() })
+}
+
+/// The tuple of an incoming TCP packet, and whether it is a SYN without ACK.
+///
+/// # Safety
+///
+/// `skb` and `state` must be the arguments of a netfilter hook call.
+unsafe fn parse(skb: *const b::sk_buff, state: &b::nf_hook_state) -> Option<(Tuple, bool)> {
+    let mut t = Tuple {
+        net: state.net as usize,
+        ..Default::default()
+    };
+    // SAFETY: `skb` is valid during the hook.
+    let nh = unsafe { b::prism_skb_network_offset(skb) };
+    let th = match u32::from(state.pf) {
+        b::NFPROTO_IPV4 => {
+            // SAFETY: as above.
+            let ip: [u8; 20] = unsafe { bytes(skb, nh)? };
+            let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+            if u32::from(ip[9]) != b::IPPROTO_TCP || frag_offset != 0 {
+                return None;
+            }
+            t.remote[..4].copy_from_slice(&ip[12..16]);
+            t.local[..4].copy_from_slice(&ip[16..20]);
+            nh + c_int::from(ip[0] & 0xf) * 4
+        }
+        b::NFPROTO_IPV6 => {
+            // SAFETY: as above.
+            let ip: [u8; 40] = unsafe { bytes(skb, nh)? };
+            t.v6 = true;
+            t.remote.copy_from_slice(&ip[8..24]);
+            t.local.copy_from_slice(&ip[24..40]);
+            let mut next = ip[6];
+            let mut frag: b::__be16 = 0;
+            // SAFETY: walks the extension headers of a valid packet.
+            let off = unsafe { b::ipv6_skip_exthdr(skb, nh + 40, &mut next, &mut frag) };
+            if off < 0 || u32::from(next) != b::IPPROTO_TCP || u16::from_be(frag) & !7 != 0 {
+                return None;
+            }
+            off
+        }
+        _ => return None,
+    };
+    // SAFETY: as above.
+    let tcp: [u8; 14] = unsafe { bytes(skb, th)? };
+    t.rport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    t.lport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let flags = tcp[13];
+    let syn_only = flags & b::PRISM_TCPHDR_SYN != 0 && flags & b::PRISM_TCPHDR_ACK == 0;
+    Some((t, syn_only))
+}
+
+unsafe extern "C" fn hook(
+    priv_: *mut c_void,
+    skb: *mut b::sk_buff,
+    state: *const b::nf_hook_state,
+) -> c_uint {
+    // SAFETY: `priv_` is the table registered with this hook; netfilter runs hooks under
+    // RCU and the guard waits for an RCU grace period before freeing it.
+    let table = unsafe { &*priv_.cast::<Departed>() };
+    if table.active() == 0 {
+        return b::NF_ACCEPT;
+    }
+    // SAFETY: netfilter passes a valid packet and hook state.
+    match unsafe { parse(skb, &*state) } {
+        Some((tuple, syn)) if table.check(&tuple, syn) == Verdict::Drop => b::NF_DROP,
+        _ => b::NF_ACCEPT,
+    }
+}
+
+unsafe extern "C" fn net_init(net: *mut b::net) -> c_int {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: pernet callbacks run between register and unregister, while `CURRENT`
+    // points to the registered `Inner`.
+    let Some(inner) = (unsafe { p.as_ref() }) else {
+        return -(b::EINVAL as c_int);
+    };
+    // SAFETY: `net` is being set up; the hook array lives as long as the registration.
+    unsafe { b::nf_register_net_hooks(net, inner.hooks.as_ptr(), inner.hooks.len() as c_uint) }
+}
+
+unsafe extern "C" fn net_exit(net: *mut b::net) {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: as in `net_init`.
+    let Some(inner) = (unsafe { p.as_ref() }) else {
+        return;
+    };
+    // SAFETY: the hooks were registered for `net` by `net_init`.
+    unsafe { b::nf_unregister_net_hooks(net, inner.hooks.as_ptr(), inner.hooks.len() as c_uint) };
+    inner.table.flush_net(net as usize);
+}
+
+impl Guard {
+    /// Creates the departed table and hooks every present and future namespace.
+    pub(crate) fn new() -> Result<Self> {
+        let mut inner = KBox::new(
+            Inner {
+                table: Departed::new()?,
+                hooks: Default::default(),
+                pernet: Default::default(),
+            },
+            GFP_KERNEL,
+        )?;
+        let table = core::ptr::from_ref::<Departed>(&inner.table)
+            .cast_mut()
+            .cast();
+        for (ops, pf) in inner
+            .hooks
+            .iter_mut()
+            .zip([b::NFPROTO_IPV4, b::NFPROTO_IPV6])
+        {
+            ops.hook = Some(hook);
+            ops.priv_ = table;
+            ops.pf = pf as u8;
+            ops.hooknum = b::nf_inet_hooks_NF_INET_LOCAL_IN;
+            // Ahead of filter tables: a user's REJECT rule must not answer either.
+            ops.priority = b::nf_ip_hook_priorities_NF_IP_PRI_RAW;
+        }
+        inner.pernet.init = Some(net_init);
+        inner.pernet.exit = Some(net_exit);
+        let p: *mut Inner = &mut *inner;
+        CURRENT.store(p, Ordering::Release);
+        // SAFETY: `pernet` lives in the box until `drop` unregisters it.
+        let ret = unsafe { b::register_pernet_subsys(&mut inner.pernet) };
+        if ret < 0 {
+            CURRENT.store(core::ptr::null_mut(), Ordering::Release);
+            return Err(Error::from_errno(ret));
+        }
+        Ok(Self { inner })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: registered in `new`; this runs `net_exit` for every namespace.
+        unsafe { b::unregister_pernet_subsys(&mut self.inner.pernet) };
+        // A hook may still run on another CPU: wait for the RCU readers before freeing.
+        // SAFETY: plain call; process context.
+        unsafe { b::synchronize_rcu() };
+        CURRENT.store(core::ptr::null_mut(), Ordering::Release);
+    }
+}

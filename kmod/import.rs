@@ -1,0 +1,536 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `SOCK_IMPORT`: a live TCP socket rebuilt from a `SOCK_EXPORT` blob in the caller's
+//! network namespace, installed as a new fd of the caller.
+//!
+//! Order (see docs/design/migration.md): every resource first (socket, file, fd), then
+//! the state. Before connect, through the kernel's own setsockopt paths: repair mode,
+//! queue sequence numbers, timestamp clock, congestion control, socket options, bind.
+//! Connect in repair mode (no SYN) happens under our socket lock, which stays held until
+//! the whole state is in place: a packet of the flow that arrives meanwhile waits in the
+//! backlog instead of meeting a half-restored socket. Then options, window, queues,
+//! congestion state, repair off, unsent data. The fd is installed last; any failure
+//! before tears the socket down in repair mode, so the peer sees nothing.
+
+use crate::bindings as b;
+use crate::blob::Blob;
+use crate::departed::Tuple;
+use crate::genl::{errno, to_result, Request};
+use crate::guard;
+use crate::socket::SockLock;
+use crate::stats::{Stats, STATS};
+use crate::uapi::{cmd, state as a, BUF_LOCK_RCV, BUF_LOCK_SND};
+use core::ffi::{c_int, c_void};
+use core::ptr::NonNull;
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::str::CStr;
+
+/// A failure: errno and the extended-ack message.
+type Failure = (Error, &'static CStr);
+
+fn fail(e: Error, msg: &'static CStr) -> Failure {
+    (e, msg)
+}
+
+/// `struct sockaddr_in` or `struct sockaddr_in6`, built byte by byte.
+#[repr(C, align(4))]
+struct SockAddr {
+    bytes: [u8; 28],
+    len: c_int,
+}
+
+impl SockAddr {
+    fn new(family: u16, addr: &[u8; 16], port: u16) -> Self {
+        let mut s = Self {
+            bytes: [0; 28],
+            len: 16,
+        };
+        s.bytes[..2].copy_from_slice(&family.to_ne_bytes());
+        s.bytes[2..4].copy_from_slice(&port.to_be_bytes());
+        if u32::from(family) == b::AF_INET {
+            s.bytes[4..8].copy_from_slice(&addr[..4]);
+        } else {
+            s.bytes[8..24].copy_from_slice(addr);
+            s.len = 28;
+        }
+        s
+    }
+
+    fn as_ptr(&mut self) -> *mut b::sockaddr {
+        self.bytes.as_mut_ptr().cast()
+    }
+}
+
+/// A socket being built, with its file and reserved fd. Dropping it before `commit`
+/// tears it down without a packet to the peer.
+struct Building {
+    sock: NonNull<b::socket>,
+    sk: NonNull<b::sock>,
+    file: *mut b::file,
+    fd: c_int,
+}
+
+impl Building {
+    fn create(net: *mut b::net, blob: &Blob<'_>) -> Result<Self, Failure> {
+        let mut sock: *mut b::socket = core::ptr::null_mut();
+        // SAFETY: `net` is the requester's namespace, alive during the request; `kern`
+        // is 0: a user socket, holding a reference on its namespace and subject to
+        // the LSM checks of the caller.
+        let ret = unsafe {
+            b::__sock_create(
+                net,
+                c_int::from(blob.family),
+                b::PRISM_SOCK_STREAM as c_int,
+                b::IPPROTO_TCP as c_int,
+                &mut sock,
+                0,
+            )
+        };
+        to_result(ret).map_err(|e| fail(e, c_str!("cannot create a TCP socket")))?;
+        let sock = NonNull::new(sock).ok_or(fail(ENOMEM, c_str!("cannot create a TCP socket")))?;
+        // SAFETY: a created socket has its `sk`.
+        let Some(sk) = NonNull::new(unsafe { (*sock.as_ptr()).sk }) else {
+            // SAFETY: created above, not shared.
+            unsafe { b::sock_release(sock.as_ptr()) };
+            return Err(fail(ENOMEM, c_str!("cannot create a TCP socket")));
+        };
+        let flags = if blob.nonblock {
+            b::PRISM_O_NONBLOCK
+        } else {
+            0
+        };
+        // SAFETY: `sock` is ours; on failure `sock_alloc_file` releases it (nothing
+        // was sent: the socket is not connected yet).
+        let file = unsafe { b::sock_alloc_file(sock.as_ptr(), flags as c_int, core::ptr::null()) };
+        // SAFETY: `IS_ERR` encoding: error pointers are the top 4095 addresses.
+        if (file as usize) >= (-4095isize) as usize {
+            return Err(fail(
+                Error::from_errno(file as isize as c_int),
+                c_str!("cannot allocate a file"),
+            ));
+        }
+        // SAFETY: plain call; the fd is reserved, not visible until `fd_install`.
+        let fd = unsafe { b::get_unused_fd_flags(b::PRISM_O_CLOEXEC) };
+        let this = Self { sock, sk, file, fd };
+        if fd < 0 {
+            return Err(fail(
+                Error::from_errno(fd),
+                c_str!("no free file descriptor"),
+            ));
+        }
+        Ok(this)
+    }
+
+    fn tp(&self) -> *mut b::tcp_sock {
+        self.sk.as_ptr().cast()
+    }
+
+    fn setsockopt_bytes(&self, level: u32, name: u32, val: &[u8]) -> Result {
+        // SAFETY: `val` outlives the call; the kernel sockptr tells the setsockopt path
+        // to copy from kernel memory.
+        let ret = unsafe {
+            b::do_sock_setsockopt(
+                self.sock.as_ptr(),
+                false,
+                level as c_int,
+                name as c_int,
+                b::prism_kernel_sockptr(val.as_ptr().cast_mut().cast::<c_void>()),
+                val.len() as c_int,
+            )
+        };
+        to_result(ret)
+    }
+
+    fn setsockopt(&self, level: u32, name: u32, val: u32) -> Result<(), Failure> {
+        self.setsockopt_bytes(level, name, &(val as c_int).to_ne_bytes())
+            .map_err(|e| fail(e, c_str!("restoring a socket option failed")))
+    }
+
+    /// Everything that goes before connect, through the kernel's setsockopt paths.
+    fn prepare(&self, blob: &Blob<'_>) -> Result<(), Failure> {
+        let tcp = b::SOL_TCP;
+        self.setsockopt(tcp, b::TCP_REPAIR, b::TCP_REPAIR_ON)?;
+        self.setsockopt(tcp, b::TCP_REPAIR_QUEUE, b::TCP_RECV_QUEUE)?;
+        self.setsockopt(tcp, b::TCP_QUEUE_SEQ, blob.recv_start())?;
+        self.setsockopt(tcp, b::TCP_REPAIR_QUEUE, b::TCP_SEND_QUEUE)?;
+        self.setsockopt(tcp, b::TCP_QUEUE_SEQ, blob.snd_una)?;
+        self.setsockopt(tcp, b::TCP_TIMESTAMP, blob.ts_now)?;
+        // An algorithm this host lacks falls back to the namespace default; the reply
+        // names the one in effect.
+        let name_len = blob.cc_name.len() - 1;
+        let _ = self.setsockopt_bytes(tcp, b::TCP_CONGESTION, &blob.cc_name[..name_len]);
+        if blob.mark != 0 {
+            self.setsockopt(b::SOL_SOCKET, b::SO_MARK, blob.mark)?;
+        }
+        let v6 = u32::from(blob.family) == b::AF_INET6;
+        if blob.tos != 0 {
+            if v6 {
+                self.setsockopt(b::SOL_IPV6, b::IPV6_TCLASS, blob.tos.into())?;
+            } else {
+                self.setsockopt(b::SOL_IP, b::IP_TOS, blob.tos.into())?;
+            }
+        }
+        if blob.freebind {
+            let (level, opt) = if v6 {
+                (b::SOL_IPV6, b::IPV6_FREEBIND)
+            } else {
+                (b::SOL_IP, b::IP_FREEBIND)
+            };
+            self.setsockopt(level, opt, 1)?;
+        }
+        if blob.transparent {
+            let (level, opt) = if v6 {
+                (b::SOL_IPV6, b::IPV6_TRANSPARENT)
+            } else {
+                (b::SOL_IP, b::IP_TRANSPARENT)
+            };
+            self.setsockopt(level, opt, 1)?;
+        }
+        for (opt, val) in [
+            (b::TCP_KEEPIDLE, blob.keepidle),
+            (b::TCP_KEEPINTVL, blob.keepintvl),
+            (b::TCP_KEEPCNT, blob.keepcnt),
+            (b::TCP_USER_TIMEOUT, blob.user_timeout),
+            (b::TCP_NOTSENT_LOWAT, blob.notsent_lowat),
+        ] {
+            if val != 0 {
+                self.setsockopt(tcp, opt, val)?;
+            }
+        }
+        if blob.keepalive {
+            self.setsockopt(b::SOL_SOCKET, b::SO_KEEPALIVE, 1)?;
+        }
+        if blob.nodelay {
+            self.setsockopt(tcp, b::TCP_NODELAY, 1)?;
+        }
+        if blob.cork {
+            self.setsockopt(tcp, b::TCP_CORK, 1)?;
+        }
+
+        let sk = self.sk.as_ptr();
+        // SAFETY: the socket is not hashed and not reachable by anyone but us yet.
+        unsafe {
+            // Room for the queues the blob brings, at least; the application's own
+            // choice of size when it locked one.
+            let snd_need = (2 * blob.send_len + (64 << 10)) as c_int;
+            let rcv_need = (2 * blob.recv_len + (64 << 10)) as c_int;
+            (*sk).sk_sndbuf = (blob.sndbuf as c_int).max(snd_need);
+            (*sk).sk_rcvbuf = (blob.rcvbuf as c_int).max(rcv_need);
+            let mut locks = u32::from((*sk).sk_userlocks);
+            if blob.buf_locks & BUF_LOCK_SND != 0 {
+                locks |= b::SOCK_SNDBUF_LOCK;
+            }
+            if blob.buf_locks & BUF_LOCK_RCV != 0 {
+                locks |= b::SOCK_RCVBUF_LOCK;
+            }
+            (*sk).sk_userlocks = locks as u8;
+            // Connect sizes the MSS from the route and this clamp.
+            (*self.tp()).rx_opt.mss_clamp = blob.mss_clamp;
+        }
+
+        let local = blob.bind_addr.as_ref().unwrap_or(&blob.saddr);
+        let mut addr = SockAddr::new(blob.family, local, blob.sport);
+        // SAFETY: `addr` is a valid sockaddr of `addr.len` bytes.
+        let ret = unsafe { b::kernel_bind(self.sock.as_ptr(), addr.as_ptr(), addr.len) };
+        to_result(ret).map_err(|e| {
+            if e == errno(b::EADDRNOTAVAIL) {
+                fail(
+                    e,
+                    c_str!(
+                        "local address is not configured here (ask for freebind or transparent)"
+                    ),
+                )
+            } else {
+                fail(e, c_str!("binding the local address failed"))
+            }
+        })
+    }
+
+    /// Connects in repair mode (no SYN) and restores the rest, all under `lock`.
+    fn restore(&self, lock: &SockLock<'_>, blob: &Blob<'_>) -> Result<(), Failure> {
+        let mut peer = SockAddr::new(blob.family, &blob.daddr, blob.dport);
+        // SAFETY: the socket lock is held, as `__inet_stream_connect` requires; the
+        // address is valid for its length.
+        let ret =
+            unsafe { b::__inet_stream_connect(self.sock.as_ptr(), peer.as_ptr(), peer.len, 0, 0) };
+        to_result(ret).map_err(|e| {
+            if e == errno(b::EADDRNOTAVAIL) || e == errno(b::EADDRINUSE) {
+                fail(
+                    errno(b::EADDRINUSE),
+                    c_str!("the connection's tuple is already in use in this namespace"),
+                )
+            } else {
+                fail(
+                    e,
+                    c_str!("connecting in repair mode failed (no route to the peer?)"),
+                )
+            }
+        })?;
+        let sk = lock.sk();
+        let tp = self.tp();
+        // SAFETY: we hold the socket lock; the socket is a connected TCP socket whose
+        // fields are ours to set until the lock is released.
+        unsafe {
+            let t = &mut *tp;
+            t.rx_opt.set_wscale_ok(blob.wscale_ok.into());
+            t.rx_opt.set_snd_wscale(blob.snd_wscale.into());
+            t.rx_opt.set_rcv_wscale(blob.rcv_wscale.into());
+            t.rx_opt.set_sack_ok(if blob.sack {
+                b::PRISM_TCP_SACK_SEEN.into()
+            } else {
+                0
+            });
+            t.rx_opt.set_tstamp_ok(blob.timestamps.into());
+            t.rx_opt.ts_recent = blob.ts_recent;
+            t.rx_opt.ts_recent_stamp = b::ktime_get_seconds() as c_int;
+            // Connect sized the header by the sysctl, not by what the peer agreed to.
+            t.tcp_header_len = (20
+                + if blob.timestamps {
+                    b::PRISM_TCPOLEN_TSTAMP_ALIGNED
+                } else {
+                    0
+                }) as u16;
+            b::tcp_mtup_init(sk);
+            if let Some(sync) = t.inet_conn.icsk_sync_mss {
+                sync(sk, t.inet_conn.icsk_pmtu_cookie);
+            }
+
+            t.snd_wl1 = blob.snd_wl1;
+            t.snd_wnd = blob.snd_wnd;
+            t.max_window = blob.max_window;
+            t.rcv_wnd = blob.rcv_wnd;
+            t.rcv_wup = blob.rcv_wup;
+            if blob.window_clamp != 0 {
+                t.window_clamp = blob.window_clamp;
+            }
+            if blob.rcv_ssthresh != 0 {
+                t.rcv_ssthresh = blob.rcv_ssthresh.min(t.window_clamp);
+            }
+        }
+
+        self.queue(
+            lock,
+            b::TCP_RECV_QUEUE,
+            blob.recv_queue.iter().copied(),
+            blob.recv_len,
+        )?;
+        // SAFETY: as above.
+        unsafe {
+            let t = &mut *tp;
+            if blob.fin_received {
+                // The FIN is part of the last queued segment, as it was on the old host,
+                // so a reader meets end-of-file right after the data.
+                let tail = b::prism_skb_peek_tail(&mut (*sk).sk_receive_queue);
+                if tail.is_null() {
+                    t.copied_seq = t.copied_seq.wrapping_add(1);
+                } else {
+                    let cb = &mut *b::prism_tcp_skb_cb(tail);
+                    cb.tcp_flags |= b::PRISM_TCPHDR_FIN;
+                    cb.end_seq = cb.end_seq.wrapping_add(1);
+                }
+                t.rcv_nxt = t.rcv_nxt.wrapping_add(1);
+                (*sk).sk_shutdown |= b::RCV_SHUTDOWN as u8;
+                b::prism_sock_set_flag_done(sk);
+                b::tcp_set_state(sk, b::TCP_CLOSE_WAIT as c_int);
+                b::prism_inet_csk_enter_pingpong_mode(sk);
+            }
+            if t.rcv_nxt != blob.rcv_nxt {
+                return Err(fail(EIO, c_str!("receive queue was not restored whole")));
+            }
+        }
+
+        let (sent, unsent) = split(&blob.send_queue, blob.sent_len());
+        self.queue(
+            lock,
+            b::TCP_SEND_QUEUE,
+            sent.iter().copied(),
+            blob.sent_len(),
+        )?;
+        // SAFETY: as above.
+        unsafe {
+            let t = &mut *tp;
+            if t.snd_nxt != blob.snd_nxt || t.snd_una != blob.snd_una {
+                return Err(fail(EIO, c_str!("sent data was not restored whole")));
+            }
+            t.snd_cwnd = blob.snd_cwnd;
+            t.snd_ssthresh = blob.snd_ssthresh;
+            if blob.srtt_us != 0 {
+                t.srtt_us = blob.srtt_us;
+                t.mdev_us = blob.mdev_us;
+                t.rttvar_us = blob.mdev_us.max(b::prism_tcp_rto_min_us(sk));
+                t.mdev_max_us = t.rttvar_us;
+                let rto = b::prism_usecs_to_jiffies((t.srtt_us >> 3) + t.rttvar_us);
+                t.inet_conn.icsk_rto = (rto as u32).min(b::PRISM_TCP_RTO_MAX);
+            }
+            // Not idle: the connection was busy a moment ago on the other host.
+            let now = b::prism_jiffies() as u32;
+            t.lsndtime = now;
+            t.snd_cwnd_stamp = now;
+
+            t.set_repair(0);
+            t.repair_queue = b::TCP_NO_QUEUE as u8;
+            (*sk).__sk_common.set_skc_reuse(blob.reuseaddr.into());
+        }
+        let unsent_len = blob.write_seq.wrapping_sub(blob.snd_nxt);
+        self.queue(lock, b::TCP_NO_QUEUE, unsent.iter().copied(), unsent_len)?;
+        // SAFETY: as above.
+        if unsafe { (*tp).write_seq } != blob.write_seq {
+            return Err(fail(EIO, c_str!("unsent data was not restored whole")));
+        }
+        Ok(())
+    }
+
+    /// Writes `chunks` (`len` bytes) through `tcp_sendmsg_locked`: in repair mode to the
+    /// receive queue or as already-sent data, outside it (`TCP_NO_QUEUE`) as new data.
+    fn queue<'c>(
+        &self,
+        lock: &SockLock<'_>,
+        queue: u32,
+        chunks: impl Iterator<Item = &'c [u8]>,
+        len: u32,
+    ) -> Result<(), Failure> {
+        if len == 0 {
+            return Ok(());
+        }
+        let tp = self.tp();
+        if queue != b::TCP_NO_QUEUE {
+            // SAFETY: the socket lock is held.
+            unsafe { (*tp).repair_queue = queue as u8 };
+        }
+        for chunk in chunks {
+            let mut done = 0;
+            while done < chunk.len() {
+                let rest = &chunk[done..];
+                let mut iov = b::kvec {
+                    iov_base: rest.as_ptr().cast_mut().cast(),
+                    iov_len: rest.len(),
+                };
+                let mut msg = b::msghdr::default();
+                msg.msg_flags = b::PRISM_MSG_DONTWAIT as u32;
+                // SAFETY: `iov` describes `rest`, which outlives the call; the socket
+                // lock is held, as `tcp_sendmsg_locked` requires.
+                let ret = unsafe {
+                    b::iov_iter_kvec(
+                        &mut msg.msg_iter,
+                        b::PRISM_ITER_SOURCE,
+                        &mut iov,
+                        1,
+                        rest.len(),
+                    );
+                    b::tcp_sendmsg_locked(lock.sk(), &mut msg, rest.len())
+                };
+                if ret <= 0 {
+                    let e = if ret < 0 {
+                        Error::from_errno(ret)
+                    } else {
+                        errno(b::ENOBUFS)
+                    };
+                    return Err(fail(e, c_str!("queueing the connection's data failed")));
+                }
+                done += ret as usize;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tears the socket down without a packet to the peer.
+    fn abort(&mut self) {
+        // SAFETY: the socket is alive (its file holds it). Repair mode makes
+        // `tcp_disconnect` and the final close silent.
+        unsafe {
+            let lock = SockLock::lock_raw(self.sk);
+            (*self.tp()).set_repair(1);
+            if u32::from((*self.sk.as_ptr()).__sk_common.skc_state) != b::TCP_CLOSE {
+                b::tcp_disconnect(lock.sk(), 0);
+            }
+            drop(lock);
+            if self.fd >= 0 {
+                b::put_unused_fd(self.fd as u32);
+            }
+            b::fput(self.file);
+        }
+        self.fd = -1;
+    }
+
+    /// Hands the fd to the caller.
+    fn commit(self) {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: the fd was reserved for this file, which the table now owns.
+        unsafe { b::fd_install(this.fd as u32, this.file) };
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Splits the send queue's chunks at `at` bytes: already sent, not yet sent.
+fn split<'c>(chunks: &[&'c [u8]], at: u32) -> (KVec<&'c [u8]>, KVec<&'c [u8]>) {
+    let mut sent = KVec::new();
+    let mut unsent = KVec::new();
+    let mut left = at as usize;
+    for c in chunks {
+        let n = left.min(c.len());
+        left -= n;
+        // Allocation failures surface as a short restore, caught by the checks above.
+        if n > 0 {
+            let _ = sent.push(&c[..n], GFP_KERNEL);
+        }
+        if n < c.len() {
+            let _ = unsent.push(&c[n..], GFP_KERNEL);
+        }
+    }
+    (sent, unsent)
+}
+
+pub(crate) fn sock_import(req: &Request<'_>) -> Result {
+    let blob = Blob::decode(req).map_err(|(e, msg, at)| {
+        req.set_err(at, msg);
+        e
+    })?;
+    let table = guard::table().ok_or(ENODEV)?;
+    let net = req.net();
+    let report = |(e, msg): Failure| {
+        req.set_err(None, msg);
+        e
+    };
+    let building = Building::create(net, &blob).map_err(report)?;
+    building.prepare(&blob).map_err(report)?;
+    {
+        // SAFETY: the socket lives as long as `building`, which outlives the lock.
+        let lock = unsafe { SockLock::lock_raw(building.sk) };
+        building.restore(&lock, &blob).map_err(report)?;
+    }
+
+    let mut msg = req.reply(cmd::SOCK_IMPORT)?;
+    msg.put_u32(a::FD, building.fd as u32)?;
+    msg.put_u64(a::MIGRATION_ID, blob.migration_id, a::PAD)?;
+    let mut cc = [0u8; 17];
+    // SAFETY: the congestion ops of a connected socket are set and outlive it.
+    unsafe {
+        if let Some(ops) = (*building.tp()).inet_conn.icsk_ca_ops.as_ref() {
+            for (d, s) in cc.iter_mut().zip(ops.name.iter()) {
+                *d = *s as u8;
+            }
+        }
+    }
+    let cc_len = cc.iter().position(|c| *c == 0).unwrap_or(16);
+    msg.put(a::CC_NAME, &cc[..=cc_len])?;
+    // The reply is queued before the fd exists: if it cannot be, nothing is left behind.
+    msg.send_reply()?;
+    let tuple = Tuple::of_socket(
+        net as usize,
+        blob.family,
+        blob.bind_addr.as_ref().unwrap_or(&blob.saddr),
+        &blob.daddr,
+        blob.sport,
+        blob.dport,
+    );
+    table.remove(&tuple);
+    building.commit();
+    Stats::bump(&STATS.imports);
+    Ok(())
+}
