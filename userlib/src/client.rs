@@ -20,12 +20,18 @@ use neli::{FromBytesWithInput, Size, ToBytes};
 use serde::Serialize;
 use std::cell::Cell;
 use std::fmt::Debug;
-use std::os::fd::{AsFd, AsRawFd};
+use std::io::Cursor;
+use std::net::{IpAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// One attribute as raw bytes: `(type, payload)`.
 pub type RawAttr = (u16, Vec<u8>);
 
 const ENOENT: i32 = 2;
+/// Generic netlink header: cmd, version, reserved.
+const GENL_HEADER: usize = 4;
+/// A request this size always fits a netlink socket's default send buffer.
+const DEFAULT_SNDBUF: usize = 128 << 10;
 
 /// What `GET_INFO` reports about the loaded module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +50,49 @@ pub struct ModuleInfo {
     pub errors: u64,
     /// Largest send + receive queue one export carries.
     pub max_queue_bytes: u32,
+    /// The RST guard of departed tuples (connections exported with DETACH).
+    pub departed: DepartedInfo,
+}
+
+/// Counters of the module's RST guard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DepartedInfo {
+    /// Tuples whose packets are dropped now.
+    pub active: u32,
+    /// Most tuples the guard holds.
+    pub capacity: u32,
+    /// How long a tuple is guarded, in milliseconds.
+    pub timeout_ms: u32,
+    /// Packets dropped instead of answered with RST.
+    pub dropped: u64,
+    /// Guarded tuples that expired.
+    pub expired: u64,
+    /// DETACH requests refused because the guard was full.
+    pub full: u64,
+}
+
+/// How `SOCK_IMPORT` should set up the new socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Own this local address instead of the exported one (same family; port kept).
+    pub bind_addr: Option<IpAddr>,
+    /// IP_FREEBIND: the local address need not be configured on this host.
+    pub freebind: bool,
+    /// IP_TRANSPARENT semantics (for TPROXY setups).
+    pub transparent: bool,
+    /// Open the new fd with O_NONBLOCK (tokio needs it).
+    pub nonblock: bool,
+}
+
+/// A socket `SOCK_IMPORT` built.
+#[derive(Debug)]
+pub struct Imported {
+    /// The new connected TCP socket (O_CLOEXEC).
+    pub fd: OwnedFd,
+    /// Id of this migration, the one `SOCK_EXPORT` chose.
+    pub migration_id: u64,
+    /// Congestion control in effect (the exported one unless this host lacks it).
+    pub cc_name: String,
 }
 
 /// A netlink connection to the `prism_sock` family. One request at a time; open one
@@ -53,6 +102,8 @@ pub struct Client {
     family: u16,
     events_group: u32,
     seq: Cell<u32>,
+    /// Request size the socket's send buffer is known to take.
+    sndbuf: Cell<usize>,
 }
 
 fn kernel_error<T, P>(err: &Nlmsgerr<NlmsghdrErr<T, P>>) -> Error {
@@ -121,6 +172,7 @@ impl Client {
             family: 0,
             events_group: 0,
             seq: Cell::new(1),
+            sndbuf: Cell::new(DEFAULT_SNDBUF),
         };
         let request = request(
             CtrlCmd::Getfamily,
@@ -228,6 +280,7 @@ impl Client {
             .ok_or_else(|| proto("GET_INFO returned no reply"))?;
         let h = reply.attrs().get_attr_handle();
         let u64_of = |a| h.get_attr_payload_as::<u64>(a).map_err(proto);
+        let u32_of = |a| h.get_attr_payload_as::<u32>(a).map_err(proto);
         Ok(ModuleInfo {
             module_version: h
                 .get_attr_payload_as_with_len::<String>(InfoAttr::ModuleVersion)
@@ -242,28 +295,144 @@ impl Client {
             max_queue_bytes: h
                 .get_attr_payload_as::<u32>(InfoAttr::MaxQueueBytes)
                 .map_err(proto)?,
+            departed: DepartedInfo {
+                active: u32_of(InfoAttr::DepartedActive)?,
+                capacity: u32_of(InfoAttr::DepartedCapacity)?,
+                timeout_ms: u32_of(InfoAttr::DepartedTimeoutMs)?,
+                dropped: u64_of(InfoAttr::DepartedDropped)?,
+                expired: u64_of(InfoAttr::DepartedExpired)?,
+                full: u64_of(InfoAttr::DepartedFull)?,
+            },
         })
     }
 
     /// Exports the whole state of the TCP socket `fd` (`SOCK_EXPORT`), captured
     /// atomically; the socket is left as it was.
     pub fn export_snapshot(&self, fd: impl AsFd) -> Result<MigrationState> {
-        let raw = fd.as_fd().as_raw_fd() as u32;
-        let request = request(
-            Command::SockExport,
-            PROTO_VERSION as u8,
-            [(StateAttr::Fd, raw.to_ne_bytes().to_vec())],
-        )?;
+        self.export(fd.as_fd(), false)
+    }
+
+    /// Exports the TCP socket `fd` and finishes it on this host without a packet to the
+    /// peer (`SOCK_EXPORT` with DETACH). The module drops the peer's packets for the
+    /// tuple until it is imported here again or expires, so no RST leaves this host.
+    /// `fd` stays open on a closed socket: close it.
+    pub fn export_detach(&self, fd: impl AsFd) -> Result<MigrationState> {
+        self.export(fd.as_fd(), true)
+    }
+
+    fn export(&self, fd: BorrowedFd<'_>, detach: bool) -> Result<MigrationState> {
+        let raw = fd.as_raw_fd() as u32;
+        let mut attrs = vec![(StateAttr::Fd, raw.to_ne_bytes().to_vec())];
+        if detach {
+            attrs.push((StateAttr::Detach, Vec::new()));
+        }
+        let request = request(Command::SockExport, PROTO_VERSION as u8, attrs)?;
         // The reply is taken as raw bytes so the blob is the module's own, not re-encoded.
         let replies = self.transact::<_, _, Buffer>(self.family, request)?;
         let reply = replies
             .first()
             .ok_or_else(|| proto("SOCK_EXPORT returned no reply"))?;
-        let genl_header = 4;
         let bytes = reply.as_ref();
-        if bytes.len() < genl_header {
+        if bytes.len() < GENL_HEADER {
             return Err(proto("SOCK_EXPORT reply shorter than its header"));
         }
-        Ok(MigrationState::from_bytes(bytes[genl_header..].to_vec()))
+        Ok(MigrationState::from_bytes(bytes[GENL_HEADER..].to_vec()))
+    }
+
+    /// Builds a live socket from `state` in this process's network namespace
+    /// (`SOCK_IMPORT`) and returns it as a new fd.
+    pub fn import(&self, state: &MigrationState, options: &ImportOptions) -> Result<Imported> {
+        let mut extra = Vec::new();
+        let mut push = |kind: StateAttr, payload: &[u8]| {
+            let len = 4 + payload.len();
+            extra.extend_from_slice(&(len as u16).to_ne_bytes());
+            extra.extend_from_slice(&u16::from(kind).to_ne_bytes());
+            extra.extend_from_slice(payload);
+            extra.resize(extra.len() + (4 - len % 4) % 4, 0);
+        };
+        match options.bind_addr {
+            Some(IpAddr::V4(a)) => push(StateAttr::BindAddr, &a.octets()),
+            Some(IpAddr::V6(a)) => push(StateAttr::BindAddr, &a.octets()),
+            None => {}
+        }
+        for (set, kind) in [
+            (options.freebind, StateAttr::Freebind),
+            (options.transparent, StateAttr::Transparent),
+            (options.nonblock, StateAttr::Nonblock),
+        ] {
+            if set {
+                push(kind, &[]);
+            }
+        }
+        // The blob goes out byte for byte as SOCK_EXPORT produced it.
+        let mut payload = Vec::with_capacity(GENL_HEADER + state.as_bytes().len() + extra.len());
+        payload.extend_from_slice(&[u8::from(Command::SockImport), PROTO_VERSION as u8, 0, 0]);
+        payload.extend_from_slice(state.as_bytes());
+        payload.extend_from_slice(&extra);
+        self.ensure_sndbuf(payload.len() + 64)?;
+        let replies = self.transact::<_, _, Buffer>(self.family, Buffer::from(payload))?;
+        let reply = replies
+            .first()
+            .ok_or_else(|| proto("SOCK_IMPORT returned no reply"))?;
+        let bytes = reply.as_ref();
+        if bytes.len() < GENL_HEADER {
+            return Err(proto("SOCK_IMPORT reply shorter than its header"));
+        }
+        let attrs = GenlBuffer::<u16, Buffer>::from_bytes_with_input(
+            &mut Cursor::new(&bytes[GENL_HEADER..]),
+            bytes.len() - GENL_HEADER,
+        )
+        .map_err(proto)?;
+        let h = attrs.get_attr_handle();
+        let fd = h
+            .get_attr_payload_as::<u32>(u16::from(StateAttr::Fd))
+            .map_err(proto)?;
+        // SAFETY: the module installed this fd in our table for us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Imported {
+            fd,
+            migration_id: h
+                .get_attr_payload_as::<u64>(u16::from(StateAttr::MigrationId))
+                .map_err(proto)?,
+            cc_name: h
+                .get_attr_payload_as_with_len::<String>(u16::from(StateAttr::CcName))
+                .map_err(proto)?,
+        })
+    }
+
+    /// Imports `state` as a [`std::net::TcpStream`].
+    pub fn import_stream(&self, state: &MigrationState, options: &ImportOptions) -> Result<(TcpStream, u64)> {
+        let imported = self.import(state, options)?;
+        Ok((TcpStream::from(imported.fd), imported.migration_id))
+    }
+
+    /// A netlink request must fit the socket's send buffer whole: grow it for big
+    /// blobs (SO_SNDBUFFORCE, which CAP_NET_ADMIN allows, then SO_SNDBUF).
+    fn ensure_sndbuf(&self, need: usize) -> Result<()> {
+        if need <= self.sndbuf.get() {
+            return Ok(());
+        }
+        let want = (need * 2).min(i32::MAX as usize) as libc::c_int;
+        let fd = self.sock.as_raw_fd();
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+            // SAFETY: `want` is a valid int for the duration of the call.
+            let ret = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&want as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if ret == 0 {
+                self.sndbuf.set(need);
+                return Ok(());
+            }
+        }
+        Err(Error::Netlink(format!(
+            "cannot grow the netlink send buffer to {need} bytes: {}",
+            std::io::Error::last_os_error()
+        )))
     }
 }

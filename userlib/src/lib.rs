@@ -17,6 +17,6 @@ mod error;
 mod state;
 pub mod uapi;
 
-pub use client::{Client, ModuleInfo, RawAttr};
+pub use client::{Client, DepartedInfo, ImportOptions, Imported, ModuleInfo, RawAttr};
 pub use error::{Error, KernelError, Result};
 pub use state::{DecodedState, MigrationState, BLOB_VERSION};

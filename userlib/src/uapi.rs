@@ -15,6 +15,8 @@ pub enum Command {
     GetInfo = 1,
     /// The whole state of a TCP socket.
     SockExport = 2,
+    /// Build a socket from a state blob and install it as an fd.
+    SockImport = 3,
 }
 impl neli::consts::genl::Cmd for Command {}
 
@@ -37,6 +39,18 @@ pub enum InfoAttr {
     Errors = 7,
     /// Largest send + receive queue one export carries.
     MaxQueueBytes = 8,
+    /// Tuples the RST guard currently protects.
+    DepartedActive = 9,
+    /// Most tuples the RST guard holds.
+    DepartedCapacity = 10,
+    /// How long a tuple is guarded, in milliseconds.
+    DepartedTimeoutMs = 11,
+    /// Packets dropped instead of answered with RST.
+    DepartedDropped = 12,
+    /// Guarded tuples that expired.
+    DepartedExpired = 13,
+    /// DETACH requests refused because the guard was full.
+    DepartedFull = 14,
 }
 impl neli::consts::genl::NlAttrType for InfoAttr {}
 
@@ -122,11 +136,45 @@ pub enum StateAttr {
     UserTimeout = 38,
     /// `notsent-lowat`
     NotsentLowat = 39,
+    /// TCP_KEEPIDLE (seconds).
+    Keepidle = 40,
+    /// TCP_KEEPINTVL (seconds).
+    Keepintvl = 41,
+    /// TCP_KEEPCNT.
+    Keepcnt = 42,
+    /// Send buffer size.
+    Sndbuf = 43,
+    /// Receive buffer size.
+    Rcvbuf = 44,
+    /// Which buffer sizes the application set.
+    BufLocks = 45,
+    /// IP_TOS / IPV6_TCLASS.
+    Tos = 46,
+    /// Largest receive window to advertise.
+    WindowClamp = 47,
+    /// Receive-window growth threshold.
+    RcvSsthresh = 48,
+    /// SO_REUSEADDR.
+    Reuseaddr = 49,
+    /// Alignment padding.
+    Pad = 50,
+    /// Migration id.
+    MigrationId = 51,
+    /// SOCK_EXPORT: finish the socket here.
+    Detach = 52,
+    /// SOCK_IMPORT: local address to bind instead.
+    BindAddr = 53,
+    /// SOCK_IMPORT: IP_FREEBIND.
+    Freebind = 54,
+    /// SOCK_IMPORT: IP_TRANSPARENT.
+    Transparent = 55,
+    /// SOCK_IMPORT: O_NONBLOCK.
+    Nonblock = 56,
 }
 impl neli::consts::genl::NlAttrType for StateAttr {}
 
 /// Names of the `state` attributes in spec order, for contract checks and decoding.
-pub const STATE_ATTR_NAMES: [&str; 39] = [
+pub const STATE_ATTR_NAMES: [&str; 56] = [
     "fd",
     "blob-version",
     "family",
@@ -166,4 +214,21 @@ pub const STATE_ATTR_NAMES: [&str; 39] = [
     "mark",
     "user-timeout",
     "notsent-lowat",
+    "keepidle",
+    "keepintvl",
+    "keepcnt",
+    "sndbuf",
+    "rcvbuf",
+    "buf-locks",
+    "tos",
+    "window-clamp",
+    "rcv-ssthresh",
+    "reuseaddr",
+    "pad",
+    "migration-id",
+    "detach",
+    "bind-addr",
+    "freebind",
+    "transparent",
+    "nonblock",
 ];

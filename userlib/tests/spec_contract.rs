@@ -72,6 +72,7 @@ fn operations_match() {
     assert_eq!(ops, kmod_consts("cmd"), "spec vs kmod/uapi.rs");
     assert_eq!(ops["get-info"], u8::from(Command::GetInfo) as u64);
     assert_eq!(ops["sock-export"], u8::from(Command::SockExport) as u64);
+    assert_eq!(ops["sock-import"], u8::from(Command::SockImport) as u64);
 }
 
 #[test]
@@ -94,6 +95,12 @@ fn info_attributes_match() {
         ("releases", InfoAttr::Releases),
         ("errors", InfoAttr::Errors),
         ("max-queue-bytes", InfoAttr::MaxQueueBytes),
+        ("departed-active", InfoAttr::DepartedActive),
+        ("departed-capacity", InfoAttr::DepartedCapacity),
+        ("departed-timeout-ms", InfoAttr::DepartedTimeoutMs),
+        ("departed-dropped", InfoAttr::DepartedDropped),
+        ("departed-expired", InfoAttr::DepartedExpired),
+        ("departed-full", InfoAttr::DepartedFull),
     ];
     assert_eq!(lib.len(), attrs.len());
     for (name, a) in lib {
@@ -119,5 +126,5 @@ fn state_attributes_match() {
         assert_eq!(u16::from(StateAttr::from(n)), n, "{name}");
     }
     assert_eq!(u16::from(StateAttr::Fd), 1);
-    assert_eq!(u16::from(StateAttr::NotsentLowat), STATE_ATTR_NAMES.len() as u16);
+    assert_eq!(u16::from(StateAttr::Nonblock), STATE_ATTR_NAMES.len() as u16);
 }

@@ -2,6 +2,7 @@
 //! brings the multi-host topology up for the demo.
 
 mod harness;
+mod migrate;
 mod module;
 mod netlink_raw;
 mod sockopt;

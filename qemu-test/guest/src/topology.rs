@@ -111,7 +111,37 @@ impl Topology {
                 "net.ipv6.conf.all.forwarding=1",
             ],
         )?;
+        // One routing table per node (100 + index) whose VIP route leads to it: per-flow
+        // steering is a policy rule that picks the table.
+        for node in NODES {
+            let i = index(node);
+            ip(log, &format!("-n {L4} route add {VIP4}/32 via 10.0.{i}.2 table {}", 100 + u32::from(i)))?;
+            ip(log, &format!("-n {L4} -6 route add {VIP6}/128 via fd00:{i}::2 table {}", 100 + u32::from(i)))?;
+        }
         Self::route_vip(log, "fe")
+    }
+
+    /// Sends the client's TCP flow from source port `port` to `node` from now on
+    /// (a policy rule in l4, replacing the flow's earlier one).
+    pub fn steer_flow(log: &mut Log, v6: bool, port: u16, node: &str) -> Result<(), String> {
+        let family = if v6 { "-6" } else { "-4" };
+        let client = addr("client", v6).to_string();
+        let port = port.to_string();
+        // The rule's priority is derived from the port, so a flow has one rule at most;
+        // it must stay below the main table's (32766), which routes the VIP to fe.
+        let p: u16 = port.parse().unwrap_or(0);
+        let pref = if p > 30000 { p - 30000 } else { p }.to_string();
+        let table = (100 + u32::from(index(node))).to_string();
+        let _ = sh(log, "ip", &["-n", L4, family, "rule", "del", "pref", &pref]);
+        sh(
+            log,
+            "ip",
+            &[
+                "-n", L4, family, "rule", "add", "pref", &pref, "from", &client, "ipproto", "tcp",
+                "sport", &port, "table", &table,
+            ],
+        )
+        .map(|_| ())
     }
 
     /// Makes l4 send VIP traffic of every flow without a more specific rule to `node`.

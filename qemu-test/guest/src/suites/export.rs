@@ -59,7 +59,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
+pub(super) fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > Duration::from_secs(20) {
@@ -71,7 +71,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
 }
 
 /// A connection from `client` to the VIP, accepted on `fe`; (client side, fe side).
-fn connect_via_topology(
+pub(super) fn connect_via_topology(
     v6: bool,
     port: u16,
     client_rcvbuf: Option<i32>,

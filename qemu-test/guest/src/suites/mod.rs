@@ -3,11 +3,13 @@
 mod common;
 pub mod export;
 mod foundation;
+mod migration;
 
 use crate::harness::Test;
 
 pub fn all() -> Vec<Test> {
     let mut all = foundation::tests();
     all.extend(export::tests());
+    all.extend(migration::tests());
     all
 }
