@@ -40,6 +40,12 @@ macro_rules! names {
                 _ => c_str!("attribute given twice"),
             }
         }
+        fn bad_len(kind: u16) -> &'static CStr {
+            match kind {
+                $(a::$kind => c_str!(concat!($name, ": address length does not match the family")),)*
+                _ => c_str!("address length does not match the family"),
+            }
+        }
         fn not_bool(kind: u16) -> &'static CStr {
             match kind {
                 $(a::$kind => c_str!(concat!($name, " must be 0 or 1")),)*
@@ -232,11 +238,7 @@ impl<'a> Attrs<'a> {
     fn addr(&self, kind: u16, len: usize) -> Result<[u8; 16], Invalid<'a>> {
         let at = self.get(kind)?;
         if at.data.len() != len {
-            return Err((
-                EINVAL,
-                c_str!("address length does not match the address family"),
-                Some(at.nla),
-            ));
+            return Err((EINVAL, bad_len(kind), Some(at.nla)));
         }
         let mut out = [0u8; 16];
         out[..len].copy_from_slice(at.data);

@@ -127,7 +127,8 @@ fn import_policy(p: &mut [b::nla_policy; IMPORT_MAXATTR as usize + 1]) {
     );
     set(&[SADDR, DADDR, BIND_ADDR], b::NLA_BINARY, 16);
     set(&[SEND_QUEUE, RECV_QUEUE], b::NLA_BINARY, QUEUE_CHUNK as u16);
-    set(&[CC_NAME], b::NLA_NUL_STRING, 15);
+    // Checked in blob.rs, whose messages name the attribute.
+    set(&[CC_NAME], b::NLA_BINARY, 16);
     set(&[MIGRATION_ID], b::NLA_U64, 0);
     // `pad` may sit before the 64-bit migration id; the others are the importer's flags.
     set(

@@ -136,6 +136,34 @@ fn proto(e: impl std::fmt::Display) -> Error {
     Error::Protocol(e.to_string())
 }
 
+/// Receive buffer of the netlink socket: a reply of max-queue-bytes (1 MiB) plus its
+/// acknowledgement, with room for skb overhead.
+const RCVBUF: usize = 4 << 20;
+
+/// Sets a socket buffer size with `force` (allowed with CAP_NET_ADMIN), else `plain`
+/// (capped by the sysctl), for `size` bytes.
+fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usize) -> std::io::Result<()> {
+    let want = size.min(i32::MAX as usize / 2) as libc::c_int;
+    let mut last = std::io::Error::from_raw_os_error(libc::EINVAL);
+    for opt in [force, plain] {
+        // SAFETY: `want` is a valid int for the duration of the call.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        last = std::io::Error::last_os_error();
+    }
+    Err(last)
+}
+
 /// A generic netlink request: command `cmd` at `version`, with `(type, payload)` attributes.
 fn request<C: Cmd, A: NlAttrType>(
     cmd: C,
@@ -167,6 +195,10 @@ impl Client {
         let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(netlink)?;
         sock.enable_ext_ack(true).map_err(netlink)?;
         sock.enable_strict_checking(true).map_err(netlink)?;
+        // A state reply of up to max-queue-bytes and the acknowledgement behind it must
+        // both fit the receive buffer. Forcing the size needs CAP_NET_ADMIN, which every
+        // caller of export and import has; others keep what SO_RCVBUF allows.
+        let _ = set_buf(sock.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RCVBUF);
         let mut client = Client {
             sock,
             family: 0,
@@ -233,7 +265,16 @@ impl Client {
         self.sock.send(&msg).map_err(netlink)?;
         let mut out = Vec::new();
         loop {
-            let (msgs, _) = self.sock.recv::<T, R>().map_err(netlink)?;
+            let (msgs, _) = match self.sock.recv::<T, R>() {
+                Ok(r) => r,
+                // The reply arrived whole but the acknowledgement behind it did not fit
+                // the receive buffer: the request succeeded all the same (a failed
+                // request has no reply, only the error).
+                Err(neli::err::SocketError::Io(e)) if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => {
+                    return Ok(out)
+                }
+                Err(e) => return Err(netlink(e)),
+            };
             for m in msgs {
                 let m = m.map_err(netlink)?;
                 if *m.nl_seq() != seq {
@@ -412,27 +453,9 @@ impl Client {
         if need <= self.sndbuf.get() {
             return Ok(());
         }
-        let want = (need * 2).min(i32::MAX as usize) as libc::c_int;
-        let fd = self.sock.as_raw_fd();
-        for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
-            // SAFETY: `want` is a valid int for the duration of the call.
-            let ret = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&want as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if ret == 0 {
-                self.sndbuf.set(need);
-                return Ok(());
-            }
-        }
-        Err(Error::Netlink(format!(
-            "cannot grow the netlink send buffer to {need} bytes: {}",
-            std::io::Error::last_os_error()
-        )))
+        set_buf(self.sock.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, need * 2)
+            .map_err(|e| Error::Netlink(format!("cannot grow the netlink send buffer to {need} bytes: {e}")))?;
+        self.sndbuf.set(need);
+        Ok(())
     }
 }

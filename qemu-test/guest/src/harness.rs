@@ -75,7 +75,8 @@ macro_rules! check {
     };
 }
 
-/// Runs every test (or those matching `filter`), each in its own child process that
+/// Runs every test (or those whose name contains one of the `|`-separated parts of
+/// `filter`), each in its own child process that
 /// may run `timeout` at most.
 pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> ExitCode {
     let logs = out.join("logs");
@@ -94,7 +95,7 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> Ex
     let mut failed = 0;
     for t in crate::suites::all()
         .into_iter()
-        .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+        .filter(|t| filter.is_none_or(|f| f.split('|').any(|alt| t.name.contains(alt))))
     {
         let log_path = logs.join(format!("{}.log", t.name));
         let start = Instant::now();

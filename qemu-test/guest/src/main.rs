@@ -51,6 +51,10 @@ enum Cmd {
     /// Try one export and print the errno (run without CAP_NET_ADMIN by a test).
     #[command(hide = true)]
     ExportProbe,
+    /// Try one import of the blob in FILE and print the errno (run without
+    /// CAP_NET_ADMIN by a test).
+    #[command(hide = true)]
+    ImportProbe { file: String },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,10 @@ fn main() -> ExitCode {
             std::time::Duration::from_secs(test_timeout),
         ),
         Cmd::RunOne { env, name, log } => harness::run_one(&env, &name, &log),
+        Cmd::ImportProbe { file } => {
+            println!("{}", suites::import_refusals::import_probe(&file));
+            ExitCode::SUCCESS
+        }
         Cmd::ExportProbe => {
             println!("{}", suites::export::export_probe());
             ExitCode::SUCCESS

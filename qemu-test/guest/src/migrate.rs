@@ -73,10 +73,24 @@ pub struct Cluster {
     nl: HashMap<&'static str, Client>,
     links: HashMap<(&'static str, &'static str), Control>,
     next_port: u16,
+    /// Client ports that already have a steering rule.
+    steered: std::collections::HashSet<u16>,
     pub v6: bool,
 }
 
 impl Cluster {
+    /// Netlink clients in every node; control connections listen from `first_port` on.
+    pub fn with_ports(v6: bool, first_port: u16) -> Result<Self, String> {
+        let mut c = Self::new(v6)?;
+        c.next_port = first_port;
+        Ok(c)
+    }
+
+    /// Sockets the control connections keep open in `node`.
+    pub fn control_sockets(&self, node: &str) -> u64 {
+        self.links.keys().filter(|(a, b)| *a == node || *b == node).count() as u64
+    }
+
     pub fn new(v6: bool) -> Result<Self, String> {
         let mut nl = HashMap::new();
         for node in topology::NODES {
@@ -87,6 +101,7 @@ impl Cluster {
             nl,
             links: HashMap::new(),
             next_port: 9100,
+            steered: Default::default(),
             v6,
         })
     }
@@ -132,7 +147,7 @@ impl Cluster {
             .import_stream(&state, &ImportOptions::default())
             .map_err(|e| format!("import on {to}: {e}"))?;
         let import = t1.elapsed();
-        Topology::steer_flow(log, self.v6, peer.port(), to)?;
+        Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;
         log.line(format!(
             "hop {from} -> {to}: migration {id:#x}, blob {} bytes, export {export:?}, import {import:?}",
             frames[0].len()

@@ -1,5 +1,6 @@
-//! Raw generic netlink requests, byte for byte, for the malformed-message tests that a
-//! well-behaved netlink library refuses to build.
+//! Raw netlink requests, byte for byte: generic netlink for the malformed-message tests
+//! that a well-behaved netlink library refuses to build, and the one rtnetlink request
+//! (a policy rule) that per-flow steering needs thousands of times per test.
 
 use std::io;
 
@@ -20,14 +21,20 @@ pub struct Ack {
 /// family `family`, with `len_delta` added to the netlink header's length field, and
 /// returns the kernel's acknowledgement.
 pub fn request(family: u16, cmd: u8, payload: &[u8], len_delta: i32) -> io::Result<Ack> {
+    let mut body = vec![cmd, 1, 0, 0];
+    body.extend_from_slice(payload);
+    transact(libc::NETLINK_GENERIC, family, 0, &body, len_delta)
+}
+
+/// Sends one rtnetlink request (`msg_type`, extra `flags`, body after the netlink
+/// header) in the caller's network namespace and returns the kernel's answer.
+pub fn rtnl(msg_type: u16, flags: u16, body: &[u8]) -> io::Result<Ack> {
+    transact(libc::NETLINK_ROUTE, msg_type, flags, body, 0)
+}
+
+fn transact(protocol: libc::c_int, msg_type: u16, flags: u16, body: &[u8], len_delta: i32) -> io::Result<Ack> {
     // SAFETY: plain socket creation.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_GENERIC,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -45,15 +52,14 @@ pub fn request(family: u16, cmd: u8, payload: &[u8], len_delta: i32) -> io::Resu
             4,
         );
     }
-    let len = (16 + 4 + payload.len()) as i32 + len_delta;
+    let len = (16 + body.len()) as i32 + len_delta;
     let mut msg = Vec::new();
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&family.to_ne_bytes());
-    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16 | flags).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[cmd, 1, 0, 0]);
-    msg.extend_from_slice(payload);
+    msg.extend_from_slice(body);
     // SAFETY: `sa` is a zeroed sockaddr_nl addressed to the kernel.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;

@@ -10,6 +10,23 @@
 //! l4 at .1/::1 and the host at .2/::2.
 
 use crate::harness::{sh, Log};
+use crate::netlink_raw;
+
+// Policy rule attributes (linux/fib_rules.h).
+const FRA_SRC: u16 = 2;
+const FRA_PRIORITY: u16 = 6;
+const FRA_TABLE: u16 = 15;
+const FRA_IP_PROTO: u16 = 22;
+const FRA_SPORT_RANGE: u16 = 23;
+const FR_ACT_TO_TBL: u8 = 1;
+
+fn check_ack(ack: std::io::Result<netlink_raw::Ack>) -> Result<(), String> {
+    match ack {
+        Ok(a) if a.errno == 0 => Ok(()),
+        Ok(a) => Err(format!("rtnetlink: errno {} {:?}", a.errno, a.message)),
+        Err(e) => Err(format!("rtnetlink: {e}")),
+    }
+}
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
@@ -121,27 +138,50 @@ impl Topology {
         Self::route_vip(log, "fe")
     }
 
-    /// Sends the client's TCP flow from source port `port` to `node` from now on
-    /// (a policy rule in l4, replacing the flow's earlier one).
-    pub fn steer_flow(log: &mut Log, v6: bool, port: u16, node: &str) -> Result<(), String> {
-        let family = if v6 { "-6" } else { "-4" };
-        let client = addr("client", v6).to_string();
-        let port = port.to_string();
+    /// Sends the client's TCP flow from source port `port` to `node` from now on: a
+    /// policy rule in l4 (replacing the flow's earlier one; `fresh`: it has none yet),
+    /// added over rtnetlink directly since tests steer thousands of flows.
+    pub fn steer_flow(log: &mut Log, v6: bool, port: u16, node: &str, fresh: bool) -> Result<(), String> {
         // The rule's priority is derived from the port, so a flow has one rule at most;
         // it must stay below the main table's (32766), which routes the VIP to fe.
-        let p: u16 = port.parse().unwrap_or(0);
-        let pref = if p > 30000 { p - 30000 } else { p }.to_string();
-        let table = (100 + u32::from(index(node))).to_string();
-        let _ = sh(log, "ip", &["-n", L4, family, "rule", "del", "pref", &pref]);
-        sh(
-            log,
-            "ip",
-            &[
-                "-n", L4, family, "rule", "add", "pref", &pref, "from", &client, "ipproto", "tcp",
-                "sport", &port, "table", &table,
-            ],
-        )
-        .map(|_| ())
+        let pref = u32::from(if port > 30000 { port - 30000 } else { port });
+        let table = 100 + u32::from(index(node));
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        let client = match addr("client", v6) {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let attr = move |body: &mut Vec<u8>, kind: u16, payload: &[u8]| {
+            body.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            body.extend_from_slice(&kind.to_ne_bytes());
+            body.extend_from_slice(payload);
+            body.resize((body.len() + 3) & !3, 0);
+        };
+        // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
+        let header = move |src_len: u8, action: u8| {
+            let mut h = vec![family, 0, src_len, 0, 0, 0, 0, action];
+            h.extend_from_slice(&0u32.to_ne_bytes());
+            h
+        };
+        let run = move |fresh: bool| -> Result<(), String> {
+            if !fresh {
+                let mut del = header(0, 0);
+                attr(&mut del, FRA_PRIORITY, &pref.to_ne_bytes());
+                check_ack(netlink_raw::rtnl(libc::RTM_DELRULE, 0, &del))?;
+            }
+            let mut add = header((client.len() * 8) as u8, FR_ACT_TO_TBL);
+            attr(&mut add, FRA_PRIORITY, &pref.to_ne_bytes());
+            attr(&mut add, FRA_SRC, &client);
+            attr(&mut add, FRA_TABLE, &table.to_ne_bytes());
+            attr(&mut add, FRA_IP_PROTO, &[libc::IPPROTO_TCP as u8]);
+            let mut range = port.to_ne_bytes().to_vec();
+            range.extend_from_slice(&port.to_ne_bytes());
+            attr(&mut add, FRA_SPORT_RANGE, &range);
+            let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+            check_ack(netlink_raw::rtnl(libc::RTM_NEWRULE, flags, &add))
+        };
+        log.line(format!("l4: flow from client port {port} -> {node} (rule {pref}, table {table})"));
+        in_ns(L4, move || run(fresh))?
     }
 
     /// Makes l4 send VIP traffic of every flow without a more specific rule to `node`.

@@ -105,7 +105,7 @@ pub(super) fn connect_via_topology(
 }
 
 /// A sockaddr for `libc::connect`: bytes and length.
-fn sockaddr_bytes(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+pub(super) fn sockaddr_bytes(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
     match a {
         SocketAddr::V4(a) => {
             // SAFETY: zeroed sockaddr_in is valid.

@@ -3,6 +3,8 @@
 mod common;
 pub mod export;
 mod foundation;
+mod hops;
+pub mod import_refusals;
 mod migration;
 
 use crate::harness::Test;
@@ -11,5 +13,7 @@ pub fn all() -> Vec<Test> {
     let mut all = foundation::tests();
     all.extend(export::tests());
     all.extend(migration::tests());
+    all.extend(hops::tests());
+    all.extend(import_refusals::tests());
     all
 }

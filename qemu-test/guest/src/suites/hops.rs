@@ -1,0 +1,323 @@
+//! Connections that move more than once, many connections moving one after another or at
+//! once, and the throughput of a connection right after it moved.
+
+use super::common::loaded;
+use super::export::{connect_via_topology, wait_for};
+use crate::check;
+use crate::harness::{Env, Log, Test, TestResult};
+use crate::migrate::{counters, expect_stream, flow_sockets, rsts_all, send_stream, Cluster, HopTimes};
+use crate::topology::{self, in_ns, Topology};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "migrate_v4_hop_back",
+            run: |e, l| chain(e, l, false, &["fe", "be1", "fe"]),
+        },
+        Test {
+            name: "migrate_v6_chain_20_hops",
+            run: |e, l| {
+                let route: Vec<&'static str> = (0..=20).map(|i| topology::NODES[i % 3]).collect();
+                chain(e, l, true, &route)
+            },
+        },
+        Test {
+            name: "migrate_v4_chain_20_hops",
+            run: |e, l| {
+                let route: Vec<&'static str> = (0..=20).map(|i| topology::NODES[(i * 2) % 3]).collect();
+                chain(e, l, false, &route)
+            },
+        },
+        Test {
+            name: "migrate_1000_sequential",
+            run: sequential,
+        },
+        Test {
+            name: "migrate_32_concurrent",
+            run: concurrent,
+        },
+        Test {
+            name: "migrate_throughput_after_import",
+            run: throughput,
+        },
+    ]
+}
+
+const PORT: u16 = 8081;
+
+/// One connection moved along `route` (route[0] is fe, where it starts), with requests
+/// and responses between hops; even hops carry the request in the blob's receive queue,
+/// odd ones over the control connection.
+fn chain(env: &Env, log: &mut Log, v6: bool, route: &[&'static str]) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(v6)?;
+    let rst_before = rsts_all()?;
+    let (mut client, mut sock) = connect_via_topology(v6, PORT, None)?;
+    let port = client.local_addr().map_err(|e| e.to_string())?.port();
+    for (i, pair) in route.windows(2).enumerate() {
+        let seed = 1000 + 2 * i as u64;
+        let len = 2_000 + 777 * i;
+        send_stream(&mut client, seed, len)?;
+        let forwarded = if i % 2 == 0 {
+            wait_for("the request queued on the owner", || {
+                crate::sockopt::queued(std::os::fd::AsFd::as_fd(&sock), false) == len as i32
+            })?;
+            Vec::new()
+        } else {
+            let mut r = vec![0; len];
+            std::io::Read::read_exact(&mut sock, &mut r).map_err(|e| e.to_string())?;
+            r
+        };
+        let (mut owned, got, _) = cluster.hop(log, sock, pair[0], pair[1], &forwarded)?;
+        if i % 2 == 0 {
+            expect_stream(&mut owned, seed, len)?;
+        } else {
+            check!(got == forwarded, "request changed in transit");
+        }
+        send_stream(&mut owned, seed + 1, 10_000 + i)?;
+        expect_stream(&mut client, seed + 1, 10_000 + i)?;
+        sock = owned;
+    }
+    log.line(format!("{} hops, every byte checked both ways", route.len() - 1));
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut sock, &mut rest).map_err(|e| e.to_string())?;
+    drop(sock);
+    std::io::Read::read_to_end(&mut client, &mut rest).map_err(|e| e.to_string())?;
+    check!(rest.is_empty(), "stray bytes at the end");
+    drop(client);
+    for node in topology::NODES {
+        wait_for(&format!("{node}'s sockets of the flow to finish"), || {
+            flow_sockets(node, port).map(|v| v.is_empty()).unwrap_or(false)
+        })?;
+    }
+    let rst_after = rsts_all()?;
+    check!(rst_after == rst_before, "a host sent RST: {rst_before:?} -> {rst_after:?}");
+    Ok(())
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// One request/response on a fresh connection, handed from fe to be1 in between.
+fn one_migration(
+    log: &mut Log,
+    cluster: &mut Cluster,
+    listener: &TcpListener,
+    vip: SocketAddr,
+    seed: u64,
+    client_port: u16,
+) -> Result<HopTimes, String> {
+    let mut client = in_ns("client", move || connect_from(client_port, vip))?.map_err(|e| format!("connect: {e}"))?;
+    let (mut server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    send_stream(&mut client, seed, 300)?;
+    let mut req = vec![0; 300];
+    std::io::Read::read_exact(&mut server, &mut req).map_err(|e| e.to_string())?;
+    let (mut owned, _, times) = cluster.hop(log, server, "fe", "be1", &req)?;
+    send_stream(&mut owned, seed + 1, 2_000)?;
+    expect_stream(&mut client, seed + 1, 2_000)?;
+    // The owner closes first; the client sees the end of the stream.
+    drop(owned);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut client, &mut rest).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err("stray bytes".into());
+    }
+    Ok(times)
+}
+
+/// A connection to `to` from local port `port`.
+fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket creation; ownership passes to OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket we own.
+    let s = unsafe { OwnedFd::from_raw_fd(fd) };
+    let local = super::export::sockaddr_bytes(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port));
+    let remote = super::export::sockaddr_bytes(to);
+    // SAFETY: valid address buffers and lengths.
+    unsafe {
+        if libc::bind(s.as_raw_fd(), local.0.as_ptr().cast(), local.1) != 0
+            || libc::connect(s.as_raw_fd(), remote.0.as_ptr().cast(), remote.1) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(TcpStream::from(s))
+}
+
+/// Waits until `node` holds no TCP socket but `keep` (listeners, control connections).
+fn no_leak(node: &str, keep: u64) -> TestResult {
+    wait_for(&format!("{node}'s sockets to close (keeping {keep})"), || {
+        counters(node).map(|c| c.tcp_inuse == keep).unwrap_or(false)
+    })
+    .map_err(|e| format!("{e}: {:?}", counters(node)))
+}
+
+fn sequential(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let vip = SocketAddr::new(topology::vip(false), PORT);
+    let listener = in_ns("fe", move || TcpListener::bind(vip))?.map_err(|e| e.to_string())?;
+    let rst_before = rsts_all()?;
+    let start = Instant::now();
+    let mut quiet = Log::default();
+    let (mut exports, mut imports) = (Vec::new(), Vec::new());
+    for i in 0..1000u64 {
+        // Each flow its own client port: a port used again would still be steered to be1.
+        let t = one_migration(&mut quiet, &mut cluster, &listener, vip, 5000 + 2 * i, 40000 + i as u16)
+            .map_err(|e| format!("migration {i}: {e}\n{}", quiet.text()))?;
+        exports.push(t.export);
+        imports.push(t.import);
+        if i < 3 {
+            log.line(quiet.text());
+        }
+        quiet = Log::default();
+    }
+    log.line(format!(
+        "1000 migrations in {:?}; median export {:?}, median import {:?}",
+        start.elapsed(),
+        median(&mut exports),
+        median(&mut imports)
+    ));
+    no_leak("be1", cluster.control_sockets("be1"))?;
+    no_leak("fe", cluster.control_sockets("fe") + 1)?;
+    let rst_after = rsts_all()?;
+    check!(rst_after == rst_before, "a host sent RST: {rst_before:?} -> {rst_after:?}");
+    let info = c.info().map_err(|e| e.to_string())?;
+    log.line(format!("module: {info:?}"));
+    check!(info.exports >= 1000 && info.imports >= 1000, "counters {info:?}");
+    Ok(())
+}
+
+fn concurrent(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let vip = SocketAddr::new(topology::vip(false), PORT);
+    let listener = Arc::new(in_ns("fe", move || TcpListener::bind(vip))?.map_err(|e| e.to_string())?);
+    let rst_before = rsts_all()?;
+    const N: usize = 32;
+    let barrier = Arc::new(Barrier::new(N));
+    let accepting = Arc::new(std::sync::Mutex::new(()));
+    let workers: Vec<_> = (0..N)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let listener = listener.clone();
+            let accepting = accepting.clone();
+            std::thread::spawn(move || -> Result<Log, String> {
+                let mut log = Log::default();
+                let mut cluster = Cluster::with_ports(false, 9200 + 10 * i as u16)?;
+                // Connect and accept in turn, so each worker accepts its own connection.
+                let (mut client, mut server) = {
+                    let _turn = accepting.lock().map_err(|_| "lock poisoned".to_string())?;
+                    let client = in_ns("client", move || TcpStream::connect(vip))?
+                        .map_err(|e| format!("connect: {e}"))?;
+                    let (server, _) = listener.accept().map_err(|e| e.to_string())?;
+                    (client, server)
+                };
+                send_stream(&mut client, 7000 + i as u64, 4_000)?;
+                let mut req = vec![0; 4_000];
+                std::io::Read::read_exact(&mut server, &mut req).map_err(|e| e.to_string())?;
+                barrier.wait();
+                let (mut owned, _, _) = cluster.hop(&mut log, server, "fe", "be1", &req)?;
+                send_stream(&mut owned, 8000 + i as u64, 50_000)?;
+                expect_stream(&mut client, 8000 + i as u64, 50_000)?;
+                drop(owned);
+                let mut rest = Vec::new();
+                std::io::Read::read_to_end(&mut client, &mut rest).map_err(|e| e.to_string())?;
+                if !rest.is_empty() {
+                    return Err("stray bytes".into());
+                }
+                Ok(log)
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, w) in workers.into_iter().enumerate() {
+        match w.join().map_err(|_| "worker panicked".to_string())? {
+            Ok(l) => {
+                if i == 0 {
+                    log.line(l.text());
+                }
+            }
+            Err(e) => failures.push(format!("worker {i}: {e}")),
+        }
+    }
+    check!(failures.is_empty(), "{}", failures.join("\n"));
+    log.line(format!("{N} concurrent migrations, every byte checked"));
+    // The workers' control connections closed with their clusters.
+    no_leak("be1", 0)?;
+    no_leak("fe", 1)?;
+    let rst_after = rsts_all()?;
+    check!(rst_after == rst_before, "a host sent RST: {rst_before:?} -> {rst_after:?}");
+    Ok(())
+}
+
+/// Receives `len` bytes of stream `seed`; returns the rate in MB/s.
+fn timed_receive(client: &mut TcpStream, seed: u64, len: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    expect_stream(client, seed, len)?;
+    Ok(len as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+fn throughput(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    const WARM: usize = 8 << 20;
+    const BIG: usize = 64 << 20;
+    let mut best_moved: f64 = 0.0;
+    let mut best_still: f64 = 0.0;
+    for round in 0..2u64 {
+        // A connection that never moves: fe sends.
+        let (mut client, mut server) = connect_via_topology(false, PORT + 10 + 2 * round as u16, None)?;
+        let s = std::thread::spawn(move || -> Result<TcpStream, String> {
+            send_stream(&mut server, 1, WARM)?;
+            send_stream(&mut server, 2, BIG)?;
+            Ok(server)
+        });
+        expect_stream(&mut client, 1, WARM)?;
+        let still = timed_receive(&mut client, 2, BIG)?;
+        s.join().map_err(|_| "sender panicked".to_string())??;
+
+        // The same, warmed on fe, then moved to be1 which sends the 64 MiB.
+        let (mut client2, mut server2) = connect_via_topology(false, PORT + 11 + 2 * round as u16, None)?;
+        let s = std::thread::spawn(move || -> Result<TcpStream, String> {
+            send_stream(&mut server2, 3, WARM)?;
+            Ok(server2)
+        });
+        expect_stream(&mut client2, 3, WARM)?;
+        let server2 = s.join().map_err(|_| "sender panicked".to_string())??;
+        let (mut owned, _, _) = cluster.hop(log, server2, "fe", "be1", b"")?;
+        let s = std::thread::spawn(move || -> Result<TcpStream, String> {
+            send_stream(&mut owned, 4, BIG)?;
+            Ok(owned)
+        });
+        let moved = timed_receive(&mut client2, 4, BIG)?;
+        s.join().map_err(|_| "sender panicked".to_string())??;
+        log.line(format!("round {round}: never moved {still:.1} MB/s, moved {moved:.1} MB/s"));
+        best_moved = best_moved.max(moved);
+        best_still = best_still.max(still);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    log.line(format!(
+        "best of 2: moved {best_moved:.1} MB/s = {:.0}% of never moved {best_still:.1} MB/s",
+        100.0 * best_moved / best_still
+    ));
+    check!(
+        best_moved >= 0.8 * best_still,
+        "moved connection reached only {:.0}% of the unmoved one",
+        100.0 * best_moved / best_still
+    );
+    Ok(())
+}
