@@ -12,7 +12,7 @@ kdir=$("$here/build-kernel.sh") || exit 1
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
 out=$(mktemp -d /tmp/prism-guest.XXXXXX)
 # KASAN and lockdep under TCG run several times slower.
-if [[ ${KERNEL_FLAVOR:-default} == debug ]]; then test_timeout=600 timeout_s=3600; else test_timeout=180 timeout_s=900; fi
+if [[ ${KERNEL_FLAVOR:-default} == debug ]]; then test_timeout=600 timeout_s=3600; else test_timeout=180 timeout_s=1500; fi
 timeout_s=${GUEST_TIMEOUT:-$timeout_s}
 
 # KVM is used only when a probe boot on this machine showed that it works; the result is

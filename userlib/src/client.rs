@@ -270,7 +270,9 @@ impl Client {
                 // The reply arrived whole but the acknowledgement behind it did not fit
                 // the receive buffer: the request succeeded all the same (a failed
                 // request has no reply, only the error).
-                Err(neli::err::SocketError::Io(e)) if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => {
+                Err(neli::err::SocketError::Io(e))
+                    if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() =>
+                {
                     return Ok(out)
                 }
                 Err(e) => return Err(netlink(e)),
@@ -453,8 +455,17 @@ impl Client {
         if need <= self.sndbuf.get() {
             return Ok(());
         }
-        set_buf(self.sock.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, need * 2)
-            .map_err(|e| Error::Netlink(format!("cannot grow the netlink send buffer to {need} bytes: {e}")))?;
+        set_buf(
+            self.sock.as_raw_fd(),
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            need * 2,
+        )
+        .map_err(|e| {
+            Error::Netlink(format!(
+                "cannot grow the netlink send buffer to {need} bytes: {e}"
+            ))
+        })?;
         self.sndbuf.set(need);
         Ok(())
     }

@@ -75,7 +75,7 @@ macro_rules! check {
     };
 }
 
-/// Runs every test (or those whose name contains one of the `|`-separated parts of
+/// Runs every test (or those whose name contains one of the comma-separated parts of
 /// `filter`), each in its own child process that
 /// may run `timeout` at most.
 pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> ExitCode {
@@ -95,7 +95,7 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> Ex
     let mut failed = 0;
     for t in crate::suites::all()
         .into_iter()
-        .filter(|t| filter.is_none_or(|f| f.split('|').any(|alt| t.name.contains(alt))))
+        .filter(|t| filter.is_none_or(|f| f.split(',').any(|alt| t.name.contains(alt))))
     {
         let log_path = logs.join(format!("{}.log", t.name));
         let start = Instant::now();

@@ -55,6 +55,13 @@ enum Cmd {
     /// CAP_NET_ADMIN by a test).
     #[command(hide = true)]
     ImportProbe { file: String },
+    /// Export the inherited socket FD with DETACH and write the blob to OUT (traced by a
+    /// test to count system calls).
+    #[command(hide = true)]
+    HopExportProbe { fd: i32, out: String },
+    /// Import the blob in FILE and write REPLY on the new socket (traced by a test).
+    #[command(hide = true)]
+    HopImportProbe { file: String, reply: String },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +82,8 @@ fn main() -> ExitCode {
             println!("{}", suites::import_refusals::import_probe(&file));
             ExitCode::SUCCESS
         }
+        Cmd::HopExportProbe { fd, out } => probe_exit(suites::hops::hop_export_probe(fd, &out)),
+        Cmd::HopImportProbe { file, reply } => probe_exit(suites::hops::hop_import_probe(&file, &reply)),
         Cmd::ExportProbe => {
             println!("{}", suites::export::export_probe());
             ExitCode::SUCCESS
@@ -89,5 +98,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn probe_exit(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -88,7 +88,10 @@ impl Cluster {
 
     /// Sockets the control connections keep open in `node`.
     pub fn control_sockets(&self, node: &str) -> u64 {
-        self.links.keys().filter(|(a, b)| *a == node || *b == node).count() as u64
+        self.links
+            .keys()
+            .filter(|(a, b)| *a == node || *b == node)
+            .count() as u64
     }
 
     pub fn new(v6: bool) -> Result<Self, String> {
@@ -213,7 +216,11 @@ pub fn expect_stream(sock: &mut TcpStream, seed: u64, len: usize) -> Result<Chec
         }
         let expected = pattern_at(seed, off as u64, n);
         if buf[..n] != expected[..] {
-            let at = buf[..n].iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(0);
+            let at = buf[..n]
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
             return Err(format!("byte {} of {len} corrupted", off + at));
         }
         sum.update(&buf[..n]);
@@ -270,7 +277,10 @@ pub fn flow_sockets(ns: &str, peer_port: u16) -> Result<Vec<u8>, String> {
                 let (Some(rem), Some(st)) = (cols.get(2), cols.get(3)) else {
                     continue;
                 };
-                let port = rem.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+                let port = rem
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
                 let st = u8::from_str_radix(st, 16).unwrap_or(0);
                 if port == Some(peer_port) && st != 6 {
                     out.push(st);

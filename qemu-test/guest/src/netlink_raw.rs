@@ -32,7 +32,13 @@ pub fn rtnl(msg_type: u16, flags: u16, body: &[u8]) -> io::Result<Ack> {
     transact(libc::NETLINK_ROUTE, msg_type, flags, body, 0)
 }
 
-fn transact(protocol: libc::c_int, msg_type: u16, flags: u16, body: &[u8], len_delta: i32) -> io::Result<Ack> {
+fn transact(
+    protocol: libc::c_int,
+    msg_type: u16,
+    flags: u16,
+    body: &[u8],
+    len_delta: i32,
+) -> io::Result<Ack> {
     // SAFETY: plain socket creation.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {

@@ -132,8 +132,20 @@ impl Topology {
         // steering is a policy rule that picks the table.
         for node in NODES {
             let i = index(node);
-            ip(log, &format!("-n {L4} route add {VIP4}/32 via 10.0.{i}.2 table {}", 100 + u32::from(i)))?;
-            ip(log, &format!("-n {L4} -6 route add {VIP6}/128 via fd00:{i}::2 table {}", 100 + u32::from(i)))?;
+            ip(
+                log,
+                &format!(
+                    "-n {L4} route add {VIP4}/32 via 10.0.{i}.2 table {}",
+                    100 + u32::from(i)
+                ),
+            )?;
+            ip(
+                log,
+                &format!(
+                    "-n {L4} -6 route add {VIP6}/128 via fd00:{i}::2 table {}",
+                    100 + u32::from(i)
+                ),
+            )?;
         }
         Self::route_vip(log, "fe")
     }
@@ -180,7 +192,9 @@ impl Topology {
             let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
             check_ack(netlink_raw::rtnl(libc::RTM_NEWRULE, flags, &add))
         };
-        log.line(format!("l4: flow from client port {port} -> {node} (rule {pref}, table {table})"));
+        log.line(format!(
+            "l4: flow from client port {port} -> {node} (rule {pref}, table {table})"
+        ));
         in_ns(L4, move || run(fresh))?
     }
 

@@ -52,7 +52,12 @@ fn encode(attrs: &Attrs) -> Vec<u8> {
 
 fn set(attrs: &Attrs, kind: StateAttr, payload: Vec<u8>) -> Vec<u8> {
     let k = u16::from(kind);
-    encode(&attrs.iter().map(|(t, p)| (*t, if *t == k { payload.clone() } else { p.clone() })).collect())
+    encode(
+        &attrs
+            .iter()
+            .map(|(t, p)| (*t, if *t == k { payload.clone() } else { p.clone() }))
+            .collect(),
+    )
 }
 
 fn get_u32(attrs: &Attrs, kind: StateAttr) -> u32 {
@@ -77,38 +82,117 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
     let inuse_before = counters("be1")?.tcp_inuse;
     let errors_before = be1.info().map_err(|e| e.to_string())?.errors;
 
-    let try_import = |bytes: Vec<u8>, opts: &ImportOptions| be1.import(&MigrationState::from_bytes(bytes), opts);
+    let try_import =
+        |bytes: Vec<u8>, opts: &ImportOptions| be1.import(&MigrationState::from_bytes(bytes), opts);
     let plain = ImportOptions::default();
     let einval = libc::EINVAL;
 
     // Truncated inside an attribute: the request ends in the middle of it.
-    let cut = attrs.iter().take(5).map(|(_, p)| (4 + p.len() + 3) & !3).sum::<usize>() + 4;
-    expect_refusal(try_import(good.as_bytes()[..cut].to_vec(), &plain), einval, "leftover", log)?;
-    // Truncated at an attribute boundary: everything after tcp-state is missing.
-    let state_at = attrs.iter().position(|(t, _)| *t == u16::from(StateAttr::TcpState)).unwrap();
+    let cut = attrs
+        .iter()
+        .take(5)
+        .map(|(_, p)| (4 + p.len() + 3) & !3)
+        .sum::<usize>()
+        + 4;
+    expect_refusal(
+        try_import(good.as_bytes()[..cut].to_vec(), &plain),
+        einval,
+        "leftover",
+        log,
+    )?;
+    // Truncated at an attribute boundary: everything after tcp-state is missing, and
+    // fin-received is the first attribute checked after it.
+    let state_at = attrs
+        .iter()
+        .position(|(t, _)| *t == u16::from(StateAttr::TcpState))
+        .unwrap();
     let head = encode(&attrs[..=state_at].to_vec());
-    expect_refusal(try_import(head, &plain), einval, "missing attribute: snd-una", log)?;
+    expect_refusal(
+        try_import(head, &plain),
+        einval,
+        "missing attribute: fin-received",
+        log,
+    )?;
 
     let cases: Vec<(Vec<u8>, i32, &str)> = vec![
-        (set(&attrs, StateAttr::BlobVersion, 2u32.to_ne_bytes().to_vec()), libc::EPROTONOSUPPORT, "blob-version is newer"),
-        (set(&attrs, StateAttr::SndWscale, vec![15]), libc::EFBIG, "snd-wscale"),
-        (set(&attrs, StateAttr::RcvWscale, vec![15]), libc::EFBIG, "rcv-wscale"),
-        (set(&attrs, StateAttr::MssClamp, 20u16.to_ne_bytes().to_vec()), einval, "mss-clamp"),
-        (set(&attrs, StateAttr::Family, 99u16.to_ne_bytes().to_vec()), libc::EAFNOSUPPORT, "family"),
-        (set(&attrs, StateAttr::Saddr, vec![10, 0, 0, 1, 5]), einval, "address length"),
         (
-            set(&attrs, StateAttr::SndNxt, get_u32(&attrs, StateAttr::WriteSeq).wrapping_add(10).to_ne_bytes().to_vec()),
+            set(&attrs, StateAttr::BlobVersion, 2u32.to_ne_bytes().to_vec()),
+            libc::EPROTONOSUPPORT,
+            "blob-version is newer",
+        ),
+        (
+            set(&attrs, StateAttr::SndWscale, vec![15]),
+            libc::EFBIG,
+            "snd-wscale",
+        ),
+        (
+            set(&attrs, StateAttr::RcvWscale, vec![15]),
+            libc::EFBIG,
+            "rcv-wscale",
+        ),
+        (
+            set(&attrs, StateAttr::MssClamp, 20u16.to_ne_bytes().to_vec()),
+            einval,
+            "mss-clamp",
+        ),
+        (
+            set(&attrs, StateAttr::Family, 99u16.to_ne_bytes().to_vec()),
+            libc::EAFNOSUPPORT,
+            "family",
+        ),
+        (
+            set(&attrs, StateAttr::Saddr, vec![10, 0, 0, 1, 5]),
+            einval,
+            "address length",
+        ),
+        (
+            set(
+                &attrs,
+                StateAttr::SndNxt,
+                get_u32(&attrs, StateAttr::WriteSeq)
+                    .wrapping_add(10)
+                    .to_ne_bytes()
+                    .to_vec(),
+            ),
             einval,
             "snd-nxt",
         ),
-        (set(&attrs, StateAttr::SndCwnd, 0u32.to_ne_bytes().to_vec()), einval, "snd-cwnd"),
-        (set(&attrs, StateAttr::TcpState, vec![10]), libc::EOPNOTSUPP, "tcp-state"),
-        (set(&attrs, StateAttr::FinReceived, vec![1]), einval, "fin-received"),
-        (set(&attrs, StateAttr::MaxWindow, 1u32.to_ne_bytes().to_vec()), einval, "max-window"),
-        (set(&attrs, StateAttr::Keepcnt, 1000u32.to_ne_bytes().to_vec()), einval, "keepcnt"),
+        (
+            set(&attrs, StateAttr::SndCwnd, 0u32.to_ne_bytes().to_vec()),
+            einval,
+            "snd-cwnd",
+        ),
+        (
+            set(&attrs, StateAttr::TcpState, vec![10]),
+            libc::EOPNOTSUPP,
+            "tcp-state",
+        ),
+        (
+            set(&attrs, StateAttr::FinReceived, vec![1]),
+            einval,
+            "fin-received",
+        ),
+        (
+            set(&attrs, StateAttr::MaxWindow, 1u32.to_ne_bytes().to_vec()),
+            einval,
+            "max-window",
+        ),
+        (
+            set(&attrs, StateAttr::Keepcnt, 1000u32.to_ne_bytes().to_vec()),
+            einval,
+            "keepcnt",
+        ),
         (set(&attrs, StateAttr::Nodelay, vec![7]), einval, "nodelay"),
-        (set(&attrs, StateAttr::CcName, b"cubic".to_vec()), einval, "cc-name"),
-        (set(&attrs, StateAttr::Sport, 0u16.to_ne_bytes().to_vec()), einval, "sport"),
+        (
+            set(&attrs, StateAttr::CcName, b"cubic".to_vec()),
+            einval,
+            "cc-name",
+        ),
+        (
+            set(&attrs, StateAttr::Sport, 0u16.to_ne_bytes().to_vec()),
+            einval,
+            "sport",
+        ),
     ];
     for (bytes, errno, msg) in cases {
         expect_refusal(try_import(bytes, &plain), errno, msg, log)?;
@@ -120,34 +204,63 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
     // An attribute of SOCK_EXPORT in an import.
     let mut with_fd = attrs.clone();
     with_fd.push((u16::from(StateAttr::Fd), 3u32.to_ne_bytes().to_vec()));
-    expect_refusal(try_import(encode(&with_fd), &plain), einval, "belong to SOCK_EXPORT", log)?;
+    expect_refusal(
+        try_import(encode(&with_fd), &plain),
+        einval,
+        "belong to SOCK_EXPORT",
+        log,
+    )?;
     // Queues above the module's limit (1 MiB): 33 chunks of 32 KiB.
     let mut big = attrs.clone();
     let extra = 33 * (32 << 10);
     for _ in 0..33 {
         big.push((u16::from(StateAttr::SendQueue), vec![0x5a; 32 << 10]));
     }
-    let big = set(&big, StateAttr::WriteSeq, get_u32(&attrs, StateAttr::WriteSeq).wrapping_add(extra).to_ne_bytes().to_vec());
-    let big = set(&parse(&big), StateAttr::SndNxt, get_u32(&attrs, StateAttr::SndNxt).to_ne_bytes().to_vec());
+    let big = set(
+        &big,
+        StateAttr::WriteSeq,
+        get_u32(&attrs, StateAttr::WriteSeq)
+            .wrapping_add(extra)
+            .to_ne_bytes()
+            .to_vec(),
+    );
+    let big = set(
+        &parse(&big),
+        StateAttr::SndNxt,
+        get_u32(&attrs, StateAttr::SndNxt).to_ne_bytes().to_vec(),
+    );
     expect_refusal(try_import(big, &plain), libc::E2BIG, "max-queue-bytes", log)?;
     // A local address this host does not have, without freebind.
     let foreign = ImportOptions {
         bind_addr: Some(IpAddr::V4(Ipv4Addr::new(10, 99, 99, 99))),
         ..ImportOptions::default()
     };
-    expect_refusal(try_import(good.as_bytes().to_vec(), &foreign), libc::EADDRNOTAVAIL, "freebind", log)?;
+    expect_refusal(
+        try_import(good.as_bytes().to_vec(), &foreign),
+        libc::EADDRNOTAVAIL,
+        "freebind",
+        log,
+    )?;
     let wrong_len = ImportOptions {
         bind_addr: Some("fd00::9".parse().unwrap()),
         ..ImportOptions::default()
     };
-    expect_refusal(try_import(good.as_bytes().to_vec(), &wrong_len), einval, "address length", log)?;
+    expect_refusal(
+        try_import(good.as_bytes().to_vec(), &wrong_len),
+        einval,
+        "address length",
+        log,
+    )?;
     // The tuple is still in use on fe, where the original socket lives.
     expect_refusal(fe.import(&good, &plain), libc::EADDRINUSE, "already in use", log)?;
 
     // Nothing was left behind: no fd, no socket; the counters saw every refusal.
     check!(open_fds() == fds_before, "fds {fds_before} -> {}", open_fds());
     let inuse_after = counters("be1")?.tcp_inuse;
-    check!(inuse_after == inuse_before, "be1 TCP sockets {inuse_before} -> {inuse_after}");
+    check!(
+        inuse_after == inuse_before,
+        "be1 TCP sockets {inuse_before} -> {inuse_after}"
+    );
     let errors_after = be1.info().map_err(|e| e.to_string())?.errors;
     log.line(format!("module errors {errors_before} -> {errors_after}"));
     check!(errors_after > errors_before, "errors counter did not move");
@@ -157,9 +270,16 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
         freebind: true,
         ..foreign
     };
-    let s = be1.import(&good, &freebind).map_err(|e| format!("freebind import: {e}"))?;
-    let local = std::net::TcpStream::from(s.fd).local_addr().map_err(|e| e.to_string())?;
-    check!(local.ip() == IpAddr::V4(Ipv4Addr::new(10, 99, 99, 99)), "bound to {local}");
+    let s = be1
+        .import(&good, &freebind)
+        .map_err(|e| format!("freebind import: {e}"))?;
+    let local = std::net::TcpStream::from(s.fd)
+        .local_addr()
+        .map_err(|e| e.to_string())?;
+    check!(
+        local.ip() == IpAddr::V4(Ipv4Addr::new(10, 99, 99, 99)),
+        "bound to {local}"
+    );
     Ok(())
 }
 
@@ -190,10 +310,12 @@ pub fn import_probe(path: &str) -> String {
     let run = || -> Result<String, String> {
         let blob = std::fs::read(path).map_err(|e| e.to_string())?;
         let c = Client::connect().map_err(|e| e.to_string())?;
-        Ok(match c.import(&MigrationState::from_bytes(blob), &ImportOptions::default()) {
-            Ok(_) => "imported".into(),
-            Err(e) => format!("errno {}", e.errno().unwrap_or(0)),
-        })
+        Ok(
+            match c.import(&MigrationState::from_bytes(blob), &ImportOptions::default()) {
+                Ok(_) => "imported".into(),
+                Err(e) => format!("errno {}", e.errno().unwrap_or(0)),
+            },
+        )
     };
     run().unwrap_or_else(|e| e)
 }

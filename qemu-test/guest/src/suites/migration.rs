@@ -25,44 +25,137 @@ pub fn tests() -> Vec<Test> {
         },
         Test {
             name: "migrate_v6_empty_queues",
-            run: |e, l| scenario(e, l, &Case { v6: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        v6: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v4_unread_request",
-            run: |e, l| scenario(e, l, &Case { unread: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        unread: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v6_unread_request",
-            run: |e, l| scenario(e, l, &Case { v6: true, unread: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        v6: true,
+                        unread: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v4_in_flight_unacked",
-            run: |e, l| scenario(e, l, &Case { in_flight: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        in_flight: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v6_in_flight_unacked",
-            run: |e, l| scenario(e, l, &Case { v6: true, in_flight: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        v6: true,
+                        in_flight: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v4_unsent_window_closed",
-            run: |e, l| scenario(e, l, &Case { unsent: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        unsent: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v6_unsent_window_closed",
-            run: |e, l| scenario(e, l, &Case { v6: true, unsent: true, ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        v6: true,
+                        unsent: true,
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v4_timestamps_off",
-            run: |e, l| scenario(e, l, &Case { sysctl: &["net.ipv4.tcp_timestamps=0"], ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        sysctl: &["net.ipv4.tcp_timestamps=0"],
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v4_sack_off",
-            run: |e, l| scenario(e, l, &Case { sysctl: &["net.ipv4.tcp_sack=0"], ..Case::default() }),
+            run: |e, l| {
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        sysctl: &["net.ipv4.tcp_sack=0"],
+                        ..Case::default()
+                    },
+                )
+            },
         },
         Test {
             name: "migrate_v6_small_window_scale",
             run: |e, l| {
-                scenario(e, l, &Case { v6: true, client_rcvbuf: Some(4096), wscale: Some(0), ..Case::default() })
+                scenario(
+                    e,
+                    l,
+                    &Case {
+                        v6: true,
+                        client_rcvbuf: Some(4096),
+                        wscale: Some(0),
+                        ..Case::default()
+                    },
+                )
             },
         },
         Test {
@@ -127,7 +220,14 @@ fn hold_client_acks(log: &mut Log, hold: bool) -> TestResult {
         std::fs::write(path, rules).map_err(|e| e.to_string())?;
         sh(log, "ip", &["netns", "exec", "client", "nft", "-f", path]).map(|_| ())
     } else {
-        sh(log, "ip", &["netns", "exec", "client", "nft", "delete", "table", "inet", "hold"]).map(|_| ())
+        sh(
+            log,
+            "ip",
+            &[
+                "netns", "exec", "client", "nft", "delete", "table", "inet", "hold",
+            ],
+        )
+        .map(|_| ())
     }
 }
 
@@ -180,7 +280,10 @@ fn scenario(env: &Env, log: &mut Log, case: &Case) -> TestResult {
         server.set_nonblocking(false).map_err(|e| e.to_string())?;
     }
 
-    let snapshot = cluster.nl("fe").export_snapshot(server.as_fd()).map_err(|e| e.to_string())?;
+    let snapshot = cluster
+        .nl("fe")
+        .export_snapshot(server.as_fd())
+        .map_err(|e| e.to_string())?;
     let d = snapshot.decode().map_err(|e| e.to_string())?;
     log.line(format!("state before the hand-off: {d:?}"));
     check_case(case, &d, request_len)?;
@@ -192,11 +295,18 @@ fn scenario(env: &Env, log: &mut Log, case: &Case) -> TestResult {
     if case.unread {
         expect_stream(&mut owned, 10, request_len)?;
     } else {
-        check!(got_request == forwarded, "request changed on the control connection");
+        check!(
+            got_request == forwarded,
+            "request changed on the control connection"
+        );
     }
 
     // be1 answers from the VIP; the client reads fe's part first, then be1's.
-    let response = if case.response == 0 { 100_000 } else { case.response };
+    let response = if case.response == 0 {
+        100_000
+    } else {
+        case.response
+    };
     let reader = std::thread::spawn(move || -> Result<TcpStream, String> {
         if early > 0 {
             expect_stream(&mut client, 11, early)?;
@@ -220,7 +330,11 @@ fn scenario(env: &Env, log: &mut Log, case: &Case) -> TestResult {
 /// Checks the blob shows the state the case set up.
 fn check_case(case: &Case, d: &DecodedState, request_len: usize) -> TestResult {
     if case.unread {
-        check!(d.recv_queue.len() == request_len, "recv queue {}", d.recv_queue.len());
+        check!(
+            d.recv_queue.len() == request_len,
+            "recv queue {}",
+            d.recv_queue.len()
+        );
     } else {
         check!(d.recv_queue.is_empty(), "recv queue {}", d.recv_queue.len());
     }
@@ -247,7 +361,11 @@ fn check_case(case: &Case, d: &DecodedState, request_len: usize) -> TestResult {
         check!(d.timestamps, "timestamps off");
     }
     if let Some(ws) = case.wscale {
-        check!(d.wscale_ok && d.snd_wscale == ws, "peer window scale {}", d.snd_wscale);
+        check!(
+            d.wscale_ok && d.snd_wscale == ws,
+            "peer window scale {}",
+            d.snd_wscale
+        );
     }
     Ok(())
 }
@@ -263,16 +381,23 @@ fn finish(
     let port = client.local_addr().map_err(|e| e.to_string())?.port();
     client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
     let mut rest = Vec::new();
-    owned.read_to_end(&mut rest).map_err(|e| format!("owner read to EOF: {e}"))?;
+    owned
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("owner read to EOF: {e}"))?;
     check!(rest.is_empty(), "{} stray bytes before EOF", rest.len());
     drop(owned);
-    client.read_to_end(&mut rest).map_err(|e| format!("client read to EOF: {e}"))?;
+    client
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("client read to EOF: {e}"))?;
     check!(rest.is_empty(), "{} stray bytes before EOF", rest.len());
     drop(client);
     flow_gone(port)?;
     let rst_after = rsts_all()?;
     log.line(format!("RSTs sent before {rst_before:?} after {rst_after:?}"));
-    check!(rst_after == rst_before, "a host sent RST: {rst_before:?} -> {rst_after:?}");
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
     let info = cluster.nl("fe").info().map_err(|e| e.to_string())?;
     log.line(format!("fe guard: {:?}", info.departed));
     Ok(())
@@ -304,7 +429,9 @@ fn client_closes(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     let port = client.local_addr().map_err(|e| e.to_string())?.port();
     client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
     let mut rest = Vec::new();
-    owned.read_to_end(&mut rest).map_err(|e| format!("be1 read to EOF: {e}"))?;
+    owned
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("be1 read to EOF: {e}"))?;
     check!(rest.is_empty(), "stray bytes");
     send_stream(&mut owned, 21, 50_000)?;
     drop(owned);
@@ -314,6 +441,9 @@ fn client_closes(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     drop(client);
     flow_gone(port)?;
     let rst_after = rsts_all()?;
-    check!(rst_after == rst_before, "a host sent RST: {rst_before:?} -> {rst_after:?}");
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
     Ok(())
 }

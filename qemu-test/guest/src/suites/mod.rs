@@ -3,7 +3,7 @@
 mod common;
 pub mod export;
 mod foundation;
-mod hops;
+pub mod hops;
 pub mod import_refusals;
 mod migration;
 
