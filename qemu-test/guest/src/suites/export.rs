@@ -436,8 +436,16 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
         "invalid attribute length",
         log,
     )?;
+    // A blob attribute is not a SOCK_EXPORT request attribute; one past the request's
+    // highest (detach) is unknown to it altogether.
     expect_refusal(
         c.raw_request(SOCK_EXPORT, &[(StateAttr::SndUna.into(), vec![0; 4])]),
+        libc::EINVAL,
+        "Unsupported attribute",
+        log,
+    )?;
+    expect_refusal(
+        c.raw_request(SOCK_EXPORT, &[(StateAttr::Nonblock.into(), vec![])]),
         libc::EINVAL,
         "Unknown attribute type",
         log,
