@@ -74,7 +74,8 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let (_client, server) = connect_via_topology(false, 8090, None)?;
-    let fe = Client::connect().map_err(|e| e.to_string())?;
+    // fe's own netlink socket: SOCK_IMPORT builds in the requester's namespace.
+    let fe = in_ns("fe", Client::connect)?.map_err(|e| e.to_string())?;
     let good = fe.export_snapshot(server.as_fd()).map_err(|e| e.to_string())?;
     let attrs = parse(good.as_bytes());
     let be1 = in_ns("be1", Client::connect)?.map_err(|e| e.to_string())?;
