@@ -103,6 +103,20 @@ struct Slots {
     free: u32,
 }
 
+impl Slots {
+    /// Takes entry `i` (after `prev`, or first) out of `bucket`'s chain onto the free list.
+    fn unlink(&mut self, bucket: usize, prev: u32, i: u32) {
+        let next = self.entries[i as usize].next;
+        if prev == NIL {
+            self.heads[bucket] = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        self.entries[i as usize].next = self.free;
+        self.free = i;
+    }
+}
+
 /// What the guard does with a packet.
 #[derive(PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -168,13 +182,7 @@ impl Locked<'_> {
             while i != NIL {
                 let next = s.entries[i as usize].next;
                 if gone(&s.entries[i as usize]) {
-                    if prev == NIL {
-                        s.heads[bucket] = next;
-                    } else {
-                        s.entries[prev as usize].next = next;
-                    }
-                    s.entries[i as usize].next = s.free;
-                    s.free = i;
+                    s.unlink(bucket, prev, i);
                     removed += 1;
                 } else {
                     prev = i;
@@ -202,15 +210,7 @@ impl Locked<'_> {
     }
 
     fn unlink(&mut self, (bucket, prev, i): (usize, u32, u32)) {
-        let s = self.slots();
-        let next = s.entries[i as usize].next;
-        if prev == NIL {
-            s.heads[bucket] = next;
-        } else {
-            s.entries[prev as usize].next = next;
-        }
-        s.entries[i as usize].next = s.free;
-        s.free = i;
+        self.slots().unlink(bucket, prev, i);
         self.t.count.fetch_sub(1, Ordering::Release);
     }
 }

@@ -88,6 +88,17 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     Ok(())
 }
 
+/// Puts a congestion control name as the NUL-terminated string `cc-name` carries.
+pub(crate) fn put_cc_name(msg: &mut Message<'_>, cc_name: &[u8; 16]) -> Result {
+    let len = cc_name
+        .iter()
+        .position(|c| *c == 0)
+        .unwrap_or(cc_name.len() - 1);
+    let mut name = [0u8; 17];
+    name[..len].copy_from_slice(&cc_name[..len]);
+    msg.put(a::CC_NAME, &name[..=len])
+}
+
 fn put_queue(msg: &mut Message<'_>, kind: u16, data: &[u8]) -> Result {
     for chunk in data.chunks(QUEUE_CHUNK) {
         msg.put(kind, chunk)?;
@@ -127,14 +138,7 @@ fn encode(st: &TcpState, migration_id: u64, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::SND_SSTHRESH, st.snd_ssthresh)?;
     msg.put_u32(a::SRTT_US, st.srtt_us)?;
     msg.put_u32(a::MDEV_US, st.mdev_us)?;
-    let name_len = st
-        .cc_name
-        .iter()
-        .position(|c| *c == 0)
-        .unwrap_or(st.cc_name.len() - 1);
-    let mut name = [0u8; 17];
-    name[..name_len].copy_from_slice(&st.cc_name[..name_len]);
-    msg.put(a::CC_NAME, &name[..=name_len])?;
+    put_cc_name(msg, &st.cc_name)?;
     msg.put_u8(a::NODELAY, st.nodelay.into())?;
     msg.put_u8(a::CORK, st.cork.into())?;
     msg.put_u8(a::KEEPALIVE, st.keepalive.into())?;

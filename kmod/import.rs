@@ -15,10 +15,12 @@
 use crate::bindings as b;
 use crate::blob::Blob;
 use crate::departed::Tuple;
+use crate::export::put_cc_name;
 use crate::genl::{errno, to_result, Request};
 use crate::guard;
 use crate::socket::SockLock;
 use crate::stats::{Stats, STATS};
+use crate::tcp_state::cc_name;
 use crate::uapi::{cmd, state as a, BUF_LOCK_RCV, BUF_LOCK_SND};
 use core::ffi::{c_int, c_void};
 use core::ptr::NonNull;
@@ -508,17 +510,9 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     let mut msg = req.reply(cmd::SOCK_IMPORT)?;
     msg.put_u32(a::FD, building.fd as u32)?;
     msg.put_u64(a::MIGRATION_ID, blob.migration_id, a::PAD)?;
-    let mut cc = [0u8; 17];
-    // SAFETY: the congestion ops of a connected socket are set and outlive it.
-    unsafe {
-        if let Some(ops) = (*building.tp()).inet_conn.icsk_ca_ops.as_ref() {
-            for (d, s) in cc.iter_mut().zip(ops.name.iter()) {
-                *d = *s as u8;
-            }
-        }
-    }
-    let cc_len = cc.iter().position(|c| *c == 0).unwrap_or(16);
-    msg.put(a::CC_NAME, &cc[..=cc_len])?;
+    // SAFETY: the socket is fully built and reachable by nobody but us until the fd
+    // is installed.
+    put_cc_name(&mut msg, &unsafe { cc_name(&*building.tp()) })?;
     // The reply is queued before the fd exists: if it cannot be, nothing is left behind.
     msg.send_reply()?;
     let tuple = Tuple::of_socket(

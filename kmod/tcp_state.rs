@@ -150,6 +150,22 @@ unsafe fn copy_list(
     Ok(fin)
 }
 
+/// The congestion control algorithm's name (NUL-padded; empty if none is set).
+///
+/// # Safety
+///
+/// `tp` must be a socket whose lock the caller holds, or that only the caller can reach.
+pub(crate) unsafe fn cc_name(tp: &b::tcp_sock) -> [u8; 16] {
+    let mut name = [0u8; 16];
+    // SAFETY: the ops, when set, are a registered algorithm that outlives the socket.
+    if let Some(ops) = unsafe { tp.inet_conn.icsk_ca_ops.as_ref() } {
+        for (d, s) in name.iter_mut().zip(ops.name.iter()) {
+            *d = *s as u8;
+        }
+    }
+    name
+}
+
 fn alloc_queue(len: u32) -> Result<KVVec<u8>, Refusal> {
     KVVec::with_capacity(len as usize, GFP_KERNEL)
         .map_err(|_| (ENOMEM, c_str!("no memory for the queues")))
@@ -246,12 +262,7 @@ impl TcpState {
             }
 
             let icsk = &t.inet_conn;
-            let mut cc_name = [0u8; 16];
-            if let Some(ops) = icsk.icsk_ca_ops.as_ref() {
-                for (d, s) in cc_name.iter_mut().zip(ops.name.iter()) {
-                    *d = *s as u8;
-                }
-            }
+            let cc_name = cc_name(t);
             let rx = &t.rx_opt;
             let nonagle = u32::from(t.nonagle());
             let userlocks = u32::from((*sk).sk_userlocks);
