@@ -17,8 +17,8 @@ use kernel::alloc::KVVec;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-/// Entries the table holds at most.
-pub(crate) const CAPACITY: usize = 16384;
+/// Upper bound of the `departed_capacity` module parameter: 1 Mi entries (about 64 MiB).
+const MAX_CAPACITY: u32 = 1 << 20;
 /// How long a departed tuple is protected, in milliseconds: far longer than a steering
 /// update takes, short enough that a stale entry does not linger.
 pub(crate) const TIMEOUT_MS: u32 = 30_000;
@@ -132,6 +132,7 @@ pub(crate) struct Departed {
     /// Guarded by `lock`.
     slots: UnsafeCell<Slots>,
     seed: u32,
+    capacity: usize,
     /// Live entries; read without the lock by the packet path to skip an empty table.
     count: AtomicUsize,
     pub(crate) dropped: AtomicU64,
@@ -217,13 +218,20 @@ impl Locked<'_> {
 
 impl Departed {
     pub(crate) fn new() -> Result<KBox<Self>> {
+        // SAFETY: reads a module parameter, written only at load time.
+        let capacity = unsafe { b::prism_departed_capacity() };
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            pr_err!("departed_capacity must be within 1..{}\n", MAX_CAPACITY);
+            return Err(EINVAL);
+        }
+        let capacity = capacity as usize;
         let mut heads = KVVec::with_capacity(BUCKETS, GFP_KERNEL)?;
         for _ in 0..BUCKETS {
             heads.push(NIL, GFP_KERNEL)?;
         }
-        let mut entries = KVVec::with_capacity(CAPACITY, GFP_KERNEL)?;
-        for i in 0..CAPACITY {
-            let next = if i + 1 < CAPACITY { i as u32 + 1 } else { NIL };
+        let mut entries = KVVec::with_capacity(capacity, GFP_KERNEL)?;
+        for i in 0..capacity {
+            let next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
             entries.push(
                 Entry {
                     tuple: Tuple::default(),
@@ -243,6 +251,7 @@ impl Departed {
                 }),
                 // SAFETY: plain call into the random pool.
                 seed: unsafe { b::get_random_u32() },
+                capacity,
                 count: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
@@ -260,6 +269,11 @@ impl Departed {
         // process context disables bottom halves while holding it.
         unsafe { b::prism_spin_lock_bh(self.lock.get()) };
         Locked { t: self }
+    }
+
+    /// Entries the table holds at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn active(&self) -> usize {

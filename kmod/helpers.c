@@ -160,3 +160,17 @@ const struct nlattr *prism_genl_request_attrs(const struct genl_info *info, int 
 	*len = genlmsg_len(info->genlhdr);
 	return genlmsg_data(info->genlhdr);
 }
+
+/*
+ * Size of the departed-tuple table. module_param() is a macro that Rust cannot expand
+ * (the 6.12 `module!` macro has no parameters); the value is validated in departed.rs.
+ */
+static unsigned int departed_capacity = 16384;
+module_param(departed_capacity, uint, 0444);
+MODULE_PARM_DESC(departed_capacity,
+		 "Departed tuples guarded against RST at most (1..1048576, default 16384)");
+
+unsigned int prism_departed_capacity(void)
+{
+	return departed_capacity;
+}

@@ -37,6 +37,7 @@ unsigned long prism_jiffies(void);
 unsigned long prism_msecs_to_jiffies(unsigned int ms);
 unsigned long prism_usecs_to_jiffies(unsigned int us);
 u32 prism_tcp_rto_min_us(const struct sock *sk);
+unsigned int prism_departed_capacity(void);
 const void *prism_skb_header_pointer(const struct sk_buff *skb, int offset, int len,
 				     void *buffer);
 int prism_skb_network_offset(const struct sk_buff *skb);

@@ -134,6 +134,19 @@ impl Cluster {
         to: &'static str,
         request: &[u8],
     ) -> Result<(TcpStream, Vec<u8>, HopTimes), String> {
+        self.hop_with(log, sock, from, to, request, &ImportOptions::default())
+    }
+
+    /// `hop` with these import options on `to`.
+    pub fn hop_with(
+        &mut self,
+        log: &mut Log,
+        sock: TcpStream,
+        from: &'static str,
+        to: &'static str,
+        request: &[u8],
+        opts: &ImportOptions,
+    ) -> Result<(TcpStream, Vec<u8>, HopTimes), String> {
         let peer = sock.peer_addr().map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         let state = self
@@ -147,7 +160,7 @@ impl Cluster {
         let t1 = Instant::now();
         let (stream, id) = self
             .nl(to)
-            .import_stream(&state, &ImportOptions::default())
+            .import_stream(&state, opts)
             .map_err(|e| format!("import on {to}: {e}"))?;
         let import = t1.elapsed();
         Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;

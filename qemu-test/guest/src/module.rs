@@ -10,7 +10,15 @@ pub fn is_loaded() -> bool {
 }
 
 pub fn load(log: &mut Log, ko: &Path) -> Result<(), String> {
-    sh(log, "insmod", &[&ko.to_string_lossy()]).map(|_| ())
+    load_with(log, ko, &[])
+}
+
+/// Loads the module with parameters (`name=value`).
+pub fn load_with(log: &mut Log, ko: &Path, params: &[&str]) -> Result<(), String> {
+    let ko = ko.to_string_lossy();
+    let mut args = vec![&*ko];
+    args.extend(params);
+    sh(log, "insmod", &args).map(|_| ())
 }
 
 pub fn unload(log: &mut Log) -> Result<(), String> {

@@ -43,3 +43,16 @@ pub fn set_int(
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// `getsockopt` of an int value; the errno on failure.
+pub fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> Result<i32, i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: valid fd, value buffer and length.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    if r == 0 {
+        Ok(v)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}

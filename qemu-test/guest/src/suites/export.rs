@@ -48,6 +48,10 @@ pub fn tests() -> Vec<Test> {
             name: "export_refuses_caller_without_net_admin",
             run: unprivileged,
         },
+        Test {
+            name: "export_detach_refused_when_guard_table_full",
+            run: guard_full,
+        },
     ]
 }
 
@@ -480,4 +484,46 @@ pub fn export_probe() -> String {
         })
     };
     run().unwrap_or_else(|e| e)
+}
+
+/// With room for two departed tuples, a third DETACH is refused with ENOSPC and leaves its
+/// socket exactly as it was; a bad table size is refused at load time.
+fn guard_full(env: &Env, log: &mut Log) -> TestResult {
+    for bad in ["departed_capacity=0", "departed_capacity=2000000"] {
+        check!(
+            module::load_with(log, &env.module, &[bad]).is_err(),
+            "insmod {bad} succeeded"
+        );
+        check!(!module::is_loaded(), "module loaded with {bad}");
+    }
+    module::load_with(log, &env.module, &["departed_capacity=2"])?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let _t = Topology::up()?;
+    let mut kept = Vec::new();
+    for port in [8095, 8096] {
+        let (client, server) = connect_via_topology(false, port, None)?;
+        c.export_detach(server.as_fd()).map_err(|e| e.to_string())?;
+        kept.push((client, server));
+    }
+    let (mut client, mut server) = connect_via_topology(false, 8097, None)?;
+    client.write_all(b"before").map_err(|e| e.to_string())?;
+    wait_for("request queued", || queued(server.as_fd(), false) == 6)?;
+    expect_refusal(c.export_detach(server.as_fd()), libc::ENOSPC, "departed-tuple table is full", log)?;
+    let info = c.info().map_err(|e| e.to_string())?;
+    log.line(format!("guard: {:?}", info.departed));
+    check!(
+        info.departed.capacity == 2 && info.departed.active == 2 && info.departed.full == 1,
+        "guard counters {:?}",
+        info.departed
+    );
+    check!(info.exports == 2, "exports {}", info.exports);
+    // The refused socket still owns its connection, with its queue, both ways.
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"before", "server read {buf:?}");
+    server.write_all(b"still here").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 10];
+    client.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"still here", "client read {buf:?}");
+    Ok(())
 }

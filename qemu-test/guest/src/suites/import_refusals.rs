@@ -183,6 +183,28 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
             einval,
             "keepcnt",
         ),
+        (
+            set(&attrs, StateAttr::Keepidle, 32768u32.to_ne_bytes().to_vec()),
+            einval,
+            "keepidle",
+        ),
+        (
+            set(&attrs, StateAttr::Keepintvl, 40000u32.to_ne_bytes().to_vec()),
+            einval,
+            "keepintvl",
+        ),
+        (
+            set(&attrs, StateAttr::Sndbuf, 0u32.to_ne_bytes().to_vec()),
+            einval,
+            "sndbuf",
+        ),
+        (
+            set(&attrs, StateAttr::Rcvbuf, u32::MAX.to_ne_bytes().to_vec()),
+            einval,
+            "rcvbuf",
+        ),
+        (set(&attrs, StateAttr::BufLocks, vec![4]), einval, "buf-locks"),
+        (set(&attrs, StateAttr::Reuseaddr, vec![2]), einval, "reuseaddr"),
         (set(&attrs, StateAttr::Nodelay, vec![7]), einval, "nodelay"),
         (
             set(&attrs, StateAttr::CcName, b"cubic".to_vec()),

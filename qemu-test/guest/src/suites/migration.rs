@@ -8,8 +8,8 @@ use crate::check;
 use crate::harness::{sh, Env, Log, TestResult};
 use crate::migrate::{expect_stream, flow_sockets, rsts_all, send_stream, Cluster};
 use crate::sockopt::queued;
-use crate::topology::Topology;
-use prism_sock::DecodedState;
+use crate::topology::{self, Topology};
+use prism_sock::{DecodedState, ImportOptions};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
@@ -178,10 +178,74 @@ pub fn tests() -> Vec<Test> {
             name: "migrate_v6_client_closes_right_after",
             run: |e, l| client_closes(e, l, true),
         },
+        Test {
+            name: "migrate_v4_transparent_vip_not_local",
+            run: |e, l| transparent(e, l, false),
+        },
+        Test {
+            name: "migrate_v6_transparent_vip_not_local",
+            run: |e, l| transparent(e, l, true),
+        },
     ]
 }
 
 const PORT: u16 = 8080;
+
+/// be2 does not hold the VIP. A TPROXY-style policy rule delivers the VIP's packets
+/// locally without making it a local address, and the import owns the VIP with
+/// IP_TRANSPARENT: refused without it, a working connection with it.
+fn transparent(env: &Env, log: &mut Log, v6: bool) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let (fam, host) = if v6 { ("-6", 128) } else { ("-4", 32) };
+    let vip = format!("{}/{host}", topology::vip(v6));
+    for cmd in [
+        format!("-n be2 {fam} addr del {vip} dev vip0"),
+        format!("-n be2 {fam} rule add to {vip} lookup 200 pref 50"),
+        format!("-n be2 {fam} route add local {vip} dev lo table 200"),
+    ] {
+        sh(log, "ip", &cmd.split(' ').collect::<Vec<_>>())?;
+    }
+    let mut cluster = Cluster::new(v6)?;
+    let rst_before = rsts_all()?;
+    let (mut client, mut server) = connect_via_topology(v6, PORT, None)?;
+    send_stream(&mut client, 30, 2_000)?;
+    let mut req = vec![0; 2_000];
+    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+
+    let snapshot = cluster
+        .nl("fe")
+        .export_snapshot(server.as_fd())
+        .map_err(|e| e.to_string())?;
+    let refused = cluster.nl("be2").import(&snapshot, &ImportOptions::default());
+    super::common::expect_refusal(refused, libc::EADDRNOTAVAIL, "freebind", log)?;
+
+    let opts = ImportOptions {
+        transparent: true,
+        ..ImportOptions::default()
+    };
+    let (mut owned, got, _) = cluster.hop_with(log, server, "fe", "be2", &req, &opts)?;
+    check!(got == req, "request changed on the control connection");
+    check!(
+        crate::sockopt::get_int(
+            owned.as_fd(),
+            if v6 { libc::SOL_IPV6 } else { libc::SOL_IP },
+            if v6 { libc::IPV6_TRANSPARENT } else { libc::IP_TRANSPARENT },
+        ) == Ok(1),
+        "imported socket is not transparent"
+    );
+    let local = owned.local_addr().map_err(|e| e.to_string())?;
+    check!(local.ip() == topology::vip(v6), "bound to {local}");
+    let reader = std::thread::spawn(move || -> Result<TcpStream, String> {
+        expect_stream(&mut client, 31, 200_000)?;
+        Ok(client)
+    });
+    send_stream(&mut owned, 31, 200_000)?;
+    let mut client = reader.join().map_err(|_| "reader panicked".to_string())??;
+    send_stream(&mut client, 32, 5_000)?;
+    expect_stream(&mut owned, 32, 5_000)?;
+    finish(log, client, owned, &rst_before, &cluster)
+}
 
 /// One migration scenario: what state the connection is in when fe hands it off.
 #[derive(Default)]
