@@ -49,7 +49,15 @@ pub fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> Resu
     let mut v: libc::c_int = 0;
     let mut len = 4 as libc::socklen_t;
     // SAFETY: valid fd, value buffer and length.
-    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     if r == 0 {
         Ok(v)
     } else {

@@ -508,7 +508,12 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     let (mut client, mut server) = connect_via_topology(false, 8097, None)?;
     client.write_all(b"before").map_err(|e| e.to_string())?;
     wait_for("request queued", || queued(server.as_fd(), false) == 6)?;
-    expect_refusal(c.export_detach(server.as_fd()), libc::ENOSPC, "departed-tuple table is full", log)?;
+    expect_refusal(
+        c.export_detach(server.as_fd()),
+        libc::ENOSPC,
+        "departed-tuple table is full",
+        log,
+    )?;
     let info = c.info().map_err(|e| e.to_string())?;
     log.line(format!("guard: {:?}", info.departed));
     check!(

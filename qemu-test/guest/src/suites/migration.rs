@@ -230,7 +230,11 @@ fn transparent(env: &Env, log: &mut Log, v6: bool) -> TestResult {
         crate::sockopt::get_int(
             owned.as_fd(),
             if v6 { libc::SOL_IPV6 } else { libc::SOL_IP },
-            if v6 { libc::IPV6_TRANSPARENT } else { libc::IP_TRANSPARENT },
+            if v6 {
+                libc::IPV6_TRANSPARENT
+            } else {
+                libc::IP_TRANSPARENT
+            },
         ) == Ok(1),
         "imported socket is not transparent"
     );
