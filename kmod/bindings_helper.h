@@ -17,6 +17,8 @@
 #include <linux/fcntl.h>
 #include <linux/in.h>
 #include <linux/in6.h>
+#include <linux/sock_diag.h>
+#include <linux/tracepoint.h>
 #include "helpers.h"
 
 /* Macros bindgen cannot evaluate, turned into constants it can. */
@@ -36,3 +38,4 @@ const unsigned int PRISM_ITER_SOURCE = ITER_SOURCE;
 const unsigned int PRISM_MSG_DONTWAIT = MSG_DONTWAIT;
 const unsigned int PRISM_O_CLOEXEC = O_CLOEXEC;
 const unsigned int PRISM_O_NONBLOCK = O_NONBLOCK;
+const unsigned int PRISM_TCP_TIMEWAIT_LEN_MS = TCP_TIMEWAIT_LEN * 1000 / HZ;

@@ -11,6 +11,7 @@ use crate::guard;
 use crate::socket::{FdSocket, SockLock};
 use crate::stats::{Stats, STATS};
 use crate::tcp_state::TcpState;
+use crate::tracker;
 use crate::uapi::{cmd, state as a, BLOB_VERSION, QUEUE_CHUNK};
 use kernel::c_str;
 use kernel::prelude::*;
@@ -82,6 +83,10 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     if let Err(e) = msg.send_reply() {
         table.remove(&tuple);
         return Err(e);
+    }
+    if let Some(t) = tracker::get() {
+        // SAFETY: the socket is locked and not yet disconnected.
+        unsafe { t.exported(lock.sk()) };
     }
     lock.detach();
     Stats::bump(&STATS.exports);

@@ -201,6 +201,13 @@ impl Family {
     }
 }
 
+impl Family {
+    /// The registered family, for notifications.
+    pub(crate) fn as_ptr(&self) -> *const b::genl_family {
+        &self.def.family
+    }
+}
+
 impl Drop for Family {
     fn drop(&mut self) {
         // SAFETY: the family was registered in `register`; unregistering waits for

@@ -222,6 +222,50 @@ impl<'a> Message<'a> {
         self.put(kind, value.as_bytes_with_nul())
     }
 
+    /// Starts a notification `cmd` of `family`, sent by nobody's request.
+    ///
+    /// # Safety
+    ///
+    /// `family` must be registered until the message is sent or dropped.
+    pub(crate) unsafe fn notification(family: *const b::genl_family, cmd: u8) -> Result<Self> {
+        let mut msg = Self::new(b::PRISM_NLMSG_GOODSIZE)?;
+        // SAFETY: `msg.skb` is a fresh netlink skb; the caller keeps `family` registered.
+        msg.hdr = unsafe { b::genlmsg_put(msg.skb.as_ptr(), 0, 0, family, 0, cmd) };
+        if msg.hdr.is_null() {
+            return Err(errno(b::EMSGSIZE));
+        }
+        Ok(msg)
+    }
+
+    /// Finishes a notification and sends it to the listeners of `group` in `net`.
+    /// Returns what netlink says: 0, ESRCH (nobody listens) or ENOBUFS (a listener
+    /// missed it).
+    ///
+    /// # Safety
+    ///
+    /// `family` must be the registered family the message was started for, `net` alive.
+    pub(crate) unsafe fn multicast(
+        self,
+        family: *const b::genl_family,
+        net: *mut b::net,
+        group: u32,
+    ) -> c_int {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `hdr` was returned by `genlmsg_put` on this skb; the multicast takes
+        // ownership of the skb whatever it returns. The caller vouches for the rest.
+        unsafe {
+            b::prism_genlmsg_end(this.skb.as_ptr(), this.hdr);
+            b::prism_genlmsg_multicast_netns(
+                family,
+                net,
+                this.skb.as_ptr(),
+                0,
+                group,
+                kernel::bindings::GFP_KERNEL,
+            )
+        }
+    }
+
     /// Finishes the message and sends it to the requester.
     pub(crate) fn send_reply(self) -> Result {
         let req = self.req.ok_or(EINVAL)?;

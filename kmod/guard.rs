@@ -6,7 +6,7 @@
 use crate::bindings as b;
 use crate::departed::{Departed, Tuple, Verdict};
 use core::ffi::{c_int, c_uint, c_void};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use kernel::prelude::*;
 
 /// Everything the hooks and the pernet callbacks reach, at a stable address.
@@ -14,6 +14,8 @@ struct Inner {
     table: KBox<Departed>,
     hooks: [b::nf_hook_ops; 2],
     pernet: b::pernet_operations,
+    /// Id of the per-namespace data: the namespace's event sequence counter.
+    net_id: c_uint,
 }
 
 /// The guard of this module instance: registered in `new`, unregistered on drop.
@@ -37,6 +39,27 @@ pub(crate) fn table() -> Option<&'static Departed> {
     // SAFETY: a non-null pointer is the registered `Inner`, which is freed only after
     // the family (whose handlers call this) and the hooks are gone.
     unsafe { p.as_ref() }.map(|i| &*i.table)
+}
+
+/// Takes the next event sequence number of namespace `net` (from 1).
+///
+/// # Safety
+///
+/// `net` must be alive.
+pub(crate) unsafe fn next_seq(net: *mut b::net) -> u64 {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: as in `table`.
+    let Some(inner) = (unsafe { p.as_ref() }) else {
+        return 0;
+    };
+    // SAFETY: `net` is alive and the pernet ops are registered, so its data (zeroed,
+    // sized for an `AtomicU64`, freed after the namespace) exists.
+    let data = unsafe { b::prism_net_generic(net, inner.net_id) };
+    // SAFETY: as above; zero bytes are a valid `AtomicU64`.
+    match unsafe { data.cast::<AtomicU64>().as_ref() } {
+        Some(seq) => seq.fetch_add(1, Ordering::Relaxed) + 1,
+        None => 0,
+    }
 }
 
 /// Reads `N` bytes at `offset` of the packet, linear or not.
@@ -154,6 +177,7 @@ impl Guard {
                 table: Departed::new()?,
                 hooks: Default::default(),
                 pernet: Default::default(),
+                net_id: 0,
             },
             GFP_KERNEL,
         )?;
@@ -174,6 +198,8 @@ impl Guard {
         }
         inner.pernet.init = Some(net_init);
         inner.pernet.exit = Some(net_exit);
+        inner.pernet.id = &mut inner.net_id;
+        inner.pernet.size = core::mem::size_of::<AtomicU64>();
         let p: *mut Inner = &mut *inner;
         CURRENT.store(p, Ordering::Release);
         // SAFETY: `pernet` lives in the box until `drop` unregisters it.

@@ -161,6 +161,62 @@ const struct nlattr *prism_genl_request_attrs(const struct genl_info *info, int 
 	return genlmsg_data(info->genlhdr);
 }
 
+/* Release notifier (tracker.rs, events.rs). */
+void prism_init_work(struct work_struct *work, work_func_t func)
+{
+	INIT_WORK(work, func);
+}
+
+bool prism_schedule_work(struct work_struct *work)
+{
+	return schedule_work(work);
+}
+
+void prism_tracepoint_synchronize_unregister(void)
+{
+	tracepoint_synchronize_unregister();
+}
+
+const char *prism_tracepoint_name(const struct tracepoint *tp)
+{
+	return tp->name;
+}
+
+struct net *prism_get_net(struct net *net)
+{
+	return get_net(net);
+}
+
+void prism_put_net(struct net *net)
+{
+	put_net(net);
+}
+
+u64 prism_net_cookie(const struct net *net)
+{
+	return net->net_cookie;
+}
+
+void *prism_net_generic(const struct net *net, unsigned int id)
+{
+	void *p;
+
+	rcu_read_lock();
+	p = net_generic(net, id);
+	rcu_read_unlock();
+	return p;
+}
+
+u64 prism_ktime_get_ns(void)
+{
+	return ktime_get_ns();
+}
+
+struct net *prism_sock_net(const struct sock *sk)
+{
+	return sock_net(sk);
+}
+
 /*
  * Size of the departed-tuple table. module_param() is a macro that Rust cannot expand
  * (the 6.12 `module!` macro has no parameters); the value is validated in departed.rs.

@@ -10,6 +10,9 @@
 #include <net/tcp.h>
 #include <net/ipv6.h>
 #include <linux/sockptr.h>
+#include <linux/tracepoint.h>
+#include <linux/workqueue.h>
+#include <net/netns/generic.h>
 
 struct sk_buff *prism_genlmsg_new(size_t payload, gfp_t flags);
 void prism_genlmsg_end(struct sk_buff *skb, void *hdr);
@@ -38,6 +41,16 @@ unsigned long prism_msecs_to_jiffies(unsigned int ms);
 unsigned long prism_usecs_to_jiffies(unsigned int us);
 u32 prism_tcp_rto_min_us(const struct sock *sk);
 unsigned int prism_departed_capacity(void);
+void prism_init_work(struct work_struct *work, work_func_t func);
+bool prism_schedule_work(struct work_struct *work);
+void prism_tracepoint_synchronize_unregister(void);
+const char *prism_tracepoint_name(const struct tracepoint *tp);
+struct net *prism_get_net(struct net *net);
+void prism_put_net(struct net *net);
+u64 prism_net_cookie(const struct net *net);
+void *prism_net_generic(const struct net *net, unsigned int id);
+u64 prism_ktime_get_ns(void);
+struct net *prism_sock_net(const struct sock *sk);
 const void *prism_skb_header_pointer(const struct sk_buff *skb, int offset, int len,
 				     void *buffer);
 int prism_skb_network_offset(const struct sk_buff *skb);

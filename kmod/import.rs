@@ -21,6 +21,7 @@ use crate::guard;
 use crate::socket::SockLock;
 use crate::stats::{Stats, STATS};
 use crate::tcp_state::cc_name;
+use crate::tracker;
 use crate::uapi::{cmd, state as a, BUF_LOCK_RCV, BUF_LOCK_SND};
 use core::ffi::{c_int, c_void};
 use core::ptr::NonNull;
@@ -513,17 +514,34 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     // SAFETY: the socket is fully built and reachable by nobody but us until the fd
     // is installed.
     put_cc_name(&mut msg, &unsafe { cc_name(&*building.tp()) })?;
+    let tracker = tracker::get().ok_or(ENODEV)?;
+    let local = blob.bind_addr.as_ref().unwrap_or(&blob.saddr);
+    // SAFETY: the socket is ours until the fd is installed.
+    let prepared = unsafe {
+        tracker.prepare(
+            building.sk.as_ptr(),
+            blob.migration_id,
+            (blob.family, local, &blob.daddr, blob.sport, blob.dport),
+        )
+    }
+    .inspect_err(|_| req.set_err(None, c_str!("cannot allocate the release tracking")))?;
     // The reply is queued before the fd exists: if it cannot be, nothing is left behind.
     msg.send_reply()?;
     let tuple = Tuple::of_socket(
         net as usize,
         blob.family,
-        blob.bind_addr.as_ref().unwrap_or(&blob.saddr),
+        local,
         &blob.daddr,
         blob.sport,
         blob.dport,
     );
     table.remove(&tuple);
+    {
+        // SAFETY: the socket lives as long as `building`, which outlives the lock.
+        let lock = unsafe { SockLock::lock_raw(building.sk) };
+        // SAFETY: prepared for this socket, which is locked; nothing fails after this.
+        unsafe { tracker.track(lock.sk(), prepared) };
+    }
     building.commit();
     Stats::bump(&STATS.imports);
     Ok(())

@@ -4,6 +4,7 @@
 
 use crate::bindings as b;
 use crate::departed;
+use crate::tracker;
 use crate::genl::{errno, Request};
 use crate::guard;
 use crate::stats::{Stats, STATS};
@@ -40,6 +41,11 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
         msg.put_u64(attr::DEPARTED_DROPPED, Stats::get(&t.dropped), attr::PAD)?;
         msg.put_u64(attr::DEPARTED_EXPIRED, Stats::get(&t.expired), attr::PAD)?;
         msg.put_u64(attr::DEPARTED_FULL, Stats::get(&t.full), attr::PAD)?;
+    }
+    if let Some(t) = tracker::get() {
+        msg.put_u32(attr::TRACKED, t.tracked() as u32)?;
+        msg.put_u64(attr::EVENTS_SENT, Stats::get(&t.sent), attr::PAD)?;
+        msg.put_u64(attr::EVENTS_LOST, Stats::get(&t.lost), attr::PAD)?;
     }
     msg.send_reply()
 }

@@ -8,6 +8,7 @@ use kernel::prelude::*;
 mod bindings;
 mod blob;
 mod departed;
+mod events;
 mod export;
 mod family;
 mod genl;
@@ -17,6 +18,7 @@ mod info;
 mod socket;
 mod stats;
 mod tcp_state;
+mod tracker;
 mod uapi;
 
 module! {
@@ -28,21 +30,27 @@ module! {
 }
 
 struct PrismSock {
-    // Dropped in this order: no request runs once the family is gone, then the guard.
+    // `drop` first stops the tracker (probe off, queued events sent); then, in this
+    // order: no request runs once the family is gone, the tracker is freed, the guard
+    // (hooks and per-namespace data) goes last.
     _family: family::Family,
+    tracker: KBox<tracker::Tracker>,
     _guard: guard::Guard,
 }
 
 impl kernel::Module for PrismSock {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let guard = guard::Guard::new()?;
+        let tracker = tracker::Tracker::new()?;
         let family = family::Family::register(module)?;
+        tracker.start(family.as_ptr())?;
         pr_info!(
             "loaded, generic netlink family prism_sock v{}\n",
             uapi::PROTO_VERSION
         );
         Ok(Self {
             _family: family,
+            tracker,
             _guard: guard,
         })
     }
@@ -51,5 +59,6 @@ impl kernel::Module for PrismSock {
 impl Drop for PrismSock {
     fn drop(&mut self) {
         pr_info!("unloading\n");
+        self.tracker.stop();
     }
 }

@@ -22,6 +22,10 @@ pub(crate) mod cmd {
     pub(crate) const GET_INFO: u8 = 1;
     pub(crate) const SOCK_EXPORT: u8 = 2;
     pub(crate) const SOCK_IMPORT: u8 = 3;
+    /// Events on the `events` group.
+    pub(crate) const SOCK_IMPORTED: u8 = 4;
+    pub(crate) const SOCK_EXPORTED: u8 = 5;
+    pub(crate) const SOCK_RELEASED: u8 = 6;
 }
 
 /// Version of the state blob format returned by `SOCK_EXPORT`.
@@ -47,6 +51,39 @@ pub(crate) mod attr {
     pub(crate) const DEPARTED_DROPPED: u16 = 12;
     pub(crate) const DEPARTED_EXPIRED: u16 = 13;
     pub(crate) const DEPARTED_FULL: u16 = 14;
+    pub(crate) const TRACKED: u16 = 15;
+    pub(crate) const EVENTS_SENT: u16 = 16;
+    pub(crate) const EVENTS_LOST: u16 = 17;
+}
+
+/// Attributes of the `event` attribute set (the `events` group's messages).
+pub(crate) mod event {
+    pub(crate) const PAD: u16 = 1;
+    pub(crate) const MIGRATION_ID: u16 = 2;
+    pub(crate) const SEQ: u16 = 3;
+    pub(crate) const SOCK_COOKIE: u16 = 4;
+    pub(crate) const NETNS_COOKIE: u16 = 5;
+    pub(crate) const FAMILY: u16 = 6;
+    pub(crate) const SADDR: u16 = 7;
+    pub(crate) const DADDR: u16 = 8;
+    pub(crate) const SPORT: u16 = 9;
+    pub(crate) const DPORT: u16 = 10;
+    pub(crate) const TCP_STATE: u16 = 11;
+    pub(crate) const REASON: u16 = 12;
+    pub(crate) const BYTES_ACKED: u16 = 13;
+    pub(crate) const BYTES_RECEIVED: u16 = 14;
+    pub(crate) const DURATION_NS: u16 = 15;
+    pub(crate) const TIME_WAIT_MS: u16 = 16;
+    pub(crate) const PEER_FIN: u16 = 17;
+}
+
+/// Why a tracked socket left this host (`reason` of an event).
+pub(crate) mod reason {
+    pub(crate) const FIN: u8 = 1;
+    pub(crate) const RST: u8 = 2;
+    pub(crate) const TIMEOUT: u8 = 3;
+    pub(crate) const ABORT: u8 = 4;
+    pub(crate) const EXPORTED: u8 = 5;
 }
 
 /// Attributes of the `state` attribute set: the blob `SOCK_EXPORT` returns, and the

@@ -52,6 +52,12 @@ pub struct ModuleInfo {
     pub max_queue_bytes: u32,
     /// The RST guard of departed tuples (connections exported with DETACH).
     pub departed: DepartedInfo,
+    /// Imported sockets currently tracked for their release.
+    pub tracked: u32,
+    /// Events sent (delivered, or nobody listened).
+    pub events_sent: u64,
+    /// Events a listener missed or that could not be built.
+    pub events_lost: u64,
 }
 
 /// Counters of the module's RST guard.
@@ -142,7 +148,7 @@ const RCVBUF: usize = 4 << 20;
 
 /// Sets a socket buffer size with `force` (allowed with CAP_NET_ADMIN), else `plain`
 /// (capped by the sysctl), for `size` bytes.
-fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usize) -> std::io::Result<()> {
+pub(crate) fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usize) -> std::io::Result<()> {
     let want = size.min(i32::MAX as usize / 2) as libc::c_int;
     let mut last = std::io::Error::from_raw_os_error(libc::EINVAL);
     for opt in [force, plain] {
@@ -346,6 +352,9 @@ impl Client {
                 expired: u64_of(InfoAttr::DepartedExpired)?,
                 full: u64_of(InfoAttr::DepartedFull)?,
             },
+            tracked: u32_of(InfoAttr::Tracked)?,
+            events_sent: u64_of(InfoAttr::EventsSent)?,
+            events_lost: u64_of(InfoAttr::EventsLost)?,
         })
     }
 

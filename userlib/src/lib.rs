@@ -14,9 +14,11 @@
 
 mod client;
 mod error;
+mod events;
 mod state;
 pub mod uapi;
 
 pub use client::{Client, DepartedInfo, ImportOptions, Imported, ModuleInfo, RawAttr};
 pub use error::{Error, KernelError, Result};
+pub use events::{Event, EventKind, EventListener, Reason};
 pub use state::{DecodedState, MigrationState, BLOB_VERSION};

@@ -17,6 +17,12 @@ pub enum Command {
     SockExport = 2,
     /// Build a socket from a state blob and install it as an fd.
     SockImport = 3,
+    /// Event: a socket was imported on this host and is tracked.
+    SockImported = 4,
+    /// Event: a tracked socket was exported again (DETACH) and left this host.
+    SockExported = 5,
+    /// Event: a tracked socket is finished on this host.
+    SockReleased = 6,
 }
 impl neli::consts::genl::Cmd for Command {}
 
@@ -51,6 +57,12 @@ pub enum InfoAttr {
     DepartedExpired = 13,
     /// DETACH requests refused because the guard was full.
     DepartedFull = 14,
+    /// Imported sockets currently tracked for their release.
+    Tracked = 15,
+    /// Events sent (delivered to every listener, or nobody listened).
+    EventsSent = 16,
+    /// Events at least one listener missed (its buffer was full) or that could not be built.
+    EventsLost = 17,
 }
 impl neli::consts::genl::NlAttrType for InfoAttr {}
 
@@ -232,3 +244,43 @@ pub const STATE_ATTR_NAMES: [&str; 56] = [
     "transparent",
     "nonblock",
 ];
+
+/// Attributes of the `event` attribute set (messages of the `events` group).
+#[neli::neli_enum(serialized_type = "u16")]
+pub enum EventAttr {
+    /// Padding for 64-bit attributes.
+    Pad = 1,
+    /// Id of the hand-off that brought the socket here.
+    MigrationId = 2,
+    /// Per-namespace event sequence number, from 1: a gap means events were lost.
+    Seq = 3,
+    /// The socket's cookie (SO_COOKIE).
+    SockCookie = 4,
+    /// The network namespace's cookie.
+    NetnsCookie = 5,
+    /// Address family.
+    Family = 6,
+    /// Local address.
+    Saddr = 7,
+    /// Peer address.
+    Daddr = 8,
+    /// Local port.
+    Sport = 9,
+    /// Peer port.
+    Dport = 10,
+    /// TCP state (imported: current; exported/released: the state it left).
+    TcpState = 11,
+    /// Why the socket left (see [`Reason`](crate::Reason)).
+    Reason = 12,
+    /// Bytes the peer acknowledged since the import.
+    BytesAcked = 13,
+    /// Bytes received since the import.
+    BytesReceived = 14,
+    /// Nanoseconds since the import.
+    DurationNs = 15,
+    /// Milliseconds a TIME_WAIT (or FIN_WAIT2) mini-socket may still answer the flow here.
+    TimeWaitMs = 16,
+    /// Whether the peer's FIN arrived.
+    PeerFin = 17,
+}
+impl neli::consts::genl::NlAttrType for EventAttr {}

@@ -2,7 +2,7 @@
 //! every name and number: this test reads all three.
 
 use prism_sock::uapi::{
-    Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION, STATE_ATTR_NAMES,
+    Command, EventAttr, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION, STATE_ATTR_NAMES,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -73,6 +73,28 @@ fn operations_match() {
     assert_eq!(ops["get-info"], u8::from(Command::GetInfo) as u64);
     assert_eq!(ops["sock-export"], u8::from(Command::SockExport) as u64);
     assert_eq!(ops["sock-import"], u8::from(Command::SockImport) as u64);
+    assert_eq!(ops["sock-imported"], u8::from(Command::SockImported) as u64);
+    assert_eq!(ops["sock-exported"], u8::from(Command::SockExported) as u64);
+    assert_eq!(ops["sock-released"], u8::from(Command::SockReleased) as u64);
+}
+
+#[test]
+fn event_attributes_match() {
+    let sets = spec()["attribute-sets"].clone();
+    let set = sets
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "event")
+        .unwrap();
+    let attrs = numbered(&set["attributes"]);
+    assert_eq!(attrs, kmod_consts("event"), "spec vs kmod/uapi.rs");
+    for (name, n) in &attrs {
+        let lib = EventAttr::from(*n as u16);
+        assert_eq!(u16::from(lib) as u64, *n, "{name}");
+        let debug = format!("{lib:?}").to_lowercase();
+        assert_eq!(debug, name.replace('-', ""), "{name}");
+    }
 }
 
 #[test]
@@ -101,6 +123,9 @@ fn info_attributes_match() {
         ("departed-dropped", InfoAttr::DepartedDropped),
         ("departed-expired", InfoAttr::DepartedExpired),
         ("departed-full", InfoAttr::DepartedFull),
+        ("tracked", InfoAttr::Tracked),
+        ("events-sent", InfoAttr::EventsSent),
+        ("events-lost", InfoAttr::EventsLost),
     ];
     assert_eq!(lib.len(), attrs.len());
     for (name, a) in lib {

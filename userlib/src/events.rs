@@ -1,0 +1,261 @@
+//! The module's `events` multicast group: imports, exports and releases of migrated
+//! sockets, as a blocking iterator.
+
+use crate::client::Client;
+use crate::error::{Error, KernelError, Result};
+use crate::uapi::{Command, EventAttr};
+use neli::consts::nl::NlmF;
+use neli::consts::socket::NlFamily;
+use neli::err::SocketError;
+use neli::genl::Genlmsghdr;
+use neli::nl::NlPayload;
+use neli::socket::synchronous::NlSocketHandle;
+use neli::utils::Groups;
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// What happened to a tracked socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// `SOCK_IMPORT` built it on this host; it is tracked from now on.
+    Imported,
+    /// It was exported again with DETACH and left this host.
+    Exported,
+    /// The kernel is done with it on this host: the steering entry may go (after
+    /// [`Event::time_wait_ms`]).
+    Released,
+}
+
+/// Why a tracked socket left this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// FIN handshake completed both ways.
+    Fin,
+    /// The peer reset the connection.
+    Rst,
+    /// Retransmissions or keepalives timed out.
+    Timeout,
+    /// Closed locally without the handshake (RST sent, SO_LINGER 0, unread data...).
+    Abort,
+    /// Exported again.
+    Exported,
+    /// A reason this library does not know.
+    Other(u8),
+}
+
+impl From<u8> for Reason {
+    fn from(v: u8) -> Self {
+        match v {
+            1 => Reason::Fin,
+            2 => Reason::Rst,
+            3 => Reason::Timeout,
+            4 => Reason::Abort,
+            5 => Reason::Exported,
+            o => Reason::Other(o),
+        }
+    }
+}
+
+/// One event of the `events` group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// Per-namespace sequence number, from 1; a gap means this listener lost events.
+    pub seq: u64,
+    /// Id of the hand-off that brought the socket to this host.
+    pub migration_id: u64,
+    /// The socket's cookie (as `SO_COOKIE` reports it).
+    pub sock_cookie: u64,
+    /// The network namespace's cookie.
+    pub netns_cookie: u64,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Peer address and port.
+    pub peer: SocketAddr,
+    /// TCP state number: the current one for `Imported`, the one it left otherwise.
+    pub tcp_state: u8,
+    /// Why it left (not for `Imported`).
+    pub reason: Option<Reason>,
+    /// Bytes the peer acknowledged since the import.
+    pub bytes_acked: u64,
+    /// Bytes received since the import.
+    pub bytes_received: u64,
+    /// Time since the import.
+    pub duration: Duration,
+    /// How long a TIME_WAIT (or FIN_WAIT2) mini-socket may still answer the flow on this
+    /// host (`Released` only): keep steering the flow here that long.
+    pub time_wait_ms: u32,
+    /// Whether the peer's FIN arrived (`Released` only).
+    pub peer_fin: bool,
+}
+
+/// Receive buffer of a listener: room for a burst of thousands of events.
+const LISTENER_RCVBUF: usize = 8 << 20;
+
+/// A subscription to the `events` group of the caller's network namespace.
+pub struct EventListener {
+    sock: NlSocketHandle,
+    family: u16,
+    pending: std::collections::VecDeque<Event>,
+}
+
+fn netlink(e: impl std::fmt::Display) -> Error {
+    Error::Netlink(e.to_string())
+}
+
+fn proto(e: impl std::fmt::Display) -> Error {
+    Error::Protocol(e.to_string())
+}
+
+impl EventListener {
+    /// Joins the `events` group. Needs CAP_NET_ADMIN in the namespace: others get
+    /// [`Error::Kernel`] with EPERM.
+    pub fn open() -> Result<Self> {
+        let client = Client::connect()?;
+        let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(netlink)?;
+        let _ = crate::client::set_buf(
+            sock.as_raw_fd(),
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            LISTENER_RCVBUF,
+        );
+        sock.add_mcast_membership(Groups::new_groups(&[client.events_group()]))
+            .map_err(|e| match e {
+                SocketError::Io(io) => Error::Kernel(KernelError {
+                    errno: io.raw_os_error().unwrap_or(0),
+                    message: Some(format!("cannot join the events group: {io}")),
+                    bad_attr_offset: None,
+                }),
+                e => netlink(e),
+            })?;
+        Ok(Self {
+            sock,
+            family: client.family_id(),
+            pending: Default::default(),
+        })
+    }
+
+    /// Waits at most `timeout` (None: forever) for the next event; `Ok(None)` on timeout.
+    /// A listener whose buffer overflowed gets ENOBUFS once, then the events after the
+    /// gap (see [`Event::seq`]).
+    pub fn next_timeout(&mut self, timeout: Option<Duration>) -> Result<Option<Event>> {
+        if let Some(e) = self.pending.pop_front() {
+            return Ok(Some(e));
+        }
+        let tv = libc::timeval {
+            tv_sec: timeout.map_or(0, |t| t.as_secs() as libc::time_t),
+            tv_usec: timeout.map_or(0, |t| t.subsec_micros().max(1) as libc::suseconds_t),
+        };
+        // SAFETY: `tv` is a valid timeval for the duration of the call.
+        unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        loop {
+            let msgs = match self.sock.recv::<u16, Genlmsghdr<u8, u16>>() {
+                Ok((msgs, _)) => msgs,
+                Err(SocketError::Io(io)) => {
+                    return match io.raw_os_error() {
+                        Some(libc::EAGAIN) => Ok(None),
+                        Some(libc::ENOBUFS) => Err(Error::Kernel(KernelError {
+                            errno: libc::ENOBUFS,
+                            message: Some("listener overran: events were lost".into()),
+                            bad_attr_offset: None,
+                        })),
+                        _ => Err(netlink(io)),
+                    };
+                }
+                Err(e) => return Err(netlink(e)),
+            };
+            for m in msgs {
+                let m = m.map_err(netlink)?;
+                if *m.nl_type() != self.family || m.nl_flags().contains(NlmF::ACK) {
+                    continue;
+                }
+                if let NlPayload::Payload(p) = m.nl_payload() {
+                    self.pending.push_back(decode(p)?);
+                }
+            }
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+        }
+    }
+}
+
+impl Iterator for EventListener {
+    type Item = Result<Event>;
+
+    /// Blocks until the next event.
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_timeout(None).transpose()
+    }
+}
+
+fn addr(family: u16, bytes: &[u8], port: u16) -> Result<SocketAddr> {
+    let ip = match (i32::from(family), bytes.len()) {
+        (libc::AF_INET, 4) => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        (libc::AF_INET6, 16) => {
+            let a: [u8; 16] = bytes.try_into().map_err(proto)?;
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+        _ => return Err(proto(format!("event address of family {family}, {} bytes", bytes.len()))),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Decodes one message of the `events` group.
+pub(crate) fn decode(p: &Genlmsghdr<u8, u16>) -> Result<Event> {
+    let kind = match Command::from(*p.cmd()) {
+        Command::SockImported => EventKind::Imported,
+        Command::SockExported => EventKind::Exported,
+        Command::SockReleased => EventKind::Released,
+        _ => return Err(proto(format!("unknown event command {}", p.cmd()))),
+    };
+    let find = |a: EventAttr| -> Option<&[u8]> {
+        let t = u16::from(a);
+        p.attrs()
+            .iter()
+            .find(|x| *x.nla_type().nla_type() == t)
+            .map(|x| x.nla_payload().as_ref())
+    };
+    let need = |a: EventAttr| find(a).ok_or_else(|| proto(format!("event without {a:?}")));
+    let int = |a: EventAttr| -> Result<u64> {
+        let b = need(a)?;
+        Ok(match b.len() {
+            1 => u64::from(b[0]),
+            2 => u64::from(u16::from_ne_bytes([b[0], b[1]])),
+            4 => u64::from(u32::from_ne_bytes(b.try_into().map_err(proto)?)),
+            8 => u64::from_ne_bytes(b.try_into().map_err(proto)?),
+            n => return Err(proto(format!("{a:?} of {n} bytes"))),
+        })
+    };
+    let opt = |a: EventAttr| if find(a).is_some() { int(a) } else { Ok(0) };
+    let family = int(EventAttr::Family)? as u16;
+    Ok(Event {
+        kind,
+        seq: int(EventAttr::Seq)?,
+        migration_id: int(EventAttr::MigrationId)?,
+        sock_cookie: int(EventAttr::SockCookie)?,
+        netns_cookie: int(EventAttr::NetnsCookie)?,
+        local: addr(family, need(EventAttr::Saddr)?, int(EventAttr::Sport)? as u16)?,
+        peer: addr(family, need(EventAttr::Daddr)?, int(EventAttr::Dport)? as u16)?,
+        tcp_state: int(EventAttr::TcpState)? as u8,
+        reason: find(EventAttr::Reason).map(|b| Reason::from(b.first().copied().unwrap_or(0))),
+        bytes_acked: opt(EventAttr::BytesAcked)?,
+        bytes_received: opt(EventAttr::BytesReceived)?,
+        duration: Duration::from_nanos(opt(EventAttr::DurationNs)?),
+        time_wait_ms: opt(EventAttr::TimeWaitMs)? as u32,
+        peer_fin: opt(EventAttr::PeerFin)? != 0,
+    })
+}
