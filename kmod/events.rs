@@ -123,7 +123,11 @@ impl Event {
     }
 
     fn encode(&self, msg: &mut Message<'_>, seq: u64) -> Result {
-        let alen = if u32::from(self.family) == b::AF_INET { 4 } else { 16 };
+        let alen = if u32::from(self.family) == b::AF_INET {
+            4
+        } else {
+            16
+        };
         msg.put_u64(a::MIGRATION_ID, self.migration_id, a::PAD)?;
         msg.put_u64(a::SEQ, seq, a::PAD)?;
         msg.put_u64(a::SOCK_COOKIE, self.sock_cookie, a::PAD)?;

@@ -4,10 +4,10 @@
 
 use crate::bindings as b;
 use crate::departed;
-use crate::tracker;
 use crate::genl::{errno, Request};
 use crate::guard;
 use crate::stats::{Stats, STATS};
+use crate::tracker;
 use crate::uapi::{self, attr, cmd};
 use kernel::c_str;
 use kernel::prelude::*;

@@ -183,7 +183,12 @@ impl Tracker {
         self.family.store(family.cast_mut(), Ordering::Release);
         let mut found: *mut b::tracepoint = core::ptr::null_mut();
         // SAFETY: `find` only compares names and writes `found`, which outlives the call.
-        unsafe { b::for_each_kernel_tracepoint(Some(find), (&mut found as *mut *mut b::tracepoint).cast()) };
+        unsafe {
+            b::for_each_kernel_tracepoint(
+                Some(find),
+                (&mut found as *mut *mut b::tracepoint).cast(),
+            )
+        };
         if found.is_null() {
             pr_err!("tracepoint inet_sock_set_state not found\n");
             return Err(ENOENT);
@@ -205,7 +210,9 @@ impl Tracker {
     /// Unhooks the probe, waits for running probes, sends what is queued, and queues
     /// nothing after. Tracked sockets keep working, untracked. Idempotent.
     pub(crate) fn stop(&self) {
-        let tp = self.tracepoint.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        let tp = self
+            .tracepoint
+            .swap(core::ptr::null_mut(), Ordering::AcqRel);
         if !tp.is_null() {
             // SAFETY: registered in `start` with these arguments.
             unsafe {

@@ -209,7 +209,12 @@ fn addr(family: u16, bytes: &[u8], port: u16) -> Result<SocketAddr> {
             let a: [u8; 16] = bytes.try_into().map_err(proto)?;
             IpAddr::V6(Ipv6Addr::from(a))
         }
-        _ => return Err(proto(format!("event address of family {family}, {} bytes", bytes.len()))),
+        _ => {
+            return Err(proto(format!(
+                "event address of family {family}, {} bytes",
+                bytes.len()
+            )))
+        }
     };
     Ok(SocketAddr::new(ip, port))
 }

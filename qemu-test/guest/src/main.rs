@@ -62,6 +62,9 @@ enum Cmd {
     /// Import the blob in FILE and write REPLY on the new socket (traced by a test).
     #[command(hide = true)]
     HopImportProbe { file: String, reply: String },
+    /// Join the events group and print how that went (run without CAP_NET_ADMIN by a test).
+    #[command(hide = true)]
+    ListenProbe,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,10 @@ fn main() -> ExitCode {
         }
         Cmd::HopExportProbe { fd, out } => probe_exit(suites::hops::hop_export_probe(fd, &out)),
         Cmd::HopImportProbe { file, reply } => probe_exit(suites::hops::hop_import_probe(&file, &reply)),
+        Cmd::ListenProbe => {
+            println!("{}", suites::release::listen_probe());
+            ExitCode::SUCCESS
+        }
         Cmd::ExportProbe => {
             println!("{}", suites::export::export_probe());
             ExitCode::SUCCESS

@@ -6,6 +6,7 @@ mod foundation;
 pub mod hops;
 pub mod import_refusals;
 mod migration;
+pub mod release;
 
 use crate::harness::Test;
 
@@ -15,5 +16,6 @@ pub fn all() -> Vec<Test> {
     all.extend(migration::tests());
     all.extend(hops::tests());
     all.extend(import_refusals::tests());
+    all.extend(release::tests());
     all
 }

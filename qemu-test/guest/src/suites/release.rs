@@ -1,0 +1,559 @@
+//! The release notifier: one `SOCK_RELEASED` per imported socket, when the kernel is done
+//! with it (and not before), `SOCK_EXPORTED` when it moves on, `SOCK_IMPORTED` when it
+//! arrives; listeners by namespace and privilege; unloading with tracked sockets alive.
+
+use super::common::{loaded, WITHOUT_NET_ADMIN};
+use super::export::{connect_via_topology, wait_for};
+use super::hops::connect_from;
+use crate::check;
+use crate::harness::{sh, Env, Log, Test, TestResult};
+use crate::migrate::{expect_stream, flow_sockets, send_stream, Cluster};
+use crate::module;
+use crate::sockopt::set_int;
+use crate::topology::{self, in_ns, Topology};
+use prism_sock::{Client, Event, EventKind, EventListener, ImportOptions, Reason};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "release_after_client_closes",
+            run: |e, l| close(e, l, Closer::Client, false),
+        },
+        Test {
+            name: "release_after_server_closes_v6",
+            run: |e, l| close(e, l, Closer::Server, true),
+        },
+        Test {
+            name: "release_after_both_close_at_once",
+            run: |e, l| close(e, l, Closer::Both, false),
+        },
+        Test {
+            name: "release_on_client_reset",
+            run: reset,
+        },
+        Test {
+            name: "release_on_client_vanished_timeout",
+            run: vanished,
+        },
+        Test {
+            name: "release_hand_back_and_5_hop_chain",
+            run: chain,
+        },
+        Test {
+            name: "release_1000_closing_at_once",
+            run: thousand,
+        },
+        Test {
+            name: "release_listeners_ynl_namespace_privilege",
+            run: listeners,
+        },
+        Test {
+            name: "release_rmmod_with_100_live_migrated",
+            run: rmmod_live,
+        },
+    ]
+}
+
+const PORT: u16 = 8300;
+const LAST_ACK: u8 = 9;
+const QUIET: Duration = Duration::from_millis(1500);
+
+fn listen(node: &'static str) -> Result<EventListener, String> {
+    in_ns(node, EventListener::open)?.map_err(|e| format!("listener in {node}: {e}"))
+}
+
+fn next(l: &mut EventListener, log: &mut Log) -> Result<Event, String> {
+    let e = l
+        .next_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?
+        .ok_or("no event within 30 s")?;
+    log.line(format!("event {e:?}"));
+    Ok(e)
+}
+
+/// Nothing more arrives for a while.
+fn quiet(l: &mut EventListener, log: &mut Log) -> TestResult {
+    match l.next_timeout(Some(QUIET)).map_err(|e| e.to_string())? {
+        None => Ok(()),
+        Some(e) => Err(format!("unexpected event {e:?}")),
+    }
+    .inspect_err(|e| log.line(e))
+}
+
+fn flow(client: &TcpStream) -> Result<(SocketAddr, SocketAddr), String> {
+    Ok((
+        client.peer_addr().map_err(|e| e.to_string())?,
+        client.local_addr().map_err(|e| e.to_string())?,
+    ))
+}
+
+fn expect_imported(
+    l: &mut EventListener,
+    log: &mut Log,
+    client: &TcpStream,
+    seq: u64,
+) -> Result<Event, String> {
+    let e = next(l, log)?;
+    let (local, peer) = flow(client)?;
+    check!(e.kind == EventKind::Imported, "{e:?}");
+    check!(e.local == local && e.peer == peer, "tuple {} {}", e.local, e.peer);
+    check!(e.seq == seq, "seq {} expected {seq}", e.seq);
+    Ok(e)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Closer {
+    Client,
+    Server,
+    Both,
+}
+
+/// A migrated connection on be1 closes cleanly: exactly one SOCK_RELEASED, once be1 has
+/// no socket of the flow left (the last ACK of the FIN handshake went or came).
+fn close(env: &Env, log: &mut Log, who: Closer, v6: bool) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(v6)?;
+    let mut events = listen("be1")?;
+    let (mut client, mut server) = connect_via_topology(v6, PORT, None)?;
+    send_stream(&mut client, 1, 1_000)?;
+    let mut req = vec![0; 1_000];
+    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    let (mut owned, _, _) = cluster.hop(log, server, "fe", "be1", &req)?;
+    let imported = expect_imported(&mut events, log, &client, 1)?;
+    let reader = std::thread::spawn(move || -> Result<TcpStream, String> {
+        expect_stream(&mut client, 2, 50_000)?;
+        Ok(client)
+    });
+    send_stream(&mut owned, 2, 50_000)?;
+    let mut client = reader.join().map_err(|_| "reader panicked")??;
+    send_stream(&mut client, 3, 7_000)?;
+    expect_stream(&mut owned, 3, 7_000)?;
+    let port = client.local_addr().map_err(|e| e.to_string())?.port();
+    let mut rest = Vec::new();
+    match who {
+        Closer::Client => {
+            client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+            owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            drop(owned);
+            client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+        }
+        Closer::Server => {
+            owned.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+            client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            // No event while be1 waits for the client's FIN.
+            std::thread::sleep(Duration::from_millis(500));
+            quiet(&mut events, log)?;
+            client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+            owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            drop(owned);
+        }
+        Closer::Both => {
+            let t = std::thread::spawn(move || {
+                let _ = owned.shutdown(Shutdown::Write);
+                owned
+            });
+            client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+            let mut owned = t.join().map_err(|_| "closer panicked")?;
+            owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+            drop(owned);
+        }
+    }
+    check!(rest.is_empty(), "stray bytes");
+    let e = next(&mut events, log)?;
+    // At the event, be1 holds no socket of the flow but a TIME_WAIT.
+    let left = flow_sockets("be1", port)?;
+    check!(left.is_empty(), "be1 still has the flow in states {left:?}");
+    check!(e.kind == EventKind::Released, "{e:?}");
+    check!(e.reason == Some(Reason::Fin), "reason {:?}", e.reason);
+    check!(e.seq == 2 && e.migration_id == imported.migration_id, "{e:?}");
+    check!(e.sock_cookie == imported.sock_cookie, "cookie changed");
+    check!(e.local == imported.local && e.peer == imported.peer, "tuple");
+    check!(e.peer_fin, "peer FIN not seen");
+    // Data bytes, plus one for a FIN counted in the sequence space.
+    check!(
+        (50_000..=50_001).contains(&e.bytes_acked),
+        "bytes acked {}",
+        e.bytes_acked
+    );
+    check!(
+        (7_000..=7_001).contains(&e.bytes_received),
+        "bytes received {}",
+        e.bytes_received
+    );
+    // The side that closed first keeps the TIME_WAIT.
+    let tw = e.time_wait_ms;
+    match who {
+        Closer::Client => check!(tw == 0, "time-wait {tw} after a passive close"),
+        Closer::Server => check!(tw == 60_000, "time-wait {tw} after an active close"),
+        // Which side's FIN lands first is up to timing: the one that left LAST_ACK
+        // (answered a FIN) keeps none.
+        Closer::Both => check!(
+            (tw == 0) == (e.tcp_state == LAST_ACK),
+            "time-wait {tw} leaving state {}",
+            e.tcp_state
+        ),
+    }
+    drop(client);
+    quiet(&mut events, log)?;
+    let info = cluster.nl("be1").info().map_err(|e| e.to_string())?;
+    check!(info.tracked == 0 && info.events_lost == 0, "{info:?}");
+    Ok(())
+}
+
+/// The client resets the migrated connection: reason rst.
+fn reset(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let mut events = listen("be1")?;
+    let (client, server) = connect_via_topology(false, PORT, None)?;
+    let (_owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
+    expect_imported(&mut events, log, &client, 1)?;
+    // SO_LINGER {on, 0}: close sends RST.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option buffer.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(client);
+    let e = next(&mut events, log)?;
+    check!(
+        e.kind == EventKind::Released && e.reason == Some(Reason::Rst),
+        "{e:?}"
+    );
+    check!(e.time_wait_ms == 0, "time-wait after a reset");
+    quiet(&mut events, log)
+}
+
+/// The client disappears (its host drops everything): be1's user timeout gives up.
+fn vanished(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let mut events = listen("be1")?;
+    let (client, server) = connect_via_topology(false, PORT, None)?;
+    let (mut owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
+    expect_imported(&mut events, log, &client, 1)?;
+    let rules =
+        "add table inet gone\nadd chain inet gone in { type filter hook input priority 0; policy drop; }\n";
+    std::fs::write("/tmp/prism-gone.nft", rules).map_err(|e| e.to_string())?;
+    sh(
+        log,
+        "ip",
+        &["netns", "exec", "client", "nft", "-f", "/tmp/prism-gone.nft"],
+    )?;
+    set_int(owned.as_fd(), libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1500).map_err(|e| e.to_string())?;
+    owned.write_all(&[7; 10_000]).map_err(|e| e.to_string())?;
+    let e = next(&mut events, log)?;
+    check!(
+        e.kind == EventKind::Released && e.reason == Some(Reason::Timeout),
+        "{e:?}"
+    );
+    check!(
+        e.duration >= Duration::from_millis(1500),
+        "released after {:?}",
+        e.duration
+    );
+    let err = owned.write(&[1]).err().and_then(|e| e.raw_os_error());
+    check!(err == Some(libc::ETIMEDOUT), "socket error {err:?}");
+    quiet(&mut events, log)
+}
+
+/// fe -> be1 -> fe (hand back) -> be2 -> be1 -> be2: each host that held the imported
+/// socket and passed it on says SOCK_EXPORTED; one SOCK_RELEASED in total, on be2.
+fn chain(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let mut ls = Vec::new();
+    for node in topology::NODES {
+        ls.push((node, listen(node)?));
+    }
+    let (mut client, server) = connect_via_topology(false, PORT, None)?;
+    let route = ["fe", "be1", "fe", "be2", "be1", "be2"];
+    let mut sock = server;
+    let mut id = None;
+    for (i, pair) in route.windows(2).enumerate() {
+        send_stream(&mut client, 10 + i as u64, 3_000)?;
+        expect_stream(&mut sock, 10 + i as u64, 3_000)?;
+        let (s, _, _) = cluster.hop(log, sock, pair[0], pair[1], b"")?;
+        sock = s;
+        send_stream(&mut sock, 50 + i as u64, 3_000)?;
+        expect_stream(&mut client, 50 + i as u64, 3_000)?;
+        let to = &mut ls.iter_mut().find(|(n, _)| *n == pair[1]).expect("node").1;
+        let imp = expect_imported_any(to, log, &client)?;
+        if i > 0 {
+            let from = &mut ls.iter_mut().find(|(n, _)| *n == pair[0]).expect("node").1;
+            let e = next(from, log)?;
+            check!(
+                e.kind == EventKind::Exported && e.reason == Some(Reason::Exported),
+                "hop {i}: {e:?}"
+            );
+            check!(Some(e.migration_id) == id, "hop {i}: exported id");
+        }
+        id = Some(imp.migration_id);
+    }
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    sock.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    drop(sock);
+    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    let be2 = &mut ls.iter_mut().find(|(n, _)| *n == "be2").expect("be2").1;
+    let e = next(be2, log)?;
+    check!(
+        e.kind == EventKind::Released && e.reason == Some(Reason::Fin) && Some(e.migration_id) == id,
+        "{e:?}"
+    );
+    for (_, l) in ls.iter_mut() {
+        quiet(l, log)?;
+    }
+    Ok(())
+}
+
+fn expect_imported_any(l: &mut EventListener, log: &mut Log, client: &TcpStream) -> Result<Event, String> {
+    let e = next(l, log)?;
+    let (local, peer) = flow(client)?;
+    check!(e.kind == EventKind::Imported, "{e:?}");
+    check!(e.local == local && e.peer == peer, "tuple {} {}", e.local, e.peer);
+    Ok(e)
+}
+
+/// `n` client connections (ports from `first`), accepted on fe, moved to be1 without
+/// steering each flow: l4 routes the whole VIP to be1 once they are all there.
+fn migrate_many(log: &mut Log, n: u16, first: u16) -> Result<(Vec<TcpStream>, Vec<TcpStream>), String> {
+    let vip = SocketAddr::new(topology::vip(false), PORT);
+    let listener = in_ns("fe", move || std::net::TcpListener::bind(vip))?.map_err(|e| e.to_string())?;
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..n {
+        let c = in_ns("client", move || connect_from(first + i, vip))?
+            .map_err(|e| format!("connect {i}: {e}"))?;
+        clients.push(c);
+        servers.push(listener.accept().map_err(|e| e.to_string())?.0);
+    }
+    let fe = in_ns("fe", Client::connect)?.map_err(|e| e.to_string())?;
+    let be1 = in_ns("be1", Client::connect)?.map_err(|e| e.to_string())?;
+    let mut owned = Vec::new();
+    for s in servers {
+        let state = fe.export_detach(s.as_fd()).map_err(|e| format!("export: {e}"))?;
+        let (t, _) = be1
+            .import_stream(&state, &ImportOptions::default())
+            .map_err(|e| format!("import: {e}"))?;
+        owned.push(t);
+    }
+    Topology::route_vip(log, "be1")?;
+    log.line(format!("{n} connections now on be1"));
+    Ok((clients, owned))
+}
+
+/// Room for two sockets per connection and more.
+fn raise_fd_limit() -> TestResult {
+    let lim = libc::rlimit {
+        rlim_cur: 8192,
+        rlim_max: 8192,
+    };
+    // SAFETY: valid rlimit; the suite runs as root.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// 1000 migrated connections close at once: 1000 SOCK_RELEASED, no duplicate, no gap.
+fn thousand(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    raise_fd_limit()?;
+    let mut events = listen("be1")?;
+    let (clients, owned) = migrate_many(log, 1000, 41000)?;
+    // be1 closes every connection, then the clients close theirs.
+    drop(owned);
+    let closer = std::thread::spawn(move || {
+        for mut c in clients {
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest);
+        }
+    });
+    let mut imported = std::collections::HashSet::new();
+    let mut released = std::collections::HashSet::new();
+    let mut seq = 0;
+    while released.len() < 1000 {
+        let e = events
+            .next_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?
+            .ok_or(format!(
+                "{} imported, {} released, then silence",
+                imported.len(),
+                released.len()
+            ))?;
+        check!(e.seq == seq + 1, "seq {} after {seq}", e.seq);
+        seq = e.seq;
+        let fresh = match e.kind {
+            EventKind::Imported => imported.insert(e.sock_cookie),
+            EventKind::Released => {
+                check!(
+                    imported.contains(&e.sock_cookie),
+                    "released before imported: {e:?}"
+                );
+                check!(e.reason == Some(Reason::Fin), "{e:?}");
+                released.insert(e.sock_cookie)
+            }
+            EventKind::Exported => return Err(format!("{e:?}")),
+        };
+        check!(fresh, "duplicate {e:?}");
+    }
+    closer.join().map_err(|_| "closer panicked")?;
+    log.line(format!(
+        "{} imported, {} released, last seq {seq}",
+        imported.len(),
+        released.len()
+    ));
+    check!(imported.len() == 1000, "{} imported", imported.len());
+    quiet(&mut events, log)?;
+    let info = in_ns("be1", Client::connect)?
+        .map_err(|e| e.to_string())?
+        .info()
+        .map_err(|e| e.to_string())?;
+    check!(info.tracked == 0 && info.events_lost == 0, "{info:?}");
+    Ok(())
+}
+
+/// The kernel's YNL cli receives the events with the project's spec; a listener in another
+/// namespace sees nothing; without CAP_NET_ADMIN joining is refused.
+fn listeners(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut other = listen("be2")?;
+    let ynl = std::process::Command::new("ip")
+        .args(["netns", "exec", "be1", "python3"])
+        .arg(&env.ynl)
+        .arg("--spec")
+        .arg(&env.spec)
+        .arg("--schema")
+        .arg(&env.schema)
+        .args(["--subscribe", "events", "--sleep", "15"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // cli.py joins right after it opens its netlink socket (python, not the `ip netns
+    // exec` that has sockets of its own before it execs python).
+    let pid = ynl.id();
+    wait_for("cli.py's netlink sockets", || {
+        let python = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.starts_with("python"))
+            .unwrap_or(false);
+        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|f| {
+                        std::fs::read_link(f.path())
+                            .map(|l| l.to_string_lossy().starts_with("socket:"))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        python && sockets >= 1
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut cluster = Cluster::new(false)?;
+    let mut mine = listen("be1")?;
+    let (mut client, server) = connect_via_topology(false, PORT, None)?;
+    let (mut owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
+    let imported = expect_imported(&mut mine, log, &client, 1)?;
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    drop(owned);
+    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    let e = next(&mut mine, log)?;
+    check!(e.kind == EventKind::Released, "{e:?}");
+    let out = ynl.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    log.line(format!("ynl: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    for (name, id) in [
+        ("sock-imported", imported.migration_id),
+        ("sock-released", e.migration_id),
+    ] {
+        check!(text.contains(name), "ynl did not print {name}");
+        check!(
+            text.contains(&id.to_string()),
+            "ynl did not print migration id {id}"
+        );
+    }
+    check!(
+        text.contains("'reason': 'fin'") || text.contains("'reason': 1"),
+        "ynl reason"
+    );
+    // be2's listener saw nothing of be1's namespace.
+    quiet(&mut other, log)?;
+    // A listener without CAP_NET_ADMIN is refused.
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let me = me.to_string_lossy();
+    let mut cmd: Vec<&str> = vec!["ip", "netns", "exec", "be1"];
+    cmd.extend(WITHOUT_NET_ADMIN);
+    cmd.extend([&*me, "listen-probe"]);
+    let out = sh(log, cmd[0], &cmd[1..])?;
+    check!(
+        out.trim() == format!("errno {}", libc::EPERM),
+        "unprivileged listener gave {out:?}"
+    );
+    Ok(())
+}
+
+/// Child side of the unprivileged listener check: prints how joining failed.
+pub fn listen_probe() -> String {
+    match EventListener::open() {
+        Ok(_) => "joined".into(),
+        Err(e) => format!("errno {}", e.errno().unwrap_or(0)),
+    }
+}
+
+/// rmmod while 100 migrated connections are tracked: they keep working and close
+/// normally afterwards, with no event and no splat (run-guest checks dmesg).
+fn rmmod_live(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    module::load(log, &env.module)?;
+    let (mut clients, mut owned) = migrate_many(log, 100, 42000)?;
+    let info = in_ns("be1", Client::connect)?
+        .map_err(|e| e.to_string())?
+        .info()
+        .map_err(|e| e.to_string())?;
+    check!(info.tracked == 100, "tracked {}", info.tracked);
+    module::unload(log)?;
+    check!(!module::is_loaded(), "module still loaded");
+    for (i, (c, s)) in clients.iter_mut().zip(owned.iter_mut()).enumerate() {
+        send_stream(c, i as u64, 2_000)?;
+        expect_stream(s, i as u64, 2_000)?;
+        send_stream(s, 1000 + i as u64, 2_000)?;
+        expect_stream(c, 1000 + i as u64, 2_000)?;
+    }
+    for (mut c, s) in clients.into_iter().zip(owned) {
+        c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        drop(s);
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    }
+    wait_for("be1's migrated sockets to close", || {
+        crate::migrate::counters("be1")
+            .map(|c| c.tcp_inuse == 0)
+            .unwrap_or(false)
+    })?;
+    Ok(())
+}
