@@ -70,14 +70,16 @@ pub(crate) struct Event {
 pub(crate) unsafe fn classify(sk: *const b::sock, old: c_int) -> (u8, u32, bool) {
     let tp = sk.cast::<b::tcp_sock>();
     // SAFETY: the caller guarantees `sk` is a live TCP socket.
-    let (err, shutdown, fin_acked) = unsafe {
+    let (err, shutdown, fin_acked, peer_fin) = unsafe {
         (
             (*sk).sk_err,
             u32::from((*sk).sk_shutdown),
             (*tp).snd_una == (*tp).write_seq,
+            // SOCK_DONE: the peer's FIN was received (close() sets RCV_SHUTDOWN too, so
+            // sk_shutdown cannot tell).
+            b::prism_sock_flag_done(sk),
         )
     };
-    let peer_fin = shutdown & b::RCV_SHUTDOWN != 0;
     let closing = [
         b::TCP_FIN_WAIT1,
         b::TCP_FIN_WAIT2,

@@ -140,6 +140,11 @@ void prism_sock_set_flag_done(struct sock *sk)
 	sock_set_flag(sk, SOCK_DONE);
 }
 
+bool prism_sock_flag_done(const struct sock *sk)
+{
+	return sock_flag(sk, SOCK_DONE);
+}
+
 void prism_inet_csk_enter_pingpong_mode(struct sock *sk)
 {
 	inet_csk_enter_pingpong_mode(sk);

@@ -57,6 +57,7 @@ int prism_skb_network_offset(const struct sk_buff *skb);
 sockptr_t prism_kernel_sockptr(void *p);
 struct socket *prism_sk_socket(const struct sock *sk);
 void prism_sock_set_flag_done(struct sock *sk);
+bool prism_sock_flag_done(const struct sock *sk);
 void prism_inet_csk_enter_pingpong_mode(struct sock *sk);
 struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list);
 struct ipv6_pinfo *prism_inet6_sk(const struct sock *sk);
