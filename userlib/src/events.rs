@@ -140,6 +140,18 @@ impl EventListener {
         })
     }
 
+    /// Sets the receive buffer (SO_RCVBUF; SO_RCVBUFFORCE with CAP_NET_ADMIN). A burst
+    /// larger than the buffer, unread, loses events: see [`Event::seq`].
+    pub fn set_receive_buffer(&self, bytes: usize) -> Result<()> {
+        crate::client::set_buf(
+            self.sock.as_raw_fd(),
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            bytes,
+        )
+        .map_err(netlink)
+    }
+
     /// Waits at most `timeout` (None: forever) for the next event; `Ok(None)` on timeout.
     /// A listener whose buffer overflowed gets ENOBUFS once, then the events after the
     /// gap (see [`Event::seq`]).
