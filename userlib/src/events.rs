@@ -124,6 +124,19 @@ impl EventListener {
             libc::SO_RCVBUF,
             LISTENER_RCVBUF,
         );
+        // Tell the sender when this listener misses an event, so the module counts it
+        // (`events-lost`); without it netlink drops silently on the sender's side.
+        let on: libc::c_int = 1;
+        // SAFETY: valid fd and option buffer.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_BROADCAST_ERROR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         sock.add_mcast_membership(Groups::new_groups(&[client.events_group()]))
             .map_err(|e| match e {
                 SocketError::Io(io) => Error::Kernel(KernelError {
