@@ -10,12 +10,11 @@
 //! expires, or when its namespace goes away. The table is bounded: a DETACH that finds it
 //! full is refused, leaving the socket untouched.
 
+use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 /// Upper bound of the `departed_capacity` module parameter: 1 Mi entries (about 64 MiB).
 const MAX_CAPACITY: u32 = 1 << 20;
@@ -128,9 +127,7 @@ pub(crate) enum Verdict {
 pub(crate) struct Full;
 
 pub(crate) struct Departed {
-    lock: Opaque<b::spinlock_t>,
-    /// Guarded by `lock`.
-    slots: UnsafeCell<Slots>,
+    slots: BhLock<Slots>,
     seed: u32,
     capacity: usize,
     /// Live entries; read without the lock by the packet path to skip an empty table.
@@ -157,20 +154,12 @@ fn now() -> usize {
 
 struct Locked<'a> {
     t: &'a Departed,
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: taken in `Departed::lock`, released once.
-        unsafe { b::prism_spin_unlock_bh(self.t.lock.get()) };
-    }
+    g: BhGuard<'a, Slots>,
 }
 
 impl Locked<'_> {
     fn slots(&mut self) -> &mut Slots {
-        // SAFETY: the spinlock is held for the lifetime of `self`, which is borrowed
-        // mutably here: no other reference to the slots exists.
-        unsafe { &mut *self.t.slots.get() }
+        &mut self.g
     }
 
     /// Unlinks every entry for which `gone` says so; returns how many.
@@ -243,8 +232,7 @@ impl Departed {
         }
         let t = KBox::new(
             Self {
-                lock: Opaque::uninit(),
-                slots: UnsafeCell::new(Slots {
+                slots: BhLock::new(Slots {
                     heads,
                     entries,
                     free: 0,
@@ -260,15 +248,15 @@ impl Departed {
             GFP_KERNEL,
         )?;
         // SAFETY: the lock lives in the box, whose address does not change until freed.
-        unsafe { b::prism_spin_lock_init(t.lock.get()) };
+        unsafe { t.slots.init() };
         Ok(t)
     }
 
     fn lock(&self) -> Locked<'_> {
-        // SAFETY: initialised in `new`; the packet path takes it from softirq, so
-        // process context disables bottom halves while holding it.
-        unsafe { b::prism_spin_lock_bh(self.lock.get()) };
-        Locked { t: self }
+        Locked {
+            t: self,
+            g: self.slots.lock(),
+        }
     }
 
     /// Entries the table holds at most.

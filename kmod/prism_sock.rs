@@ -5,6 +5,7 @@
 
 use kernel::prelude::*;
 
+mod bh_lock;
 mod bindings;
 mod blob;
 mod departed;

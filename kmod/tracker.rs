@@ -11,12 +11,12 @@
 //! preallocated event to a queue; a work item assigns the per-namespace sequence
 //! number and sends, in queue order, from process context.
 
+use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
 use crate::events::{classify, Event, NetRef};
 use crate::guard;
 use crate::stats::{Stats, STATS};
 use crate::uapi::{cmd, reason};
-use core::cell::UnsafeCell;
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
@@ -45,8 +45,7 @@ struct Slots {
 }
 
 pub(crate) struct Tracker {
-    lock: Opaque<b::spinlock_t>,
-    slots: UnsafeCell<Slots>,
+    slots: BhLock<Slots>,
     /// Tracked sockets; read without the lock by the probe to skip the common case.
     count: AtomicUsize,
     work: Opaque<b::work_struct>,
@@ -82,23 +81,15 @@ fn now_ns() -> u64 {
     unsafe { b::prism_ktime_get_ns() }
 }
 
-/// The lock held; releases it on drop.
+/// The table locked, with the tracker's counters at hand.
 struct Locked<'a> {
     t: &'a Tracker,
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        // SAFETY: taken in `Tracker::lock`.
-        unsafe { b::prism_spin_unlock_bh(self.t.lock.get()) };
-    }
+    g: BhGuard<'a, Slots>,
 }
 
 impl Locked<'_> {
     fn slots(&mut self) -> &mut Slots {
-        // SAFETY: the spinlock is held while `self` lives, and `self` is borrowed
-        // mutably: no other reference to the slots exists.
-        unsafe { &mut *self.t.slots.get() }
+        &mut self.g
     }
 
     /// Takes `sk`'s entry out of the table.
@@ -152,8 +143,7 @@ impl Tracker {
         }
         let t = KBox::new(
             Self {
-                lock: Opaque::uninit(),
-                slots: UnsafeCell::new(Slots {
+                slots: BhLock::new(Slots {
                     heads,
                     pending_head: core::ptr::null_mut(),
                     pending_tail: core::ptr::null_mut(),
@@ -170,7 +160,7 @@ impl Tracker {
         )?;
         // SAFETY: both live in the box, whose address is stable until it is freed.
         unsafe {
-            b::prism_spin_lock_init(t.lock.get());
+            t.slots.init();
             b::prism_init_work(t.work.get(), Some(run));
         }
         CURRENT.store(core::ptr::from_ref(&*t).cast_mut(), Ordering::Release);
@@ -233,10 +223,10 @@ impl Tracker {
     }
 
     fn lock(&self) -> Locked<'_> {
-        // SAFETY: initialised in `new`. The probe takes it in softirq, so process
-        // context disables bottom halves while holding it.
-        unsafe { b::prism_spin_lock_bh(self.lock.get()) };
-        Locked { t: self }
+        Locked {
+            t: self,
+            g: self.slots.lock(),
+        }
     }
 
     pub(crate) fn tracked(&self) -> usize {

@@ -52,6 +52,10 @@ pub fn tests() -> Vec<Test> {
             run: listeners,
         },
         Test {
+            name: "release_seen_by_prismctl_monitor",
+            run: prismctl_monitor,
+        },
+        Test {
             name: "release_rmmod_with_100_live_migrated",
             run: rmmod_live,
         },
@@ -478,36 +482,7 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    // cli.py joins right after it opens its netlink socket (python, not the `ip netns
-    // exec` that has sockets of its own before it execs python).
-    let pid = ynl.id();
-    let start = std::time::Instant::now();
-    let joined = || {
-        let python = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.starts_with("python"))
-            .unwrap_or(false);
-        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|f| {
-                        std::fs::read_link(f.path())
-                            .map(|l| l.to_string_lossy().starts_with("socket:"))
-                            .unwrap_or(false)
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        python && sockets >= 1
-    };
-    while !joined() {
-        // Loading and validating the spec alone takes seconds under TCG.
-        check!(
-            start.elapsed() < Duration::from_secs(120),
-            "cli.py did not open its socket"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    wait_joined(ynl.id(), "python")?;
     let mut cluster = Cluster::new(false)?;
     let mut mine = listen("be1")?;
     let (mut client, server) = connect_via_topology(false, PORT, None)?;
@@ -550,6 +525,110 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
         out.trim() == format!("errno {}", libc::EPERM),
         "unprivileged listener gave {out:?}"
     );
+    Ok(())
+}
+
+/// Waits until process `pid`, once it runs `comm`, has a socket open, and a moment more:
+/// a listener joins right after it opens its netlink socket. (`ip netns exec` has sockets
+/// of its own before it execs the listener; loading a YNL spec takes seconds under TCG.)
+fn wait_joined(pid: u32, comm: &str) -> TestResult {
+    let start = std::time::Instant::now();
+    let joined = || {
+        let running = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.starts_with(comm))
+            .unwrap_or(false);
+        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|f| {
+                        std::fs::read_link(f.path())
+                            .map(|l| l.to_string_lossy().starts_with("socket:"))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        running && sockets >= 1
+    };
+    while !joined() {
+        check!(
+            start.elapsed() < Duration::from_secs(120),
+            "{comm} did not open its socket"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(())
+}
+
+/// `prismctl monitor --json` prints the import and the release of a migrated connection,
+/// and `prismctl status` shows nothing tracked afterwards.
+fn prismctl_monitor(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let prismctl = me.with_file_name("prismctl");
+    let monitor = std::process::Command::new("ip")
+        .args(["netns", "exec", "be1"])
+        .arg(&prismctl)
+        .args(["monitor", "--json", "--count", "2", "--idle-timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_joined(monitor.id(), "prismctl")?;
+    let mut cluster = Cluster::new(false)?;
+    let (mut client, server) = connect_via_topology(false, PORT, None)?;
+    let (mut owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
+    send_stream(&mut owned, 5, 20_000)?;
+    expect_stream(&mut client, 5, 20_000)?;
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    drop(owned);
+    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    let out = monitor.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    log.line(format!(
+        "prismctl monitor: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    check!(out.status.success(), "prismctl monitor failed");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not JSON lines: {e}"))?;
+    check!(lines.len() == 2, "{} lines", lines.len());
+    check!(
+        lines[0]["kind"] == "imported" && lines[0]["seq"] == 1,
+        "{}",
+        lines[0]
+    );
+    check!(
+        lines[1]["kind"] == "released" && lines[1]["reason"] == "fin" && lines[1]["seq"] == 2,
+        "{}",
+        lines[1]
+    );
+    check!(
+        lines[1]["bytes_acked"].as_u64().unwrap_or(0) >= 20_000,
+        "{}",
+        lines[1]
+    );
+    let status = sh(
+        log,
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "be1",
+            &prismctl.to_string_lossy(),
+            "status",
+            "--json",
+        ],
+    )?;
+    let status: serde_json::Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
+    check!(status["tracked"] == 0 && status["imports"] == 1, "{status}");
     Ok(())
 }
 
