@@ -239,20 +239,8 @@ fn send_queue(env: &Env, log: &mut Log) -> TestResult {
     // The client reads nothing and has a small buffer: fe's data piles up in flight and unsent.
     let (client, mut server) = connect_via_topology(false, 7001, Some(8192))?;
     set_int(server.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 65536).map_err(|e| e.to_string())?;
-    server.set_nonblocking(true).map_err(|e| e.to_string())?;
     let data = pattern(400_000, 3);
-    let mut written = 0;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) && written < data.len() {
-        match server.write(&data[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let written = write_until_window_closes(&mut server, &data)?;
     let d = export(&c, server.as_fd(), log)?;
     let in_flight = d.snd_nxt.wrapping_sub(d.snd_una) as usize;
     log.line(format!(
@@ -278,7 +266,6 @@ fn send_queue(env: &Env, log: &mut Log) -> TestResult {
         let mut client = client;
         client.read_exact(&mut got).map(|_| got)
     });
-    server.set_nonblocking(false).map_err(|e| e.to_string())?;
     server.write_all(&data[written..]).map_err(|e| e.to_string())?;
     let got = reader
         .join()
@@ -286,6 +273,27 @@ fn send_queue(env: &Env, log: &mut Log) -> TestResult {
         .map_err(|e| e.to_string())?;
     check!(got == data, "data corrupted after export");
     Ok(())
+}
+
+/// Writes `data` to `sock` until all of it is written or the peer's window has stayed
+/// closed for 5 s, then lets what is in flight settle; returns the bytes written. The
+/// socket is blocking again afterwards.
+pub(super) fn write_until_window_closes(sock: &mut TcpStream, data: &[u8]) -> Result<usize, String> {
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut written = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && written < data.len() {
+        match sock.write(&data[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+    Ok(written)
 }
 
 /// Runs one nft command in namespace `ns`.

@@ -3,17 +3,17 @@
 //! no host sends a RST, nothing leaks.
 
 use super::common::loaded;
-use super::export::{connect_via_topology, wait_for};
+use super::export::{connect_via_topology, wait_for, write_until_window_closes};
 use crate::check;
 use crate::harness::{sh, Env, Log, TestResult};
 use crate::migrate::{expect_stream, flow_sockets, rsts_all, send_stream, Cluster};
 use crate::sockopt::queued;
 use crate::topology::{self, Topology};
 use prism_sock::{DecodedState, ImportOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::Test;
 
@@ -332,20 +332,8 @@ fn scenario(env: &Env, log: &mut Log, case: &Case) -> TestResult {
         })?;
     }
     if case.unsent {
-        server.set_nonblocking(true).map_err(|e| e.to_string())?;
         let data = crate::migrate::pattern_at(11, 0, 600_000);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) && early < data.len() {
-            match server.write(&data[early..]) {
-                Ok(n) => early += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        server.set_nonblocking(false).map_err(|e| e.to_string())?;
+        early += write_until_window_closes(&mut server, &data[early..])?;
     }
 
     let snapshot = cluster
