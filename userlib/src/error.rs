@@ -20,6 +20,12 @@ pub enum Error {
     /// The module answered with something this library does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A hand-off or frame from another host that does not parse.
+    #[error("malformed {0}")]
+    Malformed(String),
+    /// I/O on a socket or control connection failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// A request refused by the kernel: errno plus the extended-ack details, if any.

@@ -186,6 +186,15 @@ impl EventListener {
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
+        self.receive()
+    }
+
+    /// Takes what the socket holds now; `Ok(None)` when a receive timed out or (on a
+    /// non-blocking socket) found nothing.
+    pub(crate) fn receive(&mut self) -> Result<Option<Event>> {
+        if let Some(e) = self.pending.pop_front() {
+            return Ok(Some(e));
+        }
         loop {
             let msgs = match self.sock.recv::<u16, Genlmsghdr<u8, u16>>() {
                 Ok((msgs, _)) => msgs,
@@ -215,6 +224,12 @@ impl EventListener {
                 return Ok(Some(e));
             }
         }
+    }
+}
+
+impl AsRawFd for EventListener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
     }
 }
 

@@ -12,13 +12,17 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod async_tokio;
 mod client;
 mod error;
 mod events;
 mod state;
+pub mod transfer;
 pub mod uapi;
 
 pub use client::{Client, DepartedInfo, ImportOptions, Imported, ModuleInfo, RawAttr};
 pub use error::{Error, KernelError, Result};
 pub use events::{Event, EventKind, EventListener, Reason};
 pub use state::{DecodedState, MigrationState, BLOB_VERSION};
+pub use transfer::{read_frame, write_frame, Handoff, MAX_FRAME};
