@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The `events` group as a tokio [`Stream`] of [`Event`]s.
@@ -31,7 +32,8 @@ impl EventStream {
         set_nonblocking(listener.as_raw_fd())?;
         // SAFETY: the listener owns its netlink fd and neither closes nor replaces it
         // while the AsyncFd holds it (it is closed when the AsyncFd drops it).
-        let inner = unsafe { AsyncFd::register(listener)? };
+        let inner = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+            .map_err(io::Error::from)?;
         Ok(EventStream { inner })
     }
 }
@@ -76,7 +78,10 @@ impl Client {
         };
         let imported = self.import(state, &options)?;
         let std_stream = std::net::TcpStream::from(imported.fd);
-        Ok((tokio::net::TcpStream::from_std(std_stream)?, imported.migration_id))
+        Ok((
+            tokio::net::TcpStream::from_std(std_stream)?,
+            imported.migration_id,
+        ))
     }
 }
 
