@@ -1,0 +1,72 @@
+//! prism-node: one node of the Prism-style object store (any role: front or owner).
+
+use clap::{Parser, Subcommand};
+use prism_tools::cluster::Cluster;
+use prism_tools::node::{self, Fault};
+use prism_tools::objects;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(about = "Object-store node that hands client connections to the key's owner")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve as node NAME of the cluster in CONFIG (needs CAP_NET_ADMIN, the module).
+    Run {
+        /// Cluster configuration (JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's name in the configuration.
+        #[arg(long)]
+        name: String,
+        /// Inject a fault (tests only).
+        #[arg(long, hide = true)]
+        fault: Option<Fault>,
+    },
+    /// Print the SHA-256 an object's body must have, and its owner.
+    Digest {
+        /// Cluster configuration (JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Object keys.
+        keys: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config, name, fault } => Cluster::load(&config).and_then(|c| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("tokio: {e}"))?
+                .block_on(node::run(c, &name, fault))
+        }),
+        Cmd::Digest { config, keys } => Cluster::load(&config).and_then(|c| {
+            let ring =
+                prism_tools::ring::Ring::new(&c.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
+            for key in keys {
+                let size = objects::size_of(&c.objects, &key).ok_or_else(|| format!("no object {key}"))?;
+                let owner = ring.owner(&key).map_or("?", |i| c.nodes[i].name.as_str());
+                println!(
+                    "{key} {size} {owner} {}",
+                    objects::digest(&objects::content(&key, size))
+                );
+            }
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prism-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

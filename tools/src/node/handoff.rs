@@ -1,0 +1,355 @@
+//! Handing a client connection to another node and taking one over.
+//!
+//! Between nodes a persistent TCP connection carries frames, each signed with the
+//! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]`
+//! followed by a [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a
+//! message. The owner never imports after the deadline and the sender waits a second
+//! past it, so exactly one of them ends up with the socket: the owner, or the sender,
+//! which imports its copy of the state back and answers 503 itself.
+
+use super::{netlink, serve, steer_here, Conn, Fault, Node, STEER_WAIT};
+use crate::steer_proto::{self, Request};
+use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
+use prism_sock::{EventKind, Handoff, ImportOptions, MAX_FRAME};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// How long the owner may take to import, from the sender's export.
+const BUDGET: Duration = Duration::from_secs(2);
+/// Signing context of frames between nodes.
+const CONTEXT: &[u8] = b"prism-node handoff v1";
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+struct Link {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    waiting: Mutex<HashMap<u64, Waiter>>,
+    alive: AtomicBool,
+}
+
+/// The outgoing hand-off connection to one node, opened on first use and again after
+/// it breaks; requests on it are answered by id, so hand-offs do not queue behind
+/// each other.
+pub struct Peer {
+    addr: SocketAddr,
+    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    next_id: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Peer {
+    /// A peer reachable at `addr` (not connected yet).
+    pub fn new(addr: SocketAddr) -> Self {
+        Peer {
+            addr,
+            link: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    async fn link(&self) -> Result<Arc<Link>, String> {
+        let mut slot = self.link.lock().await;
+        if let Some(link) = slot.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
+            return Ok(link.clone());
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| format!("connect to {} timed out", self.addr))?
+            .map_err(|e| format!("connect to {}: {e}", self.addr))?;
+        let _ = stream.set_nodelay(true);
+        let (mut rd, wr) = stream.into_split();
+        let link = Arc::new(Link {
+            writer: tokio::sync::Mutex::new(wr),
+            waiting: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+        });
+        let reader = link.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = read_frame(&mut rd, 64 * 1024).await {
+                let Some((id, rest)) = frame.split_first_chunk::<8>() else {
+                    break;
+                };
+                let Some((&status, message)) = rest.split_first() else {
+                    break;
+                };
+                let result = match status {
+                    0 => Ok(()),
+                    _ => Err(String::from_utf8_lossy(message).into_owned()),
+                };
+                let waiter = reader
+                    .waiting
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(&u64::from_be_bytes(*id));
+                if let Some(w) = waiter {
+                    let _ = w.send(result);
+                }
+            }
+            reader.alive.store(false, Ordering::Release);
+            for (_, w) in reader.waiting.lock().expect("not poisoned").drain() {
+                let _ = w.send(Err("connection to the owner lost".into()));
+            }
+        });
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Sends `handoff` and waits for the owner's answer (or the deadline).
+    async fn send(&self, secret: &[u8], hops: u32, handoff: &Handoff) -> Result<(), String> {
+        let link = self.link().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.waiting.lock().expect("not poisoned").insert(id, tx);
+        let mut body = Vec::with_capacity(20 + handoff.state.as_bytes().len() + handoff.request.len());
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(&(now_ms() + BUDGET.as_millis() as u64).to_be_bytes());
+        body.extend_from_slice(&hops.to_be_bytes());
+        body.extend_from_slice(&handoff.to_bytes());
+        let frame = steer_proto::sign(secret, CONTEXT, &body);
+        if let Err(e) = write_frame(&mut *link.writer.lock().await, &frame).await {
+            link.alive.store(false, Ordering::Release);
+            link.waiting.lock().expect("not poisoned").remove(&id);
+            return Err(format!("send to {}: {e}", self.addr));
+        }
+        match tokio::time::timeout(BUDGET + Duration::from_secs(1), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("connection to the owner lost".into()),
+            Err(_) => {
+                link.waiting.lock().expect("not poisoned").remove(&id);
+                Err(format!("{} did not answer before the deadline", self.addr))
+            }
+        }
+    }
+}
+
+fn import_options() -> ImportOptions {
+    ImportOptions {
+        nonblock: true,
+        ..ImportOptions::default()
+    }
+}
+
+/// Hands `conn` (whose buffer starts with the request just parsed) to node `owner`.
+/// Returns the connection, live again here, when that failed: the caller answers 503.
+pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn> {
+    let name = node.name();
+    let flow = conn.peer;
+    let owner_name = &node.cluster.nodes[owner].name;
+    if let Err(e) = node.steer.call(Request::Hold { flow }, STEER_WAIT).await {
+        eprintln!("{name}: {flow}: no hand-off to {owner_name}: hold: {e}");
+        return Some(conn);
+    }
+    let Conn {
+        stream,
+        peer,
+        buf,
+        hops,
+    } = conn;
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: {flow}: cannot take the socket from tokio: {e}");
+            return None;
+        }
+    };
+    let (std_stream, exported) = netlink(move |c| {
+        let r = c.and_then(|c| c.export_detach(&std_stream));
+        (std_stream, r)
+    })
+    .await;
+    let state = match exported {
+        Ok(state) => state,
+        Err(e) => {
+            // The socket is untouched: keep serving it here.
+            eprintln!("{name}: {flow}: export for {owner_name} refused: {e}");
+            let stream = TcpStream::from_std(std_stream).ok()?;
+            steer_here(node, flow).await;
+            return Some(Conn {
+                stream,
+                peer,
+                buf,
+                hops,
+            });
+        }
+    };
+    drop(std_stream);
+    let handoff = Handoff { state, request: buf };
+    let sent = node.peers[owner]
+        .send(node.cluster.secret.as_bytes(), hops + 1, &handoff)
+        .await;
+    let Err(why) = sent else {
+        super::Stats::bump(&node.stats.handoffs_out);
+        return None;
+    };
+    eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
+    super::Stats::bump(&node.stats.handoffs_back);
+    let Handoff { state, request } = handoff;
+    match netlink(move |c| c.and_then(|c| c.import(&state, &import_options()))).await {
+        Ok(imported) => {
+            let stream = TcpStream::from_std(std::net::TcpStream::from(imported.fd)).ok()?;
+            steer_here(node, flow).await;
+            Some(Conn {
+                stream,
+                peer,
+                buf: request,
+                hops,
+            })
+        }
+        Err(e) => {
+            eprintln!("{name}: {flow}: connection lost: cannot import it back: {e}");
+            None
+        }
+    }
+}
+
+/// Accepts hand-offs from the other nodes.
+pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
+    while let Ok((stream, from)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let (mut rd, wr) = stream.into_split();
+            let wr = Arc::new(tokio::sync::Mutex::new(wr));
+            loop {
+                let frame = match read_frame(&mut rd, MAX_FRAME).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return,
+                    Err(e) => {
+                        eprintln!("{}: hand-off connection from {from}: {e}", node.name());
+                        return;
+                    }
+                };
+                let body = match steer_proto::verify(node.cluster.secret.as_bytes(), CONTEXT, &frame) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!(
+                            "{}: refused hand-off frame from {from}: {e}; closing",
+                            node.name()
+                        );
+                        return;
+                    }
+                };
+                let parsed = body.split_first_chunk::<8>().and_then(|(id, rest)| {
+                    let (deadline, rest) = rest.split_first_chunk::<8>()?;
+                    let (hops, rest) = rest.split_first_chunk::<4>()?;
+                    Some((
+                        u64::from_be_bytes(*id),
+                        u64::from_be_bytes(*deadline),
+                        u32::from_be_bytes(*hops),
+                        Handoff::from_bytes(rest),
+                    ))
+                });
+                let Some((id, deadline, hops, handoff)) = parsed else {
+                    eprintln!("{}: malformed hand-off frame from {from}; closing", node.name());
+                    return;
+                };
+                let handoff = match handoff {
+                    Ok(h) => h,
+                    Err(e) => {
+                        answer(&wr, id, Err(e.to_string())).await;
+                        continue;
+                    }
+                };
+                tokio::spawn(take_over(node.clone(), wr.clone(), id, deadline, hops, handoff));
+            }
+        });
+    }
+}
+
+async fn answer(wr: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, result: Result<(), String>) -> bool {
+    let mut body = id.to_be_bytes().to_vec();
+    match result {
+        Ok(()) => body.push(0),
+        Err(e) => {
+            body.push(1);
+            body.extend_from_slice(e.as_bytes());
+        }
+    }
+    write_frame(&mut *wr.lock().await, &body).await.is_ok()
+}
+
+async fn take_over(
+    node: Arc<Node>,
+    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    id: u64,
+    deadline: u64,
+    hops: u32,
+    handoff: Handoff,
+) {
+    let name = node.name().to_string();
+    if node.fault == Some(Fault::DieOnHandoff) {
+        eprintln!("{name}: fault injection: dying before the import");
+        // SAFETY: plain signal to this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    if now_ms() > deadline {
+        super::Stats::bump(&node.stats.handoffs_refused);
+        answer(&wr, id, Err("deadline passed before the import".into())).await;
+        return;
+    }
+    let Handoff { state, request } = handoff;
+    let imported = netlink(move |c| c.and_then(|c| c.import(&state, &import_options()))).await;
+    let imported = match imported {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{name}: refused a hand-off: {e}");
+            super::Stats::bump(&node.stats.handoffs_refused);
+            answer(&wr, id, Err(format!("{name}: import: {e}"))).await;
+            return;
+        }
+    };
+    let std_stream = std::net::TcpStream::from(imported.fd);
+    if !answer(&wr, id, Ok(())).await {
+        // The sender cannot learn that we have it, so it will import its copy: let go
+        // of ours first (nothing reached it yet: the flow is still held at l4).
+        let _ = netlink(move |c| c.and_then(|c| c.export_detach(&std_stream))).await;
+        eprintln!("{name}: hand-off {id}: sender gone before our answer; let it go");
+        return;
+    }
+    let Ok(stream) = TcpStream::from_std(std_stream) else {
+        return;
+    };
+    let Ok(peer) = stream.peer_addr() else { return };
+    super::Stats::bump(&node.stats.handoffs_in);
+    steer_here(&node, peer).await;
+    let conn = Conn {
+        stream,
+        peer,
+        buf: request,
+        hops,
+    };
+    serve(node, conn).await;
+}
+
+/// Tells prism-steerd about every VIP socket this node released, so it removes the
+/// flow's entry (after the TIME_WAIT the event reports).
+pub async fn forward_releases(node: Arc<Node>, mut events: EventStream) {
+    loop {
+        let next = poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut events), cx)).await;
+        match next {
+            None => return,
+            Some(Err(e)) => eprintln!("{}: events: {e}", node.name()),
+            Some(Ok(ev)) if ev.kind == EventKind::Released && node.cluster.is_vip(ev.local.ip()) => {
+                super::Stats::bump(&node.stats.releases);
+                node.steer.post(Request::Release {
+                    flow: ev.peer,
+                    linger_ms: ev.time_wait_ms.into(),
+                });
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! prism-node: one node of the object store. It answers `GET /objects/<key>` on the
+//! VIP for the keys it owns and hands every other connection, with the request it just
+//! read, to the key's owner, which answers the client directly (L7 direct server
+//! return) and keeps the connection for the next request.
+
+pub mod handoff;
+pub mod http;
+pub mod stats;
+pub mod steer_client;
+
+use crate::cluster::Cluster;
+use crate::objects;
+use crate::ring::Ring;
+use crate::steer_proto::Request;
+use http::Parsed;
+use prism_sock::Client;
+use stats::Stats;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use steer_client::SteerClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a node waits for prism-steerd before it gives up on a hand-off.
+pub const STEER_WAIT: Duration = Duration::from_secs(5);
+
+/// Test-only faults a node can be started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Die (SIGKILL) on receiving a hand-off, before importing it.
+    DieOnHandoff,
+}
+
+/// Everything a node's tasks share.
+pub struct Node {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// This node's index in `cluster.nodes`.
+    pub me: usize,
+    ring: Ring,
+    /// The objects this node owns, by key.
+    objects: HashMap<String, Arc<Vec<u8>>>,
+    /// Counters.
+    pub stats: Stats,
+    /// The steering link.
+    pub steer: SteerClient,
+    /// Outgoing hand-off connections, one per other node.
+    pub peers: Vec<handoff::Peer>,
+    /// Injected fault, if any.
+    pub fault: Option<Fault>,
+}
+
+impl Node {
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.cluster.nodes[self.me].name
+    }
+}
+
+/// A client connection held by this node.
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The client's address and port.
+    pub peer: SocketAddr,
+    /// Bytes read and not yet answered.
+    pub buf: Vec<u8>,
+    /// How many times the connection was handed off so far.
+    pub hops: u32,
+}
+
+thread_local! {
+    static NETLINK: RefCell<Option<Client>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the blocking pool with this thread's netlink client (or the error of
+/// opening one). `f` always runs, so it can hand back whatever it was given.
+pub async fn netlink<T: Send + 'static>(
+    f: impl FnOnce(prism_sock::Result<&Client>) -> T + Send + 'static,
+) -> T {
+    tokio::task::spawn_blocking(move || {
+        NETLINK.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.is_none() {
+                match Client::connect() {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => return f(Err(e)),
+                }
+            }
+            f(Ok(slot.as_ref().expect("set above")))
+        })
+    })
+    .await
+    .expect("netlink closures do not panic")
+}
+
+/// Starts node `name` and serves until the process ends.
+pub async fn run(cluster: Cluster, name: &str, fault: Option<Fault>) -> Result<(), String> {
+    let me = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| format!("no node called {name} in the configuration"))?;
+    let ring = Ring::new(&cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
+    let mut owned = HashMap::new();
+    for i in 0..cluster.objects.count {
+        let key = objects::key(i);
+        if ring.owner(&key) == Some(me) {
+            let size = objects::size_of(&cluster.objects, &key).expect("key from the catalogue");
+            owned.insert(key.clone(), Arc::new(objects::content(&key, size)));
+        }
+    }
+    let this = &cluster.nodes[me];
+    let steer = SteerClient::start(name.to_string(), this.steerd, cluster.secret.as_bytes().to_vec());
+    let peers = cluster
+        .nodes
+        .iter()
+        .map(|n| handoff::Peer::new(n.control_addr()))
+        .collect();
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("bind {addr}: {e}"))
+    };
+    let vip4 = bind(SocketAddr::new(cluster.vip4.into(), cluster.port)).await?;
+    let vip6 = bind(SocketAddr::new(cluster.vip6.into(), cluster.port)).await?;
+    let control = bind(this.control_addr()).await?;
+    let admin = bind(this.admin_addr()).await?;
+    let events = prism_sock::async_tokio::EventStream::open()
+        .map_err(|e| format!("cannot subscribe to prism_sock events: {e}"))?;
+    let node = Arc::new(Node {
+        ring,
+        objects: owned,
+        stats: Stats::default(),
+        steer,
+        peers,
+        fault,
+        me,
+        cluster,
+    });
+    eprintln!(
+        "{name}: serving {} of {} objects on the VIP, hand-offs on {}",
+        node.objects.len(),
+        node.cluster.objects.count,
+        node.cluster.nodes[me].control_addr()
+    );
+    tokio::spawn(handoff::forward_releases(node.clone(), events));
+    tokio::spawn(handoff::control_server(node.clone(), control));
+    tokio::spawn(admin_server(node.clone(), admin));
+    tokio::spawn(accept(node.clone(), vip6));
+    accept(node, vip4).await;
+    Ok(())
+}
+
+async fn accept(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let conn = Conn {
+                    stream,
+                    peer,
+                    buf: Vec::new(),
+                    hops: 0,
+                };
+                tokio::spawn(serve(node.clone(), conn));
+            }
+            Err(e) => {
+                eprintln!("{}: accept: {e}", node.name());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Answers requests on `conn` until the client closes, or hands it to a key's owner.
+pub async fn serve(node: Arc<Node>, mut conn: Conn) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let head = match http::parse(&conn.buf) {
+            Parsed::Partial => {
+                match conn.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            }
+            Parsed::Refuse(status, reason) => {
+                Stats::bump(&node.stats.responses_4xx);
+                let head = http::response_head(status, reason, 0, false, &served_by(&node, &conn));
+                let _ = conn.stream.write_all(&head).await;
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+            Parsed::Request(head) => head,
+        };
+        let owner = head
+            .key
+            .as_deref()
+            .and_then(|k| objects::size_of(&node.cluster.objects, k).and_then(|_| node.ring.owner(k)));
+        if let Some(owner) = owner.filter(|o| *o != node.me) {
+            match handoff::hand_off(&node, conn, owner).await {
+                None => return,
+                Some(back) => {
+                    conn = back;
+                    Stats::bump(&node.stats.responses_503);
+                    let extra = format!("{}Retry-After: 1\r\n", served_by(&node, &conn));
+                    let reply = http::response_head(503, "Service Unavailable", 0, head.keep_alive, &extra);
+                    if conn.stream.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        } else if write_object(&node, &mut conn, &head).await.is_err() {
+            return;
+        }
+        conn.buf.drain(..head.len);
+        if !head.keep_alive {
+            let _ = conn.stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+fn served_by(node: &Node, conn: &Conn) -> String {
+    format!("X-Served-By: {}\r\nX-Prism-Hops: {}\r\n", node.name(), conn.hops)
+}
+
+async fn write_object(node: &Node, conn: &mut Conn, head: &http::Head) -> std::io::Result<()> {
+    let object = head.key.as_ref().and_then(|k| node.objects.get(k));
+    let Some(body) = object else {
+        Stats::bump(&node.stats.responses_4xx);
+        let reply = http::response_head(404, "Not Found", 0, head.keep_alive, &served_by(node, conn));
+        return conn.stream.write_all(&reply).await;
+    };
+    let extra = format!(
+        "{}X-Object-Sha256: {}\r\n",
+        served_by(node, conn),
+        objects::digest(body)
+    );
+    let reply = http::response_head(200, "OK", body.len(), head.keep_alive, &extra);
+    conn.stream.write_all(&reply).await?;
+    if !head.head_only {
+        conn.stream.write_all(body).await?;
+        node.stats
+            .body_bytes
+            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    Stats::bump(&node.stats.responses_200);
+    Ok(())
+}
+
+async fn admin_server(node: Arc<Node>, listener: TcpListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut used = 0;
+            let ok = loop {
+                match stream.read(&mut buf[used..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => used += n,
+                }
+                match http::parse(&buf[..used]) {
+                    Parsed::Partial if used < buf.len() => continue,
+                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats ") => break true,
+                    _ => break false,
+                }
+            };
+            let (status, body) = if ok {
+                let snap = node.stats.snapshot(node.name());
+                ("200 OK", serde_json::to_vec(&snap).unwrap_or_default())
+            } else {
+                ("404 Not Found", Vec::new())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+        });
+    }
+}
+
+/// Steers `flow` to this node, logging (not failing) when prism-steerd is slow: the
+/// request stays queued and is applied when it answers.
+pub async fn steer_here(node: &Node, flow: SocketAddr) {
+    if let Err(e) = node.steer.call(Request::Steer { flow }, STEER_WAIT).await {
+        eprintln!("{}: steer {flow} here: {e} (kept queued)", node.name());
+    }
+}

@@ -1,0 +1,195 @@
+//! prism-steerd's hands on l4: `nft` batches for the steering table, and policy
+//! routing that sends each node's mark to that node.
+
+use super::table::{Entry, Hold, Table, TABLE};
+use crate::cluster::Cluster;
+use serde_json::Value;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Runs `commands` as one atomic nft transaction.
+pub fn run(commands: &[String]) -> Result<(), String> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    let mut script = commands.join("\n");
+    script.push('\n');
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("nft: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(format!("nft: {}", err.lines().next().unwrap_or("failed")))
+    }
+}
+
+fn rules(c: &Cluster) -> Vec<String> {
+    let (v4, v6, port) = (c.vip4, c.vip6, c.port);
+    let chain = format!("add rule {TABLE} steer");
+    vec![
+        format!("{chain} ip daddr {v4} tcp dport {port} ip saddr . tcp sport @hold4 drop"),
+        format!("{chain} ip6 daddr {v6} tcp dport {port} ip6 saddr . tcp sport @hold6 drop"),
+        format!("{chain} ip daddr {v4} tcp dport {port} meta mark set ip saddr . tcp sport map @flows4"),
+        format!("{chain} ip6 daddr {v6} tcp dport {port} meta mark set ip6 saddr . tcp sport map @flows6"),
+    ]
+}
+
+/// Creates the steering table, or adopts the one a previous prism-steerd left (its
+/// entries are live flows), and installs this configuration's rules.
+pub fn setup(cluster: &Cluster) -> Result<Table, String> {
+    let exists = Command::new("nft")
+        .args(["list", "table", "inet", "prism"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("nft: {e}"))?
+        .success();
+    let table = if exists { adopt()? } else { Table::default() };
+    let mut batch = vec![
+        format!("add table {TABLE}"),
+        format!("add set {TABLE} hold4 {{ type ipv4_addr . inet_service; }}"),
+        format!("add set {TABLE} hold6 {{ type ipv6_addr . inet_service; }}"),
+        format!("add map {TABLE} flows4 {{ type ipv4_addr . inet_service : mark; }}"),
+        format!("add map {TABLE} flows6 {{ type ipv6_addr . inet_service : mark; }}"),
+        format!("add chain {TABLE} steer {{ type filter hook prerouting priority mangle; policy accept; }}"),
+        format!("flush chain {TABLE} steer"),
+    ];
+    batch.extend(rules(cluster));
+    run(&batch)?;
+    routes(cluster)?;
+    Ok(table)
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Mark M selects routing table 200+M, whose VIP routes lead to node M.
+fn routes(cluster: &Cluster) -> Result<(), String> {
+    for n in &cluster.nodes {
+        let table = (200 + n.mark).to_string();
+        let pref = (1000 + n.mark).to_string();
+        let mark = n.mark.to_string();
+        for family in ["-4", "-6"] {
+            // Replace whatever rule an earlier run left at this priority.
+            while ip(&[family, "rule", "del", "pref", &pref]).is_ok() {}
+            ip(&[
+                family, "rule", "add", "pref", &pref, "fwmark", &mark, "lookup", &table,
+            ])?;
+        }
+        let v4 = format!("{}/32", cluster.vip4);
+        let v6 = format!("{}/128", cluster.vip6);
+        ip(&[
+            "-4",
+            "route",
+            "replace",
+            &v4,
+            "via",
+            &n.addr4.to_string(),
+            "table",
+            &table,
+        ])?;
+        ip(&[
+            "-6",
+            "route",
+            "replace",
+            &v6,
+            "via",
+            &n.addr6.to_string(),
+            "table",
+            &table,
+        ])?;
+    }
+    Ok(())
+}
+
+fn list(kind: &str, name: &str) -> Result<Vec<Value>, String> {
+    let out = Command::new("nft")
+        .args(["-j", "list", kind, "inet", "prism", name])
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
+    let elems = v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|o| o.get(kind))
+        .and_then(|s| s.get("elem"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok(elems)
+}
+
+fn flow_of(concat: &Value) -> Option<SocketAddr> {
+    let parts = concat.get("concat")?.as_array()?;
+    let ip: IpAddr = parts.first()?.as_str()?.parse().ok()?;
+    let port = u16::try_from(parts.get(1)?.as_u64()?).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Reads the flows and holds a previous prism-steerd left in nftables.
+fn adopt() -> Result<Table, String> {
+    let mut table = Table::default();
+    let now = Instant::now();
+    for name in ["flows4", "flows6"] {
+        for e in list("map", name)? {
+            let pair = e.as_array();
+            let flow = pair.and_then(|p| p.first()).and_then(flow_of);
+            let mark = pair.and_then(|p| p.get(1)).and_then(Value::as_u64);
+            if let (Some(flow), Some(mark)) = (flow, mark) {
+                table.flows.insert(
+                    flow,
+                    Entry {
+                        mark: mark as u32,
+                        expires: None,
+                    },
+                );
+            }
+        }
+    }
+    for name in ["hold4", "hold6"] {
+        for e in list("set", name)? {
+            if let Some(flow) = flow_of(&e) {
+                table.holds.insert(
+                    flow,
+                    Hold {
+                        mark: None,
+                        since: now,
+                    },
+                );
+            }
+        }
+    }
+    Ok(table)
+}
