@@ -41,8 +41,8 @@ pub struct Node {
     /// This node's index in `cluster.nodes`.
     pub me: usize,
     ring: Ring,
-    /// The objects this node owns, by key.
-    objects: HashMap<String, Arc<Vec<u8>>>,
+    /// The objects this node owns, by key, with their digests.
+    objects: HashMap<String, (Arc<Vec<u8>>, String)>,
     /// Counters.
     pub stats: Stats,
     /// The steering link.
@@ -110,7 +110,9 @@ pub async fn run(cluster: Cluster, name: &str, fault: Option<Fault>) -> Result<(
         let key = objects::key(i);
         if ring.owner(&key) == Some(me) {
             let size = objects::size_of(&cluster.objects, &key).expect("key from the catalogue");
-            owned.insert(key.clone(), Arc::new(objects::content(&key, size)));
+            let body = objects::content(&key, size);
+            let digest = objects::digest(&body);
+            owned.insert(key, (Arc::new(body), digest));
         }
     }
     let this = &cluster.nodes[me];
@@ -231,16 +233,12 @@ fn served_by(node: &Node, conn: &Conn) -> String {
 
 async fn write_object(node: &Node, conn: &mut Conn, head: &http::Head) -> std::io::Result<()> {
     let object = head.key.as_ref().and_then(|k| node.objects.get(k));
-    let Some(body) = object else {
+    let Some((body, digest)) = object else {
         Stats::bump(&node.stats.responses_4xx);
         let reply = http::response_head(404, "Not Found", 0, head.keep_alive, &served_by(node, conn));
         return conn.stream.write_all(&reply).await;
     };
-    let extra = format!(
-        "{}X-Object-Sha256: {}\r\n",
-        served_by(node, conn),
-        objects::digest(body)
-    );
+    let extra = format!("{}X-Object-Sha256: {}\r\n", served_by(node, conn), digest);
     let reply = http::response_head(200, "OK", body.len(), head.keep_alive, &extra);
     conn.stream.write_all(&reply).await?;
     if !head.head_only {
