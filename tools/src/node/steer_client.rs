@@ -91,6 +91,19 @@ async fn link(
             eprintln!("{node}: prism-steerd at {steerd} reachable again");
         }
         let (mut rd, mut wr) = sock.into_split();
+        // Frames are read by their own task: a read cut short by `select!` would lose
+        // the bytes it had taken.
+        let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply>();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(f)) = read_frame(&mut rd, steer_proto::MAX_FRAME).await {
+                let Ok(reply) = serde_json::from_slice::<Reply>(&f) else {
+                    return;
+                };
+                if reply_tx.send(reply).is_err() {
+                    return;
+                }
+            }
+        });
         let seal = |seq: u64, request: &Request| {
             steer_proto::seal(
                 &secret,
@@ -122,11 +135,7 @@ async fn link(
                     ok = write_frame(&mut wr, &seal(seq, &request)).await.is_ok();
                     unacked.push_back(Pending { seq, request, done });
                 }
-                frame = read_frame(&mut rd, steer_proto::MAX_FRAME) => {
-                    let reply = match frame {
-                        Ok(Some(f)) => serde_json::from_slice::<Reply>(&f).ok(),
-                        _ => None,
-                    };
+                reply = replies.recv() => {
                     let Some(reply) = reply else { ok = false; continue };
                     // Replies come in order; a heartbeat's has no queue entry.
                     while unacked.front().is_some_and(|p| p.seq <= reply.seq) {
@@ -147,6 +156,7 @@ async fn link(
                 }
             }
         }
+        reader.abort();
         eprintln!(
             "{node}: lost prism-steerd at {steerd}; {} requests queued",
             unacked.len()
