@@ -24,8 +24,9 @@ use steer_client::SteerClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// How long a node waits for prism-steerd before it gives up on a hand-off.
-pub const STEER_WAIT: Duration = Duration::from_secs(5);
+/// How long a node waits for prism-steerd before it gives up on a hand-off (covers a
+/// restart of the daemon).
+pub const STEER_WAIT: Duration = Duration::from_secs(10);
 
 /// Test-only faults a node can be started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -50,16 +50,10 @@ fn rules(c: &Cluster) -> Vec<String> {
 }
 
 /// Creates the steering table, or adopts the one a previous prism-steerd left (its
-/// entries are live flows), and installs this configuration's rules.
+/// entries are live flows), and installs this configuration's rules. Few processes: a
+/// restart must be quick, nodes wait for it.
 pub fn setup(cluster: &Cluster) -> Result<Table, String> {
-    let exists = Command::new("nft")
-        .args(["list", "table", "inet", "prism"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("nft: {e}"))?
-        .success();
-    let table = if exists { adopt()? } else { Table::default() };
+    let table = adopt()?;
     let mut batch = vec![
         format!("add table {TABLE}"),
         format!("add set {TABLE} hold4 {{ type ipv4_addr . inet_service; }}"),
@@ -75,80 +69,62 @@ pub fn setup(cluster: &Cluster) -> Result<Table, String> {
     Ok(table)
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Mark M selects routing table 200+M, whose VIP routes lead to node M.
+/// Mark M selects routing table 200+M, whose VIP routes lead to node M: one
+/// `ip -batch` per family and step (rules an earlier run left at the same priority are
+/// replaced).
 fn routes(cluster: &Cluster) -> Result<(), String> {
-    for n in &cluster.nodes {
-        let table = (200 + n.mark).to_string();
-        let pref = (1000 + n.mark).to_string();
-        let mark = n.mark.to_string();
-        for family in ["-4", "-6"] {
-            // Replace whatever rule an earlier run left at this priority.
-            while ip(&[family, "rule", "del", "pref", &pref]).is_ok() {}
-            ip(&[
-                family, "rule", "add", "pref", &pref, "fwmark", &mark, "lookup", &table,
-            ])?;
+    for family in ["-4", "-6"] {
+        let mut dels = String::new();
+        let mut adds = String::new();
+        for n in &cluster.nodes {
+            let (mark, table, pref) = (n.mark, 200 + n.mark, 1000 + n.mark);
+            dels += &format!("rule del pref {pref}\n");
+            adds += &format!("rule add pref {pref} fwmark {mark} lookup {table}\n");
+            adds += &match family {
+                "-4" => format!(
+                    "route replace {}/32 via {} table {table}\n",
+                    cluster.vip4, n.addr4
+                ),
+                _ => format!(
+                    "route replace {}/128 via {} table {table}\n",
+                    cluster.vip6, n.addr6
+                ),
+            };
         }
-        let v4 = format!("{}/32", cluster.vip4);
-        let v6 = format!("{}/128", cluster.vip6);
-        ip(&[
-            "-4",
-            "route",
-            "replace",
-            &v4,
-            "via",
-            &n.addr4.to_string(),
-            "table",
-            &table,
-        ])?;
-        ip(&[
-            "-6",
-            "route",
-            "replace",
-            &v6,
-            "via",
-            &n.addr6.to_string(),
-            "table",
-            &table,
-        ])?;
+        // Deleting what is not there fails: -force goes on; the adds must all succeed.
+        ip_batch(family, &dels, true)?;
+        ip_batch(family, &adds, false)?;
     }
     Ok(())
 }
 
-fn list(kind: &str, name: &str) -> Result<Vec<Value>, String> {
-    let out = Command::new("nft")
-        .args(["-j", "list", kind, "inet", "prism", name])
-        .output()
-        .map_err(|e| format!("nft: {e}"))?;
-    if !out.status.success() {
-        return Ok(Vec::new());
+fn ip_batch(family: &str, commands: &str, force: bool) -> Result<(), String> {
+    let mut args = vec![family, "-batch", "-"];
+    if force {
+        args.insert(0, "-force");
     }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
-    let elems = v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|o| o.get(kind))
-        .and_then(|s| s.get("elem"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    Ok(elems)
+    let mut child = Command::new("ip")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ip: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(commands.as_bytes())
+        .map_err(|e| format!("ip: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() || force {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip -batch: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 fn flow_of(concat: &Value) -> Option<SocketAddr> {
@@ -158,12 +134,34 @@ fn flow_of(concat: &Value) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Reads the flows and holds a previous prism-steerd left in nftables.
+/// Reads the flows and holds a previous prism-steerd left in nftables (none if there
+/// is no table).
 fn adopt() -> Result<Table, String> {
     let mut table = Table::default();
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "inet", "prism"])
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Ok(table);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
     let now = Instant::now();
-    for name in ["flows4", "flows6"] {
-        for e in list("map", name)? {
+    for object in v["nftables"].as_array().into_iter().flatten() {
+        let elems = |kind: &str| {
+            object
+                .get(kind)
+                .filter(|s| {
+                    s["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(if kind == "map" { "flows" } else { "hold" }))
+                })
+                .and_then(|s| s.get("elem"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        for e in elems("map") {
             let pair = e.as_array();
             let flow = pair.and_then(|p| p.first()).and_then(flow_of);
             let mark = pair.and_then(|p| p.get(1)).and_then(Value::as_u64);
@@ -177,9 +175,7 @@ fn adopt() -> Result<Table, String> {
                 );
             }
         }
-    }
-    for name in ["hold4", "hold6"] {
-        for e in list("set", name)? {
+        for e in elems("set") {
             if let Some(flow) = flow_of(&e) {
                 table.holds.insert(
                     flow,

@@ -6,6 +6,7 @@ mod foundation;
 pub mod hops;
 pub mod import_refusals;
 mod migration;
+mod objectstore;
 pub mod release;
 
 use crate::harness::Test;
@@ -17,5 +18,6 @@ pub fn all() -> Vec<Test> {
     all.extend(hops::tests());
     all.extend(import_refusals::tests());
     all.extend(release::tests());
+    all.extend(objectstore::tests());
     all
 }

@@ -1,0 +1,789 @@
+//! The L7 direct-server-return object store, driven for real: prism-steerd in l4 and a
+//! prism-node on fe, be1 and be2, with curl, wrk and prism-load as clients. Requests
+//! are answered by the key's owner with the front node relaying nothing, every body
+//! matches its digest, no host resets a client, and prism-steerd's map empties once
+//! the owners' SOCK_RELEASED events arrive. Failures: an owner that dies between the
+//! export and the import, a restarted prism-steerd, a dead node's entries, forged
+//! control messages.
+
+use super::common::loaded;
+use crate::check;
+use crate::harness::{sh, Env, Log, Test, TestResult};
+use crate::migrate::rsts_all;
+use crate::topology::{in_ns, Topology};
+use prism_sock::{read_frame, write_frame};
+use prism_tools::cluster::Cluster;
+use prism_tools::steer_proto::{self, Envelope, Request};
+use prism_tools::{objects, ring::Ring};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "dsr_keepalive_owner_answers_v4",
+            run: |e, l| keepalive(e, l, false),
+        },
+        Test {
+            name: "dsr_keepalive_owner_answers_v6",
+            run: |e, l| keepalive(e, l, true),
+        },
+        Test {
+            name: "dsr_curl_and_wrk_v4_v6",
+            run: curl_and_wrk,
+        },
+        Test {
+            name: "dsr_owner_dies_between_export_and_import",
+            run: owner_dies,
+        },
+        Test {
+            name: "dsr_steerd_restart_loses_no_flow",
+            run: steerd_restart,
+        },
+        Test {
+            name: "dsr_dead_node_entries_expire",
+            run: dead_node,
+        },
+        Test {
+            name: "dsr_forged_control_messages_refused",
+            run: forged,
+        },
+        Test {
+            name: "dsr_200_clients_30s",
+            run: two_hundred,
+        },
+    ]
+}
+
+const NODES: [&str; 3] = ["fe", "be1", "be2"];
+
+/// prism-steerd and three prism-nodes on a fresh topology; killed on drop.
+struct Stack {
+    _topology: Topology,
+    dir: PathBuf,
+    bin: PathBuf,
+    config: PathBuf,
+    cluster: Cluster,
+    steerd: Option<Child>,
+    nodes: Vec<(String, Child)>,
+}
+
+impl Stack {
+    fn up(env: &Env, log: &mut Log, faults: &[(&str, &str)]) -> Result<Self, String> {
+        loaded(env, log)?;
+        let topology = Topology::up()?;
+        let repo = env
+            .module
+            .parent()
+            .ok_or("module path has no folder")?
+            .to_path_buf();
+        let dir = std::env::temp_dir().join(format!("prism-dsr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let secret = hex(&steer_proto::new_nonce().map_err(|e| e.to_string())?);
+        let template =
+            std::fs::read_to_string(repo.join("qemu-test/cluster.json")).map_err(|e| e.to_string())?;
+        let config = dir.join("cluster.json");
+        std::fs::write(&config, template.replace("@SECRET@", &secret)).map_err(|e| e.to_string())?;
+        let cluster = Cluster::load(&config)?;
+        let mut stack = Stack {
+            _topology: topology,
+            dir,
+            bin: repo.join("target/release"),
+            config,
+            cluster,
+            steerd: None,
+            nodes: Vec::new(),
+        };
+        stack.start_steerd()?;
+        for node in NODES {
+            let fault = faults.iter().find(|(n, _)| *n == node).map(|(_, f)| *f);
+            stack.start_node(node, fault)?;
+        }
+        stack.wait_ready(log)?;
+        Ok(stack)
+    }
+
+    fn spawn(&self, ns: &str, prog: &str, args: &[&str], log_name: &str) -> Result<Child, String> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(log_name))
+            .map_err(|e| e.to_string())?;
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(self.bin.join(prog))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("{prog}: {e}"))
+    }
+
+    fn start_steerd(&mut self) -> Result<(), String> {
+        let config = self.config.to_string_lossy().into_owned();
+        self.steerd = Some(self.spawn("l4", "prism-steerd", &["--config", &config], "steerd.log")?);
+        wait("prism-steerd to listen", Duration::from_secs(10), || {
+            listening("l4", ":7000 ")
+        })
+    }
+
+    fn start_node(&mut self, name: &str, fault: Option<&str>) -> Result<(), String> {
+        let config = self.config.to_string_lossy().into_owned();
+        let mut args = vec!["run", "--config", &config, "--name", name];
+        if let Some(f) = fault {
+            args.extend(["--fault", f]);
+        }
+        let child = self.spawn(name, "prism-node", &args, &format!("node-{name}.log"))?;
+        self.nodes.push((name.to_string(), child));
+        Ok(())
+    }
+
+    fn wait_ready(&self, log: &mut Log) -> TestResult {
+        wait("the nodes to listen on the VIP", Duration::from_secs(20), || {
+            NODES.iter().all(|n| listening(n, "10.100.0.1:80 "))
+        })?;
+        wait(
+            "three nodes connected to prism-steerd",
+            Duration::from_secs(20),
+            || {
+                sh(
+                    &mut Log::default(),
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        "l4",
+                        "ss",
+                        "-Htn",
+                        "state",
+                        "established",
+                        "sport",
+                        "= :7000",
+                    ],
+                )
+                .is_ok_and(|o| o.lines().count() >= 3)
+            },
+        )?;
+        log.line("stack up: prism-steerd in l4, prism-node on fe, be1, be2");
+        Ok(())
+    }
+
+    fn kill_node(&mut self, name: &str) {
+        if let Some(i) = self.nodes.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.nodes.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn kill_steerd(&mut self) {
+        if let Some(mut c) = self.steerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// Every log, for the test's own log on failure.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in ["steerd.log", "node-fe.log", "node-be1.log", "node-be2.log"] {
+            all += &format!("---- {name}\n{}", self.read_log(name));
+        }
+        all
+    }
+
+    fn owner(&self, key: &str) -> String {
+        let names: Vec<&str> = self.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        names[Ring::new(&names).owner(key).expect("three nodes")].to_string()
+    }
+
+    /// First catalogue key owned by `node`.
+    fn key_of(&self, node: &str) -> String {
+        (0..self.cluster.objects.count)
+            .map(objects::key)
+            .find(|k| self.owner(k) == node)
+            .expect("every node owns keys")
+    }
+
+    fn digest(&self, key: &str) -> String {
+        let size = objects::size_of(&self.cluster.objects, key).expect("catalogue key");
+        objects::digest(&objects::content(key, size))
+    }
+
+    /// Steering entries and holds in l4.
+    fn entries(&self) -> Result<usize, String> {
+        let out = sh(
+            &mut Log::default(),
+            "ip",
+            &[
+                "netns", "exec", "l4", "nft", "-j", "list", "table", "inet", "prism",
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        Ok(v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("map").or_else(|| o.get("set")))
+            .map(|s| s.get("elem").and_then(|e| e.as_array()).map_or(0, Vec::len))
+            .sum())
+    }
+
+    fn wait_empty(&self, log: &mut Log) -> TestResult {
+        let r = wait(
+            "prism-steerd's map and hold set to empty",
+            Duration::from_secs(20),
+            || self.entries() == Ok(0),
+        );
+        if r.is_err() {
+            let _ = sh(
+                log,
+                "ip",
+                &["netns", "exec", "l4", "nft", "list", "table", "inet", "prism"],
+            );
+        }
+        r
+    }
+
+    fn load(
+        &self,
+        log: &mut Log,
+        target: &str,
+        connections: usize,
+        secs: u32,
+    ) -> Result<serde_json::Value, String> {
+        let config = self.config.to_string_lossy().into_owned();
+        let out = Command::new("ip")
+            .args(["netns", "exec", "client"])
+            .arg(self.bin.join("prism-load"))
+            .args(["--config", &config, "--target", target])
+            .args([
+                "--connections",
+                &connections.to_string(),
+                "--duration",
+                &secs.to_string(),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        log.line(format!(
+            "prism-load {target} x{connections} {secs}s: {}",
+            text.trim()
+        ));
+        serde_json::from_str(text.trim()).map_err(|e| {
+            format!(
+                "prism-load printed no summary ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, mut c) in self
+            .nodes
+            .drain(..)
+            .chain(self.steerd.take().map(|c| (String::new(), c)))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn listening(ns: &str, what: &str) -> bool {
+    sh(&mut Log::default(), "ip", &["netns", "exec", ns, "ss", "-Hltn"]).is_ok_and(|o| o.contains(what))
+}
+
+fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> TestResult {
+    let start = Instant::now();
+    while !cond() {
+        check!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Bytes fe's link has sent so far.
+fn fe_tx_bytes() -> Result<u64, String> {
+    let out = sh(
+        &mut Log::default(),
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "fe",
+            "cat",
+            "/sys/class/net/eth0/statistics/tx_bytes",
+        ],
+    )?;
+    out.trim().parse().map_err(|e| format!("tx_bytes: {e}"))
+}
+
+/// One response on a keep-alive connection.
+struct Response {
+    status: u16,
+    served_by: String,
+    hops: u32,
+    body: Vec<u8>,
+}
+
+fn get(stream: &mut TcpStream, buf: &mut Vec<u8>, key: &str) -> Result<Response, String> {
+    write!(stream, "GET /objects/{key} HTTP/1.1\r\nHost: prism\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = resp.parse(buf).map_err(|e| format!("response: {e}"))? {
+            let value = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                    .unwrap_or_default()
+            };
+            let len: usize = value("content-length").parse().map_err(|_| "no content-length")?;
+            let (status, served_by, hops) = (
+                resp.code.unwrap_or(0),
+                value("x-served-by"),
+                value("x-prism-hops"),
+            );
+            while buf.len() < head + len {
+                let n = stream.read(&mut chunk).map_err(|e| format!("read body: {e}"))?;
+                check!(n > 0, "connection closed in the middle of a body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[head..head + len].to_vec();
+            buf.drain(..head + len);
+            return Ok(Response {
+                status,
+                served_by,
+                hops: hops.parse().unwrap_or(0),
+                body,
+            });
+        }
+        let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        check!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn connect_client(v6: bool) -> Result<TcpStream, String> {
+    let vip: SocketAddr = if v6 { "[fd00:100::1]:80" } else { "10.100.0.1:80" }
+        .parse()
+        .expect("literal");
+    let s = in_ns("client", move || {
+        TcpStream::connect_timeout(&vip, Duration::from_secs(10))
+    })?
+    .map_err(|e| format!("connect {vip}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// One connection, a request per key in turn: each is answered by the key's owner,
+/// the body matches, the hop count grows with every owner change, and fe's link
+/// carries no response byte of a key it does not own.
+fn keepalive(env: &Env, log: &mut Log, v6: bool) -> TestResult {
+    let stack = Stack::up(env, log, &[])?;
+    let rsts = rsts_all()?;
+    // Visit owners be1, be2, fe, be2, be1 (large objects included).
+    let mut keys = Vec::new();
+    for owner in ["be1", "be2", "fe", "be2", "be1"] {
+        let k = (0..stack.cluster.objects.count)
+            .map(objects::key)
+            .filter(|k| stack.owner(k) == owner && !keys.contains(k))
+            .max_by_key(|k| objects::size_of(&stack.cluster.objects, k))
+            .expect("owner has keys");
+        keys.push(k);
+    }
+    let mut stream = connect_client(v6)?;
+    let mut buf = Vec::new();
+    let mut hops = 0;
+    let mut last_owner = "fe".to_string();
+    for key in &keys {
+        let owner = stack.owner(key);
+        let before = fe_tx_bytes()?;
+        let r = get(&mut stream, &mut buf, key).map_err(|e| format!("{key}: {e}\n{}", stack.logs()))?;
+        let fe_sent = fe_tx_bytes()? - before;
+        log.line(format!(
+            "{key}: owner {owner}, served by {} (hops {}), {} B, fe sent {fe_sent} B",
+            r.served_by,
+            r.hops,
+            r.body.len()
+        ));
+        check!(r.status == 200, "{key}: status {}", r.status);
+        check!(
+            r.served_by == owner,
+            "{key}: served by {} instead of its owner {owner}",
+            r.served_by
+        );
+        check!(
+            objects::digest(&r.body) == stack.digest(key),
+            "{key}: digest mismatch"
+        );
+        if owner != last_owner {
+            hops += 1;
+        }
+        check!(r.hops == hops, "{key}: {} hops, expected {hops}", r.hops);
+        if owner != "fe" {
+            check!(
+                fe_sent < 16 * 1024 && fe_sent < r.body.len() as u64,
+                "{key}: fe sent {fe_sent} B for a {} B object it does not own",
+                r.body.len()
+            );
+        }
+        last_owner = owner;
+    }
+    drop(stream);
+    stack.wait_empty(log)?;
+    check!(
+        rsts_all()? == rsts,
+        "a host sent a RST: before {rsts:?}, after {:?}",
+        rsts_all()?
+    );
+    let steerd = stack.read_log("steerd.log");
+    check!(
+        !steerd.contains("refused"),
+        "prism-steerd refused something:\n{steerd}"
+    );
+    Ok(())
+}
+
+/// curl (one connection, every key, v4 and v6) and wrk: real clients, no errors, all
+/// digests right, and the map empties afterwards.
+fn curl_and_wrk(env: &Env, log: &mut Log) -> TestResult {
+    let stack = Stack::up(env, log, &[])?;
+    let keys: Vec<String> = (0..8).map(objects::key).collect();
+    for base in ["http://10.100.0.1", "http://[fd00:100::1]"] {
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            "client".into(),
+            "curl".into(),
+            "-sS".into(),
+        ];
+        args.extend([
+            "--max-time".into(),
+            "60".into(),
+            "-w".into(),
+            "%{num_connects} %header{x-served-by}\\n".into(),
+        ]);
+        for k in &keys {
+            args.push(format!("{base}/objects/{k}"));
+            args.push("-o".into());
+            args.push(stack.dir.join(format!("curl-{k}")).to_string_lossy().into_owned());
+        }
+        let out = sh(log, "ip", &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let lines: Vec<&str> = out.lines().collect();
+        check!(lines.len() == keys.len(), "curl printed {} lines", lines.len());
+        for (k, line) in keys.iter().zip(&lines) {
+            let body = std::fs::read(stack.dir.join(format!("curl-{k}"))).map_err(|e| e.to_string())?;
+            check!(
+                objects::digest(&body) == stack.digest(k),
+                "curl {base}: {k}: digest mismatch"
+            );
+            check!(
+                line.ends_with(&stack.owner(k)),
+                "curl {base}: {k} served by {line}, owner {}",
+                stack.owner(k)
+            );
+        }
+        let connects: usize = lines
+            .iter()
+            .map(|l| l.split(' ').next().unwrap_or("").parse::<usize>().unwrap_or(9))
+            .sum();
+        check!(
+            connects == 1,
+            "curl opened {connects} connections for {} requests",
+            keys.len()
+        );
+    }
+    let script = stack.dir.join("keys.lua");
+    std::fs::write(&script, "local i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", \"/objects/obj-\" .. (i % 24))\nend\n")
+        .map_err(|e| e.to_string())?;
+    let script = script.to_string_lossy().into_owned();
+    for url in ["http://10.100.0.1/", "http://[fd00:100::1]/"] {
+        let out = sh(
+            log,
+            "ip",
+            &[
+                "netns", "exec", "client", "wrk", "-t2", "-c10", "-d3s", "-s", &script, url,
+            ],
+        )?;
+        check!(
+            !out.contains("Non-2xx") && !out.contains("Socket errors"),
+            "wrk {url} saw errors:\n{out}"
+        );
+        check!(out.contains(" requests in "), "wrk {url} made no request:\n{out}");
+    }
+    stack.wait_empty(log)
+}
+
+/// be2 dies on receiving a hand-off, before it imports: fe imports the socket back and
+/// answers 503 itself; the same connection then gets be1's object; nobody resets.
+fn owner_dies(env: &Env, log: &mut Log) -> TestResult {
+    let stack = Stack::up(env, log, &[("be2", "die-on-handoff")])?;
+    let rsts = rsts_all()?;
+    let (dead_key, live_key) = (stack.key_of("be2"), stack.key_of("be1"));
+    let mut stream = connect_client(false)?;
+    let mut buf = Vec::new();
+    let r = get(&mut stream, &mut buf, &dead_key).map_err(|e| format!("{e}\n{}", stack.logs()))?;
+    log.line(format!(
+        "{dead_key} (owner be2, dies): {} from {}",
+        r.status, r.served_by
+    ));
+    check!(
+        r.status == 503 && r.served_by == "fe",
+        "expected fe's 503, got {} from {}",
+        r.status,
+        r.served_by
+    );
+    let r = get(&mut stream, &mut buf, &live_key)?;
+    log.line(format!(
+        "{live_key} (owner be1): {} from {}",
+        r.status, r.served_by
+    ));
+    check!(
+        r.status == 200 && r.served_by == "be1",
+        "then {} from {}",
+        r.status,
+        r.served_by
+    );
+    check!(
+        objects::digest(&r.body) == stack.digest(&live_key),
+        "digest mismatch"
+    );
+    let fe = stack.read_log("node-fe.log");
+    check!(fe.contains("importing it back"), "fe did not import back:\n{fe}");
+    drop(stream);
+    stack.wait_empty(log)?;
+    check!(
+        rsts_all()? == rsts,
+        "a host sent a RST: before {rsts:?}, after {:?}",
+        rsts_all()?
+    );
+    Ok(())
+}
+
+/// prism-steerd is killed and restarted under load: it adopts the entries nftables
+/// kept, the nodes' queued requests are applied, and no request fails.
+fn steerd_restart(env: &Env, log: &mut Log) -> TestResult {
+    let mut stack = Stack::up(env, log, &[])?;
+    let config = stack.config.to_string_lossy().into_owned();
+    let load = Command::new("ip")
+        .args(["netns", "exec", "client"])
+        .arg(stack.bin.join("prism-load"))
+        .args([
+            "--config",
+            &config,
+            "--target",
+            "10.100.0.1:80",
+            "--connections",
+            "20",
+            "--duration",
+            "12",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(4));
+    let live = stack.entries()?;
+    stack.kill_steerd();
+    log.line(format!("killed prism-steerd with {live} entries in nftables"));
+    std::thread::sleep(Duration::from_secs(1));
+    stack.start_steerd()?;
+    let out = load.wait_with_output().map_err(|e| e.to_string())?;
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("prism-load: {e}\n{}", stack.logs()))?;
+    log.line(format!("prism-load: {summary}"));
+    let steerd = stack.read_log("steerd.log");
+    let adopted = steerd
+        .lines()
+        .filter_map(|l| l.strip_prefix("prism-steerd: adopted "))
+        .nth(1)
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| format!("no second start in the log:\n{steerd}"))?;
+    log.line(format!("the restarted prism-steerd adopted {adopted} flows"));
+    check!(
+        live > 0 && adopted > 0,
+        "nothing to adopt (live {live}, adopted {adopted}): the test proved nothing"
+    );
+    check!(
+        summary["failed"] == 0 && summary["requests"].as_u64() > Some(0),
+        "requests failed: {summary}\n{}",
+        stack.logs()
+    );
+    stack.wait_empty(log)
+}
+
+/// A node dies holding a connection: after node_timeout_ms its entries go.
+fn dead_node(env: &Env, log: &mut Log) -> TestResult {
+    let mut stack = Stack::up(env, log, &[])?;
+    let key = stack.key_of("be1");
+    let mut stream = connect_client(false)?;
+    let mut buf = Vec::new();
+    let r = get(&mut stream, &mut buf, &key)?;
+    check!(r.served_by == "be1", "served by {}", r.served_by);
+    wait("be1's entry", Duration::from_secs(10), || {
+        stack.entries() == Ok(1)
+    })?;
+    let killed = Instant::now();
+    stack.kill_node("be1");
+    log.line("killed be1 with the client's connection open");
+    stack.wait_empty(log)?;
+    let took = killed.elapsed();
+    log.line(format!("entry gone {took:?} after the kill"));
+    let steerd = stack.read_log("steerd.log");
+    check!(
+        steerd.contains("node be1 silent"),
+        "prism-steerd did not expire be1:\n{steerd}"
+    );
+    check!(
+        took >= Duration::from_millis(stack.cluster.steerd.node_timeout_ms),
+        "removed before the node timeout"
+    );
+    drop(stream);
+    Ok(())
+}
+
+fn steerd_session(ns: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut s = in_ns(ns, || TcpStream::connect("10.0.2.1:7000"))?.map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let nonce = read_frame(&mut s, 64)
+        .map_err(|e| e.to_string())?
+        .ok_or("no challenge")?;
+    Ok((s, nonce))
+}
+
+/// Frames with a wrong secret, for another challenge, malformed, replayed or from the
+/// wrong host are refused, logged, and change nothing in nftables.
+fn forged(env: &Env, log: &mut Log) -> TestResult {
+    let stack = Stack::up(env, log, &[])?;
+    let secret = stack.cluster.secret.clone();
+    let hold = |seq| Envelope {
+        node: "be1".into(),
+        seq,
+        request: Request::Hold {
+            flow: "10.0.0.2:4242".parse().expect("literal"),
+        },
+    };
+    let closed = |s: &mut TcpStream| matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_));
+    type Forge<'a> = Box<dyn Fn(&[u8]) -> Vec<u8> + 'a>;
+    let cases: Vec<(&str, Forge, &str)> = vec![
+        (
+            "wrong secret",
+            Box::new(|n| steer_proto::seal(b"not-the-secret-at-all", n, &hold(1))),
+            "bad tag",
+        ),
+        (
+            "other challenge",
+            Box::new(|_| steer_proto::seal(secret.as_bytes(), b"0123456789abcdef", &hold(1))),
+            "bad tag",
+        ),
+        (
+            "malformed",
+            Box::new(|n| {
+                steer_proto::sign(
+                    secret.as_bytes(),
+                    n,
+                    b"{\"node\":\"be1\",\"seq\":1,\"op\":\"steal\"}",
+                )
+            }),
+            "malformed",
+        ),
+        ("short", Box::new(|_| b"tiny".to_vec()), "shorter than its tag"),
+        (
+            "unknown node",
+            Box::new(|n| {
+                steer_proto::seal(
+                    secret.as_bytes(),
+                    n,
+                    &Envelope {
+                        node: "mallory".into(),
+                        ..hold(1)
+                    },
+                )
+            }),
+            "unknown node",
+        ),
+    ];
+    for (what, frame, expect) in &cases {
+        let (mut s, nonce) = steerd_session("be1")?;
+        write_frame(&mut s, &frame(&nonce)).map_err(|e| e.to_string())?;
+        check!(closed(&mut s), "{what}: prism-steerd kept the connection");
+        wait(
+            &format!("the refusal of '{what}' in the log"),
+            Duration::from_secs(5),
+            || stack.read_log("steerd.log").contains(expect),
+        )?;
+        log.line(format!("{what}: refused ({expect})"));
+    }
+    // Authentic, then replayed with the same seq on the same connection.
+    let (mut s, nonce) = steerd_session("be1")?;
+    let frame = steer_proto::seal(secret.as_bytes(), &nonce, &hold(5));
+    write_frame(&mut s, &frame).map_err(|e| e.to_string())?;
+    let reply = read_frame(&mut s, 4096)
+        .map_err(|e| e.to_string())?
+        .ok_or("no reply")?;
+    log.line(format!("authentic hold: {}", String::from_utf8_lossy(&reply)));
+    check!(stack.entries()? == 1, "the authentic hold is not in nftables");
+    write_frame(&mut s, &frame).map_err(|e| e.to_string())?;
+    check!(closed(&mut s), "replayed frame: connection kept");
+    wait("the replay refusal", Duration::from_secs(5), || {
+        stack.read_log("steerd.log").contains("seq 5 after 5")
+    })?;
+    // A valid frame for be1 sent from be2's address.
+    let (mut s, nonce) = steerd_session("be2")?;
+    write_frame(&mut s, &steer_proto::seal(secret.as_bytes(), &nonce, &hold(1)))
+        .map_err(|e| e.to_string())?;
+    check!(closed(&mut s), "be1's frame from be2: connection kept");
+    wait("the wrong-host refusal", Duration::from_secs(5), || {
+        stack.read_log("steerd.log").contains("must connect from")
+    })?;
+    check!(stack.entries()? == 1, "a refused frame changed nftables");
+    log.line(stack.read_log("steerd.log"));
+    Ok(())
+}
+
+/// 200 keep-alive clients for 30 s: no failed request, no digest mismatch, no RST,
+/// every node serves, and the map empties afterwards.
+fn two_hundred(env: &Env, log: &mut Log) -> TestResult {
+    let stack = Stack::up(env, log, &[])?;
+    let rsts = rsts_all()?;
+    let s = stack.load(log, "10.100.0.1:80", 200, 30)?;
+    check!(
+        s["failed"] == 0 && s["digest_mismatches"] == 0,
+        "failures: {s}\n{}",
+        stack.logs()
+    );
+    check!(s["requests"].as_u64() >= Some(200), "too few requests: {s}");
+    for n in NODES {
+        check!(s["served_by"][n].as_u64() > Some(0), "{n} served nothing: {s}");
+    }
+    stack.wait_empty(log)?;
+    check!(
+        rsts_all()? == rsts,
+        "a host sent a RST: before {rsts:?}, after {:?}",
+        rsts_all()?
+    );
+    Ok(())
+}
