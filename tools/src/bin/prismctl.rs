@@ -1,6 +1,11 @@
 //! `prismctl`: inspect the prism_sock module from the command line.
 
 use clap::{Parser, Subcommand};
+use prism_sock::{Client, ImportOptions, MigrationState};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -30,6 +35,139 @@ enum Cmd {
         #[arg(long)]
         idle_timeout: Option<u64>,
     },
+    /// Export a TCP socket of a running process (or of prismctl itself) to a state file.
+    Export {
+        /// Process holding the socket (default: prismctl, for an inherited fd).
+        #[arg(long)]
+        pid: Option<i32>,
+        /// The socket's fd number in that process.
+        #[arg(long)]
+        fd: i32,
+        /// Finish the socket here without a packet to the peer (a real hand-off).
+        #[arg(long)]
+        detach: bool,
+        /// Where to write the state blob.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Also print the state readable (JSON) on stdout.
+        #[arg(long)]
+        decode: bool,
+    },
+    /// Print a state file readable (JSON).
+    Decode {
+        /// The state blob.
+        file: PathBuf,
+    },
+    /// Import a state file and run COMMAND with the live socket as its fd 3.
+    Import {
+        /// The state blob.
+        file: PathBuf,
+        /// Print the state readable (JSON) on stderr first.
+        #[arg(long)]
+        decode: bool,
+        /// Own this local address instead of the exported one.
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// The local address need not be configured here (IP_FREEBIND).
+        #[arg(long)]
+        freebind: bool,
+        /// TPROXY-style ownership of a non-local address (IP_TRANSPARENT).
+        #[arg(long)]
+        transparent: bool,
+        /// The program (and arguments) that takes the socket over as fd 3.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Any failure of a subcommand, as one line.
+type CmdResult = Result<(), String>;
+
+fn pidfd_getfd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscalls with integer arguments; the fds they return are ours.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(got as i32))
+    }
+}
+
+fn decoded_json(state: &MigrationState) -> Result<String, String> {
+    let d = state.decode().map_err(|e| format!("decode: {e}"))?;
+    let mut v = serde_json::to_value(&d).map_err(|e| e.to_string())?;
+    v["send_queue_bytes"] = d.send_queue.len().into();
+    v["recv_queue_bytes"] = d.recv_queue.len().into();
+    v["blob_bytes"] = state.as_bytes().len().into();
+    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+}
+
+fn export(pid: Option<i32>, fd: i32, detach: bool, out: &PathBuf, decode: bool) -> CmdResult {
+    let pid = pid.unwrap_or_else(|| std::process::id() as i32);
+    let sock = pidfd_getfd(pid, fd).map_err(|e| format!("fd {fd} of process {pid}: {e}"))?;
+    let client = Client::connect().map_err(|e| e.to_string())?;
+    let state = if detach {
+        client.export_detach(&sock)
+    } else {
+        client.export_snapshot(&sock)
+    }
+    .map_err(|e| format!("export: {e}"))?;
+    std::fs::write(out, state.as_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
+    if decode {
+        println!("{}", decoded_json(&state)?);
+    }
+    Ok(())
+}
+
+fn read_state(file: &PathBuf) -> Result<MigrationState, String> {
+    let blob = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(MigrationState::from_bytes(blob))
+}
+
+fn import(file: &PathBuf, decode: bool, options: ImportOptions, command: &[String]) -> CmdResult {
+    let state = read_state(file)?;
+    if decode {
+        eprintln!("{}", decoded_json(&state)?);
+    }
+    let client = Client::connect().map_err(|e| e.to_string())?;
+    let imported = client
+        .import(&state, &options)
+        .map_err(|e| format!("import: {e}"))?;
+    eprintln!(
+        "prismctl: imported (migration {:#x}); running {}",
+        imported.migration_id, command[0]
+    );
+    let raw = imported.fd.as_raw_fd();
+    let mut child = std::process::Command::new(&command[0]);
+    child.args(&command[1..]);
+    // SAFETY: only async-signal-safe dup2 between fork and exec.
+    unsafe {
+        child.pre_exec(move || {
+            // dup2 onto itself would keep O_CLOEXEC: clear it instead.
+            let ok = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(raw, 3) == 3
+            };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = child.status().map_err(|e| format!("{}: {e}", command[0]))?;
+    drop(imported);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} exited with {status}", command[0]))
+    }
 }
 
 fn status(json: bool) -> Result<(), prism_sock::Error> {
@@ -100,12 +238,38 @@ fn monitor(json: bool, count: Option<u64>, idle: Option<u64>) -> Result<(), pris
 
 fn main() -> ExitCode {
     let res = match Cli::parse().cmd {
-        Cmd::Status { json } => status(json),
+        Cmd::Status { json } => status(json).map_err(|e| e.to_string()),
         Cmd::Monitor {
             json,
             count,
             idle_timeout,
-        } => monitor(json, count, idle_timeout),
+        } => monitor(json, count, idle_timeout).map_err(|e| e.to_string()),
+        Cmd::Export {
+            pid,
+            fd,
+            detach,
+            out,
+            decode,
+        } => export(pid, fd, detach, &out, decode),
+        Cmd::Decode { file } => read_state(&file)
+            .and_then(|s| decoded_json(&s))
+            .map(|j| println!("{j}")),
+        Cmd::Import {
+            file,
+            decode,
+            bind,
+            freebind,
+            transparent,
+            command,
+        } => {
+            let options = ImportOptions {
+                bind_addr: bind,
+                freebind,
+                transparent,
+                nonblock: false,
+            };
+            import(&file, decode, options, &command)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 pub fn tests() -> Vec<Test> {
     vec![
         Test {
+            name: "prismctl_export_decode_import_hop",
+            run: prismctl_hop,
+        },
+        Test {
             name: "migrate_v4_hop_back",
             run: |e, l| chain(e, l, false, &["fe", "be1", "fe"]),
         },
@@ -453,5 +457,110 @@ fn syscalls(env: &Env, log: &mut Log) -> TestResult {
     ));
     check!(fe_n <= 4, "FE made {fe_n} system calls");
     check!(be_n <= 4, "BE made {be_n} system calls");
+    Ok(())
+}
+
+/// A hop done with prismctl alone: a Python server on fe holds the accepted socket with
+/// the client's unread request; `prismctl export --pid --fd --detach --decode` takes it
+/// out of that process, `prismctl decode` reads the file, and `prismctl import -- CMD`
+/// on be1 gives it to another Python process as fd 3, which reads the request and
+/// answers the client.
+fn prismctl_hop(env: &Env, log: &mut Log) -> TestResult {
+    use crate::harness::sh;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    loaded(env, log)?;
+    let _t = Topology::up()?;
+    let bin = env
+        .module
+        .parent()
+        .ok_or("module path")?
+        .join("target/release/prismctl");
+    let bin = bin.to_string_lossy().into_owned();
+    let server = "import socket, time\n\
+s = socket.socket(); s.bind(('10.100.0.1', 9400)); s.listen()\n\
+c, _ = s.accept(); print(c.fileno(), flush=True); time.sleep(120)\n";
+    let mut py = Command::new("ip")
+        .args(["netns", "exec", "fe", "python3", "-c", server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_for("the Python server", || {
+        sh(&mut Log::default(), "ip", &["netns", "exec", "fe", "ss", "-Hltn"])
+            .is_ok_and(|o| o.contains(":9400"))
+    })?;
+    let vip: SocketAddr = "10.100.0.1:9400".parse().expect("literal");
+    let mut client = in_ns("client", move || TcpStream::connect(vip))?.map_err(|e| e.to_string())?;
+    client.write_all(b"GET /x\n").map_err(|e| e.to_string())?;
+    let mut fd = String::new();
+    BufReader::new(py.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut fd)
+        .map_err(|e| e.to_string())?;
+    let fd = fd.trim().to_string();
+    let pid = py.id().to_string();
+    // `ip netns exec` execs the command: the child is the server itself.
+    wait_for("the request in the server's receive queue", || {
+        sh(
+            &mut Log::default(),
+            "ip",
+            &["netns", "exec", "fe", "ss", "-Htn", "sport", "= :9400"],
+        )
+        .is_ok_and(|o| o.split_whitespace().nth(1) == Some("7"))
+    })?;
+    let blob = std::env::temp_dir().join(format!("prismctl-hop-{}.bin", std::process::id()));
+    let blob_s = blob.to_string_lossy().into_owned();
+    let out = sh(
+        log,
+        "ip",
+        &[
+            "netns", "exec", "fe", &bin, "export", "--pid", &pid, "--fd", &fd, "--detach", "--out", &blob_s,
+            "--decode",
+        ],
+    )?;
+    let decoded: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("--decode: {e}"))?;
+    check!(
+        decoded["local"] == "10.100.0.1:9400",
+        "decoded local {}",
+        decoded["local"]
+    );
+    check!(
+        decoded["recv_queue_bytes"] == 7,
+        "decoded receive queue {}",
+        decoded["recv_queue_bytes"]
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&sh(log, &bin, &["decode", &blob_s])?).map_err(|e| e.to_string())?;
+    check!(again == decoded, "prismctl decode differs from export --decode");
+    let _ = py.kill();
+    let _ = py.wait();
+    topology::Topology::route_vip(log, "be1")?;
+    let answer =
+        "import socket\ns = socket.socket(fileno=3)\nreq = s.recv(7)\ns.sendall(b'got ' + req)\ns.close()\n";
+    let out = sh(
+        log,
+        "ip",
+        &[
+            "netns", "exec", "be1", &bin, "import", &blob_s, "--", "python3", "-c", answer,
+        ],
+    )?;
+    log.line(out);
+    let mut reply = Vec::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    client
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("client read: {e}"))?;
+    check!(
+        reply == b"got GET /x\n",
+        "client got {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    let missing = sh(&mut Log::default(), &bin, &["decode", "/nonexistent"]).unwrap_err();
+    check!(
+        missing.contains("No such file"),
+        "decode of a missing file: {missing}"
+    );
+    let _ = std::fs::remove_file(&blob);
     Ok(())
 }
