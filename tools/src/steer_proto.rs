@@ -31,6 +31,12 @@ pub enum Request {
         /// The client's address and port.
         flow: SocketAddr,
     },
+    /// End a hold without steering: the flow keeps going where it went before (the
+    /// hand-off did not happen).
+    Unhold {
+        /// The client's address and port.
+        flow: SocketAddr,
+    },
     /// Send `flow` to the requesting node from now on (ends a hold).
     Steer {
         /// The client's address and port.

@@ -149,7 +149,9 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
     let flow = conn.peer;
     let owner_name = &node.cluster.nodes[owner].name;
     if let Err(e) = node.steer.call(Request::Hold { flow }, STEER_WAIT).await {
+        // The hold stays queued: cancel it behind, or it would cut the flow off later.
         eprintln!("{name}: {flow}: no hand-off to {owner_name}: hold: {e}");
+        node.steer.post(Request::Unhold { flow });
         return Some(conn);
     }
     let Conn {
@@ -173,10 +175,12 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
     let state = match exported {
         Ok(state) => state,
         Err(e) => {
-            // The socket is untouched: keep serving it here.
+            // The socket is untouched: keep serving it here, steered as before.
             eprintln!("{name}: {flow}: export for {owner_name} refused: {e}");
             let stream = TcpStream::from_std(std_stream).ok()?;
-            steer_here(node, flow).await;
+            if let Err(e) = node.steer.call(Request::Unhold { flow }, STEER_WAIT).await {
+                eprintln!("{name}: {flow}: unhold: {e} (kept queued)");
+            }
             return Some(Conn {
                 stream,
                 peer,

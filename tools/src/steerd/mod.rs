@@ -125,6 +125,7 @@ async fn session(
         let op = match env.request {
             Request::Heartbeat => None,
             Request::Hold { flow } => Some(Op::Hold { flow, mark }),
+            Request::Unhold { flow } => Some(Op::Unhold { flow, mark }),
             Request::Steer { flow } => Some(Op::Steer { flow, mark }),
             Request::Release { flow, linger_ms } => Some(Op::Release {
                 flow,

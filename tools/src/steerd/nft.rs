@@ -9,33 +9,35 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// Runs `prog args` with `input` on its stdin; Err carries the first line of stderr.
+fn pipe(prog: &str, args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{prog}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("{prog}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("{prog}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(format!("{prog}: {}", err.lines().next().unwrap_or("failed")))
+}
+
 /// Runs `commands` as one atomic nft transaction.
 pub fn run(commands: &[String]) -> Result<(), String> {
     if commands.is_empty() {
         return Ok(());
     }
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    let mut script = commands.join("\n");
-    script.push('\n');
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(script.as_bytes())
-        .map_err(|e| format!("nft: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!("nft: {}", err.lines().next().unwrap_or("failed")))
-    }
+    pipe("nft", &["-f", "-"], &(commands.join("\n") + "\n"))
 }
 
 fn rules(c: &Cluster) -> Vec<String> {
@@ -99,32 +101,12 @@ fn routes(cluster: &Cluster) -> Result<(), String> {
 }
 
 fn ip_batch(family: &str, commands: &str, force: bool) -> Result<(), String> {
-    let mut args = vec![family, "-batch", "-"];
     if force {
-        args.insert(0, "-force");
+        // -force goes on after a failed line; the outcome does not matter.
+        let _ = pipe("ip", &["-force", family, "-batch", "-"], commands);
+        return Ok(());
     }
-    let mut child = Command::new("ip")
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("ip: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(commands.as_bytes())
-        .map_err(|e| format!("ip: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() || force {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip -batch: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    pipe("ip", &[family, "-batch", "-"], commands)
 }
 
 fn flow_of(concat: &Value) -> Option<SocketAddr> {

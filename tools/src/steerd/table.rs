@@ -18,6 +18,13 @@ pub enum Op {
         /// The holding node.
         mark: u32,
     },
+    /// End node `mark`'s hold without steering.
+    Unhold {
+        /// Client address and port.
+        flow: SocketAddr,
+        /// The node that held it.
+        mark: u32,
+    },
     /// Send the flow to node `mark`; ends a hold.
     Steer {
         /// Client address and port.
@@ -120,6 +127,17 @@ impl Table {
                         since: now,
                     },
                 );
+            }
+            Op::Unhold { flow, mark } => {
+                let flow = canonical(flow);
+                if self
+                    .holds
+                    .get(&flow)
+                    .is_some_and(|h| h.mark.is_none_or(|m| m == mark))
+                {
+                    self.holds.remove(&flow);
+                    del_hold(&mut out, flow);
+                }
             }
             Op::Steer { flow, mark } => {
                 let flow = canonical(flow);
