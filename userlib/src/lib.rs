@@ -14,13 +14,16 @@
 
 #[cfg(feature = "tokio")]
 pub mod async_tokio;
+mod backend;
 mod client;
 mod error;
 mod events;
+pub mod repair;
 mod state;
 pub mod transfer;
 pub mod uapi;
 
+pub use backend::{Backend, Exported};
 pub use client::{Client, DepartedInfo, ImportOptions, Imported, ModuleInfo, RawAttr};
 pub use error::{Error, KernelError, Result};
 pub use events::{Event, EventKind, EventListener, Reason};

@@ -1,9 +1,9 @@
-//! Carrying a migration to another host: a [`Handoff`] (the module's state blob, byte
-//! for byte, plus the request bytes the application had already read) and
+//! Carrying a migration to another host: a [`Handoff`] (the exported state, the module's
+//! blob byte for byte, plus the request bytes the application had already read) and
 //! length-delimited frames for a control connection between hosts.
 
+use crate::backend::Exported;
 use crate::error::{Error, Result};
-use crate::state::MigrationState;
 use std::io::{self, Read, Write};
 
 /// Largest frame [`read_frame`] accepts unless told otherwise: a state blob with full
@@ -18,8 +18,8 @@ const VERSION: u8 = 1;
 /// socket, so not in the state's receive queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
-    /// The module's state blob, not re-encoded.
-    pub state: MigrationState,
+    /// The exported socket (a module blob is carried byte for byte).
+    pub state: Exported,
     /// Request bytes the application read but did not answer.
     pub request: Vec<u8>,
 }
@@ -28,12 +28,12 @@ impl Handoff {
     /// Encodes as `PRHO`, version, then the state and the request, each with a
     /// big-endian u32 length.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let state = self.state.as_bytes();
+        let state = self.state.to_bytes();
         let mut out = Vec::with_capacity(13 + state.len() + self.request.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&(state.len() as u32).to_be_bytes());
-        out.extend_from_slice(state);
+        out.extend_from_slice(&state);
         out.extend_from_slice(&(self.request.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.request);
         out
@@ -54,7 +54,7 @@ impl Handoff {
             return Err(bad(&format!("{} trailing bytes", rest.len())));
         }
         Ok(Handoff {
-            state: MigrationState::from_bytes(state.to_vec()),
+            state: Exported::from_bytes(state)?,
             request: request.to_vec(),
         })
     }
@@ -107,7 +107,7 @@ mod tests {
 
     fn sample() -> Handoff {
         Handoff {
-            state: MigrationState::from_bytes(vec![1, 2, 3, 4, 5]),
+            state: Exported::Module(crate::MigrationState::from_bytes(vec![1, 2, 3, 4, 5])),
             request: b"GET /objects/a HTTP/1.1\r\n\r\n".to_vec(),
         }
     }
@@ -117,7 +117,7 @@ mod tests {
         let h = sample();
         let back = Handoff::from_bytes(&h.to_bytes()).unwrap();
         assert_eq!(back, h);
-        assert_eq!(back.state.as_bytes(), &[1, 2, 3, 4, 5]);
+        assert_eq!(back.state.to_bytes(), &[1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use prism_tools::cluster::Cluster;
-use prism_tools::node::{self, Fault};
+use prism_tools::node::{self, BackendChoice, Fault};
 use prism_tools::objects;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,9 @@ enum Cmd {
         /// This node's name in the configuration.
         #[arg(long)]
         name: String,
+        /// How sockets are moved: the module, TCP_REPAIR, or the module when loaded.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
         /// Inject a fault (tests only).
         #[arg(long, hide = true)]
         fault: Option<Fault>,
@@ -41,12 +44,17 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { config, name, fault } => Cluster::load(&config).and_then(|c| {
+        Cmd::Run {
+            config,
+            name,
+            backend,
+            fault,
+        } => Cluster::load(&config).and_then(|c| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| format!("tokio: {e}"))?
-                .block_on(node::run(c, &name, fault))
+                .block_on(node::run(c, &name, fault, backend))
         }),
         Cmd::Digest { config, keys } => Cluster::load(&config).and_then(|c| {
             let ring =

@@ -7,7 +7,7 @@
 //! past it, so exactly one of them ends up with the socket: the owner, or the sender,
 //! which imports its copy of the state back and answers 503 itself.
 
-use super::{netlink, serve, steer_here, Conn, Fault, Node, STEER_WAIT};
+use super::{serve, steer_here, with_backend, Conn, Fault, Node, STEER_WAIT};
 use crate::steer_proto::{self, Request};
 use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
 use prism_sock::{EventKind, Handoff, ImportOptions, MAX_FRAME};
@@ -113,11 +113,12 @@ impl Peer {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         link.waiting.lock().expect("not poisoned").insert(id, tx);
-        let mut body = Vec::with_capacity(20 + handoff.state.as_bytes().len() + handoff.request.len());
+        let handoff = handoff.to_bytes();
+        let mut body = Vec::with_capacity(20 + handoff.len());
         body.extend_from_slice(&id.to_be_bytes());
         body.extend_from_slice(&(now_ms() + BUDGET.as_millis() as u64).to_be_bytes());
         body.extend_from_slice(&hops.to_be_bytes());
-        body.extend_from_slice(&handoff.to_bytes());
+        body.extend_from_slice(&handoff);
         let frame = steer_proto::sign(secret, CONTEXT, &body);
         if let Err(e) = write_frame(&mut *link.writer.lock().await, &frame).await {
             link.alive.store(false, Ordering::Release);
@@ -167,7 +168,7 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
             return None;
         }
     };
-    let (std_stream, exported) = netlink(move |c| {
+    let (std_stream, exported) = with_backend(node.backend, move |c| {
         let r = c.and_then(|c| c.export_detach(&std_stream));
         (std_stream, r)
     })
@@ -201,9 +202,13 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
     eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
     super::Stats::bump(&node.stats.handoffs_back);
     let Handoff { state, request } = handoff;
-    match netlink(move |c| c.and_then(|c| c.import(&state, &import_options()))).await {
-        Ok(imported) => {
-            let stream = TcpStream::from_std(std::net::TcpStream::from(imported.fd)).ok()?;
+    match with_backend(node.backend, move |c| {
+        c.and_then(|c| c.import(&state, &import_options()))
+    })
+    .await
+    {
+        Ok(fd) => {
+            let stream = TcpStream::from_std(std::net::TcpStream::from(fd)).ok()?;
             steer_here(node, flow).await;
             Some(Conn {
                 stream,
@@ -305,7 +310,10 @@ async fn take_over(
         return;
     }
     let Handoff { state, request } = handoff;
-    let imported = netlink(move |c| c.and_then(|c| c.import(&state, &import_options()))).await;
+    let imported = with_backend(node.backend, move |c| {
+        c.and_then(|c| c.import(&state, &import_options()))
+    })
+    .await;
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {
@@ -315,11 +323,14 @@ async fn take_over(
             return;
         }
     };
-    let std_stream = std::net::TcpStream::from(imported.fd);
+    let std_stream = std::net::TcpStream::from(imported);
     if !answer(&wr, id, Ok(())).await {
         // The sender cannot learn that we have it, so it will import its copy: let go
         // of ours first (nothing reached it yet: the flow is still held at l4).
-        let _ = netlink(move |c| c.and_then(|c| c.export_detach(&std_stream))).await;
+        let _ = with_backend(node.backend, move |c| {
+            c.and_then(|c| c.export_detach(&std_stream))
+        })
+        .await;
         eprintln!("{name}: hand-off {id}: sender gone before our answer; let it go");
         return;
     }

@@ -13,7 +13,7 @@ use crate::objects;
 use crate::ring::Ring;
 use crate::steer_proto::Request;
 use http::Parsed;
-use prism_sock::Client;
+use prism_sock::{Backend, Client};
 use stats::Stats;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,6 +27,17 @@ use tokio::net::{TcpListener, TcpStream};
 /// How long a node waits for prism-steerd before it gives up on a hand-off (covers a
 /// restart of the daemon).
 pub const STEER_WAIT: Duration = Duration::from_secs(10);
+
+/// How a node moves sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// The module if it is loaded, else repair.
+    Auto,
+    /// The prism_sock module.
+    Module,
+    /// TCP_REPAIR in user space (no module needed).
+    Repair,
+}
 
 /// Test-only faults a node can be started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +63,8 @@ pub struct Node {
     pub peers: Vec<handoff::Peer>,
     /// Injected fault, if any.
     pub fault: Option<Fault>,
+    /// `Module` or `Repair` (resolved at start).
+    pub backend: BackendChoice,
 }
 
 impl Node {
@@ -74,20 +87,26 @@ pub struct Conn {
 }
 
 thread_local! {
-    static NETLINK: RefCell<Option<Client>> = const { RefCell::new(None) };
+    static BACKEND: RefCell<Option<Backend>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` on the blocking pool with this thread's netlink client (or the error of
-/// opening one). `f` always runs, so it can hand back whatever it was given.
-pub async fn netlink<T: Send + 'static>(
-    f: impl FnOnce(prism_sock::Result<&Client>) -> T + Send + 'static,
+/// Runs `f` on the blocking pool with this thread's backend (a netlink client for the
+/// module, opened on first use) or the error of opening it. `f` always runs, so it can
+/// hand back whatever it was given.
+pub async fn with_backend<T: Send + 'static>(
+    choice: BackendChoice,
+    f: impl FnOnce(prism_sock::Result<&Backend>) -> T + Send + 'static,
 ) -> T {
     tokio::task::spawn_blocking(move || {
-        NETLINK.with(|slot| {
+        BACKEND.with(|slot| {
             let mut slot = slot.borrow_mut();
             if slot.is_none() {
-                match Client::connect() {
-                    Ok(c) => *slot = Some(c),
+                let made = match choice {
+                    BackendChoice::Repair => Ok(Backend::Repair),
+                    _ => Client::connect().map(Backend::Module),
+                };
+                match made {
+                    Ok(b) => *slot = Some(b),
                     Err(e) => return f(Err(e)),
                 }
             }
@@ -95,11 +114,24 @@ pub async fn netlink<T: Send + 'static>(
         })
     })
     .await
-    .expect("netlink closures do not panic")
+    .expect("backend closures do not panic")
 }
 
 /// Starts node `name` and serves until the process ends.
-pub async fn run(cluster: Cluster, name: &str, fault: Option<Fault>) -> Result<(), String> {
+pub async fn run(
+    cluster: Cluster,
+    name: &str,
+    fault: Option<Fault>,
+    backend: BackendChoice,
+) -> Result<(), String> {
+    let backend = match backend {
+        BackendChoice::Auto => match Client::connect() {
+            Ok(_) => BackendChoice::Module,
+            Err(prism_sock::Error::ModuleNotLoaded) => BackendChoice::Repair,
+            Err(e) => return Err(e.to_string()),
+        },
+        chosen => chosen,
+    };
     let me = cluster
         .nodes
         .iter()
@@ -132,8 +164,14 @@ pub async fn run(cluster: Cluster, name: &str, fault: Option<Fault>) -> Result<(
     let vip6 = bind(SocketAddr::new(cluster.vip6.into(), cluster.port)).await?;
     let control = bind(this.control_addr()).await?;
     let admin = bind(this.admin_addr()).await?;
-    let events = prism_sock::async_tokio::EventStream::open()
-        .map_err(|e| format!("cannot subscribe to prism_sock events: {e}"))?;
+    // Without the module there are no release events: the node reports its own closes.
+    let events = match backend {
+        BackendChoice::Module => Some(
+            prism_sock::async_tokio::EventStream::open()
+                .map_err(|e| format!("cannot subscribe to prism_sock events: {e}"))?,
+        ),
+        _ => None,
+    };
     let node = Arc::new(Node {
         ring,
         objects: owned,
@@ -141,6 +179,7 @@ pub async fn run(cluster: Cluster, name: &str, fault: Option<Fault>) -> Result<(
         steer,
         peers,
         fault,
+        backend,
         me,
         cluster,
     });
@@ -150,7 +189,10 @@ pub async fn run(cluster: Cluster, name: &str, fault: Option<Fault>) -> Result<(
         node.cluster.objects.count,
         node.cluster.nodes[me].control_addr()
     );
-    tokio::spawn(handoff::forward_releases(node.clone(), events));
+    eprintln!("{name}: backend {backend:?}");
+    if let Some(events) = events {
+        tokio::spawn(handoff::forward_releases(node.clone(), events));
+    }
     tokio::spawn(handoff::control_server(node.clone(), control));
     tokio::spawn(admin_server(node.clone(), admin));
     tokio::spawn(accept(node.clone(), vip6));
@@ -180,13 +222,29 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
 }
 
 /// Answers requests on `conn` until the client closes, or hands it to a key's owner.
-pub async fn serve(node: Arc<Node>, mut conn: Conn) {
+pub async fn serve(node: Arc<Node>, conn: Conn) {
+    let flow = conn.peer;
+    let handed_off = answer_requests(node.clone(), conn).await;
+    // The module reports a release when the kernel is done with the socket; with the
+    // repair backend the node reports its own close, and prism-steerd keeps the entry
+    // for max_linger_ms to cover the FIN exchange.
+    if !handed_off && node.backend == BackendChoice::Repair {
+        Stats::bump(&node.stats.releases);
+        node.steer.post(Request::Release {
+            flow,
+            linger_ms: node.cluster.steerd.max_linger_ms,
+        });
+    }
+}
+
+/// The request loop; true when the connection was handed on.
+async fn answer_requests(node: Arc<Node>, mut conn: Conn) -> bool {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let head = match http::parse(&conn.buf) {
             Parsed::Partial => {
                 match conn.stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return false,
                     Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
                 }
                 continue;
@@ -196,7 +254,7 @@ pub async fn serve(node: Arc<Node>, mut conn: Conn) {
                 let head = http::response_head(status, reason, 0, false, &served_by(&node, &conn));
                 let _ = conn.stream.write_all(&head).await;
                 let _ = conn.stream.shutdown().await;
-                return;
+                return false;
             }
             Parsed::Request(head) => head,
         };
@@ -206,24 +264,24 @@ pub async fn serve(node: Arc<Node>, mut conn: Conn) {
             .and_then(|k| objects::size_of(&node.cluster.objects, k).and_then(|_| node.ring.owner(k)));
         if let Some(owner) = owner.filter(|o| *o != node.me) {
             match handoff::hand_off(&node, conn, owner).await {
-                None => return,
+                None => return true,
                 Some(back) => {
                     conn = back;
                     Stats::bump(&node.stats.responses_503);
                     let extra = format!("{}Retry-After: 1\r\n", served_by(&node, &conn));
                     let reply = http::response_head(503, "Service Unavailable", 0, head.keep_alive, &extra);
                     if conn.stream.write_all(&reply).await.is_err() {
-                        return;
+                        return false;
                     }
                 }
             }
         } else if write_object(&node, &mut conn, &head).await.is_err() {
-            return;
+            return false;
         }
         conn.buf.drain(..head.len);
         if !head.keep_alive {
             let _ = conn.stream.shutdown().await;
-            return;
+            return false;
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod import_refusals;
 mod migration;
 mod objectstore;
 pub mod release;
+mod repair;
 
 use crate::harness::Test;
 
@@ -19,5 +20,6 @@ pub fn all() -> Vec<Test> {
     all.extend(import_refusals::tests());
     all.extend(release::tests());
     all.extend(objectstore::tests());
+    all.extend(repair::tests());
     all
 }

@@ -25,11 +25,19 @@ pub fn tests() -> Vec<Test> {
     vec![
         Test {
             name: "dsr_keepalive_owner_answers_v4",
-            run: |e, l| keepalive(e, l, false),
+            run: |e, l| keepalive(e, l, false, Backend::Module),
         },
         Test {
             name: "dsr_keepalive_owner_answers_v6",
-            run: |e, l| keepalive(e, l, true),
+            run: |e, l| keepalive(e, l, true, Backend::Module),
+        },
+        Test {
+            name: "dsr_repair_backend_keepalive_module_unloaded",
+            run: |e, l| keepalive(e, l, false, Backend::Repair),
+        },
+        Test {
+            name: "dsr_repair_backend_50_clients_module_unloaded",
+            run: repair_load,
         },
         Test {
             name: "dsr_curl_and_wrk_v4_v6",
@@ -60,6 +68,15 @@ pub fn tests() -> Vec<Test> {
 
 const NODES: [&str; 3] = ["fe", "be1", "be2"];
 
+/// How the nodes move sockets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// The module, loaded.
+    Module,
+    /// TCP_REPAIR, with the module unloaded.
+    Repair,
+}
+
 /// prism-steerd and three prism-nodes on a fresh topology; killed on drop.
 struct Stack {
     _topology: Topology,
@@ -69,11 +86,19 @@ struct Stack {
     cluster: Cluster,
     steerd: Option<Child>,
     nodes: Vec<(String, Child)>,
+    backend: Backend,
 }
 
 impl Stack {
     fn up(env: &Env, log: &mut Log, faults: &[(&str, &str)]) -> Result<Self, String> {
-        loaded(env, log)?;
+        Self::up_with(env, log, faults, Backend::Module)
+    }
+
+    fn up_with(env: &Env, log: &mut Log, faults: &[(&str, &str)], backend: Backend) -> Result<Self, String> {
+        match backend {
+            Backend::Module => drop(loaded(env, log)?),
+            Backend::Repair => crate::module::unload_if_loaded()?,
+        }
         let topology = Topology::up()?;
         let repo = env
             .module
@@ -96,6 +121,7 @@ impl Stack {
             cluster,
             steerd: None,
             nodes: Vec::new(),
+            backend,
         };
         stack.start_steerd()?;
         for node in NODES {
@@ -132,7 +158,11 @@ impl Stack {
 
     fn start_node(&mut self, name: &str, fault: Option<&str>) -> Result<(), String> {
         let config = self.config.to_string_lossy().into_owned();
-        let mut args = vec!["run", "--config", &config, "--name", name];
+        let backend = match self.backend {
+            Backend::Module => "module",
+            Backend::Repair => "repair",
+        };
+        let mut args = vec!["run", "--config", &config, "--name", name, "--backend", backend];
         if let Some(f) = fault {
             args.extend(["--fault", f]);
         }
@@ -410,8 +440,8 @@ fn connect_client(v6: bool) -> Result<TcpStream, String> {
 /// One connection, a request per key in turn: each is answered by the key's owner,
 /// the body matches, the hop count grows with every owner change, and fe's link
 /// carries no response byte of a key it does not own.
-fn keepalive(env: &Env, log: &mut Log, v6: bool) -> TestResult {
-    let stack = Stack::up(env, log, &[])?;
+fn keepalive(env: &Env, log: &mut Log, v6: bool, backend: Backend) -> TestResult {
+    let stack = Stack::up_with(env, log, &[], backend)?;
     let rsts = rsts_all()?;
     // Visit owners be1, be2, fe, be2, be1 (large objects included).
     let mut keys = Vec::new();
@@ -470,6 +500,33 @@ fn keepalive(env: &Env, log: &mut Log, v6: bool) -> TestResult {
         "prism-steerd refused something:\n{steerd}"
     );
     Ok(())
+}
+
+/// The repair backend under load, module unloaded: 50 keep-alive clients for 15 s,
+/// no failed request, no digest mismatch, no reset connection, every node serves, and
+/// the map empties (from the nodes' own close reports).
+fn repair_load(env: &Env, log: &mut Log) -> TestResult {
+    let stack = Stack::up_with(env, log, &[], Backend::Repair)?;
+    check!(!crate::module::is_loaded(), "the module is loaded");
+    let s = stack.load(log, "10.100.0.1:80", 50, 15)?;
+    check!(
+        s["failed"] == 0 && s["digest_mismatches"] == 0,
+        "failures: {s}\n{}",
+        stack.logs()
+    );
+    check!(
+        s["resets"] == 0 && s["connections"] == 50,
+        "connections broke: {s}"
+    );
+    for n in NODES {
+        check!(s["served_by"][n].as_u64() > Some(0), "{n} served nothing: {s}");
+    }
+    let fe = stack.read_log("node-fe.log");
+    check!(
+        fe.contains("backend Repair"),
+        "fe did not use the repair backend:\n{fe}"
+    );
+    stack.wait_empty(log)
 }
 
 /// curl (one connection, every key, v4 and v6) and wrk: real clients, no errors, all
