@@ -40,6 +40,9 @@ pub struct Steerd {
     /// Longest an entry is kept after its owner's release (TIME_WAIT cover).
     #[serde(default = "default_max_linger")]
     pub max_linger_ms: u64,
+    /// The node new flows (no entry) go to; the first node if unset.
+    #[serde(default)]
+    pub front: Option<String>,
 }
 
 /// One node.
@@ -111,6 +114,9 @@ impl Cluster {
         if self.objects.sizes.is_empty() || self.objects.sizes.iter().any(|s| *s > 256 << 20) {
             return Err("objects.sizes: one size at least, each at most 256 MiB".into());
         }
+        if let Some(f) = self.steerd.front.as_deref().filter(|f| self.node(f).is_none()) {
+            return Err(format!("steerd.front: no node called {f}"));
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             if !(1..=255).contains(&n.mark) {
                 return Err(format!("node {}: mark must be 1..255", n.name));
@@ -122,6 +128,15 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// The front node: where flows without an entry go.
+    pub fn front(&self) -> &Node {
+        self.steerd
+            .front
+            .as_deref()
+            .and_then(|f| self.node(f))
+            .unwrap_or(&self.nodes[0])
     }
 
     /// The node called `name`.
@@ -187,8 +202,12 @@ mod tests {
         let mut twice = c.clone();
         twice.nodes[2].mark = 2;
         assert!(twice.check().unwrap_err().contains("repeated"));
-        let mut zero = c;
+        let mut zero = c.clone();
         zero.nodes[0].mark = 0;
         assert!(zero.check().is_err());
+        assert_eq!(c.front().name, "fe");
+        let mut front = c;
+        front.steerd.front = Some("be9".into());
+        assert!(front.check().unwrap_err().contains("be9"));
     }
 }

@@ -71,7 +71,8 @@ pub fn setup(cluster: &Cluster) -> Result<Table, String> {
     Ok(table)
 }
 
-/// Mark M selects routing table 200+M, whose VIP routes lead to node M: one
+/// The VIP's default route leads to the front node, and mark M selects routing table
+/// 200+M, whose VIP routes lead to node M: one
 /// `ip -batch` per family and step (rules an earlier run left at the same priority are
 /// replaced).
 fn routes(cluster: &Cluster) -> Result<(), String> {
@@ -93,6 +94,12 @@ fn routes(cluster: &Cluster) -> Result<(), String> {
                 ),
             };
         }
+        // Flows without an entry follow the main table to the front node.
+        let front = cluster.front();
+        adds += &match family {
+            "-4" => format!("route replace {}/32 via {}\n", cluster.vip4, front.addr4),
+            _ => format!("route replace {}/128 via {}\n", cluster.vip6, front.addr6),
+        };
         // Deleting what is not there fails: -force goes on; the adds must all succeed.
         ip_batch(family, &dels, true)?;
         ip_batch(family, &adds, false)?;

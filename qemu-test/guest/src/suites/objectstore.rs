@@ -136,6 +136,9 @@ impl Stack {
             nodes: Vec::new(),
             backend,
         };
+        // Point the VIP elsewhere: prism-steerd must route new flows to the front node
+        // (fe) itself; the owner-death tests need fe to be the one handing off.
+        Topology::route_vip(log, "be2")?;
         stack.start_steerd()?;
         for node in NODES {
             let fault = faults.iter().find(|(n, _)| *n == node).map(|(_, f)| *f);
