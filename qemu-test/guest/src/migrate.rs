@@ -246,6 +246,8 @@ pub fn expect_stream(sock: &mut TcpStream, seed: u64, len: usize) -> Result<Chec
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NsCounters {
     pub out_rsts: u64,
+    /// Connections reset while ESTABLISHED or CLOSE_WAIT (Tcp EstabResets).
+    pub estab_resets: u64,
     pub tcp_inuse: u64,
 }
 
@@ -261,6 +263,9 @@ pub fn counters(ns: &str) -> Result<NsCounters, String> {
         for (n, v) in names.zip(values) {
             if n == "OutRsts" {
                 c.out_rsts = v.parse().map_err(|_| "OutRsts".to_string())?;
+            }
+            if n == "EstabResets" {
+                c.estab_resets = v.parse().map_err(|_| "EstabResets".to_string())?;
             }
         }
         let stat = std::fs::read_to_string("/proc/thread-self/net/sockstat").map_err(|e| e.to_string())?;
