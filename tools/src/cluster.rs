@@ -139,6 +139,11 @@ impl Cluster {
             .unwrap_or(&self.nodes[0])
     }
 
+    /// The consistent-hashing ring over the nodes, in configuration order.
+    pub fn ring(&self) -> crate::ring::Ring {
+        crate::ring::Ring::new(&self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>())
+    }
+
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)

@@ -35,6 +35,11 @@ pub fn content(key: &str, size: usize) -> Vec<u8> {
     out
 }
 
+/// The hex SHA-256 a body of `key` must have, or None if there is no such object.
+pub fn expected_digest(catalog: &Objects, key: &str) -> Option<String> {
+    size_of(catalog, key).map(|size| digest(&content(key, size)))
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -55,6 +60,11 @@ mod tests {
         assert_eq!(content("obj-1", 100), content("obj-1", 100));
         assert_ne!(content("obj-1", 100), content("obj-2", 100));
         assert_eq!(content("obj-1", 13).len(), 13);
+        assert_eq!(
+            expected_digest(&c, "obj-0"),
+            Some(digest(&content("obj-0", 4096)))
+        );
+        assert_eq!(expected_digest(&c, "obj-99"), None);
         assert_eq!(
             digest(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -57,8 +57,7 @@ fn main() -> ExitCode {
                 .block_on(node::run(c, &name, fault, backend))
         }),
         Cmd::Digest { config, keys } => Cluster::load(&config).and_then(|c| {
-            let ring =
-                prism_tools::ring::Ring::new(&c.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
+            let ring = c.ring();
             for key in keys {
                 let size = objects::size_of(&c.objects, &key).ok_or_else(|| format!("no object {key}"))?;
                 let owner = ring.owner(&key).map_or("?", |i| c.nodes[i].name.as_str());

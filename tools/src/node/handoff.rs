@@ -10,10 +10,11 @@
 use super::{serve, steer_here, with_backend, Conn, Fault, Node, STEER_WAIT};
 use crate::steer_proto::{self, Request};
 use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
-use prism_sock::{EventKind, Handoff, ImportOptions, MAX_FRAME};
+use prism_sock::{EventKind, Exported, Handoff, ImportOptions, MAX_FRAME};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,11 +137,13 @@ impl Peer {
     }
 }
 
-fn import_options() -> ImportOptions {
-    ImportOptions {
+/// Imports `state` on this node as a non-blocking socket (for tokio).
+async fn import_here(node: &Node, state: Exported) -> prism_sock::Result<OwnedFd> {
+    let options = ImportOptions {
         nonblock: true,
         ..ImportOptions::default()
-    }
+    };
+    with_backend(node.backend, move |b| b.and_then(|b| b.import(&state, &options))).await
 }
 
 /// Hands `conn` (whose buffer starts with the request just parsed) to node `owner`.
@@ -202,11 +205,7 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
     eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
     super::Stats::bump(&node.stats.handoffs_back);
     let Handoff { state, request } = handoff;
-    match with_backend(node.backend, move |c| {
-        c.and_then(|c| c.import(&state, &import_options()))
-    })
-    .await
-    {
+    match import_here(node, state).await {
         Ok(fd) => {
             let stream = TcpStream::from_std(std::net::TcpStream::from(fd)).ok()?;
             steer_here(node, flow).await;
@@ -310,10 +309,7 @@ async fn take_over(
         return;
     }
     let Handoff { state, request } = handoff;
-    let imported = with_backend(node.backend, move |c| {
-        c.and_then(|c| c.import(&state, &import_options()))
-    })
-    .await;
+    let imported = import_here(&node, state).await;
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {

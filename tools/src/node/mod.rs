@@ -137,7 +137,7 @@ pub async fn run(
         .iter()
         .position(|n| n.name == name)
         .ok_or_else(|| format!("no node called {name} in the configuration"))?;
-    let ring = Ring::new(&cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
+    let ring = cluster.ring();
     let mut owned = HashMap::new();
     for i in 0..cluster.objects.count {
         let key = objects::key(i);

@@ -144,12 +144,12 @@ impl Table {
                 if self.holds.remove(&flow).is_some() {
                     del_hold(&mut out, flow);
                 }
-                match self.flows.get(&flow) {
-                    Some(e) if e.mark == mark => {}
-                    Some(_) => del_flow(&mut out, flow),
-                    None => {}
-                }
-                if self.flows.get(&flow).is_none_or(|e| e.mark != mark) {
+                // A new owner: the old entry must go before the new one is added.
+                let old = self.flows.get(&flow).map(|e| e.mark);
+                if old != Some(mark) {
+                    if old.is_some() {
+                        del_flow(&mut out, flow);
+                    }
                     let (f, e) = element(flow);
                     out.push(format!("add element {TABLE} flows{f} {{ {e} : {mark} }}"));
                 }
@@ -167,51 +167,39 @@ impl Table {
                 }
             }
             Op::Expire { orphan_holds_after } => {
-                let gone: Vec<_> = self
-                    .flows
-                    .iter()
-                    .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
-                    .map(|(f, _)| *f)
-                    .collect();
-                for flow in gone {
-                    self.flows.remove(&flow);
-                    del_flow(&mut out, flow);
-                }
-                let orphans: Vec<_> = self
-                    .holds
-                    .iter()
-                    .filter(|(_, h)| h.mark.is_none() && now.duration_since(h.since) > orphan_holds_after)
-                    .map(|(f, _)| *f)
-                    .collect();
-                for flow in orphans {
-                    self.holds.remove(&flow);
-                    del_hold(&mut out, flow);
-                }
+                self.drop_flows(&mut out, |e| e.expires.is_some_and(|t| t <= now));
+                self.drop_holds(&mut out, |h| {
+                    h.mark.is_none() && now.duration_since(h.since) > orphan_holds_after
+                });
             }
             Op::DropNode { mark } => {
-                let flows: Vec<_> = self
-                    .flows
-                    .iter()
-                    .filter(|(_, e)| e.mark == mark)
-                    .map(|(f, _)| *f)
-                    .collect();
-                for flow in flows {
-                    self.flows.remove(&flow);
-                    del_flow(&mut out, flow);
-                }
-                let holds: Vec<_> = self
-                    .holds
-                    .iter()
-                    .filter(|(_, h)| h.mark == Some(mark))
-                    .map(|(f, _)| *f)
-                    .collect();
-                for flow in holds {
-                    self.holds.remove(&flow);
-                    del_hold(&mut out, flow);
-                }
+                self.drop_flows(&mut out, |e| e.mark == mark);
+                self.drop_holds(&mut out, |h| h.mark == Some(mark));
             }
         }
         out
+    }
+
+    /// Removes the entries `gone` picks, with the commands that remove them.
+    fn drop_flows(&mut self, out: &mut Vec<String>, gone: impl Fn(&Entry) -> bool) {
+        self.flows.retain(|flow, e| {
+            let drop = gone(e);
+            if drop {
+                del_flow(out, *flow);
+            }
+            !drop
+        });
+    }
+
+    /// Removes the holds `gone` picks, with the commands that remove them.
+    fn drop_holds(&mut self, out: &mut Vec<String>, gone: impl Fn(&Hold) -> bool) {
+        self.holds.retain(|flow, h| {
+            let drop = gone(h);
+            if drop {
+                del_hold(out, *flow);
+            }
+            !drop
+        });
     }
 
     /// Whether node `mark` has anything in the table.

@@ -97,6 +97,7 @@ struct Stack {
     bin: PathBuf,
     config: PathBuf,
     cluster: Cluster,
+    ring: Ring,
     steerd: Option<Child>,
     nodes: Vec<(String, Child)>,
     backend: Backend,
@@ -131,6 +132,7 @@ impl Stack {
             dir,
             bin: repo.join("target/release"),
             config,
+            ring: cluster.ring(),
             cluster,
             steerd: None,
             nodes: Vec::new(),
@@ -261,8 +263,8 @@ impl Stack {
     }
 
     fn owner(&self, key: &str) -> String {
-        let names: Vec<&str> = self.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
-        names[Ring::new(&names).owner(key).expect("three nodes")].to_string()
+        let i = self.ring.owner(key).expect("three nodes");
+        self.cluster.nodes[i].name.clone()
     }
 
     /// First catalogue key owned by `node`.
@@ -274,8 +276,7 @@ impl Stack {
     }
 
     fn digest(&self, key: &str) -> String {
-        let size = objects::size_of(&self.cluster.objects, key).expect("catalogue key");
-        objects::digest(&objects::content(key, size))
+        objects::expected_digest(&self.cluster.objects, key).expect("catalogue key")
     }
 
     /// Steering entries and holds in l4.
@@ -313,6 +314,23 @@ impl Stack {
         r
     }
 
+    /// prism-load in the client namespace, its JSON summary on stdout.
+    fn load_command(&self, target: &str, connections: usize, secs: u32) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", "client"])
+            .arg(self.bin.join("prism-load"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--target", target])
+            .args([
+                "--connections",
+                &connections.to_string(),
+                "--duration",
+                &secs.to_string(),
+            ]);
+        cmd
+    }
+
     fn load(
         &self,
         log: &mut Log,
@@ -320,17 +338,8 @@ impl Stack {
         connections: usize,
         secs: u32,
     ) -> Result<serde_json::Value, String> {
-        let config = self.config.to_string_lossy().into_owned();
-        let out = Command::new("ip")
-            .args(["netns", "exec", "client"])
-            .arg(self.bin.join("prism-load"))
-            .args(["--config", &config, "--target", target])
-            .args([
-                "--connections",
-                &connections.to_string(),
-                "--duration",
-                &secs.to_string(),
-            ])
+        let out = self
+            .load_command(target, connections, secs)
             .output()
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -671,20 +680,8 @@ fn owner_dies(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
 /// kept, the nodes' queued requests are applied, and no request fails.
 fn steerd_restart(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
     let mut stack = Stack::up_with(env, log, &[], backend)?;
-    let config = stack.config.to_string_lossy().into_owned();
-    let load = Command::new("ip")
-        .args(["netns", "exec", "client"])
-        .arg(stack.bin.join("prism-load"))
-        .args([
-            "--config",
-            &config,
-            "--target",
-            "10.100.0.1:80",
-            "--connections",
-            "20",
-            "--duration",
-            "12",
-        ])
+    let load = stack
+        .load_command("10.100.0.1:80", 20, 12)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
