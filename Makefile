@@ -3,7 +3,7 @@ KDIR ?= $(shell KERNEL_FLAVOR=$(KERNEL_FLAVOR) qemu-test/build-kernel.sh)
 KERNEL_FLAVOR ?= default
 export KERNEL_FLAVOR
 
-.PHONY: setup kernel module tools test test-host test-guest demo lint clean
+.PHONY: setup kernel module tools test test-host test-guest demo bench lint clean
 
 setup:
 	@scripts/setup.sh
@@ -34,6 +34,9 @@ test: lint test-host test-guest
 
 demo: module tools
 	qemu-test/run-guest.sh demo
+
+bench: module tools
+	qemu-test/run-guest.sh bench
 
 clean:
 	-[ -d "$(KDIR)" ] && $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean

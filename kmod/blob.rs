@@ -406,10 +406,13 @@ impl<'a> Blob<'a> {
             c_str!("max-window must be at least snd-wnd"),
             at.nla(a::MAX_WINDOW),
         )?;
+        // Not `65535 << rcv_wscale`: tcp_select_window() stores the window it chose
+        // before clamping what it advertises to the scale, so a live socket (one with
+        // SO_RCVBUF set, say) can hold more than its scale expresses.
         check(
-            u64::from(rcv_wnd) <= 65535u64 << rcv_wscale,
+            u64::from(rcv_wnd) <= 65535u64 << MAX_WSCALE,
             einval,
-            c_str!("rcv-wnd exceeds what our window scale can express"),
+            c_str!("rcv-wnd exceeds the largest TCP window"),
             at.nla(a::RCV_WND),
         )?;
         check(

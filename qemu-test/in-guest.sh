@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs inside the guest (virtme-ng): MODE is `suite` or `demo`. Results, logs and dmesg
-# go to OUT, the folder shared with the host.
-# Arguments: MODE OUT REPO KDIR TEST_TIMEOUT [FILTER]
+# Runs inside the guest (virtme-ng): MODE is `suite`, `demo` or `bench`. Results, logs
+# and dmesg go to OUT, the folder shared with the host.
+# Arguments: MODE OUT REPO KDIR TEST_TIMEOUT [FILTER, or for bench the accelerator]
 set -uo pipefail
 mode=$1 out=$2 repo=$3 kdir=$4 test_timeout=$5 filter=${6:-}
 mkdir -p "$out"
@@ -20,6 +20,10 @@ case "$mode" in
     ;;
   demo)
     "$repo/qemu-test/demo.sh" "$repo" "$kdir"
+    rc=$?
+    ;;
+  bench)
+    "$bin/prism-guest-suite" bench "${env_args[@]}" --out "$out" --accel "${filter:-tcg}"
     rc=$?
     ;;
 esac

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Boots the test kernel under virtme-ng and runs MODE (`suite` or `demo`) in it.
+# Boots the test kernel under virtme-ng and runs MODE (`suite`, `demo` or `bench`) in it.
 # Prints each test's result and one line `N passed, N failed`; fails if any test
 # failed, the guest did not boot, the suite did not run, or dmesg shows a kernel splat.
-# Usage: run-guest.sh suite|demo [FILTER]
+# `bench` writes docs/benchmarks.{md,svg,json} from the guest's results.
+# Usage: run-guest.sh suite|demo|bench [FILTER]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-mode=${1:?usage: run-guest.sh suite|demo [FILTER]}
+mode=${1:?usage: run-guest.sh suite|demo|bench [FILTER]}
 filter=${2:-${PRISM_TEST_FILTER:-}}
 kdir=$("$here/build-kernel.sh") || exit 1
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
 out=$(mktemp -d /tmp/prism-guest.XXXXXX)
 # KASAN and lockdep under TCG run several times slower.
 if [[ ${KERNEL_FLAVOR:-default} == debug ]]; then test_timeout=600 timeout_s=3600; else test_timeout=180 timeout_s=1500; fi
+[[ $mode == bench ]] && timeout_s=5400
 timeout_s=${GUEST_TIMEOUT:-$timeout_s}
 
 # KVM is used only when a probe boot on this machine showed that it works; the result is
@@ -29,6 +31,7 @@ if [[ ! -f $probe ]]; then
   fi
 fi
 [[ $(cat "$probe") == kvm ]] && accel=()
+[[ $mode == bench ]] && filter=$(cat "$probe")
 echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 
 start=$SECONDS
@@ -47,6 +50,16 @@ if [[ $mode == demo ]]; then
   cat "$out/guest.log" 2>/dev/null || cat "$out/console.log"
   [[ -n $splat ]] && { echo "run-guest: kernel splat in dmesg:"; echo "$splat"; exit 1; }
   [[ -f $out/guest.rc && $(cat "$out/guest.rc") == 0 ]] || { echo "run-guest: demo failed"; exit 1; }
+  exit 0
+fi
+
+if [[ $mode == bench ]]; then
+  [[ -n $splat ]] && { echo "run-guest: kernel splat in dmesg:"; echo "$splat"; exit 1; }
+  [[ -f $out/bench.json && $(cat "$out/guest.rc" 2>/dev/null) == 0 ]] || {
+    cat "$out/guest.log" 2>/dev/null || tail -50 "$out/console.log"; echo "run-guest: bench failed"; exit 1; }
+  cat "$out/guest.log"
+  "$repo/target/release/prism-guest-suite" bench-report "$out/bench.json" --dir "$repo/docs" || exit 1
+  echo "run-guest: wrote docs/benchmarks.md, docs/benchmarks.svg, docs/benchmarks.json"
   exit 0
 fi
 

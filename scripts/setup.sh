@@ -5,7 +5,8 @@ set -euo pipefail
 
 APT_PKGS=(linux-source-6.12 clang lld llvm libclang-dev qemu-system-x86 bc flex bison
   libelf-dev libssl-dev cpio iproute2 nftables udev curl strace tcpdump python3-yaml
-  python3-jsonschema kmod xz-utils make busybox-static wrk)
+  python3-jsonschema kmod xz-utils make busybox-static wrk
+  nginx-light)
 BINDGEN_VERSION=0.69.5
 
 missing=()
@@ -16,7 +17,14 @@ if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # nginx is only run inside the guest (the benchmark's reverse proxy): keep its
+  # package from starting a service on this host.
+  guard=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [[ -n $guard ]] && rm -f /usr/sbin/policy-rc.d
 fi
 
 if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then

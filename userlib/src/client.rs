@@ -14,11 +14,11 @@ use neli::err::{Nlmsgerr, NlmsghdrErr};
 use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, NlattrBuilder, NoUserHeader};
 use neli::nl::{NlPayload, NlmsghdrBuilder};
 use neli::socket::synchronous::NlSocketHandle;
-use neli::types::{Buffer, GenlBuffer};
+use neli::types::{Buffer, GenlBuffer, NlBuffer};
 use neli::utils::Groups;
 use neli::{FromBytesWithInput, Size, ToBytes};
 use serde::Serialize;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::net::{IpAddr, TcpStream};
@@ -110,7 +110,27 @@ pub struct Client {
     seq: Cell<u32>,
     /// Request size the socket's send buffer is known to take.
     sndbuf: Cell<usize>,
+    /// Where replies are received, allocated once: neli's own receive path zero-fills
+    /// a buffer of the largest reply (1 MiB and more) for every datagram, which cost
+    /// more than the whole request.
+    replies: RefCell<Vec<u8>>,
+    /// Where export and import requests are built, kept between requests: a fresh
+    /// buffer of a large state is fresh pages (malloc maps them), and faulting them in
+    /// cost more than the kernel's work.
+    requests: RefCell<Vec<u8>>,
 }
+
+/// Appends a netlink attribute, padded to 4 bytes.
+fn put_attr(buf: &mut Vec<u8>, kind: StateAttr, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&u16::from(kind).to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(buf.len() + (4 - len % 4) % 4, 0);
+}
+
+/// Netlink message header size.
+const NLMSG_HEADER: usize = 16;
 
 fn kernel_error<T, P>(err: &Nlmsgerr<NlmsghdrErr<T, P>>) -> Error {
     let mut k = KernelError {
@@ -146,6 +166,9 @@ fn proto(e: impl std::fmt::Display) -> Error {
 /// acknowledgement, with room for skb overhead.
 const RCVBUF: usize = 4 << 20;
 
+/// The largest reply datagram: max-queue-bytes (1 MiB) of queued data plus the state.
+const MAX_REPLY: usize = (1 << 20) + (64 << 10);
+
 /// Sets a socket buffer size with `force` (allowed with CAP_NET_ADMIN), else `plain`
 /// (capped by the sysctl), for `size` bytes.
 pub(crate) fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usize) -> std::io::Result<()> {
@@ -168,6 +191,31 @@ pub(crate) fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usi
         last = std::io::Error::last_os_error();
     }
     Err(last)
+}
+
+/// Receives one netlink datagram into `buf`; its length. A datagram larger than `buf`
+/// is an error, not a silent truncation.
+pub(crate) fn recv_datagram(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length; MSG_TRUNC makes the kernel
+        // return the datagram's real length, so a truncation is seen.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a {n}-byte netlink message exceeds the {}-byte buffer", buf.len()),
+            ));
+        }
+        return Ok(n);
+    }
 }
 
 /// A generic netlink request: command `cmd` at `version`, with `(type, payload)` attributes.
@@ -211,6 +259,8 @@ impl Client {
             events_group: 0,
             seq: Cell::new(1),
             sndbuf: Cell::new(DEFAULT_SNDBUF),
+            replies: RefCell::new(vec![0; MAX_REPLY]),
+            requests: RefCell::new(Vec::new()),
         };
         let request = request(
             CtrlCmd::Getfamily,
@@ -270,21 +320,18 @@ impl Client {
             .map_err(proto)?;
         self.sock.send(&msg).map_err(netlink)?;
         let mut out = Vec::new();
+        let mut buf = self.replies.borrow_mut();
         loop {
-            let (msgs, _) = match self.sock.recv::<T, R>() {
-                Ok(r) => r,
+            let msgs = match recv_datagram(self.sock.as_raw_fd(), &mut buf) {
+                Ok(n) => NlBuffer::<T, R>::from_bytes_with_input(&mut Cursor::new(&buf[..n]), n)
+                    .map_err(netlink)?,
                 // The reply arrived whole but the acknowledgement behind it did not fit
                 // the receive buffer: the request succeeded all the same (a failed
                 // request has no reply, only the error).
-                Err(neli::err::SocketError::Io(e))
-                    if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() =>
-                {
-                    return Ok(out)
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => return Ok(out),
                 Err(e) => return Err(netlink(e)),
             };
             for m in msgs {
-                let m = m.map_err(netlink)?;
                 if *m.nl_seq() != seq {
                     continue;
                 }
@@ -373,63 +420,38 @@ impl Client {
     }
 
     fn export(&self, fd: BorrowedFd<'_>, detach: bool) -> Result<MigrationState> {
-        let raw = fd.as_raw_fd() as u32;
-        let mut attrs = vec![(StateAttr::Fd, raw.to_ne_bytes().to_vec())];
-        if detach {
-            attrs.push((StateAttr::Detach, Vec::new()));
-        }
-        let request = request(Command::SockExport, PROTO_VERSION as u8, attrs)?;
-        // The reply is taken as raw bytes so the blob is the module's own, not re-encoded.
-        let replies = self.transact::<_, _, Buffer>(self.family, request)?;
-        let reply = replies
-            .first()
-            .ok_or_else(|| proto("SOCK_EXPORT returned no reply"))?;
-        let bytes = reply.as_ref();
-        if bytes.len() < GENL_HEADER {
-            return Err(proto("SOCK_EXPORT reply shorter than its header"));
-        }
-        Ok(MigrationState::from_bytes(bytes[GENL_HEADER..].to_vec()))
+        let reply = self.state_request(Command::SockExport, |buf| {
+            put_attr(buf, StateAttr::Fd, &(fd.as_raw_fd() as u32).to_ne_bytes());
+            if detach {
+                put_attr(buf, StateAttr::Detach, &[]);
+            }
+        })?;
+        // The blob is the module's own bytes, not re-encoded.
+        Ok(MigrationState::from_bytes(reply[GENL_HEADER..].to_vec()))
     }
 
     /// Builds a live socket from `state` in this process's network namespace
     /// (`SOCK_IMPORT`) and returns it as a new fd.
     pub fn import(&self, state: &MigrationState, options: &ImportOptions) -> Result<Imported> {
-        let mut extra = Vec::new();
-        let mut push = |kind: StateAttr, payload: &[u8]| {
-            let len = 4 + payload.len();
-            extra.extend_from_slice(&(len as u16).to_ne_bytes());
-            extra.extend_from_slice(&u16::from(kind).to_ne_bytes());
-            extra.extend_from_slice(payload);
-            extra.resize(extra.len() + (4 - len % 4) % 4, 0);
-        };
-        match options.bind_addr {
-            Some(IpAddr::V4(a)) => push(StateAttr::BindAddr, &a.octets()),
-            Some(IpAddr::V6(a)) => push(StateAttr::BindAddr, &a.octets()),
-            None => {}
-        }
-        for (set, kind) in [
-            (options.freebind, StateAttr::Freebind),
-            (options.transparent, StateAttr::Transparent),
-            (options.nonblock, StateAttr::Nonblock),
-        ] {
-            if set {
-                push(kind, &[]);
-            }
-        }
         // The blob goes out byte for byte as SOCK_EXPORT produced it.
-        let mut payload = Vec::with_capacity(GENL_HEADER + state.as_bytes().len() + extra.len());
-        payload.extend_from_slice(&[u8::from(Command::SockImport), PROTO_VERSION as u8, 0, 0]);
-        payload.extend_from_slice(state.as_bytes());
-        payload.extend_from_slice(&extra);
-        self.ensure_sndbuf(payload.len() + 64)?;
-        let replies = self.transact::<_, _, Buffer>(self.family, Buffer::from(payload))?;
-        let reply = replies
-            .first()
-            .ok_or_else(|| proto("SOCK_IMPORT returned no reply"))?;
-        let bytes = reply.as_ref();
-        if bytes.len() < GENL_HEADER {
-            return Err(proto("SOCK_IMPORT reply shorter than its header"));
-        }
+        let bytes = self.state_request(Command::SockImport, |buf| {
+            buf.extend_from_slice(state.as_bytes());
+            match options.bind_addr {
+                Some(IpAddr::V4(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
+                Some(IpAddr::V6(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
+                None => {}
+            }
+            for (set, kind) in [
+                (options.freebind, StateAttr::Freebind),
+                (options.transparent, StateAttr::Transparent),
+                (options.nonblock, StateAttr::Nonblock),
+            ] {
+                if set {
+                    put_attr(buf, kind, &[]);
+                }
+            }
+        })?;
+        let bytes = &bytes[..];
         let attrs = GenlBuffer::<u16, Buffer>::from_bytes_with_input(
             &mut Cursor::new(&bytes[GENL_HEADER..]),
             bytes.len() - GENL_HEADER,
@@ -460,6 +482,82 @@ impl Client {
 
     /// A netlink request must fit the socket's send buffer whole: grow it for big
     /// blobs (SO_SNDBUFFORCE, which CAP_NET_ADMIN allows, then SO_SNDBUF).
+    /// Sends one `cmd` request whose attributes `attrs` appends, and returns the payload
+    /// (generic netlink header included) of the reply, read up to the acknowledgement.
+    /// The request is built in a buffer kept between calls and the reply received into
+    /// another, so a large state costs two copies and no fresh pages.
+    fn state_request(&self, cmd: Command, attrs: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+        let seq = self.seq.get();
+        self.seq.set(seq.wrapping_add(1));
+        let mut req = self.requests.borrow_mut();
+        req.clear();
+        req.resize(NLMSG_HEADER, 0);
+        req.extend_from_slice(&[u8::from(cmd), PROTO_VERSION as u8, 0, 0]);
+        attrs(&mut req);
+        let len = req.len();
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        req[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&self.family.to_ne_bytes());
+        req[6..8].copy_from_slice(&flags.to_ne_bytes());
+        req[8..12].copy_from_slice(&seq.to_ne_bytes());
+        self.ensure_sndbuf(len + 64)?;
+        let fd = self.sock.as_raw_fd();
+        // SAFETY: `req` is valid for reads of `len` bytes.
+        let sent = unsafe { libc::send(fd, req.as_ptr().cast(), len, 0) };
+        if sent < 0 {
+            return Err(netlink(std::io::Error::last_os_error()));
+        }
+        drop(req);
+        let mut buf = self.replies.borrow_mut();
+        let mut out: Option<Vec<u8>> = None;
+        loop {
+            let n = match recv_datagram(fd, &mut buf) {
+                Ok(n) => n,
+                // The reply arrived whole but the acknowledgement behind it did not fit
+                // the receive buffer: the request succeeded all the same (a failed
+                // request has no reply, only the error).
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && out.is_some() => break,
+                Err(e) => return Err(netlink(e)),
+            };
+            let mut off = 0;
+            while off + NLMSG_HEADER <= n {
+                let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                let mlen = word(off) as usize;
+                if mlen < NLMSG_HEADER || off + mlen > n {
+                    return Err(proto("malformed netlink message in the reply"));
+                }
+                let start = off;
+                off += (mlen + 3) & !3;
+                let kind = u16::from_ne_bytes([buf[start + 4], buf[start + 5]]);
+                let msg = &buf[start..start + mlen];
+                if word(start + 8) != seq {
+                    continue;
+                }
+                if kind == libc::NLMSG_ERROR as u16 {
+                    if mlen >= NLMSG_HEADER + 4 && word(start + NLMSG_HEADER) == 0 {
+                        return out.ok_or_else(|| proto(format!("{cmd:?} returned no reply")));
+                    }
+                    // An error: let neli read the extended acknowledgement.
+                    let parsed = NlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(msg), mlen)
+                        .map_err(netlink)?;
+                    for m in parsed {
+                        if let NlPayload::Err(e) = m.nl_payload() {
+                            return Err(kernel_error(e));
+                        }
+                    }
+                    return Err(proto("unreadable netlink error"));
+                }
+                if kind == self.family && out.is_none() {
+                    if mlen < NLMSG_HEADER + GENL_HEADER {
+                        return Err(proto(format!("{cmd:?} reply shorter than its header")));
+                    }
+                    out = Some(msg[NLMSG_HEADER..].to_vec());
+                }
+            }
+        }
+        out.ok_or_else(|| proto(format!("{cmd:?} returned no reply")))
+    }
+
     fn ensure_sndbuf(&self, need: usize) -> Result<()> {
         if need <= self.sndbuf.get() {
             return Ok(());

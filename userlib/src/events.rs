@@ -10,7 +10,9 @@ use neli::err::SocketError;
 use neli::genl::Genlmsghdr;
 use neli::nl::NlPayload;
 use neli::socket::synchronous::NlSocketHandle;
+use neli::types::NlBuffer;
 use neli::utils::Groups;
+use neli::FromBytesWithInput;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -102,7 +104,12 @@ pub struct EventListener {
     sock: NlSocketHandle,
     family: u16,
     pending: std::collections::VecDeque<Event>,
+    /// Receive buffer, allocated once (see [`crate::client`]'s).
+    buf: Vec<u8>,
 }
+
+/// The largest datagram of events taken at once.
+const EVENT_BUF: usize = 64 << 10;
 
 fn netlink(e: impl std::fmt::Display) -> Error {
     Error::Netlink(e.to_string())
@@ -150,6 +157,7 @@ impl EventListener {
             sock,
             family: client.family_id(),
             pending: Default::default(),
+            buf: vec![0; EVENT_BUF],
         })
     }
 
@@ -196,9 +204,9 @@ impl EventListener {
             return Ok(Some(e));
         }
         loop {
-            let msgs = match self.sock.recv::<u16, Genlmsghdr<u8, u16>>() {
-                Ok((msgs, _)) => msgs,
-                Err(SocketError::Io(io)) => {
+            let n = match crate::client::recv_datagram(self.sock.as_raw_fd(), &mut self.buf) {
+                Ok(n) => n,
+                Err(io) => {
                     return match io.raw_os_error() {
                         Some(libc::EAGAIN) => Ok(None),
                         Some(libc::ENOBUFS) => Err(Error::Kernel(KernelError {
@@ -209,10 +217,13 @@ impl EventListener {
                         _ => Err(netlink(io)),
                     };
                 }
-                Err(e) => return Err(netlink(e)),
             };
+            let msgs = NlBuffer::<u16, Genlmsghdr<u8, u16>>::from_bytes_with_input(
+                &mut std::io::Cursor::new(&self.buf[..n]),
+                n,
+            )
+            .map_err(netlink)?;
             for m in msgs {
-                let m = m.map_err(netlink)?;
                 if *m.nl_type() != self.family || m.nl_flags().contains(NlmF::ACK) {
                     continue;
                 }

@@ -52,16 +52,31 @@ pub struct Test {
 
 /// Per-test log, saved next to the results.
 #[derive(Default)]
-pub struct Log(String);
+pub struct Log {
+    text: String,
+    /// Also print each line as it comes (the benchmark's progress).
+    echo: bool,
+}
 
 impl Log {
+    /// A log that also prints every line to stdout.
+    pub fn echoing() -> Self {
+        Self {
+            text: String::new(),
+            echo: true,
+        }
+    }
+
     pub fn line(&mut self, s: impl AsRef<str>) {
-        self.0.push_str(s.as_ref());
-        self.0.push('\n');
+        if self.echo {
+            println!("{}", s.as_ref());
+        }
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
     }
 
     pub fn text(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 

@@ -1,11 +1,13 @@
 //! Guest-side entry point: runs the prism-sock test suite inside the test kernel, or
 //! brings the multi-host topology up for the demo.
 
+mod bench;
 mod harness;
 mod migrate;
 mod module;
 mod netlink_raw;
 mod sockopt;
+mod stack;
 mod suites;
 mod topology;
 
@@ -46,6 +48,30 @@ enum Cmd {
         #[arg(long)]
         log: PathBuf,
     },
+    /// Run the benchmarks (`make bench`); results go to OUT/bench.json.
+    Bench {
+        #[command(flatten)]
+        env: harness::Env,
+        #[arg(long)]
+        out: PathBuf,
+        /// How the guest is run: `tcg` or `kvm` (for the report).
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+        /// A short run of every part.
+        #[arg(long)]
+        smoke: bool,
+        /// Only these parts: hops, live, dsr.
+        #[arg(long, value_delimiter = ',', default_value = "hops,live,dsr")]
+        parts: Vec<String>,
+    },
+    /// Write docs/benchmarks.{md,svg,json} from a bench.json (runs on the host).
+    BenchReport {
+        /// The guest's bench.json.
+        results: PathBuf,
+        /// Where the page goes.
+        #[arg(long, default_value = "docs")]
+        dir: PathBuf,
+    },
     /// Build the topology (client, l4, fe, be1, be2) and leave it up.
     TopologyUp,
     /// Try one export and print the errno (run without CAP_NET_ADMIN by a test).
@@ -81,6 +107,32 @@ fn main() -> ExitCode {
             std::time::Duration::from_secs(test_timeout),
         ),
         Cmd::RunOne { env, name, log } => harness::run_one(&env, &name, &log),
+        Cmd::Bench {
+            env,
+            out,
+            accel,
+            smoke,
+            parts,
+        } => {
+            let opts = if smoke {
+                bench::Options::smoke()
+            } else {
+                bench::Options::full()
+            };
+            let mut log = harness::Log::echoing();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let run = bench::run_parts(&env, &mut log, &opts, &accel, &parts).and_then(|r| {
+                let json = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+                std::fs::write(out.join("bench.json"), json).map_err(|e| e.to_string())
+            });
+            probe_exit(run)
+        }
+        Cmd::BenchReport { results, dir } => probe_exit(
+            std::fs::read_to_string(&results)
+                .map_err(|e| format!("{}: {e}", results.display()))
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{}: {e}", results.display())))
+                .and_then(|r| bench::report::write(&r, &dir)),
+        ),
         Cmd::ImportProbe { file } => {
             println!("{}", suites::import_refusals::import_probe(&file));
             ExitCode::SUCCESS

@@ -198,6 +198,29 @@ impl Topology {
         in_ns(L4, move || run(fresh))?
     }
 
+    /// Makes l4 drop (`on`) or pass again the client's packets from TCP port `port`:
+    /// the flow is held while its socket is between hosts.
+    pub fn hold_flow(log: &mut Log, v6: bool, port: u16, on: bool) -> Result<(), String> {
+        let rule = if v6 {
+            "ip6 saddr fd00::2"
+        } else {
+            "ip saddr 10.0.0.2"
+        };
+        let script = if on {
+            format!("add table inet hold\nadd chain inet hold pre {{ type filter hook prerouting priority -150; }}\nadd rule inet hold pre {rule} tcp sport {port} drop\n")
+        } else {
+            "delete table inet hold\n".to_string()
+        };
+        let path = std::env::temp_dir().join(format!("hold-{}.nft", std::process::id()));
+        std::fs::write(&path, script).map_err(|e| e.to_string())?;
+        sh(
+            log,
+            "ip",
+            &["netns", "exec", "l4", "nft", "-f", &path.to_string_lossy()],
+        )
+        .map(|_| ())
+    }
+
     /// Makes l4 send VIP traffic of every flow without a more specific rule to `node`.
     pub fn route_vip(log: &mut Log, node: &str) -> Result<(), String> {
         let i = index(node);

@@ -1,8 +1,8 @@
 //! Handing a client connection to another node and taking one over.
 //!
 //! Between nodes a persistent TCP connection carries frames, each signed with the
-//! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]`
-//! followed by a [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a
+//! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]
+//! [parsed_at u64, the sender's CLOCK_MONOTONIC ns]` followed by a [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a
 //! message. The owner never imports after the deadline and the sender waits a second
 //! past it, so exactly one of them ends up with the socket: the owner, or the sender,
 //! which imports its copy of the state back and answers 503 itself.
@@ -109,16 +109,17 @@ impl Peer {
     }
 
     /// Sends `handoff` and waits for the owner's answer (or the deadline).
-    async fn send(&self, secret: &[u8], hops: u32, handoff: &Handoff) -> Result<(), String> {
+    async fn send(&self, secret: &[u8], hops: u32, parsed_at: u64, handoff: &Handoff) -> Result<(), String> {
         let link = self.link().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         link.waiting.lock().expect("not poisoned").insert(id, tx);
         let handoff = handoff.to_bytes();
-        let mut body = Vec::with_capacity(20 + handoff.len());
+        let mut body = Vec::with_capacity(28 + handoff.len());
         body.extend_from_slice(&id.to_be_bytes());
         body.extend_from_slice(&(now_ms() + BUDGET.as_millis() as u64).to_be_bytes());
         body.extend_from_slice(&hops.to_be_bytes());
+        body.extend_from_slice(&parsed_at.to_be_bytes());
         body.extend_from_slice(&handoff);
         let frame = steer_proto::sign(secret, CONTEXT, &body);
         if let Err(e) = write_frame(&mut *link.writer.lock().await, &frame).await {
@@ -146,9 +147,10 @@ async fn import_here(node: &Node, state: Exported) -> prism_sock::Result<OwnedFd
     with_backend(node.backend, move |b| b.and_then(|b| b.import(&state, &options))).await
 }
 
-/// Hands `conn` (whose buffer starts with the request just parsed) to node `owner`.
-/// Returns the connection, live again here, when that failed: the caller answers 503.
-pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn> {
+/// Hands `conn` (whose buffer starts with the request parsed at `parsed_at`) to node
+/// `owner`. Returns the connection, live again here, when that failed: the caller
+/// answers 503.
+pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64) -> Option<Conn> {
     let name = node.name();
     let flow = conn.peer;
     let owner_name = &node.cluster.nodes[owner].name;
@@ -163,6 +165,7 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
         peer,
         buf,
         hops,
+        ..
     } = conn;
     let std_stream = match stream.into_std() {
         Ok(s) => s,
@@ -190,13 +193,15 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
                 peer,
                 buf,
                 hops,
+                handed_at: None,
+                direct: false,
             });
         }
     };
     drop(std_stream);
     let handoff = Handoff { state, request: buf };
     let sent = node.peers[owner]
-        .send(node.cluster.secret.as_bytes(), hops + 1, &handoff)
+        .send(node.cluster.secret.as_bytes(), hops + 1, parsed_at, &handoff)
         .await;
     let Err(why) = sent else {
         super::Stats::bump(&node.stats.handoffs_out);
@@ -214,6 +219,8 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize) -> Option<Conn
                 peer,
                 buf: request,
                 hops,
+                handed_at: None,
+                direct: false,
             })
         }
         Err(e) => {
@@ -253,14 +260,15 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                 let parsed = body.split_first_chunk::<8>().and_then(|(id, rest)| {
                     let (deadline, rest) = rest.split_first_chunk::<8>()?;
                     let (hops, rest) = rest.split_first_chunk::<4>()?;
-                    Some((
-                        u64::from_be_bytes(*id),
-                        u64::from_be_bytes(*deadline),
-                        u32::from_be_bytes(*hops),
-                        Handoff::from_bytes(rest),
-                    ))
+                    let (parsed_at, rest) = rest.split_first_chunk::<8>()?;
+                    let timing = Timing {
+                        deadline: u64::from_be_bytes(*deadline),
+                        hops: u32::from_be_bytes(*hops),
+                        parsed_at: u64::from_be_bytes(*parsed_at),
+                    };
+                    Some((u64::from_be_bytes(*id), timing, Handoff::from_bytes(rest)))
                 });
-                let Some((id, deadline, hops, handoff)) = parsed else {
+                let Some((id, timing, handoff)) = parsed else {
                     eprintln!("{}: malformed hand-off frame from {from}; closing", node.name());
                     return;
                 };
@@ -271,7 +279,7 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                         continue;
                     }
                 };
-                tokio::spawn(take_over(node.clone(), wr.clone(), id, deadline, hops, handoff));
+                tokio::spawn(take_over(node.clone(), wr.clone(), id, timing, handoff));
             }
         });
     }
@@ -289,14 +297,28 @@ async fn answer(wr: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, result: Result
     write_frame(&mut *wr.lock().await, &body).await.is_ok()
 }
 
+/// The header of a hand-off request.
+struct Timing {
+    /// Last moment (ms since the epoch) the owner may import.
+    deadline: u64,
+    /// Hand-offs of the connection, this one included.
+    hops: u32,
+    /// When the sender parsed the request (its CLOCK_MONOTONIC ns).
+    parsed_at: u64,
+}
+
 async fn take_over(
     node: Arc<Node>,
     wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     id: u64,
-    deadline: u64,
-    hops: u32,
+    timing: Timing,
     handoff: Handoff,
 ) {
+    let Timing {
+        deadline,
+        hops,
+        parsed_at,
+    } = timing;
     let name = node.name().to_string();
     if node.fault == Some(Fault::DieOnHandoff) {
         eprintln!("{name}: fault injection: dying before the import");
@@ -341,6 +363,8 @@ async fn take_over(
         peer,
         buf: request,
         hops,
+        handed_at: Some(parsed_at),
+        direct: false,
     };
     serve(node, conn).await;
 }

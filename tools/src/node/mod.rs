@@ -84,6 +84,13 @@ pub struct Conn {
     pub buf: Vec<u8>,
     /// How many times the connection was handed off so far.
     pub hops: u32,
+    /// When the node that handed this connection here parsed the request it is for
+    /// ([`stats::mono_ns`]); taken when the first response byte is written, to time the
+    /// hand-off end to end.
+    pub handed_at: Option<u64>,
+    /// Accepted on the node's own address, not the VIP: a proxy or a client that knows
+    /// the owner. Such a flow is not steered at l4, so it is never handed off.
+    pub direct: bool,
 }
 
 thread_local! {
@@ -162,6 +169,8 @@ pub async fn run(
     };
     let vip4 = bind(SocketAddr::new(cluster.vip4.into(), cluster.port)).await?;
     let vip6 = bind(SocketAddr::new(cluster.vip6.into(), cluster.port)).await?;
+    let direct4 = bind(SocketAddr::new(this.addr4.into(), cluster.port)).await?;
+    let direct6 = bind(SocketAddr::new(this.addr6.into(), cluster.port)).await?;
     let control = bind(this.control_addr()).await?;
     let admin = bind(this.admin_addr()).await?;
     // Without the module there are no release events: the node reports its own closes.
@@ -195,12 +204,14 @@ pub async fn run(
     }
     tokio::spawn(handoff::control_server(node.clone(), control));
     tokio::spawn(admin_server(node.clone(), admin));
-    tokio::spawn(accept(node.clone(), vip6));
-    accept(node, vip4).await;
+    tokio::spawn(accept(node.clone(), direct4, true));
+    tokio::spawn(accept(node.clone(), direct6, true));
+    tokio::spawn(accept(node.clone(), vip6, false));
+    accept(node, vip4, false).await;
     Ok(())
 }
 
-async fn accept(node: Arc<Node>, listener: TcpListener) {
+async fn accept(node: Arc<Node>, listener: TcpListener, direct: bool) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -210,6 +221,8 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
                     peer,
                     buf: Vec::new(),
                     hops: 0,
+                    handed_at: None,
+                    direct,
                 };
                 tokio::spawn(serve(node.clone(), conn));
             }
@@ -224,11 +237,12 @@ async fn accept(node: Arc<Node>, listener: TcpListener) {
 /// Answers requests on `conn` until the client closes, or hands it to a key's owner.
 pub async fn serve(node: Arc<Node>, conn: Conn) {
     let flow = conn.peer;
+    let direct = conn.direct;
     let handed_off = answer_requests(node.clone(), conn).await;
     // The module reports a release when the kernel is done with the socket; with the
     // repair backend the node reports its own close, and prism-steerd keeps the entry
     // for max_linger_ms to cover the FIN exchange.
-    if !handed_off && node.backend == BackendChoice::Repair {
+    if !handed_off && node.backend == BackendChoice::Repair && !direct {
         Stats::bump(&node.stats.releases);
         node.steer.post(Request::Release {
             flow,
@@ -258,12 +272,26 @@ async fn answer_requests(node: Arc<Node>, mut conn: Conn) -> bool {
             }
             Parsed::Request(head) => head,
         };
+        let parsed_at = stats::mono_ns();
         let owner = head
             .key
             .as_deref()
             .and_then(|k| objects::size_of(&node.cluster.objects, k).and_then(|_| node.ring.owner(k)));
-        if let Some(owner) = owner.filter(|o| *o != node.me) {
-            match handoff::hand_off(&node, conn, owner).await {
+        match owner.filter(|o| *o != node.me) {
+            Some(owner) if conn.direct => {
+                // Only a VIP flow can be steered to the owner: say who it is instead.
+                Stats::bump(&node.stats.responses_4xx);
+                let extra = format!(
+                    "{}X-Owner: {}\r\n",
+                    served_by(&node, &conn),
+                    node.cluster.nodes[owner].name
+                );
+                let reply = http::response_head(421, "Misdirected Request", 0, head.keep_alive, &extra);
+                if conn.stream.write_all(&reply).await.is_err() {
+                    return false;
+                }
+            }
+            Some(owner) => match handoff::hand_off(&node, conn, owner, parsed_at).await {
                 None => return true,
                 Some(back) => {
                     conn = back;
@@ -274,9 +302,12 @@ async fn answer_requests(node: Arc<Node>, mut conn: Conn) -> bool {
                         return false;
                     }
                 }
+            },
+            None => {
+                if write_object(&node, &mut conn, &head).await.is_err() {
+                    return false;
+                }
             }
-        } else if write_object(&node, &mut conn, &head).await.is_err() {
-            return false;
         }
         conn.buf.drain(..head.len);
         if !head.keep_alive {
@@ -295,11 +326,14 @@ async fn write_object(node: &Node, conn: &mut Conn, head: &http::Head) -> std::i
     let Some((body, digest)) = object else {
         Stats::bump(&node.stats.responses_4xx);
         let reply = http::response_head(404, "Not Found", 0, head.keep_alive, &served_by(node, conn));
-        return conn.stream.write_all(&reply).await;
+        conn.stream.write_all(&reply).await?;
+        first_byte_out(node, conn);
+        return Ok(());
     };
     let extra = format!("{}X-Object-Sha256: {}\r\n", served_by(node, conn), digest);
     let reply = http::response_head(200, "OK", body.len(), head.keep_alive, &extra);
     conn.stream.write_all(&reply).await?;
+    first_byte_out(node, conn);
     if !head.head_only {
         conn.stream.write_all(body).await?;
         node.stats
@@ -308,6 +342,13 @@ async fn write_object(node: &Node, conn: &mut Conn, head: &http::Head) -> std::i
     }
     Stats::bump(&node.stats.responses_200);
     Ok(())
+}
+
+/// Ends the hand-off timer of a connection taken over, once its answer started.
+fn first_byte_out(node: &Node, conn: &mut Conn) {
+    if let Some(t) = conn.handed_at.take() {
+        node.stats.record_handoff(t);
+    }
 }
 
 async fn admin_server(node: Arc<Node>, listener: TcpListener) {
@@ -323,15 +364,23 @@ async fn admin_server(node: Arc<Node>, listener: TcpListener) {
                 }
                 match http::parse(&buf[..used]) {
                     Parsed::Partial if used < buf.len() => continue,
-                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats ") => break true,
-                    _ => break false,
+                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats ") => break Some(false),
+                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats/handoffs ") => {
+                        break Some(true)
+                    }
+                    _ => break None,
                 }
             };
-            let (status, body) = if ok {
-                let snap = node.stats.snapshot(node.name());
-                ("200 OK", serde_json::to_vec(&snap).unwrap_or_default())
-            } else {
-                ("404 Not Found", Vec::new())
+            let (status, body) = match ok {
+                Some(false) => {
+                    let snap = node.stats.snapshot(node.name());
+                    ("200 OK", serde_json::to_vec(&snap).unwrap_or_default())
+                }
+                Some(true) => (
+                    "200 OK",
+                    serde_json::to_vec(&node.stats.handoff_samples()).unwrap_or_default(),
+                ),
+                None => ("404 Not Found", Vec::new()),
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

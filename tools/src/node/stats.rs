@@ -2,6 +2,22 @@
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Hand-off times kept for `/stats/handoffs`; later ones are counted but not kept.
+const MAX_SAMPLES: usize = 1 << 20;
+
+/// CLOCK_MONOTONIC in ns: one clock for every node of one host (the guest's nodes are
+/// network namespaces of one kernel), so a sender's stamp can be read by the owner.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// What a node did since it started.
 #[derive(Debug, Default)]
@@ -24,6 +40,9 @@ pub struct Stats {
     pub handoffs_refused: AtomicU64,
     /// SOCK_RELEASED events passed on to prism-steerd.
     pub releases: AtomicU64,
+    /// Hand-offs taken over here: µs from the sender's parsed request to this node's
+    /// first response byte.
+    pub handoff_us: Mutex<Vec<u32>>,
 }
 
 /// A copy of [`Stats`] for printing. `relayed_bytes` is what this node forwarded on
@@ -42,6 +61,9 @@ pub struct Snapshot {
     pub handoffs_back: u64,
     pub handoffs_refused: u64,
     pub releases: u64,
+    pub handoffs_timed: u64,
+    pub handoff_p50_us: u32,
+    pub handoff_p99_us: u32,
 }
 
 impl Stats {
@@ -50,9 +72,30 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a hand-off that started at `parsed_at` ([`mono_ns`]) and answered now.
+    pub fn record_handoff(&self, parsed_at: u64) {
+        let us = mono_ns().saturating_sub(parsed_at) / 1000;
+        let mut v = self.handoff_us.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < MAX_SAMPLES {
+            v.push(us.min(u64::from(u32::MAX)) as u32);
+        }
+    }
+
+    /// Every hand-off time kept, in µs, in arrival order.
+    pub fn handoff_samples(&self) -> Vec<u32> {
+        self.handoff_us.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self, node: &str) -> Snapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut times = self.handoff_samples();
+        times.sort_unstable();
+        let pct = |p: usize| {
+            times
+                .get((times.len() * p / 100).min(times.len().saturating_sub(1)))
+                .copied()
+        };
         Snapshot {
             node: node.to_string(),
             responses_200: r(&self.responses_200),
@@ -65,6 +108,9 @@ impl Stats {
             handoffs_back: r(&self.handoffs_back),
             handoffs_refused: r(&self.handoffs_refused),
             releases: r(&self.releases),
+            handoffs_timed: times.len() as u64,
+            handoff_p50_us: pct(50).unwrap_or(0),
+            handoff_p99_us: pct(99).unwrap_or(0),
         }
     }
 }

@@ -109,7 +109,7 @@ pub(super) fn connect_via_topology(
 }
 
 /// A sockaddr for `libc::connect`: bytes and length.
-pub(super) fn sockaddr_bytes(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
+pub fn sockaddr_bytes(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
     match a {
         SocketAddr::V4(a) => {
             // SAFETY: zeroed sockaddr_in is valid.

@@ -1,6 +1,7 @@
 //! All guest tests, in the order they run.
 
-mod common;
+mod bench_smoke;
+pub mod common;
 pub mod export;
 mod foundation;
 pub mod hops;
@@ -21,5 +22,6 @@ pub fn all() -> Vec<Test> {
     all.extend(release::tests());
     all.extend(objectstore::tests());
     all.extend(repair::tests());
+    all.extend(bench_smoke::tests());
     all
 }

@@ -5,7 +5,7 @@
 
 use super::export::{connect_via_topology, write_until_window_closes};
 use crate::check;
-use crate::harness::{sh, Env, Log, Test, TestResult};
+use crate::harness::{Env, Log, Test, TestResult};
 use crate::migrate::{expect_stream, pattern_at, rsts_all, send_stream};
 use crate::module;
 use crate::topology::{in_ns, Topology};
@@ -26,27 +26,6 @@ pub fn tests() -> Vec<Test> {
             run: |e, l| migrate(e, l, true, true),
         },
     ]
-}
-
-fn hold(log: &mut Log, v6: bool, port: u16, on: bool) -> TestResult {
-    let rule = if v6 {
-        "ip6 saddr fd00::2"
-    } else {
-        "ip saddr 10.0.0.2"
-    };
-    let script = if on {
-        format!("add table inet hold\nadd chain inet hold pre {{ type filter hook prerouting priority -150; }}\nadd rule inet hold pre {rule} tcp sport {port} drop\n")
-    } else {
-        "delete table inet hold\n".to_string()
-    };
-    let path = std::env::temp_dir().join(format!("hold-{}.nft", std::process::id()));
-    std::fs::write(&path, script).map_err(|e| e.to_string())?;
-    sh(
-        log,
-        "ip",
-        &["netns", "exec", "l4", "nft", "-f", &path.to_string_lossy()],
-    )
-    .map(|_| ())
 }
 
 /// `unacked`: the server's data is sent while l4 drops the client's ACKs, so the send
@@ -71,14 +50,14 @@ fn migrate(_env: &Env, log: &mut Log, v6: bool, unacked: bool) -> TestResult {
     let client_port = client.local_addr().map_err(|e| e.to_string())?.port();
     let data = pattern_at(2, 0, 400_000);
     let written = if unacked {
-        hold(log, v6, client_port, true)?;
+        Topology::hold_flow(log, v6, client_port, true)?;
         server.write_all(&data[..30_000]).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(300));
         30_000
     } else {
         // The client does not read: the window closes and the rest stays unsent.
         let n = write_until_window_closes(&mut server, &data)?;
-        hold(log, v6, client_port, true)?;
+        Topology::hold_flow(log, v6, client_port, true)?;
         n
     };
     log.line(format!("server queued {written} bytes"));
@@ -124,7 +103,7 @@ fn migrate(_env: &Env, log: &mut Log, v6: bool, unacked: bool) -> TestResult {
         let fd = repair::import(&state, &ImportOptions::default()).map_err(|e| format!("import: {e}"))?;
         Ok(TcpStream::from(fd))
     })??;
-    hold(log, v6, client_port, false)?;
+    Topology::hold_flow(log, v6, client_port, false)?;
     let mut got = vec![0u8; request.len()];
     moved
         .read_exact(&mut got)

@@ -1,0 +1,399 @@
+//! L7 direct server return against a real proxy: the same objects fetched through the
+//! VIP by wrk (keep-alive) from (a) nginx on the front node proxying to the owner,
+//! (b) prism-node handing each connection to the owner, (c) the owners directly. The
+//! front node runs on one CPU. Also the end-to-end hand-off time the owners record.
+
+use super::results::{Dist, DsrCase, HandoffCase};
+use crate::harness::{sh, Env, Log};
+use crate::stack::{self, Backend, Setup, Stack};
+use prism_tools::objects;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The CPU the front node's processes are confined to.
+const FRONT_CPU: u32 = 0;
+/// nginx's port on the VIP (prism-node has 80 there).
+const NGINX_PORT: u16 = 8080;
+/// Objects of the benchmark's catalogue: `COUNT` keys cycling through the sizes.
+const COUNT: u32 = 32;
+
+/// How long and how wide the load runs are.
+pub struct Load {
+    pub sizes: Vec<usize>,
+    pub connections: usize,
+    pub secs: u32,
+}
+
+/// Keys of `size` owned by be1 and be2, interleaved so that on one connection the
+/// owner changes with every request.
+fn keys_of(stack: &Stack, size: usize) -> Result<(Vec<String>, Vec<String>), String> {
+    let (mut be1, mut be2) = (Vec::new(), Vec::new());
+    for key in (0..COUNT).map(objects::key) {
+        if objects::size_of(&stack.cluster.objects, &key) != Some(size) {
+            continue;
+        }
+        match stack.owner(&key).as_str() {
+            "be1" => be1.push(key),
+            "be2" => be2.push(key),
+            _ => {}
+        }
+    }
+    if be1.is_empty() || be2.is_empty() {
+        return Err(format!("no {size} B key for be1 or be2 in the catalogue"));
+    }
+    Ok((be1, be2))
+}
+
+fn interleave(a: &[String], b: &[String]) -> Vec<String> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .flat_map(|i| [a.get(i % a.len()), b.get(i % b.len())])
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// A wrk script that cycles through `keys` and prints its summary as one JSON line.
+fn wrk_script(stack: &Stack, name: &str, keys: &[String]) -> Result<String, String> {
+    let paths: Vec<String> = keys.iter().map(|k| format!("\"/objects/{k}\"")).collect();
+    let lua = format!(
+        r#"local paths = {{{}}}
+local i = 0
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+done = function(s, latency, requests)
+  local e = s.errors
+  io.write(string.format("WRKJSON {{\"requests\":%.0f,\"bytes\":%.0f,\"us\":%.0f,\"errors\":%.0f}}\n",
+    s.requests, s.bytes, s.duration, e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#,
+        paths.join(", ")
+    );
+    let path = stack.dir.join(format!("{name}.lua"));
+    std::fs::write(&path, lua).map_err(|e| e.to_string())?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// What one wrk run reported.
+#[derive(Default, Clone, Copy)]
+struct Wrk {
+    requests: u64,
+    bytes: u64,
+    secs: f64,
+    errors: u64,
+}
+
+fn spawn_wrk(script: &str, url: &str, connections: usize, secs: u32) -> Result<Child, String> {
+    Command::new("ip")
+        .args(["netns", "exec", "client", "wrk", "-t1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .args(["--timeout", "30s", "-s", script, url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("wrk: {e}"))
+}
+
+fn wrk_result(child: Child) -> Result<Wrk, String> {
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("WRKJSON "))
+        .ok_or_else(|| {
+            format!(
+                "wrk printed no summary: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok(Wrk {
+        requests: n("requests") as u64,
+        bytes: n("bytes") as u64,
+        secs: n("us") / 1e6,
+        errors: n("errors") as u64,
+    })
+}
+
+/// CPU seconds the front node's processes used so far.
+fn fe_cpu_secs() -> Result<f64, String> {
+    let pids = sh(&mut Log::default(), "ip", &["netns", "pids", "fe"])?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0u64;
+    for pid in pids.split_whitespace() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces): utime and stime are the
+        // 12th and 13th of them.
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(ticks as f64 / hz)
+}
+
+fn fe_tx_bytes() -> Result<u64, String> {
+    let out = sh(
+        &mut Log::default(),
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "fe",
+            "cat",
+            "/sys/class/net/eth0/statistics/tx_bytes",
+        ],
+    )?;
+    out.trim().parse().map_err(|e| format!("tx_bytes: {e}"))
+}
+
+/// Runs the `(script, url, connections)` loads at once and measures the front node.
+fn measure(
+    log: &mut Log,
+    mode: &str,
+    size: usize,
+    runs: &[(String, String, usize)],
+    secs: u32,
+) -> Result<DsrCase, String> {
+    let (cpu0, tx0) = (fe_cpu_secs()?, fe_tx_bytes()?);
+    let children: Vec<Child> = runs
+        .iter()
+        .map(|(script, url, c)| spawn_wrk(script, url, *c, secs))
+        .collect::<Result<_, _>>()?;
+    let mut total = Wrk::default();
+    for c in children {
+        let w = wrk_result(c)?;
+        total.requests += w.requests;
+        total.bytes += w.bytes;
+        total.errors += w.errors;
+        total.secs = total.secs.max(w.secs);
+    }
+    let (cpu1, tx1) = (fe_cpu_secs()?, fe_tx_bytes()?);
+    let per = |x: f64| {
+        if total.requests > 0 {
+            x / total.requests as f64
+        } else {
+            0.0
+        }
+    };
+    let case = DsrCase {
+        mode: mode.into(),
+        object_size: size,
+        connections: runs.iter().map(|r| r.2).sum(),
+        secs: total.secs,
+        requests: total.requests,
+        errors: total.errors,
+        req_per_s: total.requests as f64 / total.secs.max(1e-9),
+        gbit_per_s: total.bytes as f64 * 8.0 / total.secs.max(1e-9) / 1e9,
+        fe_cpu_ms_per_request: per((cpu1 - cpu0) * 1e3),
+        fe_tx_bytes_per_request: per((tx1 - tx0) as f64),
+    };
+    log.line(format!(
+        "{mode:6} {size:>9} B: {} requests in {:.1} s ({} errors): {:.1} req/s, {:.4} Gbit/s; front node {:.2} ms CPU and {:.0} B sent per request",
+        case.requests, case.secs, case.errors, case.req_per_s, case.gbit_per_s, case.fe_cpu_ms_per_request, case.fe_tx_bytes_per_request
+    ));
+    if case.requests == 0 || case.errors > 0 {
+        return Err(format!(
+            "{mode} {size} B: {} requests, {} errors",
+            case.requests, case.errors
+        ));
+    }
+    Ok(case)
+}
+
+/// nginx on fe (one worker, on the front CPU) proxying each key to its owner over
+/// keep-alive upstream connections.
+fn start_nginx(stack: &Stack, keys: &[String]) -> Result<Child, String> {
+    let dir = stack.dir.join("nginx");
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
+    let mut map = String::new();
+    for k in keys {
+        map += &format!("        /objects/{k} {};\n", stack.owner(k));
+    }
+    let upstream = |name: &str| -> Result<String, String> {
+        let n = stack.cluster.node(name).ok_or("no such node")?;
+        Ok(format!(
+            "    upstream {name} {{ server {}:{}; keepalive 64; keepalive_requests 1000000; }}\n",
+            n.addr4, stack.cluster.port
+        ))
+    };
+    let conf = format!(
+        r#"user root;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    proxy_max_temp_file_size 0;
+{}{}    map $uri $owner {{
+        default be1;
+{map}    }}
+    server {{
+        listen {}:{NGINX_PORT} reuseport;
+        location /objects/ {{
+            proxy_pass http://$owner;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#,
+        upstream("be1")?,
+        upstream("be2")?,
+        stack.cluster.vip4,
+        dir = dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    let child = stack.spawn_on(
+        "fe",
+        Some(FRONT_CPU),
+        std::path::Path::new("/usr/sbin/nginx"),
+        &["-p", &dir.to_string_lossy(), "-c", &path.to_string_lossy()],
+        "nginx.log",
+    )?;
+    let want = format!("{}:{NGINX_PORT} ", stack.cluster.vip4);
+    stack::wait("nginx to listen", Duration::from_secs(20), || {
+        stack::listening("fe", &want)
+    })?;
+    Ok(child)
+}
+
+/// Hand-off times the owners recorded since `before` (their sample counts).
+fn handoff_samples(stack: &Stack, before: &mut [usize; 2]) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for (i, node) in ["be1", "be2"].iter().enumerate() {
+        let body = stack.admin(node, "/stats/handoffs")?;
+        let all: Vec<u32> =
+            serde_json::from_str(&body).map_err(|e| format!("{node} /stats/handoffs: {e}"))?;
+        out.extend(all.iter().skip(before[i]).map(|&us| f64::from(us)));
+        before[i] = all.len();
+    }
+    Ok(out)
+}
+
+/// All three modes for every size with the module; then prism again with the repair
+/// backend for the end-to-end hand-off time.
+pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<HandoffCase>), String> {
+    let sizes = [4096, 65536, 1 << 20, 16 << 20];
+    let mut cases = Vec::new();
+    let mut handoff = Vec::new();
+    {
+        let stack = Stack::start(
+            env,
+            log,
+            &Setup {
+                objects: Some((COUNT, &sizes)),
+                front_cpu: Some(FRONT_CPU),
+                ..Setup::default()
+            },
+        )?;
+        let all: Vec<String> = (0..COUNT).map(objects::key).collect();
+        let mut nginx = start_nginx(&stack, &all)?;
+        let mut before = [0usize; 2];
+        let result = (|| -> Result<(), String> {
+            for &size in &load.sizes {
+                let (be1, be2) = keys_of(&stack, size)?;
+                let both = wrk_script(&stack, &format!("mixed-{size}"), &interleave(&be1, &be2))?;
+                let only1 = wrk_script(&stack, &format!("be1-{size}"), &be1)?;
+                let only2 = wrk_script(&stack, &format!("be2-{size}"), &be2)?;
+                let vip = stack.cluster.vip4;
+                let c = load.connections;
+                cases.push(measure(
+                    log,
+                    "nginx",
+                    size,
+                    &[(both.clone(), format!("http://{vip}:{NGINX_PORT}/"), c)],
+                    load.secs,
+                )?);
+                cases.push(measure(
+                    log,
+                    "prism",
+                    size,
+                    &[(both, format!("http://{vip}/"), c)],
+                    load.secs,
+                )?);
+                let latency = Dist::of(handoff_samples(&stack, &mut before)?);
+                log.line(format!(
+                    "hand-off, module, {size} B: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}",
+                    latency.median_us, latency.p99_us, latency.n
+                ));
+                handoff.push(HandoffCase {
+                    backend: "module".into(),
+                    object_size: size,
+                    latency,
+                });
+                let direct = |node: &str| -> Result<String, String> {
+                    let n = stack.cluster.node(node).ok_or("no such node")?;
+                    Ok(format!("http://{}/", n.addr4))
+                };
+                cases.push(measure(
+                    log,
+                    "direct",
+                    size,
+                    &[
+                        (only1, direct("be1")?, c.div_ceil(2)),
+                        (only2, direct("be2")?, c / 2),
+                    ],
+                    load.secs,
+                )?);
+            }
+            Ok(())
+        })();
+        let _ = nginx.kill();
+        let _ = nginx.wait();
+        if result.is_err() {
+            log.line(stack.logs());
+            log.line(std::fs::read_to_string(stack.dir.join("nginx/logs/error.log")).unwrap_or_default());
+        }
+        result?;
+    }
+    // The repair backend runs with the module unloaded; the module is loaded again
+    // by whatever needs it next.
+    let size = load.sizes[0];
+    let stack = Stack::start(
+        env,
+        log,
+        &Setup {
+            backend: Backend::Repair,
+            objects: Some((COUNT, &sizes)),
+            front_cpu: Some(FRONT_CPU),
+            ..Setup::default()
+        },
+    )?;
+    let (be1, be2) = keys_of(&stack, size)?;
+    let both = wrk_script(&stack, "repair", &interleave(&be1, &be2))?;
+    let mut before = [0usize; 2];
+    let vip = stack.cluster.vip4;
+    measure(
+        log,
+        "prism",
+        size,
+        &[(both, format!("http://{vip}/"), load.connections)],
+        load.secs,
+    )
+    .inspect_err(|_| log.line(stack.logs()))?;
+    let latency = Dist::of(handoff_samples(&stack, &mut before)?);
+    log.line(format!(
+        "hand-off, repair, {size} B: median {:.0} us, p99 {:.0} us over {}",
+        latency.median_us, latency.p99_us, latency.n
+    ));
+    handoff.push(HandoffCase {
+        backend: "repair".into(),
+        object_size: size,
+        latency,
+    });
+    Ok((cases, handoff))
+}

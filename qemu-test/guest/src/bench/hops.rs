@@ -1,0 +1,571 @@
+//! What one hop costs: a connection moved back and forth between fe and be1, export on
+//! one and import on the other, by the module, by user-space TCP_REPAIR, and as the
+//! floor a GET_INFO round trip on each side. The client's packets are held at l4 the
+//! whole time, so the queues stay as set up; afterwards the flow is steered to the last
+//! owner and every queued byte is checked both ways.
+
+use super::results::{Dist, HopCase, LiveCase};
+use super::syscalls::SyscallCounter;
+use crate::harness::Log;
+use crate::migrate::{expect_stream, send_stream};
+use crate::sockopt::{self, set_int};
+use crate::topology::{self, in_ns, Topology};
+use prism_sock::{Backend, Client, Exported, ImportOptions};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+/// How a hop is made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mech {
+    Module,
+    Repair,
+    /// No move at all: one GET_INFO on each side.
+    GetInfo,
+}
+
+impl Mech {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mech::Module => "module",
+            Mech::Repair => "repair",
+            Mech::GetInfo => "getinfo",
+        }
+    }
+}
+
+/// The VIP port the benchmark's connections are made to.
+const PORT: u16 = 8800;
+/// Socket buffers big enough for the largest queue (set on the listener, inherited).
+const BUF: i32 = 4 << 20;
+
+enum Job {
+    Export(OwnedFd),
+    Import(Exported),
+    Info,
+    /// Count this worker's system calls from now on (or stop).
+    Count(bool),
+}
+
+enum Outcome {
+    Exported(Exported),
+    Imported(OwnedFd),
+    Done,
+}
+
+type Reply = Result<(Outcome, Duration, Option<u64>), String>;
+
+/// A thread in one node's namespace that exports and imports on request, so each side
+/// runs with its own netlink socket, namespace and system-call counter.
+struct Worker {
+    jobs: Sender<Job>,
+    done: Receiver<Reply>,
+}
+
+fn measure<T>(
+    counter: Option<&SyscallCounter>,
+    f: impl FnOnce() -> T,
+) -> Result<(T, Duration, Option<u64>), String> {
+    let timed = || {
+        let t = Instant::now();
+        let r = f();
+        (r, t.elapsed())
+    };
+    match counter {
+        Some(c) => {
+            let ((r, took), n) = c.count(timed).map_err(|e| format!("syscall counter: {e}"))?;
+            Ok((r, took, Some(n)))
+        }
+        None => {
+            let (r, took) = timed();
+            Ok((r, took, None))
+        }
+    }
+}
+
+impl Worker {
+    fn start(ns: &'static str, mech: Mech) -> Result<Self, String> {
+        let (jobs, rx) = channel::<Job>();
+        let (tx, done) = channel::<Reply>();
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("{ns}: {e}"))?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = tx.send(Err(format!("setns {ns}: {}", std::io::Error::last_os_error())));
+                return;
+            }
+            let backend = match mech {
+                Mech::Repair => Ok(Backend::Repair),
+                _ => Client::connect().map(Backend::Module),
+            };
+            let backend = match backend {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{ns}: {e}")));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok((Outcome::Done, Duration::ZERO, None)));
+            let mut counter = None;
+            for job in rx {
+                let c = counter.as_ref();
+                let reply = match job {
+                    Job::Export(fd) => measure(c, || {
+                        let r = backend.export_detach(&fd);
+                        drop(fd);
+                        r
+                    })
+                    .and_then(|(r, t, n)| {
+                        Ok((
+                            Outcome::Exported(r.map_err(|e| format!("export on {ns}: {e}"))?),
+                            t,
+                            n,
+                        ))
+                    }),
+                    Job::Import(state) => measure(c, || backend.import(&state, &ImportOptions::default()))
+                        .and_then(|(r, t, n)| {
+                            Ok((
+                                Outcome::Imported(r.map_err(|e| {
+                                    format!("import on {ns}: {e}; state: {}", describe(&state))
+                                })?),
+                                t,
+                                n,
+                            ))
+                        }),
+                    Job::Info => match &backend {
+                        Backend::Module(client) => measure(c, || client.info()).and_then(|(r, t, n)| {
+                            r.map(|_| (Outcome::Done, t, n))
+                                .map_err(|e| format!("GET_INFO: {e}"))
+                        }),
+                        Backend::Repair => Err("GET_INFO needs the module".into()),
+                    },
+                    Job::Count(on) => {
+                        counter = None;
+                        if on {
+                            match SyscallCounter::for_this_thread() {
+                                Ok(c) => counter = Some(c),
+                                Err(e) => {
+                                    let _ = tx.send(Err(format!("syscall counter: {e}")));
+                                    continue;
+                                }
+                            }
+                        }
+                        Ok((Outcome::Done, Duration::ZERO, None))
+                    }
+                };
+                if tx.send(reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let w = Self { jobs, done };
+        w.recv()?;
+        Ok(w)
+    }
+
+    fn recv(&self) -> Reply {
+        self.done.recv().map_err(|_| "worker thread gone".to_string())?
+    }
+
+    fn run(&self, job: Job) -> Reply {
+        self.jobs
+            .send(job)
+            .map_err(|_| "worker thread gone".to_string())?;
+        self.recv()
+    }
+
+    fn export(&self, fd: OwnedFd) -> Result<(Exported, Duration, Option<u64>), String> {
+        match self.run(Job::Export(fd))? {
+            (Outcome::Exported(s), t, n) => Ok((s, t, n)),
+            _ => Err("export: unexpected reply".into()),
+        }
+    }
+
+    fn import(&self, state: Exported) -> Result<(OwnedFd, Duration, Option<u64>), String> {
+        match self.run(Job::Import(state))? {
+            (Outcome::Imported(fd), t, n) => Ok((fd, t, n)),
+            _ => Err("import: unexpected reply".into()),
+        }
+    }
+}
+
+/// fe and be1 workers and the VIP listener in fe.
+pub struct Bench {
+    fe: Worker,
+    be: Worker,
+    listener: TcpListener,
+}
+
+/// Client port of the next probe connection: below the ephemeral range, so the many
+/// connections of the live-socket run never take a port that l4 has a rule for.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
+
+/// A connection whose server side is on fe, with queues set up.
+struct Probe {
+    client: TcpStream,
+    server: OwnedFd,
+    port: u16,
+    queued: usize,
+}
+
+impl Bench {
+    pub fn new(mech: Mech) -> Result<Self, String> {
+        // SO_RCVBUF/SO_SNDBUF are capped at these (global) limits.
+        for knob in ["rmem_max", "wmem_max"] {
+            let path = format!("/proc/sys/net/core/{knob}");
+            std::fs::write(&path, (2 * BUF).to_string()).map_err(|e| format!("{path}: {e}"))?;
+        }
+        let at = SocketAddr::new(topology::vip(false), PORT);
+        let listener = in_ns("fe", move || -> std::io::Result<TcpListener> {
+            let l = TcpListener::bind(at)?;
+            set_int(l.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, BUF)?;
+            set_int(l.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, BUF)?;
+            Ok(l)
+        })?
+        .map_err(|e| format!("listen on {at}: {e}"))?;
+        Ok(Self {
+            fe: Worker::start("fe", mech)?,
+            be: Worker::start("be1", mech)?,
+            listener,
+        })
+    }
+
+    /// Connections from the client to the VIP (fe), from `port` if given.
+    fn connect(&self, count: usize, port: Option<u16>) -> Result<Vec<(TcpStream, TcpStream)>, String> {
+        let vip = SocketAddr::new(topology::vip(false), PORT);
+        let client = topology::addr("client", false);
+        let clients = in_ns("client", move || -> std::io::Result<Vec<TcpStream>> {
+            (0..count)
+                .map(|_| {
+                    // SAFETY: plain socket creation; ownership passes to OwnedFd.
+                    let fd =
+                        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // SAFETY: a fresh fd we own.
+                    let s = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    if let Some(p) = port {
+                        set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+                        let sa = crate::suites::export::sockaddr_bytes(SocketAddr::new(client, p));
+                        // SAFETY: valid address buffer and length.
+                        if unsafe { libc::bind(s.as_raw_fd(), sa.0.as_ptr().cast(), sa.1) } != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    let sa = crate::suites::export::sockaddr_bytes(vip);
+                    // SAFETY: valid address buffer and length.
+                    if unsafe { libc::connect(s.as_raw_fd(), sa.0.as_ptr().cast(), sa.1) } != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(TcpStream::from(s))
+                })
+                .collect()
+        })?
+        .map_err(|e| format!("connect to {vip}: {e}"))?;
+        clients
+            .into_iter()
+            .map(|c| {
+                let (s, _) = self.listener.accept().map_err(|e| format!("accept: {e}"))?;
+                Ok((c, s))
+            })
+            .collect()
+    }
+
+    /// A held connection with `queued` bytes unread on fe and `queued` bytes fe sent
+    /// that the client has not acknowledged.
+    fn probe(&mut self, log: &mut Log, queued: usize) -> Result<Probe, String> {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let (mut client, mut server) = self.connect(1, Some(port))?.pop().ok_or("no connection")?;
+        send_stream(&mut client, 1, queued)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (sockopt::queued(server.as_fd(), false) as usize) < queued {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "fe holds {} of {queued} bytes",
+                    sockopt::queued(server.as_fd(), false)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Topology::hold_flow(log, false, port, true)?;
+        send_stream(&mut server, 2, queued)?;
+        Ok(Probe {
+            client,
+            server: server.into(),
+            port,
+            queued,
+        })
+    }
+
+    /// Lets the flow go to `node`, which has the socket, and checks every queued byte
+    /// and a fresh exchange both ways.
+    fn finish(&mut self, log: &mut Log, probe: Probe, node: &str) -> Result<(), String> {
+        let Probe {
+            mut client,
+            server,
+            port,
+            queued,
+        } = probe;
+        Topology::steer_flow(log, false, port, node, true)?;
+        Topology::hold_flow(log, false, port, false)?;
+        let mut server = TcpStream::from(server);
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(Duration::from_secs(60)))
+                .map_err(|e| e.to_string())?;
+        }
+        expect_stream(&mut server, 1, queued)
+            .map_err(|e| format!("{node} reads the client's queued bytes: {e}"))?;
+        expect_stream(&mut client, 2, queued).map_err(|e| format!("client reads the queued bytes: {e}"))?;
+        send_stream(&mut server, 3, 1000)?;
+        expect_stream(&mut client, 3, 1000)?;
+        send_stream(&mut client, 4, 1000)?;
+        expect_stream(&mut server, 4, 1000)?;
+        log.line(format!(
+            "client port {port}: every byte arrived both ways on {node}"
+        ));
+        Ok(())
+    }
+
+    /// `hops` timed hops then `counted` hops with system calls counted.
+    pub fn case(
+        &mut self,
+        log: &mut Log,
+        mech: Mech,
+        queued: usize,
+        hops: usize,
+        counted: usize,
+    ) -> Result<HopCase, String> {
+        let mut export = Vec::with_capacity(hops);
+        let mut import = Vec::with_capacity(hops);
+        let mut hop = Vec::with_capacity(hops);
+        let mut sys_ex = Vec::new();
+        let mut sys_im = Vec::new();
+        let mut state_bytes = 0;
+        if mech == Mech::GetInfo {
+            for i in 0..hops + counted {
+                if i == hops {
+                    self.count(true)?;
+                }
+                let (_, e, ne) = self.fe.run(Job::Info)?;
+                let (_, m, nm) = self.be.run(Job::Info)?;
+                if i < hops {
+                    export.push(e);
+                    import.push(m);
+                    hop.push(e + m);
+                }
+                sys_ex.extend(ne);
+                sys_im.extend(nm);
+            }
+            self.count(false)?;
+        } else {
+            let probe = self.probe(log, queued)?;
+            let Probe {
+                client,
+                mut server,
+                port,
+                queued,
+            } = probe;
+            let mut here = "fe";
+            for i in 0..hops + counted {
+                if i == hops {
+                    self.count(true)?;
+                }
+                let (from, to, next) = if here == "fe" {
+                    (&self.fe, &self.be, "be1")
+                } else {
+                    (&self.be, &self.fe, "fe")
+                };
+                let (state, e, ne) = from.export(server)?;
+                if i == 0 {
+                    state_bytes = state.to_bytes().len();
+                }
+                let (fd, m, nm) = to.import(state)?;
+                server = fd;
+                here = next;
+                if i < hops {
+                    export.push(e);
+                    import.push(m);
+                    hop.push(e + m);
+                }
+                sys_ex.extend(ne);
+                sys_im.extend(nm);
+            }
+            self.count(false)?;
+            self.finish(
+                log,
+                Probe {
+                    client,
+                    server,
+                    port,
+                    queued,
+                },
+                here,
+            )?;
+        }
+        let span = |v: &[u64]| {
+            (
+                v.iter().copied().min().unwrap_or(0),
+                v.iter().copied().max().unwrap_or(0),
+            )
+        };
+        let case = HopCase {
+            backend: mech.name().into(),
+            queued,
+            hop: Dist::of_durations(&hop),
+            export: Dist::of_durations(&export),
+            import: Dist::of_durations(&import),
+            syscalls_export: span(&sys_ex),
+            syscalls_import: span(&sys_im),
+            state_bytes,
+        };
+        log.line(format!(
+            "{} queued {queued} x2: hop median {:.0} us p99 {:.0} us (export {:.0}, import {:.0}) over {} hops; syscalls export {:?} import {:?}; state {state_bytes} B",
+            case.backend, case.hop.median_us, case.hop.p99_us, case.export.median_us, case.import.median_us, case.hop.n, case.syscalls_export, case.syscalls_import
+        ));
+        Ok(case)
+    }
+
+    fn count(&self, on: bool) -> Result<(), String> {
+        self.fe.run(Job::Count(on))?;
+        self.be.run(Job::Count(on))?;
+        Ok(())
+    }
+
+    /// Hop cost of one probe connection with 1, 1k, 10k... sockets migrated to be1 and
+    /// alive there: the module tracks each until its release.
+    pub fn live(
+        &mut self,
+        log: &mut Log,
+        checkpoints: &[usize],
+        hops: usize,
+    ) -> Result<Vec<LiveCase>, String> {
+        raise_fd_limit(2 * checkpoints.iter().copied().max().unwrap_or(0) + 1024)?;
+        let probe = self.probe(log, 0)?;
+        let Probe {
+            client,
+            mut server,
+            port,
+            queued,
+        } = probe;
+        let mut here = "fe";
+        let mut kept: Vec<(TcpStream, OwnedFd)> = Vec::new();
+        let mut out = Vec::new();
+        let info = Client::connect().map_err(|e| e.to_string())?;
+        let tracked_before = info.info().map_err(|e| e.to_string())?.tracked as usize;
+        for &live in checkpoints {
+            while kept.len() < live {
+                let batch = (live - kept.len()).min(100);
+                for (c, s) in self.connect(batch, None)? {
+                    let (state, _, _) = self.fe.export(s.into())?;
+                    let (fd, _, _) = self.be.import(state)?;
+                    kept.push((c, fd));
+                }
+            }
+            let tracked = info.info().map_err(|e| e.to_string())?.tracked as usize;
+            // The probe itself is tracked too while it is on an importing side.
+            if tracked < tracked_before + live {
+                return Err(format!(
+                    "the module tracks {tracked} sockets, expected {live} more than {tracked_before}"
+                ));
+            }
+            let mut times = Vec::with_capacity(hops);
+            for _ in 0..hops {
+                let (from, to, next) = if here == "fe" {
+                    (&self.fe, &self.be, "be1")
+                } else {
+                    (&self.be, &self.fe, "fe")
+                };
+                let (state, e, _) = from.export(server)?;
+                let (fd, m, _) = to.import(state)?;
+                server = fd;
+                here = next;
+                times.push(e + m);
+            }
+            let case = LiveCase {
+                live,
+                hop: Dist::of_durations(&times),
+            };
+            log.line(format!(
+                "{live} live migrated sockets (module tracks {tracked}): hop median {:.0} us p99 {:.0} us",
+                case.hop.median_us, case.hop.p99_us
+            ));
+            out.push(case);
+        }
+        // Abortive closes: no FIN retransmissions left behind to slow what runs next.
+        for (c, s) in &kept {
+            linger_zero(c.as_fd());
+            linger_zero(s.as_fd());
+        }
+        drop(kept);
+        self.finish(
+            log,
+            Probe {
+                client,
+                server,
+                port,
+                queued,
+            },
+            here,
+        )?;
+        Ok(out)
+    }
+}
+
+/// The exported state's numbers, for an error message.
+fn describe(state: &Exported) -> String {
+    match state {
+        Exported::Module(m) => m.decode().map_or_else(
+            |e| e.to_string(),
+            |d| serde_json::to_string(&d).unwrap_or_default(),
+        ),
+        Exported::Repair(r) => format!(
+            "send queue {} ({} unsent), receive queue {}, wscale {:?}",
+            r.send_queue.len(),
+            r.unsent,
+            r.recv_queue.len(),
+            r.wscale
+        ),
+    }
+}
+
+fn linger_zero(fd: std::os::fd::BorrowedFd<'_>) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd, option value and length.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+}
+
+fn raise_fd_limit(want: usize) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct given.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_cur >= want as u64 {
+        return Ok(());
+    }
+    lim.rlim_cur = want as u64;
+    lim.rlim_max = lim.rlim_max.max(want as u64);
+    // SAFETY: setrlimit reads the struct given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "RLIMIT_NOFILE {want}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `make bench`: what one atomic call saves and what direct server return gives an L7
+//! load balancer, measured side by side in one guest run. Benchmarks print figures; the
+//! `bench_smoke` test runs them briefly so they keep working. `report` turns the
+//! results into docs/benchmarks.md and its plot.
+
+pub mod dsr;
+pub mod hops;
+pub mod report;
+pub mod results;
+mod syscalls;
+
+use crate::harness::{Env, Log};
+use crate::suites::common::loaded;
+use crate::topology::Topology;
+use hops::{Bench, Mech};
+use results::Results;
+
+/// How much to run.
+pub struct Options {
+    /// Timed hops of the main cases (empty queues and 64 KiB each way).
+    pub hops: usize,
+    /// Further hops with system calls counted.
+    pub counted: usize,
+    /// Timed hops of each other queue size.
+    pub sweep_hops: usize,
+    /// Bytes queued in each direction: the main cases first.
+    pub main_queues: Vec<usize>,
+    pub sweep_queues: Vec<usize>,
+    /// Live migrated sockets at which hop cost is measured, and hops at each.
+    pub live: Vec<usize>,
+    pub live_hops: usize,
+    pub load: dsr::Load,
+}
+
+impl Options {
+    /// The published run: at least 10,000 hops per main case.
+    pub fn full() -> Self {
+        Self {
+            hops: 10_000,
+            counted: 100,
+            sweep_hops: 1_000,
+            main_queues: vec![0, 64 << 10],
+            // 512 KiB each way is 1 MiB queued: the module's limit per socket.
+            sweep_queues: vec![4 << 10, 512 << 10],
+            live: vec![1, 1_000, 10_000],
+            live_hops: 1_000,
+            load: dsr::Load {
+                sizes: vec![4 << 10, 64 << 10, 1 << 20, 16 << 20],
+                connections: 8,
+                secs: 10,
+            },
+        }
+    }
+
+    /// A short run of every part, for the smoke test.
+    pub fn smoke() -> Self {
+        Self {
+            hops: 40,
+            counted: 5,
+            sweep_hops: 10,
+            main_queues: vec![0, 64 << 10],
+            sweep_queues: vec![512 << 10],
+            live: vec![1, 50],
+            live_hops: 10,
+            load: dsr::Load {
+                sizes: vec![4 << 10, 1 << 20],
+                connections: 4,
+                secs: 2,
+            },
+        }
+    }
+}
+
+/// Runs every part; figures go to `log` as they come.
+pub fn run(env: &Env, log: &mut Log, opts: &Options, accel: &str) -> Result<Results, String> {
+    run_parts(env, log, opts, accel, &["hops", "live", "dsr"])
+}
+
+/// Runs the parts named (`hops`, `live`, `dsr`).
+pub fn run_parts(
+    env: &Env,
+    log: &mut Log,
+    opts: &Options,
+    accel: &str,
+    parts: &[&str],
+) -> Result<Results, String> {
+    let mut results = Results {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_err(|e| e.to_string())?
+            .trim()
+            .to_string(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        accel: accel.to_string(),
+        ..Results::default()
+    };
+    log.line(format!(
+        "guest kernel {}, {} CPUs, {}",
+        results.kernel, results.cpus, results.accel
+    ));
+    if !crate::module::is_loaded() {
+        drop(loaded(env, log)?);
+    }
+    if parts.contains(&"hops") || parts.contains(&"live") {
+        let _topology = Topology::up()?;
+        for mech in [Mech::Module, Mech::Repair]
+            .into_iter()
+            .filter(|_| parts.contains(&"hops"))
+        {
+            let mut bench = Bench::new(mech)?;
+            for &q in &opts.main_queues {
+                results
+                    .hops
+                    .push(bench.case(log, mech, q, opts.hops, opts.counted)?);
+            }
+            for &q in &opts.sweep_queues {
+                results
+                    .hops
+                    .push(bench.case(log, mech, q, opts.sweep_hops, opts.counted)?);
+            }
+        }
+        // One Bench at a time: each listens on the same VIP port.
+        if parts.contains(&"hops") {
+            let floor = Bench::new(Mech::GetInfo)?.case(log, Mech::GetInfo, 0, opts.hops, opts.counted)?;
+            results.hops.push(floor);
+        }
+        if parts.contains(&"live") {
+            results.live = Bench::new(Mech::Module)?.live(log, &opts.live, opts.live_hops)?;
+        }
+    }
+    if parts.contains(&"dsr") {
+        let (dsr, handoff) = dsr::run(env, log, &opts.load)?;
+        results.dsr = dsr;
+        results.handoff = handoff;
+    }
+    Ok(results)
+}

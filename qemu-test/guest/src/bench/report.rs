@@ -1,0 +1,385 @@
+//! docs/benchmarks.md, docs/benchmarks.svg and docs/benchmarks.json from one run's
+//! results: tables, the ratios measured within the run, and one plot.
+
+use super::results::{DsrCase, HopCase, Results};
+use plotters::prelude::*;
+use std::fmt::Write;
+use std::path::Path;
+
+fn size(b: usize) -> String {
+    match b {
+        0 => "0".into(),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+fn hop<'a>(r: &'a Results, backend: &str, queued: usize) -> Option<&'a HopCase> {
+    r.hops.iter().find(|h| h.backend == backend && h.queued == queued)
+}
+
+fn dsr<'a>(r: &'a Results, mode: &str, size: usize) -> Option<&'a DsrCase> {
+    r.dsr.iter().find(|d| d.mode == mode && d.object_size == size)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+fn syscalls((lo, hi): (u64, u64)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+/// The queue sizes measured, in order.
+fn queues(r: &Results) -> Vec<usize> {
+    let mut q: Vec<usize> = r
+        .hops
+        .iter()
+        .filter(|h| h.backend != "getinfo")
+        .map(|h| h.queued)
+        .collect();
+    q.sort_unstable();
+    q.dedup();
+    q
+}
+
+fn sizes(r: &Results) -> Vec<usize> {
+    let mut s: Vec<usize> = r.dsr.iter().map(|d| d.object_size).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// The markdown page.
+pub fn markdown(r: &Results) -> String {
+    let mut m = String::new();
+    let w = &mut m;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Measured by `make bench` in one guest run: Linux {}, {} vCPUs, {}. {}\
+         Compare the ratios, which are measured side by side in the same run; raw figures are \
+         in [benchmarks.json](benchmarks.json), the plot is [benchmarks.svg](benchmarks.svg).\n",
+        r.kernel,
+        r.cpus,
+        if r.accel == "tcg" {
+            "emulated by QEMU TCG (no KVM on this machine)"
+        } else {
+            "QEMU with KVM"
+        },
+        if r.accel == "tcg" {
+            "Every instruction is emulated, so absolute times are many times those of real hardware. "
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(w, "![hop cost, throughput, live sockets](benchmarks.svg)\n");
+
+    let _ = writeln!(w, "## 1. Migration cost per hop\n");
+    let _ = writeln!(
+        w,
+        "One hop is an export with DETACH and close on `fe` plus an import on `be1`; the \
+         connection goes back and forth while l4 holds the client's packets, and afterwards \
+         every queued byte is checked in both directions. *queued* is the bytes in each \
+         direction: unread by the server, and sent by it but unacknowledged. System calls are \
+         counted with a perf counter on `raw_syscalls:sys_enter` for the worker thread of \
+         each side, over separate hops from the timed ones.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| backend | queued | hops | hop median | hop p99 | export median | import median | syscalls export+close | syscalls import | state |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    for h in &r.hops {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | {} | {} | {} B |",
+            h.backend,
+            size(h.queued),
+            h.hop.n,
+            h.hop.median_us,
+            h.hop.p99_us,
+            h.export.median_us,
+            h.import.median_us,
+            syscalls(h.syscalls_export),
+            syscalls(h.syscalls_import),
+            h.state_bytes
+        );
+    }
+    let med = |b: &str, q: usize| hop(r, b, q).map(|h| h.hop.median_us);
+    let p99 = |b: &str, q: usize| hop(r, b, q).map(|h| h.hop.p99_us);
+    let _ = writeln!(w, "\nRatios (median; p99 in brackets):\n");
+    for q in queues(r) {
+        let _ = writeln!(
+            w,
+            "- queued {} each way: repair / module = **{}** ({}); module / GET_INFO floor = {}",
+            size(q),
+            ratio(med("repair", q), med("module", q)),
+            ratio(p99("repair", q), p99("module", q)),
+            ratio(med("module", q), med("getinfo", 0)),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nThe floor is one GET_INFO round trip on each side: what any generic netlink call costs here.\n"
+    );
+    let _ = writeln!(w, "### End-to-end hand-off\n");
+    let _ = writeln!(
+        w,
+        "From the moment the front node has a request parsed to the moment the owner's first \
+         response byte is written, under the wrk load of part 2 (every request changes owner). \
+         Both ends read CLOCK_MONOTONIC of the one guest kernel. It includes the hold and the \
+         steer at l4 (prism-steerd), the export, the signed hand-off frame and the import.\n"
+    );
+    let _ = writeln!(w, "| backend | object | hand-offs | median | p99 |");
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for h in &r.handoff {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.0} us | {:.0} us |",
+            h.backend,
+            size(h.object_size),
+            h.latency.n,
+            h.latency.median_us,
+            h.latency.p99_us
+        );
+    }
+    let e2e = |b: &str| {
+        r.handoff
+            .iter()
+            .find(|h| h.backend == b)
+            .map(|h| (h.object_size, h.latency.median_us))
+    };
+    if let (Some((s, m)), Some((s2, rep))) = (e2e("module"), e2e("repair")) {
+        if s == s2 {
+            let _ = writeln!(
+                w,
+                "\nrepair / module, median, {}: **{}**",
+                size(s),
+                ratio(Some(rep), Some(m))
+            );
+        }
+    }
+
+    let _ = writeln!(w, "\n## 2. L7 direct server return against a reverse proxy\n");
+    let _ = writeln!(
+        w,
+        "wrk with keep-alive connections fetches objects whose owners alternate between be1 and \
+         be2, so with prism every request hops. **nginx**: Debian's nginx on `fe` (one worker), \
+         `proxy_pass` to the owner over keep-alive upstream connections. **prism**: prism-node \
+         on every node with the module. **direct**: each client talks straight to the owner of \
+         its keys (the upper bound). The front node's processes run on one CPU (taskset). Front \
+         CPU is the user and system time of every process in `fe`'s namespace; softirq work \
+         charged to other tasks is not in it. Bytes sent is what `fe`'s link transmitted: \
+         relayed responses for nginx, hand-off frames and control messages for prism.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| object | mode | conns | requests | req/s | Gbit/s | front CPU ms/req | front bytes sent/req |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    for s in sizes(r) {
+        for mode in ["nginx", "prism", "direct"] {
+            if let Some(d) = dsr(r, mode, s) {
+                let _ = writeln!(
+                    w,
+                    "| {} | {mode} | {} | {} | {:.1} | {:.4} | {:.3} | {:.0} |",
+                    size(s),
+                    d.connections,
+                    d.requests,
+                    d.req_per_s,
+                    d.gbit_per_s,
+                    d.fe_cpu_ms_per_request,
+                    d.fe_tx_bytes_per_request
+                );
+            }
+        }
+    }
+    let _ = writeln!(w, "\nRatios:\n");
+    for s in sizes(r) {
+        let f = |m: &str, g: fn(&DsrCase) -> f64| dsr(r, m, s).map(g);
+        let _ = writeln!(
+            w,
+            "- {}: prism / nginx throughput **{}**, prism / direct {}; front CPU per request nginx / prism **{}**; front bytes per request nginx / prism {}",
+            size(s),
+            ratio(f("prism", |d| d.req_per_s), f("nginx", |d| d.req_per_s)),
+            ratio(f("prism", |d| d.req_per_s), f("direct", |d| d.req_per_s)),
+            ratio(f("nginx", |d| d.fe_cpu_ms_per_request), f("prism", |d| d.fe_cpu_ms_per_request)),
+            ratio(f("nginx", |d| d.fe_tx_bytes_per_request), f("prism", |d| d.fe_tx_bytes_per_request)),
+        );
+    }
+
+    let _ = writeln!(w, "\n## 3. Scaling\n");
+    let _ = writeln!(w, "Hop cost as the queues grow (median, each way; 512 KiB each way is the module's limit of 1 MiB per socket):\n");
+    let _ = writeln!(w, "| queued each way | module | repair | repair / module |");
+    let _ = writeln!(w, "|---|---|---|---|");
+    for q in queues(r) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            size(q),
+            med("module", q).map_or("n/a".into(), |v| format!("{v:.0} us")),
+            med("repair", q).map_or("n/a".into(), |v| format!("{v:.0} us")),
+            ratio(med("repair", q), med("module", q))
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nHop cost of one connection while many migrated sockets are alive (imported on be1 and \
+         tracked by the module until their release):\n"
+    );
+    let _ = writeln!(w, "| live sockets | hops | median | p99 | median / first |");
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    let first = r.live.first().map(|l| l.hop.median_us);
+    for l in &r.live {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.0} us | {:.0} us | {} |",
+            l.live,
+            l.hop.n,
+            l.hop.median_us,
+            l.hop.p99_us,
+            ratio(Some(l.hop.median_us), first)
+        );
+    }
+    let _ = writeln!(w, "\n## Reproduce\n");
+    let _ = writeln!(
+        w,
+        "`make bench` builds (or reuses) the test kernel, the module and the tools, boots the \
+         guest, runs every part and rewrites this page, the plot and the JSON. The guest suite's \
+         `bench_smoke` test runs the same code with a few hops and two-second loads."
+    );
+    m
+}
+
+type Series = (String, Vec<f64>, RGBColor);
+
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    title: &str,
+    x: &[String],
+    y_desc: &str,
+    series: &[Series],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Debug| format!("plot {title}: {e:?}");
+    let top = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.2;
+    let n = x.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
+        .map_err(|e| err(&e))?;
+    let labels = x.to_vec();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n * 2 + 1)
+        .x_label_formatter(&move |v| {
+            let i = v.round();
+            if (v - i).abs() < 0.05 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (name, ys, color) in series {
+        let pts: Vec<(f64, f64)> = ys.iter().enumerate().map(|(i, y)| (i as f64, *y)).collect();
+        let c = *color;
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))
+}
+
+/// The three-panel plot.
+pub fn plot(r: &Results, path: &Path) -> Result<(), String> {
+    let root = SVGBackend::new(path, (1500, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| format!("{e:?}"))?;
+    let areas = root.split_evenly((1, 3));
+    let qs = queues(r);
+    let floor = hop(r, "getinfo", 0).map_or(0.0, |h| h.hop.median_us);
+    let by_queue = |b: &str| {
+        qs.iter()
+            .map(|&q| hop(r, b, q).map_or(0.0, |h| h.hop.median_us))
+            .collect()
+    };
+    panel(
+        &areas[0],
+        "Hop cost (median) vs bytes queued each way",
+        &qs.iter().map(|&q| size(q)).collect::<Vec<_>>(),
+        "us per hop",
+        &[
+            ("module".into(), by_queue("module"), BLUE),
+            ("repair (TCP_REPAIR)".into(), by_queue("repair"), RED),
+            ("GET_INFO floor".into(), vec![floor; qs.len()], BLACK),
+        ],
+    )?;
+    let ss = sizes(r);
+    let by_size = |m: &str| {
+        ss.iter()
+            .map(|&s| dsr(r, m, s).map_or(0.0, |d| d.gbit_per_s))
+            .collect()
+    };
+    panel(
+        &areas[1],
+        "Response throughput vs object size",
+        &ss.iter().map(|&s| size(s)).collect::<Vec<_>>(),
+        "Gbit/s",
+        &[
+            ("nginx proxy".into(), by_size("nginx"), RED),
+            ("prism (DSR)".into(), by_size("prism"), BLUE),
+            ("direct to owner".into(), by_size("direct"), BLACK),
+        ],
+    )?;
+    panel(
+        &areas[2],
+        "Hop cost (median) vs live migrated sockets",
+        &r.live.iter().map(|l| l.live.to_string()).collect::<Vec<_>>(),
+        "us per hop",
+        &[(
+            "module".into(),
+            r.live.iter().map(|l| l.hop.median_us).collect(),
+            BLUE,
+        )],
+    )?;
+    root.present().map_err(|e| format!("{e:?}"))
+}
+
+/// Writes benchmarks.md, benchmarks.svg and benchmarks.json into `dir`.
+pub fn write(r: &Results, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    plot(r, &dir.join("benchmarks.svg"))?;
+    std::fs::write(dir.join("benchmarks.md"), markdown(r)).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("benchmarks.json"), json + "\n").map_err(|e| e.to_string())
+}
