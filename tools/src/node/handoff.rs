@@ -7,7 +7,7 @@
 //! past it, so exactly one of them ends up with the socket: the owner, or the sender,
 //! which imports its copy of the state back and answers 503 itself.
 
-use super::{serve, steer_here, with_backend, Conn, Fault, Node, STEER_WAIT};
+use super::{serve, steer_here, with_backend, BackendChoice, Conn, Fault, Node, STEER_WAIT};
 use crate::steer_proto::{self, Request};
 use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
 use prism_sock::{EventKind, Exported, Handoff, ImportOptions, MAX_FRAME};
@@ -154,11 +154,17 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
     let name = node.name();
     let flow = conn.peer;
     let owner_name = &node.cluster.nodes[owner].name;
-    if let Err(e) = node.steer.call(Request::Hold { flow }, STEER_WAIT).await {
-        // The hold stays queued: cancel it behind, or it would cut the flow off later.
-        eprintln!("{name}: {flow}: no hand-off to {owner_name}: hold: {e}");
-        node.steer.post(Request::Unhold { flow });
-        return Some(conn);
+    // Between the export and the owner's steer, the client's packets still reach this
+    // node. The module's RST guard drops them here (the client retransmits to the new
+    // owner); without the module nothing would, so l4 holds the flow first.
+    let hold = node.backend == BackendChoice::Repair;
+    if hold {
+        if let Err(e) = node.steer.call(Request::Hold { flow }, STEER_WAIT).await {
+            // The hold stays queued: cancel it behind, or it would cut the flow off later.
+            eprintln!("{name}: {flow}: no hand-off to {owner_name}: hold: {e}");
+            node.steer.post(Request::Unhold { flow });
+            return Some(conn);
+        }
     }
     let Conn {
         stream,
@@ -185,8 +191,10 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             // The socket is untouched: keep serving it here, steered as before.
             eprintln!("{name}: {flow}: export for {owner_name} refused: {e}");
             let stream = TcpStream::from_std(std_stream).ok()?;
-            if let Err(e) = node.steer.call(Request::Unhold { flow }, STEER_WAIT).await {
-                eprintln!("{name}: {flow}: unhold: {e} (kept queued)");
+            if hold {
+                if let Err(e) = node.steer.call(Request::Unhold { flow }, STEER_WAIT).await {
+                    eprintln!("{name}: {flow}: unhold: {e} (kept queued)");
+                }
             }
             return Some(Conn {
                 stream,

@@ -6,6 +6,7 @@
 //! been silent for `node_timeout_ms`. It never flushes the table: a restarted
 //! prism-steerd adopts the entries it finds.
 
+mod libnft;
 pub mod nft;
 pub mod table;
 
@@ -30,9 +31,14 @@ pub async fn run(cluster: Cluster) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())??;
     eprintln!(
-        "prism-steerd: adopted {} flows and {} holds from nftables",
+        "prism-steerd: adopted {} flows and {} holds from nftables; changes go through {}",
         table.flows.len(),
-        table.holds.len()
+        table.holds.len(),
+        if libnft::available() {
+            "libnftables"
+        } else {
+            "the nft command"
+        }
     );
     let listener = TcpListener::bind(cluster.steerd.listen)
         .await

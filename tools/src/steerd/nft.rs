@@ -32,12 +32,14 @@ fn pipe(prog: &str, args: &[&str], input: &str) -> Result<(), String> {
     Err(format!("{prog}: {}", err.lines().next().unwrap_or("failed")))
 }
 
-/// Runs `commands` as one atomic nft transaction.
+/// Runs `commands` as one atomic nft transaction: through libnftables when it loads,
+/// else with `nft -f -`.
 pub fn run(commands: &[String]) -> Result<(), String> {
     if commands.is_empty() {
         return Ok(());
     }
-    pipe("nft", &["-f", "-"], &(commands.join("\n") + "\n"))
+    let text = commands.join("\n") + "\n";
+    super::libnft::run(&text).unwrap_or_else(|| pipe("nft", &["-f", "-"], &text))
 }
 
 fn rules(c: &Cluster) -> Vec<String> {

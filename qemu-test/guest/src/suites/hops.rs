@@ -51,7 +51,54 @@ pub fn tests() -> Vec<Test> {
             name: "migrate_syscalls_per_hop",
             run: syscalls,
         },
+        Test {
+            name: "migrate_v4_rcv_wnd_beyond_its_scale",
+            run: rcv_wnd_beyond_scale,
+        },
     ]
+}
+
+/// A listener with SO_RCVBUF set gets a small window scale, and tcp_select_window()
+/// keeps the window it chose before clamping what it advertises to that scale: a live
+/// socket's rcv_wnd can exceed 65535 << rcv_wscale. Such a socket must move (the module
+/// once refused it, and a proxy would have lost the connection).
+fn rcv_wnd_beyond_scale(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let vip = SocketAddr::new(topology::vip(false), PORT + 1);
+    let listener = in_ns("fe", move || -> std::io::Result<TcpListener> {
+        let l = TcpListener::bind(vip)?;
+        crate::sockopt::set_int(std::os::fd::AsFd::as_fd(&l), libc::SOL_SOCKET, libc::SO_RCVBUF, 212_992)?;
+        Ok(l)
+    })?
+    .map_err(|e| format!("listen: {e}"))?;
+    let mut client = in_ns("client", move || TcpStream::connect(vip))?.map_err(|e| format!("connect: {e}"))?;
+    let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+    let len = 64 << 10;
+    let sent = send_stream(&mut client, 77, len)?;
+    wait_for("the request queued on fe", || {
+        crate::sockopt::queued(std::os::fd::AsFd::as_fd(&sock), false) == len as i32
+    })?;
+    let d = cluster
+        .nl("fe")
+        .export_snapshot(&sock)
+        .and_then(|s| s.decode())
+        .map_err(|e| format!("snapshot: {e}"))?;
+    log.line(format!("rcv_wnd {} with rcv_wscale {}", d.rcv_wnd, d.rcv_wscale));
+    check!(
+        u64::from(d.rcv_wnd) > 65535u64 << d.rcv_wscale,
+        "the case is not reached: rcv_wnd {} fits scale {}",
+        d.rcv_wnd,
+        d.rcv_wscale
+    );
+    let (mut moved, _, _) = cluster.hop(log, sock, "fe", "be1", &[])?;
+    moved.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    check!(expect_stream(&mut moved, 77, len)? == sent, "be1 read other bytes");
+    let back = send_stream(&mut moved, 78, 100_000)?;
+    client.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    check!(expect_stream(&mut client, 78, 100_000)? == back, "the client read other bytes");
+    Ok(())
 }
 
 const PORT: u16 = 8081;
