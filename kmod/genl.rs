@@ -100,11 +100,6 @@ impl Request<'_> {
         }
     }
 
-    /// Starts the reply to this request.
-    pub(crate) fn reply(&self, cmd: u8) -> Result<Message<'_>> {
-        self.reply_sized(cmd, b::PRISM_NLMSG_GOODSIZE)
-    }
-
     /// Starts a reply with room for `size` bytes of attributes.
     pub(crate) fn reply_sized(&self, cmd: u8, size: usize) -> Result<Message<'_>> {
         let mut msg = Message::new(size)?;

@@ -508,7 +508,8 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         building.restore(&lock, &blob).map_err(report)?;
     }
 
-    let mut msg = req.reply(cmd::SOCK_IMPORT)?;
+    // Sized to what it holds: a default-size reply is copied to trim it on the way out.
+    let mut msg = req.reply_sized(cmd::SOCK_IMPORT, 128)?;
     msg.put_u32(a::FD, building.fd as u32)?;
     msg.put_u64(a::MIGRATION_ID, blob.migration_id, a::PAD)?;
     // SAFETY: the socket is fully built and reachable by nobody but us until the fd

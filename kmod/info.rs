@@ -26,7 +26,8 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
             return Err(errno(b::EPROTONOSUPPORT));
         }
     }
-    let mut msg = req.reply(cmd::GET_INFO)?;
+    // Sized to what it holds: a default-size reply is copied to trim it on the way out.
+    let mut msg = req.reply_sized(cmd::GET_INFO, 512)?;
     msg.put_str(attr::MODULE_VERSION, uapi::MODULE_VERSION)?;
     msg.put_u32(attr::PROTO_VERSION, uapi::PROTO_VERSION)?;
     msg.put_u64(attr::EXPORTS, Stats::get(&STATS.exports), attr::PAD)?;

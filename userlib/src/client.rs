@@ -121,10 +121,10 @@ pub struct Client {
 }
 
 /// Appends a netlink attribute, padded to 4 bytes.
-fn put_attr(buf: &mut Vec<u8>, kind: StateAttr, payload: &[u8]) {
+fn put_attr(buf: &mut Vec<u8>, kind: impl Into<u16>, payload: &[u8]) {
     let len = 4 + payload.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&u16::from(kind).to_ne_bytes());
+    buf.extend_from_slice(&kind.into().to_ne_bytes());
     buf.extend_from_slice(payload);
     buf.resize(buf.len() + (4 - len % 4) % 4, 0);
 }
@@ -365,15 +365,12 @@ impl Client {
 
     /// Reads the module's version and counters (`GET_INFO`).
     pub fn info(&self) -> Result<ModuleInfo> {
-        let request = request(
-            Command::GetInfo,
-            PROTO_VERSION as u8,
-            [(InfoAttr::ProtoVersion, PROTO_VERSION.to_ne_bytes().to_vec())],
-        )?;
-        let replies = self.transact::<_, _, Genlmsghdr<Command, InfoAttr>>(self.family, request)?;
-        let reply = replies
-            .first()
-            .ok_or_else(|| proto("GET_INFO returned no reply"))?;
+        let payload = self.call(Command::GetInfo, |buf| {
+            put_attr(buf, InfoAttr::ProtoVersion, &PROTO_VERSION.to_ne_bytes());
+        })?;
+        let reply =
+            Genlmsghdr::<Command, InfoAttr>::from_bytes_with_input(&mut Cursor::new(&payload), payload.len())
+                .map_err(proto)?;
         let h = reply.attrs().get_attr_handle();
         let u64_of = |a| h.get_attr_payload_as::<u64>(a).map_err(proto);
         let u32_of = |a| h.get_attr_payload_as::<u32>(a).map_err(proto);
@@ -420,7 +417,7 @@ impl Client {
     }
 
     fn export(&self, fd: BorrowedFd<'_>, detach: bool) -> Result<MigrationState> {
-        let reply = self.state_request(Command::SockExport, |buf| {
+        let reply = self.call(Command::SockExport, |buf| {
             put_attr(buf, StateAttr::Fd, &(fd.as_raw_fd() as u32).to_ne_bytes());
             if detach {
                 put_attr(buf, StateAttr::Detach, &[]);
@@ -434,7 +431,7 @@ impl Client {
     /// (`SOCK_IMPORT`) and returns it as a new fd.
     pub fn import(&self, state: &MigrationState, options: &ImportOptions) -> Result<Imported> {
         // The blob goes out byte for byte as SOCK_EXPORT produced it.
-        let bytes = self.state_request(Command::SockImport, |buf| {
+        let bytes = self.call(Command::SockImport, |buf| {
             buf.extend_from_slice(state.as_bytes());
             match options.bind_addr {
                 Some(IpAddr::V4(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
@@ -483,10 +480,12 @@ impl Client {
     /// A netlink request must fit the socket's send buffer whole: grow it for big
     /// blobs (SO_SNDBUFFORCE, which CAP_NET_ADMIN allows, then SO_SNDBUF).
     /// Sends one `cmd` request whose attributes `attrs` appends, and returns the payload
-    /// (generic netlink header included) of the reply, read up to the acknowledgement.
-    /// The request is built in a buffer kept between calls and the reply received into
-    /// another, so a large state costs two copies and no fresh pages.
-    fn state_request(&self, cmd: Command, attrs: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+    /// (generic netlink header included) of its reply. No acknowledgement is asked for:
+    /// the reply is the answer, and a failure comes back as an error message all the
+    /// same, so a call is one send and one receive. The request is built in a buffer
+    /// kept between calls and the reply received into another, so a large state costs
+    /// two copies and no fresh pages.
+    fn call(&self, cmd: Command, attrs: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
         let seq = self.seq.get();
         self.seq.set(seq.wrapping_add(1));
         let mut req = self.requests.borrow_mut();
@@ -495,7 +494,7 @@ impl Client {
         req.extend_from_slice(&[u8::from(cmd), PROTO_VERSION as u8, 0, 0]);
         attrs(&mut req);
         let len = req.len();
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let flags = libc::NLM_F_REQUEST as u16;
         req[..4].copy_from_slice(&(len as u32).to_ne_bytes());
         req[4..6].copy_from_slice(&self.family.to_ne_bytes());
         req[6..8].copy_from_slice(&flags.to_ne_bytes());
@@ -509,16 +508,8 @@ impl Client {
         }
         drop(req);
         let mut buf = self.replies.borrow_mut();
-        let mut out: Option<Vec<u8>> = None;
         loop {
-            let n = match recv_datagram(fd, &mut buf) {
-                Ok(n) => n,
-                // The reply arrived whole but the acknowledgement behind it did not fit
-                // the receive buffer: the request succeeded all the same (a failed
-                // request has no reply, only the error).
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && out.is_some() => break,
-                Err(e) => return Err(netlink(e)),
-            };
+            let n = recv_datagram(fd, &mut buf).map_err(netlink)?;
             let mut off = 0;
             while off + NLMSG_HEADER <= n {
                 let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
@@ -534,10 +525,8 @@ impl Client {
                     continue;
                 }
                 if kind == libc::NLMSG_ERROR as u16 {
-                    if mlen >= NLMSG_HEADER + 4 && word(start + NLMSG_HEADER) == 0 {
-                        return out.ok_or_else(|| proto(format!("{cmd:?} returned no reply")));
-                    }
-                    // An error: let neli read the extended acknowledgement.
+                    // An error (no acknowledgement was asked for): let neli read the
+                    // extended acknowledgement.
                     let parsed = NlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(msg), mlen)
                         .map_err(netlink)?;
                     for m in parsed {
@@ -545,17 +534,16 @@ impl Client {
                             return Err(kernel_error(e));
                         }
                     }
-                    return Err(proto("unreadable netlink error"));
+                    return Err(proto(format!("{cmd:?} was acknowledged without a reply")));
                 }
-                if kind == self.family && out.is_none() {
+                if kind == self.family {
                     if mlen < NLMSG_HEADER + GENL_HEADER {
                         return Err(proto(format!("{cmd:?} reply shorter than its header")));
                     }
-                    out = Some(msg[NLMSG_HEADER..].to_vec());
+                    return Ok(msg[NLMSG_HEADER..].to_vec());
                 }
             }
         }
-        out.ok_or_else(|| proto(format!("{cmd:?} returned no reply")))
     }
 
     fn ensure_sndbuf(&self, need: usize) -> Result<()> {

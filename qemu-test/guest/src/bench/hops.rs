@@ -36,8 +36,9 @@ impl Mech {
     }
 }
 
-/// The VIP port the benchmark's connections are made to.
-const PORT: u16 = 8800;
+/// The VIP port of the first [`Bench`]'s listener; each takes the next, since the
+/// last one's connections may still be closing on it.
+static NEXT_LISTEN_PORT: AtomicU16 = AtomicU16::new(8800);
 /// Socket buffers big enough for the largest queue (set on the listener, inherited).
 const BUF: i32 = 4 << 20;
 
@@ -196,6 +197,7 @@ pub struct Bench {
     fe: Worker,
     be: Worker,
     listener: TcpListener,
+    port: u16,
 }
 
 /// Client port of the next probe connection: below the ephemeral range, so the many
@@ -217,7 +219,8 @@ impl Bench {
             let path = format!("/proc/sys/net/core/{knob}");
             std::fs::write(&path, (2 * BUF).to_string()).map_err(|e| format!("{path}: {e}"))?;
         }
-        let at = SocketAddr::new(topology::vip(false), PORT);
+        let port = NEXT_LISTEN_PORT.fetch_add(1, Ordering::Relaxed);
+        let at = SocketAddr::new(topology::vip(false), port);
         let listener = in_ns("fe", move || -> std::io::Result<TcpListener> {
             let l = TcpListener::bind(at)?;
             set_int(l.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, BUF)?;
@@ -229,12 +232,13 @@ impl Bench {
             fe: Worker::start("fe", mech)?,
             be: Worker::start("be1", mech)?,
             listener,
+            port,
         })
     }
 
     /// Connections from the client to the VIP (fe), from `port` if given.
     fn connect(&self, count: usize, port: Option<u16>) -> Result<Vec<(TcpStream, TcpStream)>, String> {
-        let vip = SocketAddr::new(topology::vip(false), PORT);
+        let vip = SocketAddr::new(topology::vip(false), self.port);
         let client = topology::addr("client", false);
         let clients = in_ns("client", move || -> std::io::Result<Vec<TcpStream>> {
             (0..count)

@@ -69,11 +69,17 @@ fn rcv_wnd_beyond_scale(env: &Env, log: &mut Log) -> TestResult {
     let vip = SocketAddr::new(topology::vip(false), PORT + 1);
     let listener = in_ns("fe", move || -> std::io::Result<TcpListener> {
         let l = TcpListener::bind(vip)?;
-        crate::sockopt::set_int(std::os::fd::AsFd::as_fd(&l), libc::SOL_SOCKET, libc::SO_RCVBUF, 212_992)?;
+        crate::sockopt::set_int(
+            std::os::fd::AsFd::as_fd(&l),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            212_992,
+        )?;
         Ok(l)
     })?
     .map_err(|e| format!("listen: {e}"))?;
-    let mut client = in_ns("client", move || TcpStream::connect(vip))?.map_err(|e| format!("connect: {e}"))?;
+    let mut client =
+        in_ns("client", move || TcpStream::connect(vip))?.map_err(|e| format!("connect: {e}"))?;
     let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
     let len = 64 << 10;
     let sent = send_stream(&mut client, 77, len)?;
@@ -93,11 +99,21 @@ fn rcv_wnd_beyond_scale(env: &Env, log: &mut Log) -> TestResult {
         d.rcv_wscale
     );
     let (mut moved, _, _) = cluster.hop(log, sock, "fe", "be1", &[])?;
-    moved.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    check!(expect_stream(&mut moved, 77, len)? == sent, "be1 read other bytes");
+    moved
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    check!(
+        expect_stream(&mut moved, 77, len)? == sent,
+        "be1 read other bytes"
+    );
     let back = send_stream(&mut moved, 78, 100_000)?;
-    client.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    check!(expect_stream(&mut client, 78, 100_000)? == back, "the client read other bytes");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    check!(
+        expect_stream(&mut client, 78, 100_000)? == back,
+        "the client read other bytes"
+    );
     Ok(())
 }
 
