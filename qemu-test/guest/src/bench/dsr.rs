@@ -1,6 +1,7 @@
 //! L7 direct server return against a real proxy: the same objects fetched through the
 //! VIP by wrk (keep-alive) from (a) nginx on the front node proxying to the owner,
-//! (b) prism-node handing each connection to the owner, (c) the owners directly. The
+//! (b) prism-node handing each connection to the owner, with the owner changing at
+//! every request or (`prism-affine`) never after the first, (c) the owners directly. The
 //! front node runs on one CPU. Also the end-to-end hand-off time the owners record.
 
 use super::results::{Dist, DsrCase, HandoffCase};
@@ -339,6 +340,18 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
                     let n = stack.cluster.node(node).ok_or("no such node")?;
                     Ok(format!("http://{}/", n.addr4))
                 };
+                // Prism's best case: each connection asks for one owner's keys, so it
+                // hops once, to that owner, and stays.
+                cases.push(measure(
+                    log,
+                    "prism-affine",
+                    size,
+                    &[
+                        (only1.clone(), format!("http://{vip}/"), c.div_ceil(2)),
+                        (only2.clone(), format!("http://{vip}/"), c / 2),
+                    ],
+                    load.secs,
+                )?);
                 cases.push(measure(
                     log,
                     "direct",

@@ -98,7 +98,9 @@ pub fn markdown(r: &Results) -> String {
         "| backend | queued | hops | hop median | hop p99 | export median | import median | syscalls export+close | syscalls import | state |"
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
-    for h in &r.hops {
+    let mut rows: Vec<&HopCase> = r.hops.iter().collect();
+    rows.sort_by_key(|h| (h.backend.clone(), h.queued));
+    for h in rows {
         let _ = writeln!(
             w,
             "| {} | {} | {} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | {} | {} | {} B |",
@@ -116,17 +118,27 @@ pub fn markdown(r: &Results) -> String {
     }
     let med = |b: &str, q: usize| hop(r, b, q).map(|h| h.hop.median_us);
     let p99 = |b: &str, q: usize| hop(r, b, q).map(|h| h.hop.p99_us);
-    let _ = writeln!(w, "\nRatios (median; p99 in brackets):\n");
+    let _ = writeln!(
+        w,
+        "\nTime of a module hop relative to a TCP_REPAIR hop and to the floor (median; p99 in brackets):\n"
+    );
     for q in queues(r) {
         let _ = writeln!(
             w,
-            "- queued {} each way: repair / module = **{}** ({}); module / GET_INFO floor = {}",
+            "- queued {} each way: module / repair = **{}** ({}); module / GET_INFO floor = {}",
             size(q),
-            ratio(med("repair", q), med("module", q)),
-            ratio(p99("repair", q), p99("module", q)),
+            ratio(med("module", q), med("repair", q)),
+            ratio(p99("module", q), p99("repair", q)),
             ratio(med("module", q), med("getinfo", 0)),
         );
     }
+    let sys = |b: &str| hop(r, b, 0).map(|h| h.syscalls_export.1 + h.syscalls_import.1);
+    let _ = writeln!(
+        w,
+        "\nSystem calls per hop (both sides, empty queues): module {}, repair {}.",
+        sys("module").map_or("n/a".into(), |n| n.to_string()),
+        sys("repair").map_or("n/a".into(), |n| n.to_string())
+    );
     let _ = writeln!(
         w,
         "\nThe floor is one GET_INFO round trip on each side: what any generic netlink call costs here.\n"
@@ -136,8 +148,10 @@ pub fn markdown(r: &Results) -> String {
         w,
         "From the moment the front node has a request parsed to the moment the owner's first \
          response byte is written, under the wrk load of part 2 (every request changes owner). \
-         Both ends read CLOCK_MONOTONIC of the one guest kernel. It includes the hold and the \
-         steer at l4 (prism-steerd), the export, the signed hand-off frame and the import.\n"
+         Both ends read CLOCK_MONOTONIC of the one guest kernel. It includes the export, the \
+         signed hand-off frame, the import, and the owner's steer at l4 (prism-steerd, one \
+         nftables transaction) before it answers; the repair backend also holds the flow \
+         at l4 first. The nodes, prism-steerd, wrk and l4's forwarding share the guest's CPUs.\n"
     );
     let _ = writeln!(w, "| backend | object | hand-offs | median | p99 |");
     let _ = writeln!(w, "|---|---|---|---|---|");
@@ -172,14 +186,17 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(w, "\n## 2. L7 direct server return against a reverse proxy\n");
     let _ = writeln!(
         w,
-        "wrk with keep-alive connections fetches objects whose owners alternate between be1 and \
-         be2, so with prism every request hops. **nginx**: Debian's nginx on `fe` (one worker), \
-         `proxy_pass` to the owner over keep-alive upstream connections. **prism**: prism-node \
-         on every node with the module. **direct**: each client talks straight to the owner of \
-         its keys (the upper bound). The front node's processes run on one CPU (taskset). Front \
-         CPU is the user and system time of every process in `fe`'s namespace; softirq work \
-         charged to other tasks is not in it. Bytes sent is what `fe`'s link transmitted: \
-         relayed responses for nginx, hand-off frames and control messages for prism.\n"
+        "wrk with keep-alive connections fetches objects owned by be1 and be2. **nginx**: \
+         Debian's nginx on `fe` (one worker), `proxy_pass` to the owner over keep-alive upstream \
+         connections; every connection asks for keys of both owners in turn. **prism**: \
+         prism-node on every node with the module, same requests: the owner changes at every \
+         request, so every request hops (from fe for a connection's first, then from owner to \
+         owner: fe sees only the first). **prism-affine**: each connection asks for one owner's \
+         keys, so it hops once and stays. **direct**: each client talks straight to the owner \
+         of its keys (the upper bound). The front node's processes run on one CPU (taskset). \
+         Front CPU is the user and system time of every process in `fe`'s namespace; softirq \
+         work charged to other tasks is not in it. Bytes sent is what `fe`'s link transmitted, \
+         retransmissions included: relayed responses for nginx, hand-off frames for prism.\n"
     );
     let _ = writeln!(
         w,
@@ -187,7 +204,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
     for s in sizes(r) {
-        for mode in ["nginx", "prism", "direct"] {
+        for mode in ["nginx", "prism", "prism-affine", "direct"] {
             if let Some(d) = dsr(r, mode, s) {
                 let _ = writeln!(
                     w,
@@ -208,9 +225,10 @@ pub fn markdown(r: &Results) -> String {
         let f = |m: &str, g: fn(&DsrCase) -> f64| dsr(r, m, s).map(g);
         let _ = writeln!(
             w,
-            "- {}: prism / nginx throughput **{}**, prism / direct {}; front CPU per request nginx / prism **{}**; front bytes per request nginx / prism {}",
+            "- {}: throughput prism / nginx **{}**, prism-affine / nginx **{}**, prism / direct {}; front CPU per request nginx / prism **{}**; front bytes per request nginx / prism {}",
             size(s),
             ratio(f("prism", |d| d.req_per_s), f("nginx", |d| d.req_per_s)),
+            ratio(f("prism-affine", |d| d.req_per_s), f("nginx", |d| d.req_per_s)),
             ratio(f("prism", |d| d.req_per_s), f("direct", |d| d.req_per_s)),
             ratio(f("nginx", |d| d.fe_cpu_ms_per_request), f("prism", |d| d.fe_cpu_ms_per_request)),
             ratio(f("nginx", |d| d.fe_tx_bytes_per_request), f("prism", |d| d.fe_tx_bytes_per_request)),
@@ -357,7 +375,12 @@ pub fn plot(r: &Results, path: &Path) -> Result<(), String> {
         "Gbit/s",
         &[
             ("nginx proxy".into(), by_size("nginx"), RED),
-            ("prism (DSR)".into(), by_size("prism"), BLUE),
+            ("prism, owner changes per request".into(), by_size("prism"), BLUE),
+            (
+                "prism, one owner per connection".into(),
+                by_size("prism-affine"),
+                GREEN,
+            ),
             ("direct to owner".into(), by_size("direct"), BLACK),
         ],
     )?;

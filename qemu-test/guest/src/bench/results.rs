@@ -70,7 +70,8 @@ pub struct HandoffCase {
 /// One load run through the VIP (or straight to the owners).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct DsrCase {
-    /// `nginx`, `prism` or `direct`.
+    /// `nginx`, `prism` (the owner changes at every request), `prism-affine` (each
+    /// connection's keys have one owner) or `direct`.
     pub mode: String,
     pub object_size: usize,
     pub connections: usize,
