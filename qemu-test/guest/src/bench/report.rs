@@ -176,9 +176,9 @@ pub fn markdown(r: &Results) -> String {
         if s == s2 {
             let _ = writeln!(
                 w,
-                "\nrepair / module, median, {}: **{}**",
+                "\nmodule / repair, median, {}: **{}**",
                 size(s),
-                ratio(Some(rep), Some(m))
+                ratio(Some(m), Some(rep))
             );
         }
     }
@@ -237,7 +237,7 @@ pub fn markdown(r: &Results) -> String {
 
     let _ = writeln!(w, "\n## 3. Scaling\n");
     let _ = writeln!(w, "Hop cost as the queues grow (median, each way; 512 KiB each way is the module's limit of 1 MiB per socket):\n");
-    let _ = writeln!(w, "| queued each way | module | repair | repair / module |");
+    let _ = writeln!(w, "| queued each way | module | repair | module / repair |");
     let _ = writeln!(w, "|---|---|---|---|");
     for q in queues(r) {
         let _ = writeln!(
@@ -246,7 +246,7 @@ pub fn markdown(r: &Results) -> String {
             size(q),
             med("module", q).map_or("n/a".into(), |v| format!("{v:.0} us")),
             med("repair", q).map_or("n/a".into(), |v| format!("{v:.0} us")),
-            ratio(med("repair", q), med("module", q))
+            ratio(med("module", q), med("repair", q))
         );
     }
     let _ = writeln!(
@@ -316,6 +316,13 @@ fn panel(
             }
         })
         .y_desc(y_desc)
+        .y_label_formatter(&|v| {
+            if top > 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
         .draw()
         .map_err(|e| err(&e))?;
     for (name, ys, color) in series {
