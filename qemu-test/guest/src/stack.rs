@@ -421,3 +421,19 @@ pub fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Test
     }
     Ok(())
 }
+
+/// Bytes fe's link has sent so far.
+pub fn fe_tx_bytes() -> Result<u64, String> {
+    let out = sh(
+        &mut Log::default(),
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "fe",
+            "cat",
+            "/sys/class/net/eth0/statistics/tx_bytes",
+        ],
+    )?;
+    out.trim().parse().map_err(|e| format!("tx_bytes: {e}"))
+}

@@ -6,7 +6,7 @@
 
 use super::results::{Dist, DsrCase, HandoffCase};
 use crate::harness::{sh, Env, Log};
-use crate::stack::{self, Backend, Setup, Stack};
+use crate::stack::{self, fe_tx_bytes, Backend, Setup, Stack};
 use prism_tools::objects;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -140,21 +140,6 @@ fn fe_cpu_secs() -> Result<f64, String> {
     Ok(ticks as f64 / hz)
 }
 
-fn fe_tx_bytes() -> Result<u64, String> {
-    let out = sh(
-        &mut Log::default(),
-        "ip",
-        &[
-            "netns",
-            "exec",
-            "fe",
-            "cat",
-            "/sys/class/net/eth0/statistics/tx_bytes",
-        ],
-    )?;
-    out.trim().parse().map_err(|e| format!("tx_bytes: {e}"))
-}
-
 /// Runs the `(script, url, connections)` loads at once and measures the front node.
 fn measure(
     log: &mut Log,
@@ -285,7 +270,27 @@ fn handoff_samples(stack: &Stack, before: &mut [usize; 2]) -> Result<Vec<f64>, S
     Ok(out)
 }
 
-/// All three modes for every size with the module; then prism again with the repair
+/// The hand-offs the owners timed since `before`, as one case.
+fn handoff_case(
+    log: &mut Log,
+    stack: &Stack,
+    before: &mut [usize; 2],
+    backend: &str,
+    size: usize,
+) -> Result<HandoffCase, String> {
+    let latency = Dist::of(handoff_samples(stack, before)?);
+    log.line(format!(
+        "hand-off, {backend}, {size} B: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}",
+        latency.median_us, latency.p99_us, latency.n
+    ));
+    Ok(HandoffCase {
+        backend: backend.into(),
+        object_size: size,
+        latency,
+    })
+}
+
+/// Every mode for every size with the module; then prism again with the repair
 /// backend for the end-to-end hand-off time.
 pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<HandoffCase>), String> {
     let sizes = [4096, 65536, 1 << 20, 16 << 20];
@@ -326,16 +331,7 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
                     &[(both, format!("http://{vip}/"), c)],
                     load.secs,
                 )?);
-                let latency = Dist::of(handoff_samples(&stack, &mut before)?);
-                log.line(format!(
-                    "hand-off, module, {size} B: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}",
-                    latency.median_us, latency.p99_us, latency.n
-                ));
-                handoff.push(HandoffCase {
-                    backend: "module".into(),
-                    object_size: size,
-                    latency,
-                });
+                handoff.push(handoff_case(log, &stack, &mut before, "module", size)?);
                 let direct = |node: &str| -> Result<String, String> {
                     let n = stack.cluster.node(node).ok_or("no such node")?;
                     Ok(format!("http://{}/", n.addr4))
@@ -398,15 +394,6 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
         load.secs,
     )
     .inspect_err(|_| log.line(stack.logs()))?;
-    let latency = Dist::of(handoff_samples(&stack, &mut before)?);
-    log.line(format!(
-        "hand-off, repair, {size} B: median {:.0} us, p99 {:.0} us over {}",
-        latency.median_us, latency.p99_us, latency.n
-    ));
-    handoff.push(HandoffCase {
-        backend: "repair".into(),
-        object_size: size,
-        latency,
-    });
+    handoff.push(handoff_case(log, &stack, &mut before, "repair", size)?);
     Ok((cases, handoff))
 }

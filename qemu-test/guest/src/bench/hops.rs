@@ -204,12 +204,22 @@ pub struct Bench {
 /// connections of the live-socket run never take a port that l4 has a rule for.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
 
-/// A connection whose server side is on fe, with queues set up.
+/// A held connection and where its server side is.
 struct Probe {
     client: TcpStream,
-    server: OwnedFd,
+    /// The server side (taken while it is between nodes).
+    server: Option<OwnedFd>,
+    /// `fe` or `be1`.
+    at: &'static str,
     port: u16,
     queued: usize,
+}
+
+/// One hop's figures.
+struct Hop {
+    export: Duration,
+    import: Duration,
+    syscalls: (Option<u64>, Option<u64>),
 }
 
 impl Bench {
@@ -298,21 +308,24 @@ impl Bench {
         send_stream(&mut server, 2, queued)?;
         Ok(Probe {
             client,
-            server: server.into(),
+            server: Some(server.into()),
+            at: "fe",
             port,
             queued,
         })
     }
 
-    /// Lets the flow go to `node`, which has the socket, and checks every queued byte
+    /// Lets the flow go to the node that has the socket, and checks every queued byte
     /// and a fresh exchange both ways.
-    fn finish(&mut self, log: &mut Log, probe: Probe, node: &str) -> Result<(), String> {
+    fn finish(&mut self, log: &mut Log, probe: Probe) -> Result<(), String> {
         let Probe {
             mut client,
             server,
+            at: node,
             port,
             queued,
         } = probe;
+        let server = server.ok_or("the probe's socket was lost in a hop")?;
         Topology::steer_flow(log, false, port, node, true)?;
         Topology::hold_flow(log, false, port, false)?;
         let mut server = TcpStream::from(server);
@@ -331,6 +344,32 @@ impl Bench {
             "client port {port}: every byte arrived both ways on {node}"
         ));
         Ok(())
+    }
+
+    /// Moves the probe's socket to the other node: export where it is, import there.
+    /// `state_len`: also the size of the exported state.
+    fn hop(&self, probe: &mut Probe, state_len: Option<&mut usize>) -> Result<Hop, String> {
+        let (from, to, next) = if probe.at == "fe" {
+            (&self.fe, &self.be, "be1")
+        } else {
+            (&self.be, &self.fe, "fe")
+        };
+        let fd = probe
+            .server
+            .take()
+            .ok_or("the probe's socket was lost in a hop")?;
+        let (state, export, sys_export) = from.export(fd)?;
+        if let Some(len) = state_len {
+            *len = state.to_bytes().len();
+        }
+        let (fd, import, sys_import) = to.import(state)?;
+        probe.server = Some(fd);
+        probe.at = next;
+        Ok(Hop {
+            export,
+            import,
+            syscalls: (sys_export, sys_import),
+        })
     }
 
     /// `hops` timed hops then `counted` hops with system calls counted.
@@ -365,49 +404,22 @@ impl Bench {
             }
             self.count(false)?;
         } else {
-            let probe = self.probe(log, queued)?;
-            let Probe {
-                client,
-                mut server,
-                port,
-                queued,
-            } = probe;
-            let mut here = "fe";
+            let mut probe = self.probe(log, queued)?;
             for i in 0..hops + counted {
                 if i == hops {
                     self.count(true)?;
                 }
-                let (from, to, next) = if here == "fe" {
-                    (&self.fe, &self.be, "be1")
-                } else {
-                    (&self.be, &self.fe, "fe")
-                };
-                let (state, e, ne) = from.export(server)?;
-                if i == 0 {
-                    state_bytes = state.to_bytes().len();
-                }
-                let (fd, m, nm) = to.import(state)?;
-                server = fd;
-                here = next;
+                let h = self.hop(&mut probe, (i == 0).then_some(&mut state_bytes))?;
                 if i < hops {
-                    export.push(e);
-                    import.push(m);
-                    hop.push(e + m);
+                    export.push(h.export);
+                    import.push(h.import);
+                    hop.push(h.export + h.import);
                 }
-                sys_ex.extend(ne);
-                sys_im.extend(nm);
+                sys_ex.extend(h.syscalls.0);
+                sys_im.extend(h.syscalls.1);
             }
             self.count(false)?;
-            self.finish(
-                log,
-                Probe {
-                    client,
-                    server,
-                    port,
-                    queued,
-                },
-                here,
-            )?;
+            self.finish(log, probe)?;
         }
         let span = |v: &[u64]| {
             (
@@ -447,14 +459,7 @@ impl Bench {
         hops: usize,
     ) -> Result<Vec<LiveCase>, String> {
         raise_fd_limit(2 * checkpoints.iter().copied().max().unwrap_or(0) + 1024)?;
-        let probe = self.probe(log, 0)?;
-        let Probe {
-            client,
-            mut server,
-            port,
-            queued,
-        } = probe;
-        let mut here = "fe";
+        let mut probe = self.probe(log, 0)?;
         let mut kept: Vec<(TcpStream, OwnedFd)> = Vec::new();
         let mut out = Vec::new();
         let info = Client::connect().map_err(|e| e.to_string())?;
@@ -477,16 +482,8 @@ impl Bench {
             }
             let mut times = Vec::with_capacity(hops);
             for _ in 0..hops {
-                let (from, to, next) = if here == "fe" {
-                    (&self.fe, &self.be, "be1")
-                } else {
-                    (&self.be, &self.fe, "fe")
-                };
-                let (state, e, _) = from.export(server)?;
-                let (fd, m, _) = to.import(state)?;
-                server = fd;
-                here = next;
-                times.push(e + m);
+                let h = self.hop(&mut probe, None)?;
+                times.push(h.export + h.import);
             }
             let case = LiveCase {
                 live,
@@ -504,16 +501,7 @@ impl Bench {
             linger_zero(s.as_fd());
         }
         drop(kept);
-        self.finish(
-            log,
-            Probe {
-                client,
-                server,
-                port,
-                queued,
-            },
-            here,
-        )?;
+        self.finish(log, probe)?;
         Ok(out)
     }
 }

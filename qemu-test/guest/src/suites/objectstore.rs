@@ -9,7 +9,7 @@
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::migrate::{counters, rsts_all};
-use crate::stack::{wait, Backend, Stack, NODES};
+use crate::stack::{fe_tx_bytes, wait, Backend, Stack, NODES};
 use crate::topology::in_ns;
 use prism_sock::{read_frame, write_frame};
 use prism_tools::objects;
@@ -107,22 +107,6 @@ fn client_never_reset(log: &mut Log, before: &Resets) -> TestResult {
         after.client_estab - before.client_estab
     );
     Ok(())
-}
-
-/// Bytes fe's link has sent so far.
-fn fe_tx_bytes() -> Result<u64, String> {
-    let out = sh(
-        &mut Log::default(),
-        "ip",
-        &[
-            "netns",
-            "exec",
-            "fe",
-            "cat",
-            "/sys/class/net/eth0/statistics/tx_bytes",
-        ],
-    )?;
-    out.trim().parse().map_err(|e| format!("tx_bytes: {e}"))
 }
 
 /// One response on a keep-alive connection.
