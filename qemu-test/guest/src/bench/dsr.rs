@@ -293,6 +293,8 @@ fn handoff_case(
 /// Every mode for every size with the module; then prism again with the repair
 /// backend for the end-to-end hand-off time.
 pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<HandoffCase>), String> {
+    // The catalogue holds every size whichever sizes a run loads, so a key has the same
+    // size and owner in the smoke test as in the published run.
     let sizes = [4096, 65536, 1 << 20, 16 << 20];
     let mut cases = Vec::new();
     let mut handoff = Vec::new();
