@@ -179,6 +179,12 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
             "max-window",
         ),
         (
+            // Above 65535 << 14, the largest window TCP can express.
+            set(&attrs, StateAttr::RcvWnd, u32::MAX.to_ne_bytes().to_vec()),
+            einval,
+            "rcv-wnd",
+        ),
+        (
             set(&attrs, StateAttr::Keepcnt, 1000u32.to_ne_bytes().to_vec()),
             einval,
             "keepcnt",
