@@ -350,6 +350,9 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
                     ],
                     load.secs,
                 )?);
+                // Its few hand-offs (one per connection) are not part of the per-request
+                // hand-off figures: skip them.
+                handoff_samples(&stack, &mut before)?;
                 cases.push(measure(
                     log,
                     "direct",
