@@ -272,17 +272,28 @@ impl Drop for Topology {
     }
 }
 
+/// Network namespace `ns`, to enter later with [`enter`].
+pub fn netns(ns: &str) -> Result<std::fs::File, String> {
+    let path = format!("/run/netns/{ns}");
+    std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Moves the calling thread (only it) into the network namespace `file`.
+pub fn enter(file: &std::fs::File) -> Result<(), String> {
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if ret != 0 {
+        return Err(format!("setns: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Runs `f` on a thread that entered network namespace `ns`; sockets it creates live
 /// there for good.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    let file = netns(ns)?;
     std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a valid namespace fd we own.
-        let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if ret != 0 {
-            return Err(format!("setns: {}", std::io::Error::last_os_error()));
-        }
+        enter(&file)?;
         Ok(f())
     })
     .join()

@@ -2,8 +2,8 @@
 //!
 //! Between nodes a persistent TCP connection carries frames, each signed with the
 //! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]
-//! [parsed_at u64, the sender's CLOCK_MONOTONIC ns]` followed by a [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a
-//! message. The owner never imports after the deadline and the sender waits a second
+//! [parsed_at u64, the sender's CLOCK_MONOTONIC ns]` followed by a [`Handoff`]; the
+//! answer is `[id u64][0 = imported, 1 = refused]` and a message. The owner never imports after the deadline and the sender waits a second
 //! past it, so exactly one of them ends up with the socket: the owner, or the sender,
 //! which imports its copy of the state back and answers 503 itself.
 

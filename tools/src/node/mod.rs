@@ -351,32 +351,40 @@ fn first_byte_out(node: &Node, conn: &mut Conn) {
     }
 }
 
+/// What the admin port serves.
+enum Page {
+    /// `/stats`: the counters.
+    Stats,
+    /// `/stats/handoffs`: every hand-off time kept.
+    Handoffs,
+}
+
 async fn admin_server(node: Arc<Node>, listener: TcpListener) {
     while let Ok((mut stream, _)) = listener.accept().await {
         let node = node.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut used = 0;
-            let ok = loop {
+            let page = loop {
                 match stream.read(&mut buf[used..]).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => used += n,
                 }
                 match http::parse(&buf[..used]) {
                     Parsed::Partial if used < buf.len() => continue,
-                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats ") => break Some(false),
+                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats ") => break Some(Page::Stats),
                     Parsed::Request(_) if buf[..used].starts_with(b"GET /stats/handoffs ") => {
-                        break Some(true)
+                        break Some(Page::Handoffs)
                     }
                     _ => break None,
                 }
             };
-            let (status, body) = match ok {
-                Some(false) => {
+            let (status, body) = match page {
+                Some(Page::Stats) => {
                     let snap = node.stats.snapshot(node.name());
                     ("200 OK", serde_json::to_vec(&snap).unwrap_or_default())
                 }
-                Some(true) => (
+                Some(Page::Handoffs) => (
                     "200 OK",
                     serde_json::to_vec(&node.stats.handoff_samples()).unwrap_or_default(),
                 ),

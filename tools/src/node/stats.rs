@@ -4,7 +4,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Hand-off times kept for `/stats/handoffs`; later ones are counted but not kept.
+/// Hand-off times kept for `/stats/handoffs` (4 MiB); later ones are not recorded.
 const MAX_SAMPLES: usize = 1 << 20;
 
 /// CLOCK_MONOTONIC in ns: one clock for every node of one host (the guest's nodes are

@@ -90,11 +90,10 @@ impl Worker {
     fn start(ns: &'static str, mech: Mech) -> Result<Self, String> {
         let (jobs, rx) = channel::<Job>();
         let (tx, done) = channel::<Reply>();
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("{ns}: {e}"))?;
+        let file = topology::netns(ns)?;
         std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a namespace fd we own.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let _ = tx.send(Err(format!("setns {ns}: {}", std::io::Error::last_os_error())));
+            if let Err(e) = topology::enter(&file) {
+                let _ = tx.send(Err(format!("{ns}: {e}")));
                 return;
             }
             let backend = match mech {
@@ -249,32 +248,11 @@ impl Bench {
     /// Connections from the client to the VIP (fe), from `port` if given.
     fn connect(&self, count: usize, port: Option<u16>) -> Result<Vec<(TcpStream, TcpStream)>, String> {
         let vip = SocketAddr::new(topology::vip(false), self.port);
-        let client = topology::addr("client", false);
         let clients = in_ns("client", move || -> std::io::Result<Vec<TcpStream>> {
             (0..count)
-                .map(|_| {
-                    // SAFETY: plain socket creation; ownership passes to OwnedFd.
-                    let fd =
-                        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // SAFETY: a fresh fd we own.
-                    let s = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    if let Some(p) = port {
-                        set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-                        let sa = crate::suites::export::sockaddr_bytes(SocketAddr::new(client, p));
-                        // SAFETY: valid address buffer and length.
-                        if unsafe { libc::bind(s.as_raw_fd(), sa.0.as_ptr().cast(), sa.1) } != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    let sa = crate::suites::export::sockaddr_bytes(vip);
-                    // SAFETY: valid address buffer and length.
-                    if unsafe { libc::connect(s.as_raw_fd(), sa.0.as_ptr().cast(), sa.1) } != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(TcpStream::from(s))
+                .map(|_| match port {
+                    Some(p) => crate::suites::hops::connect_from(p, vip),
+                    None => TcpStream::connect(vip),
                 })
                 .collect()
         })?
@@ -294,16 +272,11 @@ impl Bench {
         let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
         let (mut client, mut server) = self.connect(1, Some(port))?.pop().ok_or("no connection")?;
         send_stream(&mut client, 1, queued)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (sockopt::queued(server.as_fd(), false) as usize) < queued {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "fe holds {} of {queued} bytes",
-                    sockopt::queued(server.as_fd(), false)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::stack::wait(
+            "the client's bytes to queue on fe",
+            Duration::from_secs(30),
+            || sockopt::queued(server.as_fd(), false) as usize >= queued,
+        )?;
         Topology::hold_flow(log, false, port, true)?;
         send_stream(&mut server, 2, queued)?;
         Ok(Probe {

@@ -208,7 +208,7 @@ fn one_migration(
 }
 
 /// A connection to `to` from local port `port`.
-pub(super) fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) fn connect_from(port: u16, to: SocketAddr) -> std::io::Result<TcpStream> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: plain socket creation; ownership passes to OwnedFd.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
