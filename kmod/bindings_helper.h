@@ -23,7 +23,6 @@
 
 /* Macros bindgen cannot evaluate, turned into constants it can. */
 const u8 PRISM_GENL_MCAST_CAP_NET_ADMIN = GENL_MCAST_CAP_NET_ADMIN;
-const size_t PRISM_NLMSG_GOODSIZE = NLMSG_GOODSIZE;
 const u8 PRISM_TCPHDR_FIN = TCPHDR_FIN;
 const u8 PRISM_TCPHDR_SYN = TCPHDR_SYN;
 const int PRISM_CAP_NET_ADMIN = CAP_NET_ADMIN;
@@ -38,4 +37,5 @@ const unsigned int PRISM_ITER_SOURCE = ITER_SOURCE;
 const unsigned int PRISM_MSG_DONTWAIT = MSG_DONTWAIT;
 const unsigned int PRISM_O_CLOEXEC = O_CLOEXEC;
 const unsigned int PRISM_O_NONBLOCK = O_NONBLOCK;
+const u8 PRISM_SK_FORCE_REUSE = SK_FORCE_REUSE;
 const unsigned int PRISM_TCP_TIMEWAIT_LEN_MS = TCP_TIMEWAIT_LEN * 1000 / HZ;

@@ -7,7 +7,9 @@
 //! tuple and TCP would answer with RST. The guard (`guard.rs`) drops them silently while
 //! the tuple is in this table. An entry leaves the table when the tuple is imported again
 //! in the same namespace, when the peer opens a new connection on it (a SYN), when it
-//! expires, or when its namespace goes away. The table is bounded: a DETACH that finds it
+//! expires (found expired by a lookup, or by the reaper, a work item that sweeps the
+//! table once a second while it holds entries), or when its namespace goes away. No
+//! request walks the table. The table is bounded: a DETACH that finds it
 //! full is refused, leaving the socket untouched.
 
 use crate::bh_lock::{BhGuard, BhLock};
@@ -15,6 +17,7 @@ use crate::bindings as b;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
 use kernel::prelude::*;
+use kernel::types::Opaque;
 
 /// Upper bound of the `departed_capacity` module parameter: 1 Mi entries (about 64 MiB).
 const MAX_CAPACITY: u32 = 1 << 20;
@@ -135,6 +138,8 @@ pub(crate) struct Departed {
     pub(crate) dropped: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) full: AtomicU64,
+    /// Sweeps expired entries while the table is not empty.
+    reaper: Opaque<b::delayed_work>,
 }
 
 // SAFETY: `slots` is only reached through `Locked`, which holds the spinlock.
@@ -244,12 +249,23 @@ impl Departed {
                 dropped: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
                 full: AtomicU64::new(0),
+                reaper: Opaque::uninit(),
             },
             GFP_KERNEL,
         )?;
-        // SAFETY: the lock lives in the box, whose address does not change until freed.
-        unsafe { t.slots.init() };
+        // SAFETY: the lock and the work live in the box, whose address does not change
+        // until it is freed; `drop` cancels the work first.
+        unsafe {
+            t.slots.init();
+            b::prism_init_delayed_work(t.reaper.get(), Some(reap));
+        }
         Ok(t)
+    }
+
+    fn kick_reaper(&self) {
+        // SAFETY: initialised in `new`, cancelled in `drop`. A pending work stays as it
+        // is (this only sets it once).
+        unsafe { b::prism_schedule_delayed_work(self.reaper.get(), b::PRISM_HZ.into()) };
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -298,6 +314,8 @@ impl Departed {
         };
         s.heads[bucket] = i;
         self.count.fetch_add(1, Ordering::Release);
+        drop(l);
+        self.kick_reaper();
         Ok(())
     }
 
@@ -321,12 +339,14 @@ impl Departed {
         self.lock().remove_where(|e| e.tuple.net == net);
     }
 
-    /// Drops expired entries; returns the number still protected.
-    pub(crate) fn sweep(&self) -> usize {
+    /// Drops expired entries (the reaper's walk); again in a second while any are left.
+    fn sweep(&self) {
         let t = now();
         let n = self.lock().remove_where(|e| expired(e.expires, t));
         self.expired.fetch_add(n as u64, Ordering::Relaxed);
-        self.active()
+        if self.active() > 0 {
+            self.kick_reaper();
+        }
     }
 
     /// Decides the fate of a packet of `tuple`; `new_connection` is a SYN without ACK.
@@ -350,5 +370,21 @@ impl Departed {
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
         Verdict::Drop
+    }
+}
+
+impl Drop for Departed {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`; waits for a running sweep and stops it from
+        // queueing itself again.
+        unsafe { b::cancel_delayed_work_sync(self.reaper.get()) };
+    }
+}
+
+unsafe extern "C" fn reap(_work: *mut b::work_struct) {
+    // The table outlives its reaper (`drop` cancels it), and while the module is loaded
+    // `table()` is that table.
+    if let Some(t) = crate::guard::table() {
+        t.sweep();
     }
 }

@@ -11,6 +11,10 @@ use crate::uapi::{cmd, event as a, reason};
 use core::ffi::c_int;
 use kernel::prelude::*;
 
+/// Attribute bytes of the largest event (`SOCK_RELEASED` over IPv6: seven padded u64s,
+/// two addresses, seven small attributes), rounded up.
+const EVENT_SIZE: usize = 256;
+
 /// A counted reference to a network namespace.
 pub(crate) struct NetRef(*mut b::net);
 
@@ -113,7 +117,7 @@ impl Event {
     /// `family` must stay registered during the call.
     pub(crate) unsafe fn send(&self, family: *const b::genl_family, seq: u64) -> c_int {
         // SAFETY: the caller keeps the family registered.
-        let msg = unsafe { Message::notification(family, self.cmd) };
+        let msg = unsafe { Message::notification(family, self.cmd, EVENT_SIZE) };
         let Ok(mut msg) = msg else {
             return -(b::ENOMEM as c_int);
         };

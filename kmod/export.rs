@@ -16,6 +16,11 @@ use crate::uapi::{cmd, state as a, BLOB_VERSION, QUEUE_CHUNK};
 use kernel::c_str;
 use kernel::prelude::*;
 
+/// Attribute bytes of an export reply besides the queues: 47 attributes of at most 8
+/// bytes plus headers, two 16-byte addresses, the congestion control name and the
+/// 64-bit migration id with its pad.
+const REPLY_FIXED: usize = 47 * 12 + 2 * 20 + 24 + 16;
+
 pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     let Some((fd, fd_attr)) = req.attr_u32(a::FD) else {
         req.set_err(None, c_str!("missing attribute: fd"));
@@ -44,15 +49,20 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         req.set_err(Some(fd_attr), msg);
         e
     })?;
-    let queued = st.send_queue.len() + st.recv_queue.len();
+    let queued = (st.send_len + st.recv_len) as usize;
     let mut msg = req.reply_sized(
         cmd::SOCK_EXPORT,
-        1024 + queued + (queued / QUEUE_CHUNK + 2) * 8,
+        REPLY_FIXED + queued + (queued / QUEUE_CHUNK + 2) * 4,
     )?;
     // SAFETY: plain call into the random pool.
     let migration_id = unsafe { b::get_random_u64() };
     encode(&st, migration_id, &mut msg)
         .inspect_err(|_| req.set_err(None, c_str!("state does not fit the reply")))?;
+    st.write_queues(&lock, &mut msg, (a::SEND_QUEUE, a::RECV_QUEUE, QUEUE_CHUNK))
+        .map_err(|(e, m)| {
+            req.set_err(Some(fd_attr), m);
+            e
+        })?;
     if !detach {
         drop(lock);
         msg.send_reply()?;
@@ -104,13 +114,6 @@ pub(crate) fn put_cc_name(msg: &mut Message<'_>, cc_name: &[u8; 16]) -> Result {
     msg.put(a::CC_NAME, &name[..=len])
 }
 
-fn put_queue(msg: &mut Message<'_>, kind: u16, data: &[u8]) -> Result {
-    for chunk in data.chunks(QUEUE_CHUNK) {
-        msg.put(kind, chunk)?;
-    }
-    Ok(())
-}
-
 fn encode(st: &TcpState, migration_id: u64, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::BLOB_VERSION, BLOB_VERSION)?;
     msg.put_u16(a::FAMILY, st.family)?;
@@ -123,8 +126,6 @@ fn encode(st: &TcpState, migration_id: u64, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::SND_NXT, st.snd_nxt)?;
     msg.put_u32(a::WRITE_SEQ, st.write_seq)?;
     msg.put_u32(a::RCV_NXT, st.rcv_nxt)?;
-    put_queue(msg, a::SEND_QUEUE, &st.send_queue)?;
-    put_queue(msg, a::RECV_QUEUE, &st.recv_queue)?;
     msg.put_u8(a::FIN_RECEIVED, st.fin_received.into())?;
     msg.put_u16(a::MSS_CLAMP, st.mss_clamp)?;
     msg.put_u8(a::SND_WSCALE, st.snd_wscale)?;

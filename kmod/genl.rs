@@ -217,13 +217,18 @@ impl<'a> Message<'a> {
         self.put(kind, value.as_bytes_with_nul())
     }
 
-    /// Starts a notification `cmd` of `family`, sent by nobody's request.
+    /// Starts a notification `cmd` of `family` with room for `size` bytes of
+    /// attributes, sent by nobody's request.
     ///
     /// # Safety
     ///
     /// `family` must be registered until the message is sent or dropped.
-    pub(crate) unsafe fn notification(family: *const b::genl_family, cmd: u8) -> Result<Self> {
-        let mut msg = Self::new(b::PRISM_NLMSG_GOODSIZE)?;
+    pub(crate) unsafe fn notification(
+        family: *const b::genl_family,
+        cmd: u8,
+        size: usize,
+    ) -> Result<Self> {
+        let mut msg = Self::new(size)?;
         // SAFETY: `msg.skb` is a fresh netlink skb; the caller keeps `family` registered.
         msg.hdr = unsafe { b::genlmsg_put(msg.skb.as_ptr(), 0, 0, family, 0, cmd) };
         if msg.hdr.is_null() {
@@ -272,6 +277,78 @@ impl<'a> Message<'a> {
             b::prism_genlmsg_reply(this.skb.as_ptr(), core::ptr::from_ref(req.info).cast_mut())
         };
         to_result(ret)
+    }
+}
+
+/// One byte string written into a message as consecutive attributes of one kind, each
+/// at most `chunk` bytes, filled in place: the bytes are copied once, from their source
+/// into the message.
+pub(crate) struct ChunkedAttr<'m, 'a> {
+    msg: &'m mut Message<'a>,
+    kind: u16,
+    chunk: usize,
+    /// Bytes not yet reserved.
+    left: usize,
+    /// Room left in the last reserved attribute, and where it starts.
+    room: usize,
+    cur: *mut u8,
+}
+
+impl<'m, 'a> ChunkedAttr<'m, 'a> {
+    /// Starts `total` bytes of attributes `kind`; `chunk` must not be zero.
+    pub(crate) fn new(msg: &'m mut Message<'a>, kind: u16, total: usize, chunk: usize) -> Self {
+        Self {
+            msg,
+            kind,
+            chunk: chunk.max(1),
+            left: total,
+            room: 0,
+            cur: core::ptr::null_mut(),
+        }
+    }
+
+    /// Appends `len` bytes that `fill(dst, offset)` writes, `offset` counting from the
+    /// start of this call; EMSGSIZE beyond the announced total.
+    pub(crate) fn append(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8], usize) -> Result,
+    ) -> Result {
+        let mut done = 0;
+        while done < len {
+            if self.room == 0 {
+                let n = self.chunk.min(self.left);
+                if n == 0 {
+                    return Err(errno(b::EMSGSIZE));
+                }
+                // SAFETY: the skb is owned by the message; `nla_reserve` returns room
+                // for the header and `n` bytes (padding zeroed), or NULL.
+                let nla =
+                    unsafe { b::nla_reserve(self.msg.skb.as_ptr(), self.kind.into(), n as c_int) };
+                if nla.is_null() {
+                    return Err(errno(b::EMSGSIZE));
+                }
+                // SAFETY: the payload follows the 4-byte header (`nla_data`).
+                self.cur = unsafe { nla.cast::<u8>().add(core::mem::size_of::<b::nlattr>()) };
+                self.room = n;
+                self.left -= n;
+            }
+            let k = self.room.min(len - done);
+            // SAFETY: `cur` points to `room` reserved bytes of the skb, which nothing
+            // else references while this writer borrows the message.
+            let dst = unsafe { core::slice::from_raw_parts_mut(self.cur, k) };
+            fill(dst, done)?;
+            // SAFETY: stays within the reserved attribute.
+            self.cur = unsafe { self.cur.add(k) };
+            self.room -= k;
+            done += k;
+        }
+        Ok(())
+    }
+
+    /// Whether exactly the announced total was written.
+    pub(crate) fn complete(&self) -> bool {
+        self.left == 0 && self.room == 0
     }
 }
 

@@ -235,3 +235,24 @@ unsigned int prism_departed_capacity(void)
 {
 	return departed_capacity;
 }
+
+u32 prism_tcp_clock_ts(bool usec_ts)
+{
+	return tcp_clock_ts(usec_ts);
+}
+
+bool prism_genl_has_listeners(const struct genl_family *family, struct net *net,
+			      unsigned int group)
+{
+	return genl_has_listeners(family, net, group);
+}
+
+void prism_init_delayed_work(struct delayed_work *dwork, work_func_t func)
+{
+	INIT_DELAYED_WORK(dwork, func);
+}
+
+bool prism_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay)
+{
+	return schedule_delayed_work(dwork, delay);
+}

@@ -63,4 +63,11 @@ struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list);
 struct ipv6_pinfo *prism_inet6_sk(const struct sock *sk);
 const struct nlattr *prism_genl_request_attrs(const struct genl_info *info, int *len);
 
+u32 prism_tcp_clock_ts(bool usec_ts);
+bool prism_genl_has_listeners(const struct genl_family *family, struct net *net,
+			      unsigned int group);
+
+void prism_init_delayed_work(struct delayed_work *dwork, work_func_t func);
+bool prism_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay);
+
 #endif

@@ -4,13 +4,17 @@
 //! network namespace, installed as a new fd of the caller.
 //!
 //! Order (see docs/design/migration.md): every resource first (socket, file, fd), then
-//! the state. Before connect, through the kernel's own setsockopt paths: repair mode,
-//! queue sequence numbers, timestamp clock, congestion control, socket options, bind.
-//! Connect in repair mode (no SYN) happens under our socket lock, which stays held until
-//! the whole state is in place: a packet of the flow that arrives meanwhile waits in the
-//! backlog instead of meeting a half-restored socket. Then options, window, queues,
-//! congestion state, repair off, unsent data. The fd is installed last; any failure
-//! before tears the socket down in repair mode, so the peer sees nothing.
+//! the state. Before connect: repair mode and queue sequence numbers (set directly, as
+//! the TCP_REPAIR setsockopts do), congestion control and socket options (through the
+//! kernel's setsockopt paths), bind. Connect in repair mode (no
+//! SYN) happens under our socket lock, which stays held while the rest goes in: a packet
+//! of the flow that arrives meanwhile waits in the backlog instead of meeting a
+//! half-restored socket. After connect, because connect derives them from the route:
+//! timestamp clock and offset, MSS clamp and the other negotiated options, window; then
+//! the receive queue, the round-trip estimate, the sent data, congestion state. Repair
+//! mode ends through the kernel's own `TCP_REPAIR_OFF` (which sends a window probe), then
+//! the unsent data is queued. The fd is installed last; any failure before tears the
+//! socket down in repair mode.
 
 use crate::bindings as b;
 use crate::blob::Blob;
@@ -153,12 +157,21 @@ impl Building {
     /// Everything that goes before connect, through the kernel's setsockopt paths.
     fn prepare(&self, blob: &Blob<'_>) -> Result<(), Failure> {
         let tcp = b::SOL_TCP;
-        self.setsockopt(tcp, b::TCP_REPAIR, b::TCP_REPAIR_ON)?;
-        self.setsockopt(tcp, b::TCP_REPAIR_QUEUE, b::TCP_RECV_QUEUE)?;
-        self.setsockopt(tcp, b::TCP_QUEUE_SEQ, blob.recv_start())?;
-        self.setsockopt(tcp, b::TCP_REPAIR_QUEUE, b::TCP_SEND_QUEUE)?;
-        self.setsockopt(tcp, b::TCP_QUEUE_SEQ, blob.snd_una)?;
-        self.setsockopt(tcp, b::TCP_TIMESTAMP, blob.ts_now)?;
+        // What TCP_REPAIR_ON and the two TCP_QUEUE_SEQ calls do, written directly: the
+        // socket is fresh (TCP_CLOSE, empty queues) and the family already required
+        // the CAP_NET_ADMIN that `tcp_can_repair_sock` checks.
+        // SAFETY: the socket is not hashed and not reachable by anyone but us yet.
+        unsafe {
+            let t = &mut *self.tp();
+            t.set_repair(1);
+            t.repair_queue = b::TCP_NO_QUEUE as u8;
+            (*self.sk.as_ptr())
+                .__sk_common
+                .set_skc_reuse(b::PRISM_SK_FORCE_REUSE.into());
+            t.rcv_nxt = blob.recv_start();
+            t.copied_seq = blob.recv_start();
+            t.write_seq = blob.snd_una;
+        }
         // An algorithm this host lacks falls back to the namespace default; the reply
         // names the one in effect.
         let name_len = blob.cc_name.len() - 1;
@@ -228,8 +241,6 @@ impl Building {
                 locks |= b::SOCK_RCVBUF_LOCK;
             }
             (*sk).sk_userlocks = locks as u8;
-            // Connect sizes the MSS from the route and this clamp.
-            (*self.tp()).rx_opt.mss_clamp = blob.mss_clamp;
         }
 
         let local = blob.bind_addr.as_ref().unwrap_or(&blob.saddr);
@@ -250,8 +261,9 @@ impl Building {
         })
     }
 
-    /// Connects in repair mode (no SYN) and restores the rest, all under `lock`.
-    fn restore(&self, lock: &SockLock<'_>, blob: &Blob<'_>) -> Result<(), Failure> {
+    /// Connects in repair mode (no SYN) and restores everything but the unsent data,
+    /// all under `lock`; returns the unsent chunks.
+    fn restore<'b>(&self, lock: &SockLock<'_>, blob: &Blob<'b>) -> Result<KVec<&'b [u8]>, Failure> {
         let mut peer = SockAddr::new(blob.family, &blob.daddr, blob.dport);
         // SAFETY: the socket lock is held, as `__inet_stream_connect` requires; the
         // address is valid for its length.
@@ -276,6 +288,13 @@ impl Building {
         // fields are ours to set until the lock is released.
         unsafe {
             let t = &mut *tp;
+            // Connect chose the timestamp clock from this route and reset the MSS clamp
+            // to the protocol minimum: both are the connection's, not this host's. The
+            // offset is computed for the clock the peer has seen all along.
+            let usec = blob.ts_now & 1 != 0;
+            t.set_tcp_usec_ts(usec.into());
+            t.tsoffset = blob.ts_now.wrapping_sub(b::prism_tcp_clock_ts(usec));
+            t.rx_opt.mss_clamp = blob.mss_clamp;
             t.rx_opt.set_wscale_ok(blob.wscale_ok.into());
             t.rx_opt.set_snd_wscale(blob.snd_wscale.into());
             t.rx_opt.set_rcv_wscale(blob.rcv_wscale.into());
@@ -343,7 +362,21 @@ impl Building {
             }
         }
 
-        let (sent, unsent) = split(&blob.send_queue, blob.sent_len());
+        // The round-trip estimate goes in before the sent data: replaying it arms the
+        // retransmission and loss-probe timers from `icsk_rto` and `srtt_us`.
+        // SAFETY: as above.
+        unsafe {
+            let t = &mut *tp;
+            if blob.srtt_us != 0 {
+                t.srtt_us = blob.srtt_us;
+                t.mdev_us = blob.mdev_us;
+                t.rttvar_us = blob.mdev_us.max(b::prism_tcp_rto_min_us(sk));
+                t.mdev_max_us = t.rttvar_us;
+                let rto = b::prism_usecs_to_jiffies((t.srtt_us >> 3) + t.rttvar_us);
+                t.inet_conn.icsk_rto = (rto as u32).min(b::PRISM_TCP_RTO_MAX);
+            }
+        }
+        let (sent, unsent) = split(&blob.send_queue, blob.sent_len())?;
         self.queue(
             lock,
             b::TCP_SEND_QUEUE,
@@ -358,27 +391,40 @@ impl Building {
             }
             t.snd_cwnd = blob.snd_cwnd;
             t.snd_ssthresh = blob.snd_ssthresh;
-            if blob.srtt_us != 0 {
-                t.srtt_us = blob.srtt_us;
-                t.mdev_us = blob.mdev_us;
-                t.rttvar_us = blob.mdev_us.max(b::prism_tcp_rto_min_us(sk));
-                t.mdev_max_us = t.rttvar_us;
-                let rto = b::prism_usecs_to_jiffies((t.srtt_us >> 3) + t.rttvar_us);
-                t.inet_conn.icsk_rto = (rto as u32).min(b::PRISM_TCP_RTO_MAX);
-            }
             // Not idle: the connection was busy a moment ago on the other host.
             let now = b::prism_jiffies() as u32;
             t.lsndtime = now;
             t.snd_cwnd_stamp = now;
-
-            t.set_repair(0);
             t.repair_queue = b::TCP_NO_QUEUE as u8;
-            (*sk).__sk_common.set_skc_reuse(blob.reuseaddr.into());
         }
+        Ok(unsent)
+    }
+
+    /// Leaves repair mode the way `TCP_REPAIR_OFF` does, window probe included: the
+    /// probe (an old sequence number) makes the peer acknowledge at once, so ACKs the
+    /// guard dropped during the hop cost no retransmission timeout. The kernel's own
+    /// path takes the socket lock, so it runs between `restore` and `finish`.
+    fn repair_off(&self) -> Result<(), Failure> {
+        self.setsockopt(b::SOL_TCP, b::TCP_REPAIR, b::TCP_REPAIR_OFF)
+    }
+
+    /// Queues the unsent data as new data and restores what leaving repair mode reset.
+    fn finish(
+        &self,
+        lock: &SockLock<'_>,
+        blob: &Blob<'_>,
+        unsent: &[&[u8]],
+    ) -> Result<(), Failure> {
+        // SAFETY: we hold the socket lock.
+        unsafe {
+            (*lock.sk())
+                .__sk_common
+                .set_skc_reuse(blob.reuseaddr.into())
+        };
         let unsent_len = blob.write_seq.wrapping_sub(blob.snd_nxt);
         self.queue(lock, b::TCP_NO_QUEUE, unsent.iter().copied(), unsent_len)?;
         // SAFETY: as above.
-        if unsafe { (*tp).write_seq } != blob.write_seq {
+        if unsafe { (*self.tp()).write_seq } != blob.write_seq {
             return Err(fail(EIO, c_str!("unsent data was not restored whole")));
         }
         Ok(())
@@ -470,23 +516,26 @@ impl Drop for Building {
     }
 }
 
+/// The send queue's chunks split at `at` bytes: already sent, not yet sent.
+type Split<'c> = (KVec<&'c [u8]>, KVec<&'c [u8]>);
+
 /// Splits the send queue's chunks at `at` bytes: already sent, not yet sent.
-fn split<'c>(chunks: &[&'c [u8]], at: u32) -> (KVec<&'c [u8]>, KVec<&'c [u8]>) {
+fn split<'c>(chunks: &[&'c [u8]], at: u32) -> Result<Split<'c>, Failure> {
+    let oom = |_| fail(ENOMEM, c_str!("no memory to split the send queue"));
     let mut sent = KVec::new();
     let mut unsent = KVec::new();
     let mut left = at as usize;
     for c in chunks {
         let n = left.min(c.len());
         left -= n;
-        // Allocation failures surface as a short restore, caught by the checks above.
         if n > 0 {
-            let _ = sent.push(&c[..n], GFP_KERNEL);
+            sent.push(&c[..n], GFP_KERNEL).map_err(oom)?;
         }
         if n < c.len() {
-            let _ = unsent.push(&c[n..], GFP_KERNEL);
+            unsent.push(&c[n..], GFP_KERNEL).map_err(oom)?;
         }
     }
-    (sent, unsent)
+    Ok((sent, unsent))
 }
 
 pub(crate) fn sock_import(req: &Request<'_>) -> Result {
@@ -502,10 +551,16 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     };
     let building = Building::create(net, &blob).map_err(report)?;
     building.prepare(&blob).map_err(report)?;
-    {
+    let unsent = {
         // SAFETY: the socket lives as long as `building`, which outlives the lock.
         let lock = unsafe { SockLock::lock_raw(building.sk) };
-        building.restore(&lock, &blob).map_err(report)?;
+        building.restore(&lock, &blob).map_err(report)?
+    };
+    building.repair_off().map_err(report)?;
+    {
+        // SAFETY: as above.
+        let lock = unsafe { SockLock::lock_raw(building.sk) };
+        building.finish(&lock, &blob, &unsent).map_err(report)?;
     }
 
     // Sized to what it holds: a default-size reply is copied to trim it on the way out.

@@ -36,7 +36,7 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
     msg.put_u64(attr::ERRORS, Stats::get(&STATS.errors), attr::PAD)?;
     msg.put_u32(attr::MAX_QUEUE_BYTES, uapi::MAX_QUEUE_BYTES)?;
     if let Some(t) = guard::table() {
-        msg.put_u32(attr::DEPARTED_ACTIVE, t.sweep() as u32)?;
+        msg.put_u32(attr::DEPARTED_ACTIVE, t.active() as u32)?;
         msg.put_u32(attr::DEPARTED_CAPACITY, t.capacity() as u32)?;
         msg.put_u32(attr::DEPARTED_TIMEOUT_MS, departed::TIMEOUT_MS)?;
         msg.put_u64(attr::DEPARTED_DROPPED, Stats::get(&t.dropped), attr::PAD)?;

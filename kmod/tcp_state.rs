@@ -3,10 +3,9 @@
 //! Capture of a TCP socket's whole state, queues included, under its socket lock.
 
 use crate::bindings as b;
-use crate::genl::errno;
+use crate::genl::{errno, ChunkedAttr, Message};
 use crate::socket::SockLock;
 use crate::uapi::{BUF_LOCK_RCV, BUF_LOCK_SND, MAX_QUEUE_BYTES};
-use kernel::alloc::KVVec;
 use kernel::c_str;
 use kernel::prelude::*;
 use kernel::str::CStr;
@@ -68,18 +67,20 @@ pub(crate) struct TcpState {
     pub(crate) window_clamp: u32,
     pub(crate) rcv_ssthresh: u32,
     pub(crate) reuseaddr: bool,
-    /// From `snd_una` to `write_seq`: the first `snd_nxt - snd_una` bytes were sent.
-    pub(crate) send_queue: KVVec<u8>,
-    /// Received, not yet read by the application, from `rcv_nxt - len`.
-    pub(crate) recv_queue: KVVec<u8>,
+    /// Bytes from `snd_una` to `write_seq`: the first `snd_nxt - snd_una` were sent.
+    pub(crate) send_len: u32,
+    /// Bytes received, not yet read by the application, from `copied_seq` on.
+    pub(crate) recv_len: u32,
+    /// Where the unread data starts.
+    copied_seq: u32,
 }
 
 fn refuse(code: u32, msg: &'static CStr) -> Refusal {
     (errno(code), msg)
 }
 
-/// Appends the payload of `skb` from sequence number `from` on; returns whether the
-/// segment carried a FIN.
+/// Appends the payload of `skb` from sequence number `from` on to `out`; returns
+/// whether the segment carried a FIN.
 ///
 /// # Safety
 ///
@@ -87,7 +88,7 @@ fn refuse(code: u32, msg: &'static CStr) -> Refusal {
 unsafe fn copy_payload(
     skb: *mut b::sk_buff,
     from: u32,
-    out: &mut KVVec<u8>,
+    out: &mut ChunkedAttr<'_, '_>,
 ) -> Result<bool, Refusal> {
     // SAFETY: TCP queue skbs carry a `tcp_skb_cb` in their control buffer.
     let cb = unsafe { &*b::prism_tcp_skb_cb(skb) };
@@ -108,21 +109,29 @@ unsafe fn copy_payload(
         return Ok(fin);
     }
     let len = (span - skip) as usize;
-    if out.capacity() - out.len() < len {
-        return Err(refuse(
+    out.append(len, |dst, at| {
+        // SAFETY: the skb holds `span` payload bytes; `dst` is the next part of the
+        // `len` bytes from offset `skip` on.
+        let ret = unsafe {
+            b::skb_copy_bits(
+                skb,
+                (skip as usize + at) as i32,
+                dst.as_mut_ptr().cast(),
+                dst.len() as i32,
+            )
+        };
+        if ret < 0 {
+            Err(EIO)
+        } else {
+            Ok(())
+        }
+    })
+    .map_err(|_| {
+        refuse(
             b::EIO,
             c_str!("queue holds more bytes than its sequence numbers say"),
-        ));
-    }
-    let dst = out.spare_capacity_mut();
-    // SAFETY: `dst` has room for `len` bytes (checked above); the skb holds `span`
-    // payload bytes, of which we copy from offset `skip`.
-    let ret = unsafe { b::skb_copy_bits(skb, skip as i32, dst.as_mut_ptr().cast(), len as i32) };
-    if ret < 0 {
-        return Err(refuse(b::EIO, c_str!("copying a queued segment failed")));
-    }
-    // SAFETY: `skb_copy_bits` initialised `len` more bytes.
-    unsafe { out.set_len(out.len() + len) };
+        )
+    })?;
     Ok(fin)
 }
 
@@ -134,7 +143,7 @@ unsafe fn copy_payload(
 unsafe fn copy_list(
     head: *mut b::sk_buff_head,
     from: u32,
-    out: &mut KVVec<u8>,
+    out: &mut ChunkedAttr<'_, '_>,
 ) -> Result<bool, Refusal> {
     let end = head.cast::<b::sk_buff>();
     let mut fin = false;
@@ -164,11 +173,6 @@ pub(crate) unsafe fn cc_name(tp: &b::tcp_sock) -> [u8; 16] {
         }
     }
     name
-}
-
-fn alloc_queue(len: u32) -> Result<KVVec<u8>, Refusal> {
-    KVVec::with_capacity(len as usize, GFP_KERNEL)
-        .map_err(|_| (ENOMEM, c_str!("no memory for the queues")))
 }
 
 impl TcpState {
@@ -239,27 +243,12 @@ impl TcpState {
                     c_str!("queued bytes exceed the module's max-queue-bytes"),
                 ));
             }
-            let mut send_queue = alloc_queue(send_len)?;
-            let mut skb = b::prism_skb_rb_first(&mut (*sk).__bindgen_anon_2.tcp_rtx_queue);
-            while !skb.is_null() {
-                copy_payload(skb, t.snd_una, &mut send_queue)?;
-                skb = b::prism_skb_rb_next(skb);
-            }
-            copy_list(&mut (*sk).sk_write_queue, t.snd_una, &mut send_queue)?;
-            if send_queue.len() != send_len as usize {
-                return Err(refuse(
-                    b::EIO,
-                    c_str!("send queue does not match its sequence numbers"),
-                ));
-            }
-            let mut recv_queue = alloc_queue(recv_max)?;
-            let fin_unread = copy_list(&mut (*sk).sk_receive_queue, t.copied_seq, &mut recv_queue)?;
-            if recv_queue.len() + usize::from(fin_unread) != recv_max as usize {
-                return Err(refuse(
-                    b::EIO,
-                    c_str!("receive queue does not match its sequence numbers"),
-                ));
-            }
+            // A FIN the application has not read yet ends the last queued segment; it
+            // is not data (`fin_received` and `rcv_nxt` carry it).
+            let tail = b::prism_skb_peek_tail(&mut (*sk).sk_receive_queue);
+            let fin_unread = !tail.is_null()
+                && (*b::prism_tcp_skb_cb(tail)).tcp_flags & b::PRISM_TCPHDR_FIN != 0;
+            let recv_len = recv_max.wrapping_sub(u32::from(fin_unread));
 
             let icsk = &t.inet_conn;
             let cc_name = cc_name(t);
@@ -338,10 +327,49 @@ impl TcpState {
                 window_clamp: t.window_clamp,
                 rcv_ssthresh: t.rcv_ssthresh,
                 reuseaddr: common.skc_reuse() != 0,
-                send_queue,
-                recv_queue,
+                send_len,
+                recv_len,
+                copied_seq: t.copied_seq,
             })
         }
+    }
+
+    /// Writes the send and receive queues of the socket this state was captured from
+    /// as `send_kind` and `recv_kind` attributes of at most `chunk` bytes, copied
+    /// straight from the socket's buffers into `msg`.
+    pub(crate) fn write_queues(
+        &self,
+        lock: &SockLock<'_>,
+        msg: &mut Message<'_>,
+        (send_kind, recv_kind, chunk): (u16, u16, usize),
+    ) -> Result<(), Refusal> {
+        let sk = lock.sk();
+        // SAFETY: the socket lock taken for `capture` is still held (`lock`), so the
+        // queues are as `capture` measured them.
+        unsafe {
+            let mut out = ChunkedAttr::new(msg, send_kind, self.send_len as usize, chunk);
+            let mut skb = b::prism_skb_rb_first(&mut (*sk).__bindgen_anon_2.tcp_rtx_queue);
+            while !skb.is_null() {
+                copy_payload(skb, self.snd_una, &mut out)?;
+                skb = b::prism_skb_rb_next(skb);
+            }
+            copy_list(&mut (*sk).sk_write_queue, self.snd_una, &mut out)?;
+            if !out.complete() {
+                return Err(refuse(
+                    b::EIO,
+                    c_str!("send queue does not match its sequence numbers"),
+                ));
+            }
+            let mut out = ChunkedAttr::new(msg, recv_kind, self.recv_len as usize, chunk);
+            copy_list(&mut (*sk).sk_receive_queue, self.copied_seq, &mut out)?;
+            if !out.complete() {
+                return Err(refuse(
+                    b::EIO,
+                    c_str!("receive queue does not match its sequence numbers"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn addr_len(&self) -> usize {

@@ -14,6 +14,7 @@
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
 use crate::events::{classify, Event, NetRef};
+use crate::family::GROUP_EVENTS;
 use crate::guard;
 use crate::stats::{Stats, STATS};
 use crate::uapi::{cmd, reason};
@@ -309,8 +310,9 @@ impl Tracker {
         };
         tracked.imported_ns = now_ns();
         imported.tcp_state = state;
+        let listening = self.listening(&imported);
         let mut l = self.lock();
-        let queued = l.push(imported);
+        let queued = listening && l.push(imported);
         if state == b::TCP_CLOSE as u8 {
             drop(l);
             // SAFETY: as above.
@@ -348,10 +350,25 @@ impl Tracker {
         self.queue(ev);
     }
 
+    /// Queues `ev` for sending, or frees it at once when nobody listens: an event is
+    /// built and sent only for listeners, so a hop nobody watches schedules no work.
     fn queue(&self, ev: KBox<Event>) {
-        if self.lock().push(ev) {
+        if ev.cmd == cmd::SOCK_RELEASED {
+            Stats::bump(&STATS.releases);
+        }
+        if self.listening(&ev) && self.lock().push(ev) {
             self.kick();
         }
+    }
+
+    /// Whether the `events` group has a listener in `ev`'s namespace. Callable in
+    /// softirq: the check reads the group's listener bitmap under RCU.
+    fn listening(&self, ev: &Event) -> bool {
+        let family = self.family.load(Ordering::Acquire);
+        // SAFETY: the family stays registered while it is stored here (`stop` clears
+        // it before the family goes); the event holds a reference on its namespace.
+        !family.is_null()
+            && unsafe { b::prism_genl_has_listeners(family, ev.net.as_ptr(), GROUP_EVENTS) }
     }
 
     fn kick(&self) {
@@ -391,9 +408,6 @@ impl Tracker {
                     Stats::bump(&self.sent);
                 } else {
                     Stats::bump(&self.lost);
-                }
-                if e.cmd == cmd::SOCK_RELEASED {
-                    Stats::bump(&STATS.releases);
                 }
             }
         }

@@ -19,6 +19,7 @@ use neli::utils::Groups;
 use neli::{FromBytesWithInput, Size, ToBytes};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::net::{IpAddr, TcpStream};
@@ -44,7 +45,7 @@ pub struct ModuleInfo {
     pub exports: u64,
     /// Sockets imported since load.
     pub imports: u64,
-    /// Release events sent since load.
+    /// Imported sockets released since load (whether or not anyone listened).
     pub releases: u64,
     /// Requests that failed after validation.
     pub errors: u64,
@@ -365,29 +366,42 @@ impl Client {
 
     /// Reads the module's version and counters (`GET_INFO`).
     pub fn info(&self) -> Result<ModuleInfo> {
-        let payload = self.call(Command::GetInfo, |buf| {
+        let attrs = self.call(Command::GetInfo, &[], GENL_HEADER, |buf| {
             put_attr(buf, InfoAttr::ProtoVersion, &PROTO_VERSION.to_ne_bytes());
         })?;
-        let reply =
-            Genlmsghdr::<Command, InfoAttr>::from_bytes_with_input(&mut Cursor::new(&payload), payload.len())
-                .map_err(proto)?;
-        let h = reply.attrs().get_attr_handle();
-        let u64_of = |a| h.get_attr_payload_as::<u64>(a).map_err(proto);
-        let u32_of = |a| h.get_attr_payload_as::<u32>(a).map_err(proto);
+        // Read in place: the reply is a flat list of fixed-size counters.
+        let mut found: HashMap<u16, &[u8]> = HashMap::new();
+        for (kind, payload) in crate::state::attributes(&attrs) {
+            found.insert(kind, payload);
+        }
+        let get = |a: InfoAttr| {
+            found
+                .get(&u16::from(a))
+                .copied()
+                .ok_or_else(|| proto(format!("GET_INFO reply without {a:?}")))
+        };
+        let u64_of = |a| {
+            get(a)?
+                .try_into()
+                .map(u64::from_ne_bytes)
+                .map_err(|_| proto(format!("GET_INFO {a:?} is not a u64")))
+        };
+        let u32_of = |a| {
+            get(a)?
+                .try_into()
+                .map(u32::from_ne_bytes)
+                .map_err(|_| proto(format!("GET_INFO {a:?} is not a u32")))
+        };
+        let version = get(InfoAttr::ModuleVersion)?;
         Ok(ModuleInfo {
-            module_version: h
-                .get_attr_payload_as_with_len::<String>(InfoAttr::ModuleVersion)
-                .map_err(proto)?,
-            proto_version: h
-                .get_attr_payload_as::<u32>(InfoAttr::ProtoVersion)
-                .map_err(proto)?,
+            module_version: String::from_utf8_lossy(version.split(|b| *b == 0).next().unwrap_or_default())
+                .into_owned(),
+            proto_version: u32_of(InfoAttr::ProtoVersion)?,
             exports: u64_of(InfoAttr::Exports)?,
             imports: u64_of(InfoAttr::Imports)?,
             releases: u64_of(InfoAttr::Releases)?,
             errors: u64_of(InfoAttr::Errors)?,
-            max_queue_bytes: h
-                .get_attr_payload_as::<u32>(InfoAttr::MaxQueueBytes)
-                .map_err(proto)?,
+            max_queue_bytes: u32_of(InfoAttr::MaxQueueBytes)?,
             departed: DepartedInfo {
                 active: u32_of(InfoAttr::DepartedActive)?,
                 capacity: u32_of(InfoAttr::DepartedCapacity)?,
@@ -417,22 +431,22 @@ impl Client {
     }
 
     fn export(&self, fd: BorrowedFd<'_>, detach: bool) -> Result<MigrationState> {
-        let reply = self.call(Command::SockExport, |buf| {
+        let blob = self.call(Command::SockExport, &[], GENL_HEADER, |buf| {
             put_attr(buf, StateAttr::Fd, &(fd.as_raw_fd() as u32).to_ne_bytes());
             if detach {
                 put_attr(buf, StateAttr::Detach, &[]);
             }
         })?;
         // The blob is the module's own bytes, not re-encoded.
-        Ok(MigrationState::from_bytes(reply[GENL_HEADER..].to_vec()))
+        Ok(MigrationState::from_bytes(blob))
     }
 
     /// Builds a live socket from `state` in this process's network namespace
     /// (`SOCK_IMPORT`) and returns it as a new fd.
     pub fn import(&self, state: &MigrationState, options: &ImportOptions) -> Result<Imported> {
-        // The blob goes out byte for byte as SOCK_EXPORT produced it.
-        let bytes = self.call(Command::SockImport, |buf| {
-            buf.extend_from_slice(state.as_bytes());
+        // The blob goes out byte for byte as SOCK_EXPORT produced it, straight from
+        // `state` (one iovec of the request).
+        let attrs = self.call(Command::SockImport, state.as_bytes(), GENL_HEADER, |buf| {
             match options.bind_addr {
                 Some(IpAddr::V4(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
                 Some(IpAddr::V6(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
@@ -448,26 +462,29 @@ impl Client {
                 }
             }
         })?;
-        let bytes = &bytes[..];
-        let attrs = GenlBuffer::<u16, Buffer>::from_bytes_with_input(
-            &mut Cursor::new(&bytes[GENL_HEADER..]),
-            bytes.len() - GENL_HEADER,
-        )
-        .map_err(proto)?;
-        let h = attrs.get_attr_handle();
-        let fd = h
-            .get_attr_payload_as::<u32>(u16::from(StateAttr::Fd))
-            .map_err(proto)?;
+        let (mut fd, mut migration_id, mut cc_name) = (None, None, None);
+        for (kind, payload) in crate::state::attributes(&attrs) {
+            match kind {
+                k if k == u16::from(StateAttr::Fd) => {
+                    fd = payload.try_into().ok().map(u32::from_ne_bytes);
+                }
+                k if k == u16::from(StateAttr::MigrationId) => {
+                    migration_id = payload.try_into().ok().map(u64::from_ne_bytes);
+                }
+                k if k == u16::from(StateAttr::CcName) => {
+                    let name = payload.split(|b| *b == 0).next().unwrap_or_default();
+                    cc_name = Some(String::from_utf8_lossy(name).into_owned());
+                }
+                _ => {}
+            }
+        }
+        let fd = fd.ok_or_else(|| proto("import reply without an fd"))?;
         // SAFETY: the module installed this fd in our table for us alone.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         Ok(Imported {
             fd,
-            migration_id: h
-                .get_attr_payload_as::<u64>(u16::from(StateAttr::MigrationId))
-                .map_err(proto)?,
-            cc_name: h
-                .get_attr_payload_as_with_len::<String>(u16::from(StateAttr::CcName))
-                .map_err(proto)?,
+            migration_id: migration_id.ok_or_else(|| proto("import reply without a migration id"))?,
+            cc_name: cc_name.ok_or_else(|| proto("import reply without cc-name"))?,
         })
     }
 
@@ -477,32 +494,55 @@ impl Client {
         Ok((TcpStream::from(imported.fd), imported.migration_id))
     }
 
-    /// A netlink request must fit the socket's send buffer whole: grow it for big
-    /// blobs (SO_SNDBUFFORCE, which CAP_NET_ADMIN allows, then SO_SNDBUF).
-    /// Sends one `cmd` request whose attributes `attrs` appends, and returns the payload
-    /// (generic netlink header included) of its reply. No acknowledgement is asked for:
-    /// the reply is the answer, and a failure comes back as an error message all the
-    /// same, so a call is one send and one receive. The request is built in a buffer
-    /// kept between calls and the reply received into another, so a large state costs
-    /// two copies and no fresh pages.
-    fn call(&self, cmd: Command, attrs: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>> {
+    /// Sends one `cmd` request whose attributes are `body` (sent as it is, from where
+    /// it lies) followed by what `attrs` appends, and returns the payload of its reply
+    /// from byte `skip` on (the generic netlink header is 4 bytes). No acknowledgement is
+    /// asked for: the reply is the answer, and a failure comes back as an error message
+    /// all the same, so a call is one send and one receive. The reply is received into
+    /// a buffer kept between calls and copied once, into the returned vector.
+    fn call(
+        &self,
+        cmd: Command,
+        body: &[u8],
+        skip: usize,
+        attrs: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<u8>> {
         let seq = self.seq.get();
         self.seq.set(seq.wrapping_add(1));
         let mut req = self.requests.borrow_mut();
         req.clear();
         req.resize(NLMSG_HEADER, 0);
         req.extend_from_slice(&[u8::from(cmd), PROTO_VERSION as u8, 0, 0]);
+        let head = req.len();
         attrs(&mut req);
-        let len = req.len();
+        let len = req.len() + body.len();
         let flags = libc::NLM_F_REQUEST as u16;
         req[..4].copy_from_slice(&(len as u32).to_ne_bytes());
         req[4..6].copy_from_slice(&self.family.to_ne_bytes());
         req[6..8].copy_from_slice(&flags.to_ne_bytes());
         req[8..12].copy_from_slice(&seq.to_ne_bytes());
         self.ensure_sndbuf(len + 64)?;
+        let mut iov = [
+            libc::iovec {
+                iov_base: req.as_ptr().cast_mut().cast(),
+                iov_len: head,
+            },
+            libc::iovec {
+                iov_base: body.as_ptr().cast_mut().cast(),
+                iov_len: body.len(),
+            },
+            libc::iovec {
+                iov_base: req[head..].as_ptr().cast_mut().cast(),
+                iov_len: req.len() - head,
+            },
+        ];
+        // SAFETY: a zeroed msghdr is valid; the kernel is the default destination.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = iov.as_mut_ptr();
+        mh.msg_iovlen = iov.len() as _;
         let fd = self.sock.as_raw_fd();
-        // SAFETY: `req` is valid for reads of `len` bytes.
-        let sent = unsafe { libc::send(fd, req.as_ptr().cast(), len, 0) };
+        // SAFETY: every iovec points to memory valid for its length for the call.
+        let sent = unsafe { libc::sendmsg(fd, &mh, 0) };
         if sent < 0 {
             return Err(netlink(std::io::Error::last_os_error()));
         }
@@ -537,10 +577,10 @@ impl Client {
                     return Err(proto(format!("{cmd:?} was acknowledged without a reply")));
                 }
                 if kind == self.family {
-                    if mlen < NLMSG_HEADER + GENL_HEADER {
+                    if mlen < NLMSG_HEADER + GENL_HEADER.max(skip) {
                         return Err(proto(format!("{cmd:?} reply shorter than its header")));
                     }
-                    return Ok(msg[NLMSG_HEADER..].to_vec());
+                    return Ok(msg[NLMSG_HEADER + skip..].to_vec());
                 }
             }
         }

@@ -95,6 +95,21 @@ fn ip(bytes: &[u8]) -> Result<IpAddr> {
     }
 }
 
+/// The netlink attributes in `bytes` as (type, payload), in order; stops at the first
+/// one whose length runs past the end. Nested-attribute and byte-order flags are
+/// masked off the type.
+pub(crate) fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let header = rest.get(..4)?;
+        let len = usize::from(u16::from_ne_bytes([header[0], header[1]]));
+        let kind = u16::from_ne_bytes([header[2], header[3]]) & 0x3fff;
+        let payload = rest.get(4..len)?;
+        rest = rest.get((len + 3) & !3..).unwrap_or_default();
+        Some((kind, payload))
+    })
+}
+
 impl MigrationState {
     /// Wraps bytes received from another host (checked when decoded or imported).
     pub fn from_bytes(blob: Vec<u8>) -> Self {
@@ -165,5 +180,38 @@ impl MigrationState {
         d.local = saddr.map(|a| SocketAddr::new(a, sport));
         d.peer = daddr.map(|a| SocketAddr::new(a, dport));
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attributes;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(payload);
+        v.resize((v.len() + 3) & !3, 0);
+        v
+    }
+
+    #[test]
+    fn attributes_are_walked_in_order_with_padding() {
+        let mut bytes = attr(1, &7u32.to_ne_bytes());
+        bytes.extend(attr(0x8000 | 2, b"abcde"));
+        bytes.extend(attr(3, &[]));
+        let got: Vec<(u16, &[u8])> = attributes(&bytes).collect();
+        assert_eq!(
+            got,
+            vec![(1, &7u32.to_ne_bytes()[..]), (2, &b"abcde"[..]), (3, &[][..])]
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_short_attribute_ends_the_walk() {
+        let mut bytes = attr(1, &[1, 2, 3, 4]);
+        bytes.extend_from_slice(&[20, 0, 2, 0, 9]);
+        assert_eq!(attributes(&bytes).count(), 1);
+        assert_eq!(attributes(&[2, 0, 1, 0]).count(), 0);
     }
 }

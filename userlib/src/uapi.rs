@@ -39,7 +39,7 @@ pub enum InfoAttr {
     Exports = 4,
     /// Sockets imported since load.
     Imports = 5,
-    /// Release events sent since load.
+    /// Imported sockets released since load (whether or not anyone listened).
     Releases = 6,
     /// Requests that failed after validation.
     Errors = 7,

@@ -317,3 +317,20 @@ pub fn rsts_all() -> Result<Vec<(&'static str, u64)>, String> {
         .map(|h| Ok((*h, counters(h)?.out_rsts)))
         .collect()
 }
+
+/// One `TcpExt` counter of namespace `ns` (/proc/net/netstat), e.g. `PAWSEstab`.
+pub fn tcp_ext_counter(ns: &str, name: &'static str) -> Result<u64, String> {
+    in_ns(ns, move || -> Result<u64, String> {
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").map_err(|e| e.to_string())?;
+        let ext: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        let [names, values] = ext.as_slice() else {
+            return Err("no TcpExt lines in netstat".into());
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| format!("no TcpExt counter {name}"))
+    })?
+}

@@ -64,3 +64,37 @@ pub fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> Resu
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 }
+
+/// The `struct tcp_info` fields past the ones `libc::tcp_info` declares.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpInfoExt {
+    pub snd_mss: u32,
+    pub data_segs_out: u32,
+    pub bytes_sent: u64,
+    pub total_retrans: u32,
+}
+
+/// `getsockopt(TCP_INFO)` with the counters of newer kernels (offsets from
+/// include/uapi/linux/tcp.h, stable ABI).
+pub fn tcp_info_ext(fd: BorrowedFd<'_>) -> TcpInfoExt {
+    let mut buf = [0u8; 232];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the buffer is valid for `len` bytes.
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        );
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().expect("8 bytes"));
+    TcpInfoExt {
+        snd_mss: u32_at(16),
+        total_retrans: u32_at(100),
+        data_segs_out: u32_at(156),
+        bytes_sent: u64_at(200),
+    }
+}

@@ -254,6 +254,52 @@ impl Topology {
         .map(|_| ())
     }
 
+    /// Routes `host`'s packets to the client through a host route whose TCP connections
+    /// use microsecond timestamps (`features tcp_usec_ts`; iproute2 6.1 cannot say
+    /// it, so the route is added over rtnetlink).
+    pub fn client_route_usec_ts(host: &str, v6: bool) -> Result<(), String> {
+        const RTA_DST: u16 = 1;
+        const RTA_GATEWAY: u16 = 5;
+        const RTA_METRICS: u16 = 8;
+        const RTAX_FEATURES: u16 = 12;
+        const RTAX_FEATURE_TCP_USEC_TS: u32 = 1 << 4;
+        let octets = |a: IpAddr| match a {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let i = index(host);
+        let gateway = if v6 {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, i.into(), 0, 0, 0, 0, 0, 1))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, i, 1))
+        };
+        let (dst, gateway) = (octets(addr("client", v6)), octets(gateway));
+        let attr = |body: &mut Vec<u8>, kind: u16, payload: &[u8]| {
+            body.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            body.extend_from_slice(&kind.to_ne_bytes());
+            body.extend_from_slice(payload);
+            body.resize((body.len() + 3) & !3, 0);
+        };
+        // struct rtmsg: family, dst_len, src_len, tos, table (main), protocol (boot),
+        // scope (universe), type (unicast), flags.
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        let mut body = vec![family, (dst.len() * 8) as u8, 0, 0, 254, 3, 0, 1];
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        attr(&mut body, RTA_DST, &dst);
+        attr(&mut body, RTA_GATEWAY, &gateway);
+        let mut metrics = Vec::new();
+        attr(
+            &mut metrics,
+            RTAX_FEATURES,
+            &RTAX_FEATURE_TCP_USEC_TS.to_ne_bytes(),
+        );
+        attr(&mut body, RTA_METRICS, &metrics);
+        let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+        in_ns(host, move || {
+            check_ack(netlink_raw::rtnl(libc::RTM_NEWROUTE, flags, &body))
+        })?
+    }
+
     /// Removes every namespace of the topology, whether or not it is complete.
     pub fn teardown_all() {
         for ns in HOSTS.iter().chain([L4].iter()) {

@@ -277,12 +277,12 @@ fn client_sysctls(log: &mut Log, sysctl: &[&str]) -> TestResult {
     Ok(())
 }
 
-/// Holds (or releases) the client's outgoing segments to the VIP: its ACKs stop.
-fn hold_client_acks(log: &mut Log, hold: bool) -> TestResult {
+/// Holds (or releases) the client's outgoing segments to the VIP's `port`: its ACKs stop.
+pub(super) fn hold_client_acks(log: &mut Log, hold: bool, port: u16) -> TestResult {
     if hold {
         let rules = format!(
             "add table inet hold\nadd chain inet hold out {{ type filter hook output priority 0; }}\n\
-             add rule inet hold out tcp dport {PORT} drop\n"
+             add rule inet hold out tcp dport {port} drop\n"
         );
         let path = "/tmp/prism-hold.nft";
         std::fs::write(path, rules).map_err(|e| e.to_string())?;
@@ -323,7 +323,7 @@ fn scenario(env: &Env, log: &mut Log, case: &Case) -> TestResult {
     // fe starts answering before the hand-off in the in-flight and unsent cases.
     let mut early = 0usize;
     if case.in_flight {
-        hold_client_acks(log, true)?;
+        hold_client_acks(log, true, PORT)?;
         early = 20_000;
         send_stream(&mut server, 11, early)?;
         wait_for("unacknowledged data on fe", || {
@@ -346,7 +346,7 @@ fn scenario(env: &Env, log: &mut Log, case: &Case) -> TestResult {
 
     let (mut owned, got_request, _) = cluster.hop(log, server, "fe", "be1", &forwarded)?;
     if case.in_flight {
-        hold_client_acks(log, false)?;
+        hold_client_acks(log, false, PORT)?;
     }
     if case.unread {
         expect_stream(&mut owned, 10, request_len)?;

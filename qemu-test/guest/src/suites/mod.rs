@@ -10,6 +10,7 @@ mod migration;
 mod objectstore;
 pub mod release;
 mod repair;
+mod state;
 
 use crate::harness::Test;
 
@@ -17,6 +18,7 @@ pub fn all() -> Vec<Test> {
     let mut all = foundation::tests();
     all.extend(export::tests());
     all.extend(migration::tests());
+    all.extend(state::tests());
     all.extend(hops::tests());
     all.extend(import_refusals::tests());
     all.extend(release::tests());
