@@ -3,7 +3,7 @@ KDIR ?= $(shell KERNEL_FLAVOR=$(KERNEL_FLAVOR) qemu-test/build-kernel.sh)
 KERNEL_FLAVOR ?= default
 export KERNEL_FLAVOR
 
-.PHONY: setup kernel module tools test test-host test-guest demo bench lint clean
+.PHONY: setup kernel module tools test test-host test-guest demo bench profile lint clean
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +37,10 @@ demo: module tools
 
 bench: module tools
 	qemu-test/run-guest.sh bench
+
+# perf profile of hops in the guest; PROFILE_RUNS=module:0,repair:65536 picks runs.
+profile: module tools
+	qemu-test/run-guest.sh profile "$(PROFILE_RUNS)"
 
 clean:
 	-[ -d "$(KDIR)" ] && $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean

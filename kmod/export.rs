@@ -20,6 +20,13 @@ use kernel::prelude::*;
 /// bytes plus headers, two 16-byte addresses, the congestion control name and the
 /// 64-bit migration id with its pad.
 const REPLY_FIXED: usize = 47 * 12 + 2 * 20 + 24 + 16;
+/// Bytes the queues may grow by between sizing the reply and taking the socket lock.
+const GROWTH: usize = 64 << 10;
+
+/// Reply attribute bytes for `queued` bytes of queues in chunks of `QUEUE_CHUNK`.
+fn reply_size(queued: usize) -> usize {
+    REPLY_FIXED + queued + (queued / QUEUE_CHUNK + 2) * 4
+}
 
 pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     let Some((fd, fd_attr)) = req.attr_u32(a::FD) else {
@@ -44,16 +51,20 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         );
         return Err(EPERM);
     }
+    // The reply (up to 1 MiB of queues, a high-order allocation) is allocated before the
+    // socket lock, sized from the queues as they are now plus room for what may arrive
+    // meanwhile; only a socket whose queues grew by more than that is sized again.
+    let room = TcpState::queued_unlocked(sk) + GROWTH;
+    let mut msg = req.reply_sized(cmd::SOCK_EXPORT, reply_size(room))?;
     let lock = SockLock::lock(&file)?;
     let st = TcpState::capture(&lock).map_err(|(e, msg)| {
         req.set_err(Some(fd_attr), msg);
         e
     })?;
     let queued = (st.send_len + st.recv_len) as usize;
-    let mut msg = req.reply_sized(
-        cmd::SOCK_EXPORT,
-        REPLY_FIXED + queued + (queued / QUEUE_CHUNK + 2) * 4,
-    )?;
+    if queued > room {
+        msg = req.reply_sized(cmd::SOCK_EXPORT, reply_size(queued))?;
+    }
     // SAFETY: plain call into the random pool.
     let migration_id = unsafe { b::get_random_u64() };
     encode(&st, migration_id, &mut msg)

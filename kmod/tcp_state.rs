@@ -6,6 +6,7 @@ use crate::bindings as b;
 use crate::genl::{errno, ChunkedAttr, Message};
 use crate::socket::SockLock;
 use crate::uapi::{BUF_LOCK_RCV, BUF_LOCK_SND, MAX_QUEUE_BYTES};
+use core::ptr::{addr_of, NonNull};
 use kernel::c_str;
 use kernel::prelude::*;
 use kernel::str::CStr;
@@ -331,6 +332,27 @@ impl TcpState {
                 recv_len,
                 copied_seq: t.copied_seq,
             })
+        }
+    }
+
+    /// Bytes queued on `sk` as read without its lock: a size hint for the reply, which
+    /// `capture` then checks under the lock. 0 for a socket that is not TCP.
+    pub(crate) fn queued_unlocked(sk: NonNull<b::sock>) -> usize {
+        let sk = sk.as_ptr();
+        // SAFETY: the caller's file reference keeps `sk` alive; type and protocol are
+        // fixed at creation. The sequence numbers are read as `READ_ONCE` would: a torn
+        // or stale value only makes the hint wrong, never the capture.
+        unsafe {
+            if (*sk).sk_type != b::PRISM_SOCK_STREAM
+                || u32::from((*sk).sk_protocol) != b::IPPROTO_TCP
+            {
+                return 0;
+            }
+            let tp = sk.cast::<b::tcp_sock>();
+            let read = |p: *const u32| core::ptr::read_volatile(p);
+            let send = read(addr_of!((*tp).write_seq)).wrapping_sub(read(addr_of!((*tp).snd_una)));
+            let recv = read(addr_of!((*tp).rcv_nxt)).wrapping_sub(read(addr_of!((*tp).copied_seq)));
+            (u64::from(send) + u64::from(recv)).min(u64::from(MAX_QUEUE_BYTES)) as usize
         }
     }
 

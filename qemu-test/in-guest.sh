@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs inside the guest (virtme-ng): MODE is `suite`, `demo` or `bench`. Results, logs
+# Runs inside the guest (virtme-ng): MODE is `suite`, `demo`, `bench` or `profile`. Results, logs
 # and dmesg go to OUT, the folder shared with the host.
-# Arguments: MODE OUT REPO KDIR TEST_TIMEOUT [FILTER, or for bench the accelerator]
+# Arguments: MODE OUT REPO KDIR TEST_TIMEOUT [FILTER, for bench the accelerator, for
+# profile the runs as MECH:QUEUED,...]
 set -uo pipefail
 mode=$1 out=$2 repo=$3 kdir=$4 test_timeout=$5 filter=${6:-}
 mkdir -p "$out"
@@ -25,6 +26,27 @@ case "$mode" in
   bench)
     "$bin/prism-guest-suite" bench "${env_args[@]}" --out "$out" --accel "${filter:-tcg}"
     rc=$?
+    ;;
+  profile)
+    # Where a hop's time goes: perf samples every CPU while one mechanism hops; the
+    # report is flat (self time per symbol, kernel and module symbols from kallsyms).
+    runs=${filter:-module:0,repair:0,module:65536,repair:65536}
+    for run in ${runs//,/ }; do
+      mech=${run%%:*} queued=${run#*:}
+      data=$out/perf-$mech-$queued.data
+      perf record -q -a -g -F 997 -e cpu-clock -o "$data" -- \
+        "$bin/prism-guest-suite" hop-loop "${env_args[@]}" --mech "$mech" --queued "$queued" \
+        --hops 4000 || rc=1
+      # The hop loop's threads only (set-up runs in ip and nft processes).
+      perf report -q -i "$data" --stdio --comms prism-guest-sui --no-children \
+        --sort sym -g none --percent-limit 0.5 >"$out/profile-$mech-$queued.txt" 2>/dev/null
+      perf report -q -i "$data" --stdio --comms prism-guest-sui --children \
+        --sort sym -g none --percent-limit 2 >"$out/profile-$mech-$queued-children.txt" 2>/dev/null
+      echo "== $mech, $queued bytes queued each way: self time by symbol"
+      head -45 "$out/profile-$mech-$queued.txt"
+      echo "== $mech, $queued bytes queued each way: time including callees"
+      head -60 "$out/profile-$mech-$queued-children.txt"
+    done
     ;;
 esac
 echo "$rc" > "$out/guest.rc"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Boots the test kernel under virtme-ng and runs MODE (`suite`, `demo` or `bench`) in it.
+# Boots the test kernel under virtme-ng and runs MODE (`suite`, `demo`, `bench` or
+# `profile`) in it.
 # Prints each test's result and one line `N passed, N failed`; fails if any test
 # failed, the guest did not boot, the suite did not run, or dmesg shows a kernel splat.
 # `bench` writes docs/benchmarks.{md,svg,json} from the guest's results.
-# Usage: run-guest.sh suite|demo|bench [FILTER]
+# Usage: run-guest.sh suite|demo|bench|profile [FILTER]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-mode=${1:?usage: run-guest.sh suite|demo|bench [FILTER]}
+mode=${1:?usage: run-guest.sh suite|demo|bench|profile [FILTER]}
 filter=${2:-${PRISM_TEST_FILTER:-}}
 kdir=$("$here/build-kernel.sh") || exit 1
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
@@ -45,6 +46,14 @@ echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 splat=$(grep -E "BUG:|WARNING:|Oops|KASAN:|general protection|possible (circular|recursive) locking|INFO: task .* blocked|rcu_sched self-detected stall|Call Trace" \
   "$out/dmesg.txt" 2>/dev/null)
 leaks=$(grep -c "unreferenced object" "$out/kmemleak.txt" 2>/dev/null || true)
+
+if [[ $mode == profile ]]; then
+  cat "$out/guest.log"
+  [[ -n $splat ]] && { echo "run-guest: kernel splat in dmesg:"; echo "$splat"; exit 1; }
+  echo "run-guest: perf data and reports in $out"
+  [[ $(cat "$out/guest.rc" 2>/dev/null) == 0 ]]
+  exit
+fi
 
 if [[ $mode == demo ]]; then
   cat "$out/guest.log" 2>/dev/null || cat "$out/console.log"

@@ -6,7 +6,7 @@ set -euo pipefail
 APT_PKGS=(linux-source-6.12 clang lld llvm libclang-dev qemu-system-x86 bc flex bison
   libelf-dev libssl-dev cpio iproute2 nftables udev curl strace tcpdump python3-yaml
   python3-jsonschema kmod xz-utils make busybox-static wrk
-  nginx-light)
+  nginx-light linux-perf)
 BINDGEN_VERSION=0.69.5
 
 missing=()

@@ -64,6 +64,22 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "hops,live,dsr")]
         parts: Vec<String>,
     },
+    /// Hop one way of moving `hops` times (`make profile` records it with perf).
+    HopLoop {
+        #[command(flatten)]
+        env: harness::Env,
+        /// module, repair, getinfo, raw-getinfo or raw-genl.
+        #[arg(long, default_value = "module")]
+        mech: String,
+        /// Bytes queued in each direction.
+        #[arg(long, default_value_t = 0)]
+        queued: usize,
+        #[arg(long, default_value_t = 10_000)]
+        hops: usize,
+        /// Connections that hop together.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
     /// Write docs/benchmarks.{md,svg,json} from a bench.json (runs on the host).
     BenchReport {
         /// The guest's bench.json.
@@ -127,6 +143,13 @@ fn main() -> ExitCode {
             });
             probe_exit(run)
         }
+        Cmd::HopLoop {
+            env,
+            mech,
+            queued,
+            hops,
+            batch,
+        } => probe_exit(bench::hop_loop(&env, &mech, queued, hops, batch)),
         Cmd::BenchReport { results, dir } => probe_exit(
             std::fs::read_to_string(&results)
                 .map_err(|e| format!("{}: {e}", results.display()))

@@ -198,27 +198,34 @@ impl Topology {
         in_ns(L4, move || run(fresh))?
     }
 
-    /// Makes l4 drop (`on`) or pass again the client's packets from TCP port `port`:
-    /// the flow is held while its socket is between hosts.
-    pub fn hold_flow(log: &mut Log, v6: bool, port: u16, on: bool) -> Result<(), String> {
-        let rule = if v6 {
-            "ip6 saddr fd00::2"
-        } else {
-            "ip saddr 10.0.0.2"
-        };
+    /// Makes l4 drop (`on`) or pass again the client's packets (IPv4 or IPv6) from TCP
+    /// port `port`: the flow is held while its socket is between hosts.
+    pub fn hold_flow(log: &mut Log, port: u16, on: bool) -> Result<(), String> {
+        // One set of held client ports, so flows are held and let go one by one; the
+        // chain's two rules are rewritten with every hold, in the same transaction.
         let script = if on {
-            format!("add table inet hold\nadd chain inet hold pre {{ type filter hook prerouting priority -150; }}\nadd rule inet hold pre {rule} tcp sport {port} drop\n")
+            format!(
+                "add table inet hold\n\
+                 add chain inet hold pre {{ type filter hook prerouting priority -150; }}\n\
+                 add set inet hold ports {{ type inet_service; }}\n\
+                 add element inet hold ports {{ {port} }}\n\
+                 flush chain inet hold pre\n\
+                 add rule inet hold pre ip saddr 10.0.0.2 tcp sport @ports drop\n\
+                 add rule inet hold pre ip6 saddr fd00::2 tcp sport @ports drop\n"
+            )
         } else {
-            "delete table inet hold\n".to_string()
+            format!("delete element inet hold ports {{ {port} }}\n")
         };
-        let path = std::env::temp_dir().join(format!("hold-{}.nft", std::process::id()));
+        let path = std::env::temp_dir().join(format!("hold-{}-{port}.nft", std::process::id()));
         std::fs::write(&path, script).map_err(|e| e.to_string())?;
-        sh(
+        let r = sh(
             log,
             "ip",
             &["netns", "exec", "l4", "nft", "-f", &path.to_string_lossy()],
         )
-        .map(|_| ())
+        .map(|_| ());
+        let _ = std::fs::remove_file(&path);
+        r
     }
 
     /// Makes l4 send VIP traffic of every flow without a more specific rule to `node`.

@@ -144,7 +144,7 @@ async fn import_here(node: &Node, state: Exported) -> prism_sock::Result<OwnedFd
         nonblock: true,
         ..ImportOptions::default()
     };
-    with_backend(node.backend, move |b| b.and_then(|b| b.import(&state, &options))).await
+    with_backend(node.backend, move |b| b.and_then(|b| b.import(&state, &options)))
 }
 
 /// Hands `conn` (whose buffer starts with the request parsed at `parsed_at`) to node
@@ -180,11 +180,7 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             return None;
         }
     };
-    let (std_stream, exported) = with_backend(node.backend, move |c| {
-        let r = c.and_then(|c| c.export_detach(&std_stream));
-        (std_stream, r)
-    })
-    .await;
+    let exported = with_backend(node.backend, |c| c.and_then(|c| c.export_detach(&std_stream)));
     let state = match exported {
         Ok(state) => state,
         Err(e) => {
@@ -353,10 +349,7 @@ async fn take_over(
     if !answer(&wr, id, Ok(())).await {
         // The sender cannot learn that we have it, so it will import its copy: let go
         // of ours first (nothing reached it yet: the flow is still held at l4).
-        let _ = with_backend(node.backend, move |c| {
-            c.and_then(|c| c.export_detach(&std_stream))
-        })
-        .await;
+        let _ = with_backend(node.backend, |c| c.and_then(|c| c.export_detach(&std_stream)));
         eprintln!("{name}: hand-off {id}: sender gone before our answer; let it go");
         return;
     }

@@ -97,31 +97,26 @@ thread_local! {
     static BACKEND: RefCell<Option<Backend>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` on the blocking pool with this thread's backend (a netlink client for the
-/// module, opened on first use) or the error of opening it. `f` always runs, so it can
-/// hand back whatever it was given.
-pub async fn with_backend<T: Send + 'static>(
-    choice: BackendChoice,
-    f: impl FnOnce(prism_sock::Result<&Backend>) -> T + Send + 'static,
-) -> T {
-    tokio::task::spawn_blocking(move || {
-        BACKEND.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            if slot.is_none() {
-                let made = match choice {
-                    BackendChoice::Repair => Ok(Backend::Repair),
-                    _ => Client::connect().map(Backend::Module),
-                };
-                match made {
-                    Ok(b) => *slot = Some(b),
-                    Err(e) => return f(Err(e)),
-                }
+/// Runs `f` right here, on the runtime's thread, with this thread's backend (a netlink
+/// client for the module, opened on first use) or the error of opening it. An export or
+/// import is one short netlink round trip (the repair backend's few dozen setsockopts
+/// do not block either), cheaper than a hop to the blocking pool and back, which cost
+/// about a millisecond each way. `f` always runs, so it can hand back what it was given.
+pub fn with_backend<T>(choice: BackendChoice, f: impl FnOnce(prism_sock::Result<&Backend>) -> T) -> T {
+    BACKEND.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            let made = match choice {
+                BackendChoice::Repair => Ok(Backend::Repair),
+                _ => Client::connect().map(Backend::Module),
+            };
+            match made {
+                Ok(b) => *slot = Some(b),
+                Err(e) => return f(Err(e)),
             }
-            f(Ok(slot.as_ref().expect("set above")))
-        })
+        }
+        f(Ok(slot.as_ref().expect("set above")))
     })
-    .await
-    .expect("backend closures do not panic")
 }
 
 /// Starts node `name` and serves until the process ends.

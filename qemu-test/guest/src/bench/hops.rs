@@ -1,9 +1,13 @@
-//! What one hop costs: a connection moved back and forth between fe and be1, export on
+//! What one hop costs: connections moved back and forth between fe and be1, export on
 //! one and import on the other, by the module, by user-space TCP_REPAIR, and as the
-//! floor a GET_INFO round trip on each side. The client's packets are held at l4 the
-//! whole time, so the queues stay as set up; afterwards the flow is steered to the last
-//! owner and every queued byte is checked both ways.
+//! floors a GET_INFO round trip on each side and raw generic netlink round trips with
+//! no library. Each node's worker thread runs a whole batch of calls in a loop and
+//! times each call where it runs, so no thread hand-off lands inside a figure. The
+//! client's packets are held at l4 the whole time, so the queues stay as set up;
+//! afterwards each flow is steered to its last owner and every queued byte is checked
+//! both ways.
 
+use super::raw;
 use super::results::{Dist, HopCase, LiveCase};
 use super::syscalls::SyscallCounter;
 use crate::harness::Log;
@@ -17,13 +21,17 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-/// How a hop is made.
+/// How a hop is made, or which round trip stands in for one as a floor.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mech {
     Module,
     Repair,
-    /// No move at all: one GET_INFO on each side.
+    /// No move at all: one GET_INFO through userlib on each side.
     GetInfo,
+    /// The same GET_INFO request over a raw netlink socket, no library.
+    RawGetInfo,
+    /// nlctrl CTRL_CMD_GETFAMILY over a raw netlink socket: generic netlink's floor.
+    RawGenl,
 }
 
 impl Mech {
@@ -32,6 +40,18 @@ impl Mech {
             Mech::Module => "module",
             Mech::Repair => "repair",
             Mech::GetInfo => "getinfo",
+            Mech::RawGetInfo => "raw-getinfo",
+            Mech::RawGenl => "raw-genl",
+        }
+    }
+
+    /// The job of a floor: `n` round trips on a worker.
+    fn floor_job(self) -> Option<fn(usize) -> Job> {
+        match self {
+            Mech::GetInfo => Some(Job::Info),
+            Mech::RawGetInfo => Some(Job::RawInfo),
+            Mech::RawGenl => Some(Job::RawCtrl),
+            Mech::Module | Mech::Repair => None,
         }
     }
 }
@@ -43,20 +63,32 @@ static NEXT_LISTEN_PORT: AtomicU16 = AtomicU16::new(8800);
 const BUF: i32 = 4 << 20;
 
 enum Job {
-    Export(OwnedFd),
-    Import(Exported),
-    Info,
+    /// Export each socket with DETACH, in order.
+    Export(Vec<OwnedFd>),
+    Import(Vec<Exported>),
+    /// GET_INFO through userlib, this many times.
+    Info(usize),
+    /// The same GET_INFO request over a raw netlink socket, this many times.
+    RawInfo(usize),
+    /// nlctrl CTRL_CMD_GETFAMILY over a raw netlink socket: the genl floor.
+    RawCtrl(usize),
     /// Count this worker's system calls from now on (or stop).
     Count(bool),
 }
 
+/// One call's result, how long it took, and its system calls if they were counted.
+type Timed<T> = (T, Duration, Option<u64>);
+/// Timed round trips of a floor.
+type Calls = Vec<Timed<()>>;
+
 enum Outcome {
-    Exported(Exported),
-    Imported(OwnedFd),
+    Exported(Vec<Timed<Exported>>),
+    Imported(Vec<Timed<OwnedFd>>),
+    Calls(Calls),
     Done,
 }
 
-type Reply = Result<(Outcome, Duration, Option<u64>), String>;
+type Reply = Result<Outcome, String>;
 
 /// A thread in one node's namespace that exports and imports on request, so each side
 /// runs with its own netlink socket, namespace and system-call counter.
@@ -65,10 +97,7 @@ struct Worker {
     done: Receiver<Reply>,
 }
 
-fn measure<T>(
-    counter: Option<&SyscallCounter>,
-    f: impl FnOnce() -> T,
-) -> Result<(T, Duration, Option<u64>), String> {
+fn measure<T>(counter: Option<&SyscallCounter>, f: impl FnOnce() -> T) -> Result<Timed<T>, String> {
     let timed = || {
         let t = Instant::now();
         let r = f();
@@ -84,6 +113,20 @@ fn measure<T>(
             Ok((r, took, None))
         }
     }
+}
+
+/// `n` timed calls of `f` in a loop.
+fn repeat(
+    counter: Option<&SyscallCounter>,
+    n: usize,
+    mut f: impl FnMut() -> Result<(), String>,
+) -> Result<Calls, String> {
+    (0..n)
+        .map(|_| {
+            let (r, t, c) = measure(counter, &mut f)?;
+            r.map(|()| ((), t, c))
+        })
+        .collect()
 }
 
 impl Worker {
@@ -107,40 +150,59 @@ impl Worker {
                     return;
                 }
             };
-            let _ = tx.send(Ok((Outcome::Done, Duration::ZERO, None)));
+            let _ = tx.send(Ok(Outcome::Done));
             let mut counter = None;
             for job in rx {
                 let c = counter.as_ref();
+                let client = match &backend {
+                    Backend::Module(client) => Some(client),
+                    Backend::Repair => None,
+                };
                 let reply = match job {
-                    Job::Export(fd) => measure(c, || {
-                        let r = backend.export_detach(&fd);
-                        drop(fd);
-                        r
-                    })
-                    .and_then(|(r, t, n)| {
-                        Ok((
-                            Outcome::Exported(r.map_err(|e| format!("export on {ns}: {e}"))?),
-                            t,
-                            n,
-                        ))
-                    }),
-                    Job::Import(state) => measure(c, || backend.import(&state, &ImportOptions::default()))
-                        .and_then(|(r, t, n)| {
-                            Ok((
-                                Outcome::Imported(r.map_err(|e| {
-                                    format!("import on {ns}: {e}; state: {}", describe(&state))
-                                })?),
-                                t,
-                                n,
-                            ))
-                        }),
-                    Job::Info => match &backend {
-                        Backend::Module(client) => measure(c, || client.info()).and_then(|(r, t, n)| {
-                            r.map(|_| (Outcome::Done, t, n))
-                                .map_err(|e| format!("GET_INFO: {e}"))
-                        }),
-                        Backend::Repair => Err("GET_INFO needs the module".into()),
+                    Job::Export(fds) => fds
+                        .into_iter()
+                        .map(|fd| {
+                            let (r, t, n) = measure(c, || {
+                                let r = backend.export_detach(&fd);
+                                drop(fd);
+                                r
+                            })?;
+                            Ok((r.map_err(|e| format!("export on {ns}: {e}"))?, t, n))
+                        })
+                        .collect::<Result<_, String>>()
+                        .map(Outcome::Exported),
+                    Job::Import(states) => states
+                        .into_iter()
+                        .map(|state| {
+                            let (r, t, n) = measure(c, || backend.import(&state, &ImportOptions::default()))?;
+                            let fd =
+                                r.map_err(|e| format!("import on {ns}: {e}; state: {}", describe(&state)))?;
+                            Ok((fd, t, n))
+                        })
+                        .collect::<Result<_, String>>()
+                        .map(Outcome::Imported),
+                    Job::Info(n) => match client {
+                        Some(client) => repeat(c, n, || {
+                            client.info().map(drop).map_err(|e| format!("GET_INFO: {e}"))
+                        })
+                        .map(Outcome::Calls),
+                        None => Err("GET_INFO needs the module".into()),
                     },
+                    Job::RawInfo(n) => match client {
+                        Some(client) => {
+                            let req = raw::get_info_request(client.family_id());
+                            raw::Socket::open()
+                                .and_then(|mut s| repeat(c, n, || s.round_trip(&req)))
+                                .map(Outcome::Calls)
+                        }
+                        None => Err("GET_INFO needs the module".into()),
+                    },
+                    Job::RawCtrl(n) => {
+                        let req = raw::get_family_request();
+                        raw::Socket::open()
+                            .and_then(|mut s| repeat(c, n, || s.round_trip(&req)))
+                            .map(Outcome::Calls)
+                    }
                     Job::Count(on) => {
                         counter = None;
                         if on {
@@ -152,7 +214,7 @@ impl Worker {
                                 }
                             }
                         }
-                        Ok((Outcome::Done, Duration::ZERO, None))
+                        Ok(Outcome::Done)
                     }
                 };
                 if tx.send(reply).is_err() {
@@ -176,17 +238,24 @@ impl Worker {
         self.recv()
     }
 
-    fn export(&self, fd: OwnedFd) -> Result<(Exported, Duration, Option<u64>), String> {
-        match self.run(Job::Export(fd))? {
-            (Outcome::Exported(s), t, n) => Ok((s, t, n)),
+    fn export(&self, fds: Vec<OwnedFd>) -> Result<Vec<Timed<Exported>>, String> {
+        match self.run(Job::Export(fds))? {
+            Outcome::Exported(v) => Ok(v),
             _ => Err("export: unexpected reply".into()),
         }
     }
 
-    fn import(&self, state: Exported) -> Result<(OwnedFd, Duration, Option<u64>), String> {
-        match self.run(Job::Import(state))? {
-            (Outcome::Imported(fd), t, n) => Ok((fd, t, n)),
+    fn import(&self, states: Vec<Exported>) -> Result<Vec<Timed<OwnedFd>>, String> {
+        match self.run(Job::Import(states))? {
+            Outcome::Imported(v) => Ok(v),
             _ => Err("import: unexpected reply".into()),
+        }
+    }
+
+    fn calls(&self, job: Job) -> Result<Calls, String> {
+        match self.run(job)? {
+            Outcome::Calls(v) => Ok(v),
+            _ => Err("calls: unexpected reply".into()),
         }
     }
 }
@@ -197,6 +266,8 @@ pub struct Bench {
     be: Worker,
     listener: TcpListener,
     port: u16,
+    /// Connections that hop together, one batch per node and direction.
+    batch: usize,
 }
 
 /// Client port of the next probe connection: below the ephemeral range, so the many
@@ -222,7 +293,8 @@ struct Hop {
 }
 
 impl Bench {
-    pub fn new(mech: Mech) -> Result<Self, String> {
+    /// Workers for `mech` whose hops move `batch` connections at a time.
+    pub fn new(mech: Mech, batch: usize) -> Result<Self, String> {
         // SO_RCVBUF/SO_SNDBUF are capped at these (global) limits.
         for knob in ["rmem_max", "wmem_max"] {
             let path = format!("/proc/sys/net/core/{knob}");
@@ -242,6 +314,7 @@ impl Bench {
             be: Worker::start("be1", mech)?,
             listener,
             port,
+            batch: batch.max(1),
         })
     }
 
@@ -277,7 +350,7 @@ impl Bench {
             Duration::from_secs(30),
             || sockopt::queued(server.as_fd(), false) as usize >= queued,
         )?;
-        Topology::hold_flow(log, false, port, true)?;
+        Topology::hold_flow(log, port, true)?;
         send_stream(&mut server, 2, queued)?;
         Ok(Probe {
             client,
@@ -300,7 +373,7 @@ impl Bench {
         } = probe;
         let server = server.ok_or("the probe's socket was lost in a hop")?;
         Topology::steer_flow(log, false, port, node, true)?;
-        Topology::hold_flow(log, false, port, false)?;
+        Topology::hold_flow(log, port, false)?;
         let mut server = TcpStream::from(server);
         for s in [&client, &server] {
             s.set_read_timeout(Some(Duration::from_secs(60)))
@@ -319,33 +392,65 @@ impl Bench {
         Ok(())
     }
 
-    /// Moves the probe's socket to the other node: export where it is, import there.
-    /// `state_len`: also the size of the exported state.
-    fn hop(&self, probe: &mut Probe, state_len: Option<&mut usize>) -> Result<Hop, String> {
-        let (from, to, next) = if probe.at == "fe" {
-            (&self.fe, &self.be, "be1")
-        } else {
-            (&self.be, &self.fe, "fe")
-        };
-        let fd = probe
-            .server
-            .take()
-            .ok_or("the probe's socket was lost in a hop")?;
-        let (state, export, sys_export) = from.export(fd)?;
-        if let Some(len) = state_len {
-            *len = state.to_bytes().len();
+    /// Moves the probes' sockets to the other node, each batch of probes that sit on one
+    /// node together: one export loop where they are, one import loop there.
+    /// `state_len`: also the size of the first exported state.
+    fn hop(&self, probes: &mut [Probe], mut state_len: Option<&mut usize>) -> Result<Vec<Hop>, String> {
+        let mut hops = Vec::with_capacity(probes.len());
+        // Where each probe is before this hop: a probe moves once per call.
+        let starts: Vec<&'static str> = probes.iter().map(|p| p.at).collect();
+        for here in ["fe", "be1"] {
+            let (from, to, next) = if here == "fe" {
+                (&self.fe, &self.be, "be1")
+            } else {
+                (&self.be, &self.fe, "fe")
+            };
+            let mut moving: Vec<&mut Probe> = probes
+                .iter_mut()
+                .zip(&starts)
+                .filter(|(_, at)| **at == here)
+                .map(|(p, _)| p)
+                .collect();
+            if moving.is_empty() {
+                continue;
+            }
+            let fds = moving
+                .iter_mut()
+                .map(|p| p.server.take().ok_or("a probe's socket was lost in a hop"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let exported = from.export(fds)?;
+            if let Some(len) = state_len.take() {
+                *len = exported.first().map_or(0, |(s, _, _)| s.to_bytes().len());
+            }
+            let mut exports = Vec::with_capacity(exported.len());
+            let mut states = Vec::with_capacity(exported.len());
+            for (state, t, n) in exported {
+                exports.push((t, n));
+                states.push(state);
+            }
+            let imported = to.import(states)?;
+            for ((p, (fd, import, sys_import)), (export, sys_export)) in
+                moving.iter_mut().zip(imported).zip(exports)
+            {
+                p.server = Some(fd);
+                p.at = next;
+                hops.push(Hop {
+                    export,
+                    import,
+                    syscalls: (sys_export, sys_import),
+                });
+            }
         }
-        let (fd, import, sys_import) = to.import(state)?;
-        probe.server = Some(fd);
-        probe.at = next;
-        Ok(Hop {
-            export,
-            import,
-            syscalls: (sys_export, sys_import),
-        })
+        Ok(hops)
     }
 
-    /// `hops` timed hops then `counted` hops with system calls counted.
+    /// Round trips of `job` on both workers; (fe's, be1's) calls.
+    fn floor(&self, job: impl Fn() -> Job) -> Result<(Calls, Calls), String> {
+        Ok((self.fe.calls(job())?, self.be.calls(job())?))
+    }
+
+    /// `hops` timed hops then `counted` hops with system calls counted, made by
+    /// `batch` connections at a time (fewer if that is all the hops there are).
     pub fn case(
         &mut self,
         log: &mut Log,
@@ -360,39 +465,45 @@ impl Bench {
         let mut sys_ex = Vec::new();
         let mut sys_im = Vec::new();
         let mut state_bytes = 0;
-        if mech == Mech::GetInfo {
-            for i in 0..hops + counted {
-                if i == hops {
-                    self.count(true)?;
-                }
-                let (_, e, ne) = self.fe.run(Job::Info)?;
-                let (_, m, nm) = self.be.run(Job::Info)?;
-                if i < hops {
-                    export.push(e);
-                    import.push(m);
-                    hop.push(e + m);
-                }
-                sys_ex.extend(ne);
-                sys_im.extend(nm);
+        if let Some(job) = mech.floor_job() {
+            let (fe, be) = self.floor(|| job(hops))?;
+            for ((_, e, _), (_, m, _)) in fe.into_iter().zip(be) {
+                export.push(e);
+                import.push(m);
+                hop.push(e + m);
             }
+            self.count(true)?;
+            let (fe, be) = self.floor(|| job(counted))?;
             self.count(false)?;
+            sys_ex.extend(fe.into_iter().filter_map(|c| c.2));
+            sys_im.extend(be.into_iter().filter_map(|c| c.2));
         } else {
-            let mut probe = self.probe(log, queued)?;
-            for i in 0..hops + counted {
-                if i == hops {
-                    self.count(true)?;
-                }
-                let h = self.hop(&mut probe, (i == 0).then_some(&mut state_bytes))?;
-                if i < hops {
+            let mut probes = (0..self.batch.min(hops.max(1)))
+                .map(|_| self.probe(log, queued))
+                .collect::<Result<Vec<_>, _>>()?;
+            while hop.len() < hops {
+                let take = probes.len().min(hops - hop.len());
+                let first = hop.is_empty();
+                for h in self.hop(&mut probes[..take], first.then_some(&mut state_bytes))? {
                     export.push(h.export);
                     import.push(h.import);
                     hop.push(h.export + h.import);
                 }
-                sys_ex.extend(h.syscalls.0);
-                sys_im.extend(h.syscalls.1);
+            }
+            self.count(true)?;
+            let mut done = 0;
+            while done < counted {
+                let take = probes.len().min(counted - done);
+                for h in self.hop(&mut probes[..take], None)? {
+                    sys_ex.extend(h.syscalls.0);
+                    sys_im.extend(h.syscalls.1);
+                    done += 1;
+                }
             }
             self.count(false)?;
-            self.finish(log, probe)?;
+            for p in probes {
+                self.finish(log, p)?;
+            }
         }
         let span = |v: &[u64]| {
             (
@@ -423,8 +534,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Hop cost of one probe connection with 1, 1k, 10k... sockets migrated to be1 and
-    /// alive there: the module tracks each until its release.
+    /// Hop cost of `batch` probe connections with 1, 1k, 10k... sockets migrated to
+    /// be1 and alive there: the module tracks each until its release.
     pub fn live(
         &mut self,
         log: &mut Log,
@@ -432,7 +543,9 @@ impl Bench {
         hops: usize,
     ) -> Result<Vec<LiveCase>, String> {
         raise_fd_limit(2 * checkpoints.iter().copied().max().unwrap_or(0) + 1024)?;
-        let mut probe = self.probe(log, 0)?;
+        let mut probes = (0..self.batch.min(hops.max(1)))
+            .map(|_| self.probe(log, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut kept: Vec<(TcpStream, OwnedFd)> = Vec::new();
         let mut out = Vec::new();
         let info = Client::connect().map_err(|e| e.to_string())?;
@@ -440,23 +553,30 @@ impl Bench {
         for &live in checkpoints {
             while kept.len() < live {
                 let batch = (live - kept.len()).min(100);
-                for (c, s) in self.connect(batch, None)? {
-                    let (state, _, _) = self.fe.export(s.into())?;
-                    let (fd, _, _) = self.be.import(state)?;
-                    kept.push((c, fd));
-                }
+                let (clients, servers): (Vec<_>, Vec<OwnedFd>) = self
+                    .connect(batch, None)?
+                    .into_iter()
+                    .map(|(c, s)| (c, s.into()))
+                    .unzip();
+                let states = self.fe.export(servers)?.into_iter().map(|(s, _, _)| s).collect();
+                let fds = self.be.import(states)?.into_iter().map(|(fd, _, _)| fd);
+                kept.extend(clients.into_iter().zip(fds));
             }
             let tracked = info.info().map_err(|e| e.to_string())?.tracked as usize;
-            // The probe itself is tracked too while it is on an importing side.
+            // The probes are tracked too while they are on an importing side.
             if tracked < tracked_before + live {
                 return Err(format!(
                     "the module tracks {tracked} sockets, expected {live} more than {tracked_before}"
                 ));
             }
             let mut times = Vec::with_capacity(hops);
-            for _ in 0..hops {
-                let h = self.hop(&mut probe, None)?;
-                times.push(h.export + h.import);
+            while times.len() < hops {
+                let take = probes.len().min(hops - times.len());
+                times.extend(
+                    self.hop(&mut probes[..take], None)?
+                        .into_iter()
+                        .map(|h| h.export + h.import),
+                );
             }
             let case = LiveCase {
                 live,
@@ -474,7 +594,9 @@ impl Bench {
             linger_zero(s.as_fd());
         }
         drop(kept);
-        self.finish(log, probe)?;
+        for p in probes {
+            self.finish(log, p)?;
+        }
         Ok(out)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod dsr;
 pub mod hops;
+mod raw;
 pub mod report;
 pub mod results;
 mod syscalls;
@@ -21,6 +22,8 @@ pub struct Options {
     pub hops: usize,
     /// Further hops with system calls counted.
     pub counted: usize,
+    /// Connections that hop together (one export loop, then one import loop).
+    pub batch: usize,
     /// Timed hops of each other queue size.
     pub sweep_hops: usize,
     /// Bytes queued in each direction: the main cases first.
@@ -29,6 +32,8 @@ pub struct Options {
     /// Live migrated sockets at which hop cost is measured, and hops at each.
     pub live: Vec<usize>,
     pub live_hops: usize,
+    /// Rounds of the 64 MiB moved/never-moved throughput comparison.
+    pub throughput_rounds: u16,
     pub load: dsr::Load,
 }
 
@@ -38,12 +43,14 @@ impl Options {
         Self {
             hops: 10_000,
             counted: 100,
+            batch: 16,
             sweep_hops: 1_000,
             main_queues: vec![0, 64 << 10],
             // 512 KiB each way is 1 MiB queued: the module's limit per socket.
             sweep_queues: vec![4 << 10, 512 << 10],
             live: vec![1, 1_000, 10_000],
             live_hops: 1_000,
+            throughput_rounds: 3,
             load: dsr::Load {
                 sizes: vec![4 << 10, 64 << 10, 1 << 20, 16 << 20],
                 connections: 8,
@@ -57,11 +64,13 @@ impl Options {
         Self {
             hops: 40,
             counted: 5,
+            batch: 2,
             sweep_hops: 10,
             main_queues: vec![0, 64 << 10],
             sweep_queues: vec![512 << 10],
             live: vec![1, 50],
             live_hops: 10,
+            throughput_rounds: 1,
             load: dsr::Load {
                 sizes: vec![4 << 10, 1 << 20],
                 connections: 4,
@@ -106,7 +115,7 @@ pub fn run_parts(
             .into_iter()
             .filter(|_| parts.contains(&"hops"))
         {
-            let mut bench = Bench::new(mech)?;
+            let mut bench = Bench::new(mech, opts.batch)?;
             for &q in &opts.main_queues {
                 results
                     .hops
@@ -120,11 +129,24 @@ pub fn run_parts(
         }
         // One Bench at a time: each listens on the same VIP port.
         if parts.contains(&"hops") {
-            let floor = Bench::new(Mech::GetInfo)?.case(log, Mech::GetInfo, 0, opts.hops, opts.counted)?;
-            results.hops.push(floor);
+            let mut floors = Bench::new(Mech::GetInfo, opts.batch)?;
+            for mech in [Mech::GetInfo, Mech::RawGetInfo, Mech::RawGenl] {
+                results
+                    .hops
+                    .push(floors.case(log, mech, 0, opts.hops, opts.counted)?);
+            }
+        }
+        if parts.contains(&"hops") {
+            results.throughput = crate::suites::hops::throughput_rounds(log, opts.throughput_rounds, 8900)?
+                .into_iter()
+                .map(|(never_moved_mbs, moved_mbs)| results::ThroughputCase {
+                    never_moved_mbs,
+                    moved_mbs,
+                })
+                .collect();
         }
         if parts.contains(&"live") {
-            results.live = Bench::new(Mech::Module)?.live(log, &opts.live, opts.live_hops)?;
+            results.live = Bench::new(Mech::Module, opts.batch)?.live(log, &opts.live, opts.live_hops)?;
         }
     }
     if parts.contains(&"dsr") {
@@ -133,4 +155,28 @@ pub fn run_parts(
         results.handoff = handoff;
     }
     Ok(results)
+}
+
+/// `hops` hops (or floor round trips) of one mechanism named as in the report, for a
+/// profiler to record: topology and module set up first, figures printed after.
+pub fn hop_loop(env: &Env, mech: &str, queued: usize, hops: usize, batch: usize) -> Result<(), String> {
+    let mech = [
+        Mech::Module,
+        Mech::Repair,
+        Mech::GetInfo,
+        Mech::RawGetInfo,
+        Mech::RawGenl,
+    ]
+    .into_iter()
+    .find(|m| m.name() == mech)
+    .ok_or_else(|| format!("unknown mechanism {mech}"))?;
+    let mut log = Log::echoing();
+    if !crate::module::is_loaded() {
+        drop(loaded(env, &mut log)?);
+    }
+    let _topology = Topology::up()?;
+    let mut bench = Bench::new(mech, batch)?;
+    println!("hop-loop: start");
+    bench.case(&mut log, mech, queued, hops, 0)?;
+    Ok(())
 }

@@ -100,6 +100,16 @@ pub struct Results {
     pub live: Vec<LiveCase>,
     pub handoff: Vec<HandoffCase>,
     pub dsr: Vec<DsrCase>,
+    /// 64 MiB over a connection that never moved and over one that moved, side by side.
+    #[serde(default)]
+    pub throughput: Vec<ThroughputCase>,
+}
+
+/// One round of the moved-connection throughput comparison, in MB/s.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ThroughputCase {
+    pub never_moved_mbs: f64,
+    pub moved_mbs: f64,
 }
 
 #[cfg(test)]

@@ -59,6 +59,18 @@ fn smoke(env: &Env, log: &mut Log) -> TestResult {
         "GET_INFO took {:?} system calls",
         floor.syscalls_export
     );
+    for raw in ["raw-getinfo", "raw-genl"] {
+        let Some(h) = of(raw) else {
+            return Err(format!("the {raw} floor is missing"));
+        };
+        // A send and a receive, nothing else.
+        check!(
+            h.syscalls_export == (2, 2) && h.syscalls_import == (2, 2),
+            "{raw} round trip made {:?} / {:?} system calls",
+            h.syscalls_export,
+            h.syscalls_import
+        );
+    }
     check!(
         r.live.len() == opts.live.len(),
         "live-socket cases: {}",

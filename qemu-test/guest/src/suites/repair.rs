@@ -50,14 +50,14 @@ fn migrate(_env: &Env, log: &mut Log, v6: bool, unacked: bool) -> TestResult {
     let client_port = client.local_addr().map_err(|e| e.to_string())?.port();
     let data = pattern_at(2, 0, 400_000);
     let written = if unacked {
-        Topology::hold_flow(log, v6, client_port, true)?;
+        Topology::hold_flow(log, client_port, true)?;
         server.write_all(&data[..30_000]).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(300));
         30_000
     } else {
         // The client does not read: the window closes and the rest stays unsent.
         let n = write_until_window_closes(&mut server, &data)?;
-        Topology::hold_flow(log, v6, client_port, true)?;
+        Topology::hold_flow(log, client_port, true)?;
         n
     };
     log.line(format!("server queued {written} bytes"));
@@ -103,7 +103,7 @@ fn migrate(_env: &Env, log: &mut Log, v6: bool, unacked: bool) -> TestResult {
         let fd = repair::import(&state, &ImportOptions::default()).map_err(|e| format!("import: {e}"))?;
         Ok(TcpStream::from(fd))
     })??;
-    Topology::hold_flow(log, v6, client_port, false)?;
+    Topology::hold_flow(log, client_port, false)?;
     let mut got = vec![0u8; request.len()];
     moved
         .read_exact(&mut got)
