@@ -262,8 +262,8 @@ impl Building {
     }
 
     /// Connects in repair mode (no SYN) and restores everything but the unsent data,
-    /// all under `lock`; returns the unsent chunks.
-    fn restore<'b>(&self, lock: &SockLock<'_>, blob: &Blob<'b>) -> Result<KVec<&'b [u8]>, Failure> {
+    /// all under `lock`.
+    fn restore(&self, lock: &SockLock<'_>, blob: &Blob<'_>) -> Result<(), Failure> {
         let mut peer = SockAddr::new(blob.family, &blob.daddr, blob.dport);
         // SAFETY: the socket lock is held, as `__inet_stream_connect` requires; the
         // address is valid for its length.
@@ -376,11 +376,10 @@ impl Building {
                 t.inet_conn.icsk_rto = (rto as u32).min(b::PRISM_TCP_RTO_MAX);
             }
         }
-        let (sent, unsent) = split(&blob.send_queue, blob.sent_len())?;
         self.queue(
             lock,
             b::TCP_SEND_QUEUE,
-            sent.iter().copied(),
+            cut(&blob.send_queue, blob.sent_len(), true),
             blob.sent_len(),
         )?;
         // SAFETY: as above.
@@ -397,7 +396,7 @@ impl Building {
             t.snd_cwnd_stamp = now;
             t.repair_queue = b::TCP_NO_QUEUE as u8;
         }
-        Ok(unsent)
+        Ok(())
     }
 
     /// Leaves repair mode the way `TCP_REPAIR_OFF` does, window probe included: the
@@ -409,12 +408,7 @@ impl Building {
     }
 
     /// Queues the unsent data as new data and restores what leaving repair mode reset.
-    fn finish(
-        &self,
-        lock: &SockLock<'_>,
-        blob: &Blob<'_>,
-        unsent: &[&[u8]],
-    ) -> Result<(), Failure> {
+    fn finish(&self, lock: &SockLock<'_>, blob: &Blob<'_>) -> Result<(), Failure> {
         // SAFETY: we hold the socket lock.
         unsafe {
             (*lock.sk())
@@ -422,7 +416,8 @@ impl Building {
                 .set_skc_reuse(blob.reuseaddr.into())
         };
         let unsent_len = blob.write_seq.wrapping_sub(blob.snd_nxt);
-        self.queue(lock, b::TCP_NO_QUEUE, unsent.iter().copied(), unsent_len)?;
+        let unsent = cut(&blob.send_queue, blob.sent_len(), false);
+        self.queue(lock, b::TCP_NO_QUEUE, unsent, unsent_len)?;
         // SAFETY: as above.
         if unsafe { (*self.tp()).write_seq } != blob.write_seq {
             return Err(fail(EIO, c_str!("unsent data was not restored whole")));
@@ -516,26 +511,21 @@ impl Drop for Building {
     }
 }
 
-/// The send queue's chunks split at `at` bytes: already sent, not yet sent.
-type Split<'c> = (KVec<&'c [u8]>, KVec<&'c [u8]>);
-
-/// Splits the send queue's chunks at `at` bytes: already sent, not yet sent.
-fn split<'c>(chunks: &[&'c [u8]], at: u32) -> Result<Split<'c>, Failure> {
-    let oom = |_| fail(ENOMEM, c_str!("no memory to split the send queue"));
-    let mut sent = KVec::new();
-    let mut unsent = KVec::new();
-    let mut left = at as usize;
-    for c in chunks {
-        let n = left.min(c.len());
-        left -= n;
-        if n > 0 {
-            sent.push(&c[..n], GFP_KERNEL).map_err(oom)?;
-        }
-        if n < c.len() {
-            unsent.push(&c[n..], GFP_KERNEL).map_err(oom)?;
-        }
-    }
-    Ok((sent, unsent))
+/// The part of the send queue's `chunks` before byte `at` (already sent) or from it on
+/// (not yet sent), as sub-slices of the chunks: nothing is allocated or copied.
+fn cut<'c>(chunks: &'c [&'c [u8]], at: u32, sent: bool) -> impl Iterator<Item = &'c [u8]> {
+    let at = at as usize;
+    let mut start = 0usize;
+    chunks.iter().filter_map(move |c| {
+        let (lo, hi) = (start, start + c.len());
+        start = hi;
+        let (from, to) = if sent {
+            (lo, hi.min(at))
+        } else {
+            (lo.max(at), hi)
+        };
+        (from < to).then(|| &c[from - lo..to - lo])
+    })
 }
 
 pub(crate) fn sock_import(req: &Request<'_>) -> Result {
@@ -551,16 +541,16 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     };
     let building = Building::create(net, &blob).map_err(report)?;
     building.prepare(&blob).map_err(report)?;
-    let unsent = {
+    {
         // SAFETY: the socket lives as long as `building`, which outlives the lock.
         let lock = unsafe { SockLock::lock_raw(building.sk) };
-        building.restore(&lock, &blob).map_err(report)?
-    };
+        building.restore(&lock, &blob).map_err(report)?;
+    }
     building.repair_off().map_err(report)?;
     {
         // SAFETY: as above.
         let lock = unsafe { SockLock::lock_raw(building.sk) };
-        building.finish(&lock, &blob, &unsent).map_err(report)?;
+        building.finish(&lock, &blob).map_err(report)?;
     }
 
     // Sized to what it holds: a default-size reply is copied to trim it on the way out.

@@ -361,34 +361,41 @@ impl Bench {
         })
     }
 
-    /// Lets the flow go to the node that has the socket, and checks every queued byte
-    /// and a fresh exchange both ways.
-    fn finish(&mut self, log: &mut Log, probe: Probe) -> Result<(), String> {
-        let Probe {
-            mut client,
-            server,
-            at: node,
-            port,
-            queued,
-        } = probe;
-        let server = server.ok_or("the probe's socket was lost in a hop")?;
-        Topology::steer_flow(log, false, port, node, true)?;
-        Topology::hold_flow(log, port, false)?;
-        let mut server = TcpStream::from(server);
-        for s in [&client, &server] {
-            s.set_read_timeout(Some(Duration::from_secs(60)))
-                .map_err(|e| e.to_string())?;
+    /// Lets every probe's flow go to the node that has its socket, then checks every
+    /// queued byte and a fresh exchange both ways. All flows are let go first: a probe
+    /// held while the others are checked would back its retransmission timer off for
+    /// longer than a check waits.
+    fn finish(&mut self, log: &mut Log, probes: Vec<Probe>) -> Result<(), String> {
+        for p in &probes {
+            Topology::steer_flow(log, false, p.port, p.at, true)?;
+            Topology::hold_flow(log, p.port, false)?;
         }
-        expect_stream(&mut server, 1, queued)
-            .map_err(|e| format!("{node} reads the client's queued bytes: {e}"))?;
-        expect_stream(&mut client, 2, queued).map_err(|e| format!("client reads the queued bytes: {e}"))?;
-        send_stream(&mut server, 3, 1000)?;
-        expect_stream(&mut client, 3, 1000)?;
-        send_stream(&mut client, 4, 1000)?;
-        expect_stream(&mut server, 4, 1000)?;
-        log.line(format!(
-            "client port {port}: every byte arrived both ways on {node}"
-        ));
+        for probe in probes {
+            let Probe {
+                mut client,
+                server,
+                at: node,
+                port,
+                queued,
+            } = probe;
+            let server = server.ok_or("the probe's socket was lost in a hop")?;
+            let mut server = TcpStream::from(server);
+            for s in [&client, &server] {
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .map_err(|e| e.to_string())?;
+            }
+            expect_stream(&mut server, 1, queued)
+                .map_err(|e| format!("{node} reads the client's queued bytes: {e}"))?;
+            expect_stream(&mut client, 2, queued)
+                .map_err(|e| format!("client reads the queued bytes: {e}"))?;
+            send_stream(&mut server, 3, 1000)?;
+            expect_stream(&mut client, 3, 1000)?;
+            send_stream(&mut client, 4, 1000)?;
+            expect_stream(&mut server, 4, 1000)?;
+            log.line(format!(
+                "client port {port}: every byte arrived both ways on {node}"
+            ));
+        }
         Ok(())
     }
 
@@ -501,9 +508,7 @@ impl Bench {
                 }
             }
             self.count(false)?;
-            for p in probes {
-                self.finish(log, p)?;
-            }
+            self.finish(log, probes)?;
         }
         let span = |v: &[u64]| {
             (
@@ -594,9 +599,7 @@ impl Bench {
             linger_zero(s.as_fd());
         }
         drop(kept);
-        for p in probes {
-            self.finish(log, p)?;
-        }
+        self.finish(log, probes)?;
         Ok(out)
     }
 }
