@@ -19,7 +19,6 @@ use neli::utils::Groups;
 use neli::{FromBytesWithInput, Size, ToBytes};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::net::{IpAddr, TcpStream};
@@ -35,7 +34,7 @@ const GENL_HEADER: usize = 4;
 const DEFAULT_SNDBUF: usize = 128 << 10;
 
 /// What `GET_INFO` reports about the loaded module.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ModuleInfo {
     /// Version of the loaded module.
     pub module_version: String,
@@ -192,6 +191,73 @@ pub(crate) fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usi
         last = std::io::Error::last_os_error();
     }
     Err(last)
+}
+
+/// What every GET_INFO reply carries.
+const INFO_REQUIRED: [InfoAttr; 16] = [
+    InfoAttr::ModuleVersion,
+    InfoAttr::ProtoVersion,
+    InfoAttr::Exports,
+    InfoAttr::Imports,
+    InfoAttr::Releases,
+    InfoAttr::Errors,
+    InfoAttr::MaxQueueBytes,
+    InfoAttr::DepartedActive,
+    InfoAttr::DepartedCapacity,
+    InfoAttr::DepartedTimeoutMs,
+    InfoAttr::DepartedDropped,
+    InfoAttr::DepartedExpired,
+    InfoAttr::DepartedFull,
+    InfoAttr::Tracked,
+    InfoAttr::EventsSent,
+    InfoAttr::EventsLost,
+];
+
+/// Replies up to this size are received into the kept buffer and copied out.
+const SMALL_REPLY: usize = 16 << 10;
+
+/// The length of the next datagram on `fd`, which stays queued.
+fn peek_len(fd: i32) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: a zero-length read into no buffer; MSG_TRUNC returns the real length.
+        let n = unsafe { libc::recv(fd, std::ptr::null_mut(), 0, libc::MSG_PEEK | libc::MSG_TRUNC) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives the next datagram into `v`'s spare capacity (which must hold it); its
+/// length, with `v` set to it.
+fn recv_into(fd: i32, v: &mut Vec<u8>) -> std::io::Result<usize> {
+    let room = v.capacity() - v.len();
+    loop {
+        let spare = v.spare_capacity_mut();
+        // SAFETY: `spare` is valid for writes of `room` bytes; MSG_TRUNC makes the
+        // kernel return the datagram's real length, so a truncation is seen.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), room, libc::MSG_TRUNC) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n > room {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a {n}-byte netlink message exceeds the {room}-byte buffer"),
+            ));
+        }
+        // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+        unsafe { v.set_len(v.len() + n) };
+        return Ok(n);
+    }
 }
 
 /// Receives one netlink datagram into `buf`; its length. A datagram larger than `buf`
@@ -366,54 +432,51 @@ impl Client {
 
     /// Reads the module's version and counters (`GET_INFO`).
     pub fn info(&self) -> Result<ModuleInfo> {
-        let attrs = self.call(Command::GetInfo, &[], GENL_HEADER, |buf| {
+        let (attrs, _) = self.call(Command::GetInfo, &[], (GENL_HEADER, false), |buf| {
             put_attr(buf, InfoAttr::ProtoVersion, &PROTO_VERSION.to_ne_bytes());
         })?;
-        // Read in place: the reply is a flat list of fixed-size counters.
-        let mut found: HashMap<u16, &[u8]> = HashMap::new();
-        for (kind, payload) in crate::state::attributes(&attrs) {
-            found.insert(kind, payload);
+        // One pass over the flat list of counters, each read in place.
+        let mut info = ModuleInfo::default();
+        let mut seen = 0u64;
+        for (kind, p) in crate::state::attributes(&attrs) {
+            let u64v = || p.try_into().map(u64::from_ne_bytes).ok();
+            let u32v = || p.try_into().map(u32::from_ne_bytes).ok();
+            let d = &mut info.departed;
+            let ok = match InfoAttr::from(kind) {
+                InfoAttr::ModuleVersion => {
+                    let v = p.split(|b| *b == 0).next().unwrap_or_default();
+                    info.module_version = String::from_utf8_lossy(v).into_owned();
+                    Some(())
+                }
+                InfoAttr::ProtoVersion => u32v().map(|v| info.proto_version = v),
+                InfoAttr::Exports => u64v().map(|v| info.exports = v),
+                InfoAttr::Imports => u64v().map(|v| info.imports = v),
+                InfoAttr::Releases => u64v().map(|v| info.releases = v),
+                InfoAttr::Errors => u64v().map(|v| info.errors = v),
+                InfoAttr::MaxQueueBytes => u32v().map(|v| info.max_queue_bytes = v),
+                InfoAttr::DepartedActive => u32v().map(|v| d.active = v),
+                InfoAttr::DepartedCapacity => u32v().map(|v| d.capacity = v),
+                InfoAttr::DepartedTimeoutMs => u32v().map(|v| d.timeout_ms = v),
+                InfoAttr::DepartedDropped => u64v().map(|v| d.dropped = v),
+                InfoAttr::DepartedExpired => u64v().map(|v| d.expired = v),
+                InfoAttr::DepartedFull => u64v().map(|v| d.full = v),
+                InfoAttr::Tracked => u32v().map(|v| info.tracked = v),
+                InfoAttr::EventsSent => u64v().map(|v| info.events_sent = v),
+                InfoAttr::EventsLost => u64v().map(|v| info.events_lost = v),
+                // Padding, and attributes of newer modules.
+                _ => continue,
+            };
+            if ok.is_none() {
+                return Err(proto(format!("GET_INFO attribute {kind} has the wrong length")));
+            }
+            seen |= 1 << kind.min(63);
         }
-        let get = |a: InfoAttr| {
-            found
-                .get(&u16::from(a))
-                .copied()
-                .ok_or_else(|| proto(format!("GET_INFO reply without {a:?}")))
-        };
-        let u64_of = |a| {
-            get(a)?
-                .try_into()
-                .map(u64::from_ne_bytes)
-                .map_err(|_| proto(format!("GET_INFO {a:?} is not a u64")))
-        };
-        let u32_of = |a| {
-            get(a)?
-                .try_into()
-                .map(u32::from_ne_bytes)
-                .map_err(|_| proto(format!("GET_INFO {a:?} is not a u32")))
-        };
-        let version = get(InfoAttr::ModuleVersion)?;
-        Ok(ModuleInfo {
-            module_version: String::from_utf8_lossy(version.split(|b| *b == 0).next().unwrap_or_default())
-                .into_owned(),
-            proto_version: u32_of(InfoAttr::ProtoVersion)?,
-            exports: u64_of(InfoAttr::Exports)?,
-            imports: u64_of(InfoAttr::Imports)?,
-            releases: u64_of(InfoAttr::Releases)?,
-            errors: u64_of(InfoAttr::Errors)?,
-            max_queue_bytes: u32_of(InfoAttr::MaxQueueBytes)?,
-            departed: DepartedInfo {
-                active: u32_of(InfoAttr::DepartedActive)?,
-                capacity: u32_of(InfoAttr::DepartedCapacity)?,
-                timeout_ms: u32_of(InfoAttr::DepartedTimeoutMs)?,
-                dropped: u64_of(InfoAttr::DepartedDropped)?,
-                expired: u64_of(InfoAttr::DepartedExpired)?,
-                full: u64_of(InfoAttr::DepartedFull)?,
-            },
-            tracked: u32_of(InfoAttr::Tracked)?,
-            events_sent: u64_of(InfoAttr::EventsSent)?,
-            events_lost: u64_of(InfoAttr::EventsLost)?,
-        })
+        for a in INFO_REQUIRED {
+            if seen & (1 << u16::from(a)) == 0 {
+                return Err(proto(format!("GET_INFO reply without {a:?}")));
+            }
+        }
+        Ok(info)
     }
 
     /// Exports the whole state of the TCP socket `fd` (`SOCK_EXPORT`), captured
@@ -431,14 +494,14 @@ impl Client {
     }
 
     fn export(&self, fd: BorrowedFd<'_>, detach: bool) -> Result<MigrationState> {
-        let blob = self.call(Command::SockExport, &[], GENL_HEADER, |buf| {
+        let (reply, start) = self.call(Command::SockExport, &[], (GENL_HEADER, true), |buf| {
             put_attr(buf, StateAttr::Fd, &(fd.as_raw_fd() as u32).to_ne_bytes());
             if detach {
                 put_attr(buf, StateAttr::Detach, &[]);
             }
         })?;
         // The blob is the module's own bytes, not re-encoded.
-        Ok(MigrationState::from_bytes(blob))
+        Ok(MigrationState::from_message(reply, start))
     }
 
     /// Builds a live socket from `state` in this process's network namespace
@@ -446,22 +509,27 @@ impl Client {
     pub fn import(&self, state: &MigrationState, options: &ImportOptions) -> Result<Imported> {
         // The blob goes out byte for byte as SOCK_EXPORT produced it, straight from
         // `state` (one iovec of the request).
-        let attrs = self.call(Command::SockImport, state.as_bytes(), GENL_HEADER, |buf| {
-            match options.bind_addr {
-                Some(IpAddr::V4(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
-                Some(IpAddr::V6(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
-                None => {}
-            }
-            for (set, kind) in [
-                (options.freebind, StateAttr::Freebind),
-                (options.transparent, StateAttr::Transparent),
-                (options.nonblock, StateAttr::Nonblock),
-            ] {
-                if set {
-                    put_attr(buf, kind, &[]);
+        let (attrs, _) = self.call(
+            Command::SockImport,
+            state.as_bytes(),
+            (GENL_HEADER, false),
+            |buf| {
+                match options.bind_addr {
+                    Some(IpAddr::V4(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
+                    Some(IpAddr::V6(a)) => put_attr(buf, StateAttr::BindAddr, &a.octets()),
+                    None => {}
                 }
-            }
-        })?;
+                for (set, kind) in [
+                    (options.freebind, StateAttr::Freebind),
+                    (options.transparent, StateAttr::Transparent),
+                    (options.nonblock, StateAttr::Nonblock),
+                ] {
+                    if set {
+                        put_attr(buf, kind, &[]);
+                    }
+                }
+            },
+        )?;
         let (mut fd, mut migration_id, mut cc_name) = (None, None, None);
         for (kind, payload) in crate::state::attributes(&attrs) {
             match kind {
@@ -495,18 +563,20 @@ impl Client {
     }
 
     /// Sends one `cmd` request whose attributes are `body` (sent as it is, from where
-    /// it lies) followed by what `attrs` appends, and returns the payload of its reply
-    /// from byte `skip` on (the generic netlink header is 4 bytes). No acknowledgement is
-    /// asked for: the reply is the answer, and a failure comes back as an error message
-    /// all the same, so a call is one send and one receive. The reply is received into
-    /// a buffer kept between calls and copied once, into the returned vector.
+    /// it lies) followed by what `attrs` appends, and returns a vector holding the
+    /// payload of its reply from byte `skip` on (the generic netlink header is 4 bytes),
+    /// and where in the vector that starts. No acknowledgement is asked for: the reply is
+    /// the answer, and a failure comes back as an error message all the same, so a call
+    /// is one send and one receive. A small reply is received into a buffer kept between
+    /// calls and copied out; with `exact` a large one is received into the returned
+    /// vector itself (one more system call, to learn its size, and no copy).
     fn call(
         &self,
         cmd: Command,
         body: &[u8],
-        skip: usize,
+        (skip, exact): (usize, bool),
         attrs: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, usize)> {
         let seq = self.seq.get();
         self.seq.set(seq.wrapping_add(1));
         let mut req = self.requests.borrow_mut();
@@ -547,43 +617,73 @@ impl Client {
             return Err(netlink(std::io::Error::last_os_error()));
         }
         drop(req);
-        let mut buf = self.replies.borrow_mut();
         loop {
+            // A large reply (an export's queues) is received straight into a vector of
+            // its size, which becomes the caller's: one copy, from the kernel.
+            let peeked = if exact { peek_len(fd).map_err(netlink)? } else { 0 };
+            if peeked > SMALL_REPLY {
+                let mut own = Vec::with_capacity(peeked);
+                let n = recv_into(fd, &mut own).map_err(netlink)?;
+                if let Some((start, mlen)) = self.find_reply(&own[..n], seq, cmd, skip)? {
+                    own.truncate(start + mlen);
+                    return Ok((own, start + NLMSG_HEADER + skip));
+                }
+                continue;
+            }
+            let mut buf = self.replies.borrow_mut();
             let n = recv_datagram(fd, &mut buf).map_err(netlink)?;
-            let mut off = 0;
-            while off + NLMSG_HEADER <= n {
-                let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-                let mlen = word(off) as usize;
-                if mlen < NLMSG_HEADER || off + mlen > n {
-                    return Err(proto("malformed netlink message in the reply"));
-                }
-                let start = off;
-                off += (mlen + 3) & !3;
-                let kind = u16::from_ne_bytes([buf[start + 4], buf[start + 5]]);
-                let msg = &buf[start..start + mlen];
-                if word(start + 8) != seq {
-                    continue;
-                }
-                if kind == libc::NLMSG_ERROR as u16 {
-                    // An error (no acknowledgement was asked for): let neli read the
-                    // extended acknowledgement.
-                    let parsed = NlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(msg), mlen)
-                        .map_err(netlink)?;
-                    for m in parsed {
-                        if let NlPayload::Err(e) = m.nl_payload() {
-                            return Err(kernel_error(e));
-                        }
-                    }
-                    return Err(proto(format!("{cmd:?} was acknowledged without a reply")));
-                }
-                if kind == self.family {
-                    if mlen < NLMSG_HEADER + GENL_HEADER.max(skip) {
-                        return Err(proto(format!("{cmd:?} reply shorter than its header")));
-                    }
-                    return Ok(msg[NLMSG_HEADER + skip..].to_vec());
-                }
+            if let Some((start, mlen)) = self.find_reply(&buf[..n], seq, cmd, skip)? {
+                return Ok((buf[start + NLMSG_HEADER + skip..start + mlen].to_vec(), 0));
             }
         }
+    }
+
+    /// Where in `datagram` the reply to request `seq` is (offset and length of its
+    /// netlink message), the kernel's error for it, or `None` if it holds neither.
+    fn find_reply(
+        &self,
+        datagram: &[u8],
+        seq: u32,
+        cmd: Command,
+        skip: usize,
+    ) -> Result<Option<(usize, usize)>> {
+        let n = datagram.len();
+        let word = |at: usize| {
+            u32::from_ne_bytes([datagram[at], datagram[at + 1], datagram[at + 2], datagram[at + 3]])
+        };
+        let mut off = 0;
+        while off + NLMSG_HEADER <= n {
+            let mlen = word(off) as usize;
+            if mlen < NLMSG_HEADER || off + mlen > n {
+                return Err(proto("malformed netlink message in the reply"));
+            }
+            let start = off;
+            off += (mlen + 3) & !3;
+            let kind = u16::from_ne_bytes([datagram[start + 4], datagram[start + 5]]);
+            let msg = &datagram[start..start + mlen];
+            if word(start + 8) != seq {
+                continue;
+            }
+            if kind == libc::NLMSG_ERROR as u16 {
+                // An error (no acknowledgement was asked for): let neli read the
+                // extended acknowledgement.
+                let parsed = NlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(msg), mlen)
+                    .map_err(netlink)?;
+                for m in parsed {
+                    if let NlPayload::Err(e) = m.nl_payload() {
+                        return Err(kernel_error(e));
+                    }
+                }
+                return Err(proto(format!("{cmd:?} was acknowledged without a reply")));
+            }
+            if kind == self.family {
+                if mlen < NLMSG_HEADER + GENL_HEADER.max(skip) {
+                    return Err(proto(format!("{cmd:?} reply shorter than its header")));
+                }
+                return Ok(Some((start, mlen)));
+            }
+        }
+        Ok(None)
     }
 
     fn ensure_sndbuf(&self, need: usize) -> Result<()> {

@@ -13,10 +13,21 @@ pub const BLOB_VERSION: u32 = 1;
 
 /// The module's state blob, exactly as `SOCK_EXPORT` returned it: ship these bytes to
 /// another host unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MigrationState {
-    blob: Vec<u8>,
+    /// The blob is `buf[start..]`: a reply is received whole into `buf`, so its headers
+    /// stay in front instead of the blob being copied out of it.
+    buf: Vec<u8>,
+    start: usize,
 }
+
+impl PartialEq for MigrationState {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for MigrationState {}
 
 /// A readable view of a [`MigrationState`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -113,19 +124,27 @@ pub(crate) fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 impl MigrationState {
     /// Wraps bytes received from another host (checked when decoded or imported).
     pub fn from_bytes(blob: Vec<u8>) -> Self {
-        Self { blob }
+        Self { buf: blob, start: 0 }
+    }
+
+    /// The blob that starts at byte `start` of a received message.
+    pub(crate) fn from_message(buf: Vec<u8>, start: usize) -> Self {
+        let start = start.min(buf.len());
+        Self { buf, start }
     }
 
     /// The blob, to send to another host.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.blob
+        &self.buf[self.start..]
     }
 
     /// Decodes the blob into readable fields.
     pub fn decode(&self) -> Result<DecodedState> {
-        let attrs =
-            GenlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(&self.blob), self.blob.len())
-                .map_err(|e| Error::Protocol(format!("state blob: {e}")))?;
+        let attrs = GenlBuffer::<u16, Buffer>::from_bytes_with_input(
+            &mut Cursor::new(self.as_bytes()),
+            self.as_bytes().len(),
+        )
+        .map_err(|e| Error::Protocol(format!("state blob: {e}")))?;
         let mut d = DecodedState::default();
         let (mut saddr, mut daddr, mut sport, mut dport) = (None, None, 0, 0);
         for a in attrs.iter() {
