@@ -611,8 +611,13 @@ impl Client {
         mh.msg_iov = iov.as_mut_ptr();
         mh.msg_iovlen = iov.len() as _;
         let fd = self.sock.as_raw_fd();
-        // SAFETY: every iovec points to memory valid for its length for the call.
-        let sent = unsafe { libc::sendmsg(fd, &mh, 0) };
+        let sent = if body.is_empty() {
+            // SAFETY: `req` is valid for reads of its length.
+            unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) }
+        } else {
+            // SAFETY: every iovec points to memory valid for its length for the call.
+            unsafe { libc::sendmsg(fd, &mh, 0) }
+        };
         if sent < 0 {
             return Err(netlink(std::io::Error::last_os_error()));
         }
