@@ -136,6 +136,11 @@ pub fn run_parts(
                     .push(floors.case(log, mech, 0, opts.hops, opts.counted)?);
             }
         }
+        if parts.contains(&"live") {
+            results.live = Bench::new(Mech::Module, opts.batch)?.live(log, &opts.live, opts.live_hops)?;
+        }
+        // Last: each round steers its moved flow's ephemeral client port to be1, and a
+        // later connection that drew the same port would be steered there too.
         if parts.contains(&"hops") {
             results.throughput = crate::suites::hops::throughput_rounds(log, opts.throughput_rounds, 8900)?
                 .into_iter()
@@ -144,9 +149,6 @@ pub fn run_parts(
                     moved_mbs,
                 })
                 .collect();
-        }
-        if parts.contains(&"live") {
-            results.live = Bench::new(Mech::Module, opts.batch)?.live(log, &opts.live, opts.live_hops)?;
         }
     }
     if parts.contains(&"dsr") {
