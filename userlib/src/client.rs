@@ -234,39 +234,32 @@ fn peek_len(fd: i32) -> std::io::Result<usize> {
 /// Receives the next datagram into `v`'s spare capacity (which must hold it); its
 /// length, with `v` set to it.
 fn recv_into(fd: i32, v: &mut Vec<u8>) -> std::io::Result<usize> {
-    let room = v.capacity() - v.len();
-    loop {
-        let spare = v.spare_capacity_mut();
-        // SAFETY: `spare` is valid for writes of `room` bytes; MSG_TRUNC makes the
-        // kernel return the datagram's real length, so a truncation is seen.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), room, libc::MSG_TRUNC) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let n = n as usize;
-        if n > room {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("a {n}-byte netlink message exceeds the {room}-byte buffer"),
-            ));
-        }
-        // SAFETY: the kernel initialised `n` bytes of the spare capacity.
-        unsafe { v.set_len(v.len() + n) };
-        return Ok(n);
-    }
+    let spare = v.spare_capacity_mut();
+    // SAFETY: `spare` is valid for writes of its length.
+    let n = unsafe { recv_raw(fd, spare.as_mut_ptr().cast(), spare.len())? };
+    // SAFETY: the kernel initialised `n` bytes of the spare capacity (`recv_raw`
+    // refuses a datagram longer than the room it was given).
+    unsafe { v.set_len(v.len() + n) };
+    Ok(n)
 }
 
 /// Receives one netlink datagram into `buf`; its length. A datagram larger than `buf`
 /// is an error, not a silent truncation.
 pub(crate) fn recv_datagram(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    unsafe { recv_raw(fd, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// Receives one datagram into `len` bytes at `at`; its length, or an error for a
+/// datagram longer than that (MSG_TRUNC makes the kernel report the real length).
+///
+/// # Safety
+///
+/// `at` must be valid for writes of `len` bytes.
+unsafe fn recv_raw(fd: i32, at: *mut u8, len: usize) -> std::io::Result<usize> {
     loop {
-        // SAFETY: `buf` is valid for writes of its length; MSG_TRUNC makes the kernel
-        // return the datagram's real length, so a truncation is seen.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+        // SAFETY: the caller guarantees `at` is valid for `len` bytes.
+        let n = unsafe { libc::recv(fd, at.cast(), len, libc::MSG_TRUNC) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -275,10 +268,10 @@ pub(crate) fn recv_datagram(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
             return Err(e);
         }
         let n = n as usize;
-        if n > buf.len() {
+        if n > len {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("a {n}-byte netlink message exceeds the {}-byte buffer", buf.len()),
+                format!("a {n}-byte netlink message exceeds the {len}-byte buffer"),
             ));
         }
         return Ok(n);
