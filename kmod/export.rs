@@ -20,8 +20,10 @@ use kernel::prelude::*;
 /// bytes plus headers, two 16-byte addresses, the congestion control name and the
 /// 64-bit migration id with its pad.
 const REPLY_FIXED: usize = 47 * 12 + 2 * 20 + 24 + 16;
-/// Bytes the queues may grow by between sizing the reply and taking the socket lock.
-const GROWTH: usize = 64 << 10;
+/// Bytes the queues may grow by between sizing the reply and taking the socket lock: a
+/// full-size segment. More is rare and re-sizes the reply under the lock; a larger
+/// margin would make every reply mostly slack, which netlink then trims by copying.
+const GROWTH: usize = 2048;
 
 /// Reply attribute bytes for `queued` bytes of queues in chunks of `QUEUE_CHUNK`.
 fn reply_size(queued: usize) -> usize {
