@@ -292,6 +292,44 @@ struct Hop {
     syscalls: (Option<u64>, Option<u64>),
 }
 
+/// Raw figures of one mechanism and queue size, gathered over one or more rounds.
+#[derive(Default)]
+pub struct Samples {
+    export: Vec<Duration>,
+    import: Vec<Duration>,
+    hop: Vec<Duration>,
+    sys_ex: Vec<u64>,
+    sys_im: Vec<u64>,
+    state_bytes: usize,
+}
+
+impl Samples {
+    /// The distribution of every sample, also written to `log`.
+    pub fn summary(self, log: &mut Log, mech: Mech, queued: usize) -> HopCase {
+        let span = |v: &[u64]| {
+            (
+                v.iter().copied().min().unwrap_or(0),
+                v.iter().copied().max().unwrap_or(0),
+            )
+        };
+        let case = HopCase {
+            backend: mech.name().into(),
+            queued,
+            hop: Dist::of_durations(&self.hop),
+            export: Dist::of_durations(&self.export),
+            import: Dist::of_durations(&self.import),
+            syscalls_export: span(&self.sys_ex),
+            syscalls_import: span(&self.sys_im),
+            state_bytes: self.state_bytes,
+        };
+        log.line(format!(
+            "{} queued {queued} x2: hop median {:.0} us p99 {:.0} us (export {:.0}, import {:.0}) over {} hops; syscalls export {:?} import {:?}; state {} B",
+            case.backend, case.hop.median_us, case.hop.p99_us, case.export.median_us, case.import.median_us, case.hop.n, case.syscalls_export, case.syscalls_import, case.state_bytes
+        ));
+        case
+    }
+}
+
 impl Bench {
     /// Workers for `mech` whose hops move `batch` connections at a time.
     pub fn new(mech: Mech, batch: usize) -> Result<Self, String> {
@@ -466,12 +504,30 @@ impl Bench {
         hops: usize,
         counted: usize,
     ) -> Result<HopCase, String> {
-        let mut export = Vec::with_capacity(hops);
-        let mut import = Vec::with_capacity(hops);
-        let mut hop = Vec::with_capacity(hops);
-        let mut sys_ex = Vec::new();
-        let mut sys_im = Vec::new();
-        let mut state_bytes = 0;
+        let mut samples = Samples::default();
+        self.sample(log, mech, queued, hops, counted, &mut samples)?;
+        Ok(samples.summary(log, mech, queued))
+    }
+
+    /// Adds `hops` timed hops and `counted` counted ones to `into`.
+    pub fn sample(
+        &mut self,
+        log: &mut Log,
+        mech: Mech,
+        queued: usize,
+        hops: usize,
+        counted: usize,
+        into: &mut Samples,
+    ) -> Result<(), String> {
+        let Samples {
+            export,
+            import,
+            hop,
+            sys_ex,
+            sys_im,
+            state_bytes,
+        } = into;
+        let target = hop.len() + hops;
         if let Some(job) = mech.floor_job() {
             let (fe, be) = self.floor(|| job(hops))?;
             for ((_, e, _), (_, m, _)) in fe.into_iter().zip(be) {
@@ -488,10 +544,10 @@ impl Bench {
             let mut probes = (0..self.batch.min(hops.max(1)))
                 .map(|_| self.probe(log, queued))
                 .collect::<Result<Vec<_>, _>>()?;
-            while hop.len() < hops {
-                let take = probes.len().min(hops - hop.len());
-                let first = hop.is_empty();
-                for h in self.hop(&mut probes[..take], first.then_some(&mut state_bytes))? {
+            while hop.len() < target {
+                let take = probes.len().min(target - hop.len());
+                let first = *state_bytes == 0;
+                for h in self.hop(&mut probes[..take], first.then_some(&mut *state_bytes))? {
                     export.push(h.export);
                     import.push(h.import);
                     hop.push(h.export + h.import);
@@ -510,27 +566,7 @@ impl Bench {
             self.count(false)?;
             self.finish(log, probes)?;
         }
-        let span = |v: &[u64]| {
-            (
-                v.iter().copied().min().unwrap_or(0),
-                v.iter().copied().max().unwrap_or(0),
-            )
-        };
-        let case = HopCase {
-            backend: mech.name().into(),
-            queued,
-            hop: Dist::of_durations(&hop),
-            export: Dist::of_durations(&export),
-            import: Dist::of_durations(&import),
-            syscalls_export: span(&sys_ex),
-            syscalls_import: span(&sys_im),
-            state_bytes,
-        };
-        log.line(format!(
-            "{} queued {queued} x2: hop median {:.0} us p99 {:.0} us (export {:.0}, import {:.0}) over {} hops; syscalls export {:?} import {:?}; state {state_bytes} B",
-            case.backend, case.hop.median_us, case.hop.p99_us, case.export.median_us, case.import.median_us, case.hop.n, case.syscalls_export, case.syscalls_import
-        ));
-        Ok(case)
+        Ok(())
     }
 
     fn count(&self, on: bool) -> Result<(), String> {

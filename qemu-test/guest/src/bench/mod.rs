@@ -24,6 +24,8 @@ pub struct Options {
     pub counted: usize,
     /// Connections that hop together (one export loop, then one import loop).
     pub batch: usize,
+    /// Alternating module/repair rounds the hops of each case are split into.
+    pub rounds: usize,
     /// Timed hops of each other queue size.
     pub sweep_hops: usize,
     /// Bytes queued in each direction: the main cases first.
@@ -44,6 +46,7 @@ impl Options {
             hops: 10_000,
             counted: 100,
             batch: 16,
+            rounds: 10,
             sweep_hops: 1_000,
             main_queues: vec![0, 64 << 10],
             // 512 KiB each way is 1 MiB queued: the module's limit per socket.
@@ -65,6 +68,7 @@ impl Options {
             hops: 40,
             counted: 5,
             batch: 2,
+            rounds: 2,
             sweep_hops: 10,
             main_queues: vec![0, 64 << 10],
             sweep_queues: vec![512 << 10],
@@ -111,23 +115,9 @@ pub fn run_parts(
     }
     if parts.contains(&"hops") || parts.contains(&"live") {
         let _topology = Topology::up()?;
-        for mech in [Mech::Module, Mech::Repair]
-            .into_iter()
-            .filter(|_| parts.contains(&"hops"))
-        {
-            let mut bench = Bench::new(mech, opts.batch)?;
-            for &q in &opts.main_queues {
-                results
-                    .hops
-                    .push(bench.case(log, mech, q, opts.hops, opts.counted)?);
-            }
-            for &q in &opts.sweep_queues {
-                results
-                    .hops
-                    .push(bench.case(log, mech, q, opts.sweep_hops, opts.counted)?);
-            }
+        if parts.contains(&"hops") {
+            results.hops.extend(interleaved(log, opts)?);
         }
-        // One Bench at a time: each listens on the same VIP port.
         if parts.contains(&"hops") {
             let mut floors = Bench::new(Mech::GetInfo, opts.batch)?;
             for mech in [Mech::GetInfo, Mech::RawGetInfo, Mech::RawGenl] {
@@ -157,6 +147,38 @@ pub fn run_parts(
         results.handoff = handoff;
     }
     Ok(results)
+}
+
+/// The module and repair cases in alternating rounds: the guest's speed drifts over a
+/// run (TCG, a shared host), and rounds side by side keep that drift out of the ratio.
+fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, String> {
+    let mut benches = [
+        (Mech::Module, Bench::new(Mech::Module, opts.batch)?),
+        (Mech::Repair, Bench::new(Mech::Repair, opts.batch)?),
+    ];
+    let cases = opts
+        .main_queues
+        .iter()
+        .map(|&q| (q, opts.hops))
+        .chain(opts.sweep_queues.iter().map(|&q| (q, opts.sweep_hops)));
+    let mut out = Vec::new();
+    for (queued, hops) in cases {
+        let rounds = opts.rounds.clamp(1, hops.max(1));
+        let mut samples = [hops::Samples::default(), hops::Samples::default()];
+        for round in 0..rounds {
+            let share = hops / rounds + usize::from(round < hops % rounds);
+            let counted = opts.counted / rounds + usize::from(round < opts.counted % rounds);
+            for ((mech, bench), into) in benches.iter_mut().zip(&mut samples) {
+                bench.sample(log, *mech, queued, share, counted, into)?;
+            }
+        }
+        for ((mech, _), s) in benches.iter().zip(samples) {
+            out.push(s.summary(log, *mech, queued));
+        }
+    }
+    // The report lists each mechanism's cases together.
+    out.sort_by_key(|c| c.backend != Mech::Module.name());
+    Ok(out)
 }
 
 /// `hops` hops (or floor round trips) of one mechanism named as in the report, for a
