@@ -19,6 +19,9 @@
 #include <linux/in6.h>
 #include <linux/sock_diag.h>
 #include <linux/tracepoint.h>
+#include <net/ip_tunnels.h>
+#include <net/inet6_hashtables.h>
+#include <linux/if_arp.h>
 #include "helpers.h"
 
 /* Macros bindgen cannot evaluate, turned into constants it can. */
@@ -39,3 +42,5 @@ const unsigned int PRISM_O_CLOEXEC = O_CLOEXEC;
 const unsigned int PRISM_O_NONBLOCK = O_NONBLOCK;
 const u8 PRISM_SK_FORCE_REUSE = SK_FORCE_REUSE;
 const unsigned int PRISM_TCP_TIMEWAIT_LEN_MS = TCP_TIMEWAIT_LEN * 1000 / HZ;
+const unsigned int PRISM_SKB_GSO_IPXIP4 = SKB_GSO_IPXIP4;
+const u16 PRISM_ETH_P_IP = ETH_P_IP;

@@ -4,8 +4,9 @@
 //!
 //! Until the L4 layer steers a migrated flow to its new owner, the peer's packets
 //! (retransmissions, ACKs, the next request) still arrive here, where no socket owns the
-//! tuple and TCP would answer with RST. The guard (`guard.rs`) drops them silently while
-//! the tuple is in this table. An entry leaves the table when the tuple is imported again
+//! tuple and TCP would answer with RST. The guard (`guard.rs`) sends them on to the new
+//! owner when the DETACH named one (`tunnel.rs`, set by `SOCK_FORWARD`), else drops them silently, while the
+//! tuple is in this table. An entry leaves the table when the tuple is imported again
 //! in the same namespace, when the peer opens a new connection on it (a SYN), when it
 //! expires (found expired by a lookup, or by the reaper, a work item that sweeps the
 //! table once a second while it holds entries), or when its namespace goes away. No
@@ -95,6 +96,8 @@ impl Tuple {
 struct Entry {
     tuple: Tuple,
     expires: usize,
+    /// The new owner's IPv4 address (network byte order), or zero: drop.
+    forward: [u8; 4],
     next: u32,
 }
 
@@ -124,6 +127,8 @@ impl Slots {
 pub(crate) enum Verdict {
     Accept,
     Drop,
+    /// Send it to the new owner at this IPv4 address.
+    Forward([u8; 4]),
 }
 
 /// Why an insertion failed.
@@ -138,6 +143,13 @@ pub(crate) struct Departed {
     pub(crate) dropped: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) full: AtomicU64,
+    /// Packets, and their bytes, sent on to a new owner; and those that could not be.
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) forwarded_bytes: AtomicU64,
+    pub(crate) forward_failed: AtomicU64,
+    /// Packets another host forwarded here for a connection with no socket here
+    /// (not imported yet, or gone), dropped instead of answered with RST.
+    pub(crate) unowned: AtomicU64,
     /// Sweeps expired entries while the table is not empty.
     reaper: Opaque<b::delayed_work>,
 }
@@ -230,6 +242,7 @@ impl Departed {
                 Entry {
                     tuple: Tuple::default(),
                     expires: 0,
+                    forward: [0; 4],
                     next,
                 },
                 GFP_KERNEL,
@@ -249,6 +262,10 @@ impl Departed {
                 dropped: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
                 full: AtomicU64::new(0),
+                forwarded: AtomicU64::new(0),
+                forwarded_bytes: AtomicU64::new(0),
+                forward_failed: AtomicU64::new(0),
+                unowned: AtomicU64::new(0),
                 reaper: Opaque::uninit(),
             },
             GFP_KERNEL,
@@ -284,13 +301,18 @@ impl Departed {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Protects `tuple` for `TIMEOUT_MS` from now (again, if it already is).
-    pub(crate) fn insert(&self, tuple: &Tuple) -> Result<(), Full> {
+    /// Protects `tuple` for `TIMEOUT_MS` from now (again, if it already is); its
+    /// packets go to `forward` (an IPv4 address), or are dropped until `set_forward`
+    /// names a new owner.
+    pub(crate) fn insert(&self, tuple: &Tuple, forward: Option<[u8; 4]>) -> Result<(), Full> {
         // SAFETY: converts a constant.
         let expires = now().wrapping_add(unsafe { b::prism_msecs_to_jiffies(TIMEOUT_MS) } as usize);
+        let forward = forward.unwrap_or([0; 4]);
         let mut l = self.lock();
         if let Some((_, _, i)) = l.find(tuple) {
-            l.slots().entries[i as usize].expires = expires;
+            let e = &mut l.slots().entries[i as usize];
+            e.expires = expires;
+            e.forward = forward;
             return Ok(());
         }
         if l.slots().free == NIL {
@@ -310,6 +332,7 @@ impl Departed {
         *e = Entry {
             tuple: *tuple,
             expires,
+            forward,
             next: s.heads[bucket],
         };
         s.heads[bucket] = i;
@@ -317,6 +340,21 @@ impl Departed {
         drop(l);
         self.kick_reaper();
         Ok(())
+    }
+
+    /// Sends the packets of departed `tuple` to `to` (an IPv4 address) from now on;
+    /// false if the tuple is not (or no longer) departed.
+    pub(crate) fn set_forward(&self, tuple: &Tuple, to: [u8; 4]) -> bool {
+        let mut l = self.lock();
+        let Some(at) = l.find(tuple) else {
+            return false;
+        };
+        let e = &mut l.slots().entries[at.2 as usize];
+        if expired(e.expires, now()) {
+            return false;
+        }
+        e.forward = to;
+        true
     }
 
     /// Forgets `tuple`: it has an owner on this host again.
@@ -368,8 +406,10 @@ impl Departed {
             l.unlink(at);
             return Verdict::Accept;
         }
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        Verdict::Drop
+        match l.slots().entries[at.2 as usize].forward {
+            [0, 0, 0, 0] => Verdict::Drop,
+            to => Verdict::Forward(to),
+        }
     }
 }
 

@@ -36,6 +36,24 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         return Err(EINVAL);
     };
     let detach = req.attr(a::DETACH).is_some();
+    let forward = match req.attr_u32(a::FORWARD_TO) {
+        None => None,
+        Some((_, at)) if !detach => {
+            req.set_err(Some(at), c_str!("forward-to needs detach"));
+            return Err(EINVAL);
+        }
+        Some((to, at)) => {
+            let to = to.to_ne_bytes();
+            if !crate::forward::is_unicast_v4(to) {
+                req.set_err(
+                    Some(at),
+                    c_str!("forward-to must be a unicast IPv4 address, not loopback"),
+                );
+                return Err(EINVAL);
+            }
+            Some(to)
+        }
+    };
     let file = FdSocket::lookup(fd).inspect_err(|_| {
         req.set_err(
             Some(fd_attr),
@@ -96,7 +114,7 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         st.sport,
         st.dport,
     );
-    if table.insert(&tuple).is_err() {
+    if table.insert(&tuple, forward).is_err() {
         req.set_err(
             None,
             c_str!("departed-tuple table is full: cannot guard the tuple, socket left as it was"),

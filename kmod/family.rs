@@ -5,6 +5,7 @@
 
 use crate::bindings as b;
 use crate::export;
+use crate::forward;
 use crate::genl::{self, Handler};
 use crate::import;
 use crate::info;
@@ -16,9 +17,10 @@ use kernel::str::CStr;
 /// Index of the `events` group in the family's group array.
 pub(crate) const GROUP_EVENTS: u32 = 0;
 
-const N_OPS: usize = 3;
+const N_OPS: usize = 4;
 const INFO_MAXATTR: u16 = attr::PROTO_VERSION;
-const EXPORT_MAXATTR: u16 = state::DETACH;
+const EXPORT_MAXATTR: u16 = state::FORWARD_TO;
+const FORWARD_MAXATTR: u16 = state::FORWARD_TO;
 const IMPORT_MAXATTR: u16 = state::MAX;
 
 /// Everything genetlink keeps pointers to, in one allocation whose address is stable
@@ -30,6 +32,7 @@ struct Definition {
     info_policy: [b::nla_policy; INFO_MAXATTR as usize + 1],
     export_policy: [b::nla_policy; EXPORT_MAXATTR as usize + 1],
     import_policy: [b::nla_policy; IMPORT_MAXATTR as usize + 1],
+    forward_policy: [b::nla_policy; FORWARD_MAXATTR as usize + 1],
 }
 
 /// The registered family; dropping it unregisters the family.
@@ -149,6 +152,7 @@ impl Family {
                 info_policy: Default::default(),
                 export_policy: [b::nla_policy::default(); EXPORT_MAXATTR as usize + 1],
                 import_policy: [b::nla_policy::default(); IMPORT_MAXATTR as usize + 1],
+                forward_policy: [b::nla_policy::default(); FORWARD_MAXATTR as usize + 1],
             },
             GFP_KERNEL,
         )?;
@@ -164,6 +168,7 @@ impl Family {
         // Touches sockets: CAP_NET_ADMIN in the caller's user namespace.
         d.export_policy[state::FD as usize].type_ = b::NLA_U32 as u8;
         d.export_policy[state::DETACH as usize].type_ = b::NLA_FLAG as u8;
+        d.export_policy[state::FORWARD_TO as usize].type_ = b::NLA_U32 as u8;
         d.ops[1].cmd = cmd::SOCK_EXPORT;
         d.ops[1].doit = Some(doit!(export::sock_export, EXPORT_MAXATTR));
         d.ops[1].policy = d.export_policy.as_ptr();
@@ -176,6 +181,25 @@ impl Family {
         d.ops[2].policy = d.import_policy.as_ptr();
         d.ops[2].maxattr = IMPORT_MAXATTR.into();
         d.ops[2].flags = b::GENL_UNS_ADMIN_PERM as u8;
+
+        // The departed tuple as the blob names it, and the new owner.
+        let p = &mut d.forward_policy;
+        for (kind, type_, len) in [
+            (state::FAMILY, b::NLA_U16, 0),
+            (state::SADDR, b::NLA_BINARY, 16),
+            (state::DADDR, b::NLA_BINARY, 16),
+            (state::SPORT, b::NLA_U16, 0),
+            (state::DPORT, b::NLA_U16, 0),
+            (state::FORWARD_TO, b::NLA_U32, 0),
+        ] {
+            p[kind as usize].type_ = type_ as u8;
+            p[kind as usize].len = len;
+        }
+        d.ops[3].cmd = cmd::SOCK_FORWARD;
+        d.ops[3].doit = Some(doit!(forward::sock_forward, FORWARD_MAXATTR));
+        d.ops[3].policy = d.forward_policy.as_ptr();
+        d.ops[3].maxattr = FORWARD_MAXATTR.into();
+        d.ops[3].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
         copy_name(
             &mut d.groups[GROUP_EVENTS as usize].name,

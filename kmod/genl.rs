@@ -84,6 +84,21 @@ impl Request<'_> {
             .map(|a| (unsafe { b::prism_nla_get_u32(a) }, a))
     }
 
+    /// The payload of attribute `kind`, with the attribute (for extack).
+    pub(crate) fn attr_bytes(&self, kind: u16) -> Option<(&[u8], &b::nlattr)> {
+        self.attr(kind).map(|a| {
+            // SAFETY: genetlink validated the attribute's header and length; the payload
+            // follows the 4-byte header inside the request skb, which outlives `self`.
+            let data = unsafe {
+                core::slice::from_raw_parts(
+                    core::ptr::from_ref(a).cast::<u8>().add(4),
+                    usize::from(a.nla_len).saturating_sub(4),
+                )
+            };
+            (data, a)
+        })
+    }
+
     /// Sets the extended-ack message, pointing at `attr` when given.
     pub(crate) fn set_err(&self, attr: Option<&b::nlattr>, msg: &'static CStr) {
         let extack = self.info.extack;

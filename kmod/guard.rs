@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The RST guard: a netfilter LOCAL_IN hook in every network namespace that drops, without
-//! answer, the packets of tuples in the departed table (`departed.rs`).
+//! The RST guard: a netfilter LOCAL_IN hook in every network namespace that takes the
+//! packets of tuples in the departed table (`departed.rs`) before TCP can answer them
+//! with RST: sent on to the flow's new owner (`tunnel.rs`) or dropped. On the owner's
+//! side it drops what another host forwarded for a connection that has no socket here
+//! (yet, or any more), for the same reason.
 
 use crate::bindings as b;
 use crate::departed::{Departed, Tuple, Verdict};
+use crate::tunnel;
 use core::ffi::{c_int, c_uint, c_void};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use kernel::prelude::*;
@@ -137,13 +141,48 @@ unsafe extern "C" fn hook(
     // SAFETY: `priv_` is the table registered with this hook; netfilter runs hooks under
     // RCU and the guard waits for an RCU grace period before freeing it.
     let table = unsafe { &*priv_.cast::<Departed>() };
-    if table.active() == 0 {
+    // SAFETY: netfilter passes a valid hook state.
+    let state = unsafe { &*state };
+    // SAFETY: `state.in_` is the receiving device, alive during the hook, or null.
+    let tunneled = unsafe { tunnel::arrived_tunneled(state.in_) };
+    if table.active() == 0 && !tunneled {
         return b::NF_ACCEPT;
     }
     // SAFETY: netfilter passes a valid packet and hook state.
-    match unsafe { parse(skb, &*state) } {
-        Some((tuple, syn)) if table.check(&tuple, syn) == Verdict::Drop => b::NF_DROP,
-        _ => b::NF_ACCEPT,
+    let Some((tuple, syn)) = (unsafe { parse(skb, state) }) else {
+        return b::NF_ACCEPT;
+    };
+    match table.check(&tuple, syn) {
+        // Another host forwarded it here ahead of the import (or after the socket
+        // went): without a socket TCP would answer with RST.
+        // SAFETY: the hook's namespace is alive.
+        Verdict::Accept
+            if tunneled && !syn && !unsafe { tunnel::has_socket(state.net, &tuple) } =>
+        {
+            table.unowned.fetch_add(1, Ordering::Relaxed);
+            b::NF_DROP
+        }
+        Verdict::Accept => b::NF_ACCEPT,
+        Verdict::Drop => {
+            table.dropped.fetch_add(1, Ordering::Relaxed);
+            b::NF_DROP
+        }
+        // SAFETY: the packet and namespace of this LOCAL_IN call; on success the packet
+        // is consumed and reported stolen.
+        Verdict::Forward(to) => match unsafe { tunnel::forward(skb, state.net, to, tuple.v6) } {
+            Ok(len) => {
+                table.forwarded.fetch_add(1, Ordering::Relaxed);
+                table
+                    .forwarded_bytes
+                    .fetch_add(len.into(), Ordering::Relaxed);
+                b::NF_STOLEN
+            }
+            Err(_) => {
+                table.forward_failed.fetch_add(1, Ordering::Relaxed);
+                table.dropped.fetch_add(1, Ordering::Relaxed);
+                b::NF_DROP
+            }
+        },
     }
 }
 

@@ -256,3 +256,93 @@ bool prism_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay
 {
 	return schedule_delayed_work(dwork, delay);
 }
+
+unsigned int prism_skb_len(const struct sk_buff *skb)
+{
+	return skb->len;
+}
+
+unsigned char *prism_skb_network_header(const struct sk_buff *skb)
+{
+	return skb_network_header(skb);
+}
+
+void prism_skb_reset_network_header(struct sk_buff *skb)
+{
+	skb_reset_network_header(skb);
+}
+
+int prism_skb_cow_head(struct sk_buff *skb, unsigned int headroom)
+{
+	return skb_cow_head(skb, headroom);
+}
+
+void prism_skb_set_protocol(struct sk_buff *skb, __be16 protocol)
+{
+	skb->protocol = protocol;
+}
+
+void prism_skb_clear_cb(struct sk_buff *skb)
+{
+	memset(skb->cb, 0, sizeof(skb->cb));
+}
+
+void prism_skb_orphan(struct sk_buff *skb)
+{
+	skb_orphan(skb);
+}
+
+void prism_skb_clear_tstamp(struct sk_buff *skb)
+{
+	skb_clear_tstamp(skb);
+}
+
+void prism_nf_reset_ct(struct sk_buff *skb)
+{
+	nf_reset_ct(skb);
+}
+
+void prism_skb_dst_drop(struct sk_buff *skb)
+{
+	skb_dst_drop(skb);
+}
+
+void prism_skb_dst_set(struct sk_buff *skb, struct rtable *rt)
+{
+	skb_dst_set(skb, &rt->dst);
+}
+
+struct rtable *prism_ip_route_output_key(struct net *net, struct flowi4 *fl4)
+{
+	return ip_route_output_key(net, fl4);
+}
+
+void prism_ip_rt_put(struct rtable *rt)
+{
+	ip_rt_put(rt);
+}
+
+unsigned char prism_rtable_type(const struct rtable *rt)
+{
+	return rt->rt_type;
+}
+
+unsigned short prism_netdev_type(const struct net_device *dev)
+{
+	return dev->type;
+}
+
+struct inet_hashinfo *prism_tcp_hashinfo(const struct net *net)
+{
+	return net->ipv4.tcp_death_row.hashinfo;
+}
+
+int prism_ip_decrease_ttl(struct iphdr *iph)
+{
+	return ip_decrease_ttl(iph);
+}
+
+void prism_ip_select_ident(struct net *net, struct sk_buff *skb)
+{
+	ip_select_ident(net, skb, NULL);
+}

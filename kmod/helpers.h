@@ -13,6 +13,9 @@
 #include <linux/tracepoint.h>
 #include <linux/workqueue.h>
 #include <net/netns/generic.h>
+#include <net/ip.h>
+#include <net/route.h>
+#include <net/ip_tunnels.h>
 
 struct sk_buff *prism_genlmsg_new(size_t payload, gfp_t flags);
 void prism_genlmsg_end(struct sk_buff *skb, void *hdr);
@@ -69,5 +72,25 @@ bool prism_genl_has_listeners(const struct genl_family *family, struct net *net,
 
 void prism_init_delayed_work(struct delayed_work *dwork, work_func_t func);
 bool prism_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay);
+
+/* Forwarding a departed flow's packets (forward.rs). */
+unsigned int prism_skb_len(const struct sk_buff *skb);
+unsigned char *prism_skb_network_header(const struct sk_buff *skb);
+void prism_skb_reset_network_header(struct sk_buff *skb);
+int prism_skb_cow_head(struct sk_buff *skb, unsigned int headroom);
+void prism_skb_set_protocol(struct sk_buff *skb, __be16 protocol);
+void prism_skb_clear_cb(struct sk_buff *skb);
+void prism_skb_orphan(struct sk_buff *skb);
+void prism_skb_clear_tstamp(struct sk_buff *skb);
+void prism_nf_reset_ct(struct sk_buff *skb);
+void prism_skb_dst_drop(struct sk_buff *skb);
+void prism_skb_dst_set(struct sk_buff *skb, struct rtable *rt);
+struct rtable *prism_ip_route_output_key(struct net *net, struct flowi4 *fl4);
+void prism_ip_rt_put(struct rtable *rt);
+unsigned char prism_rtable_type(const struct rtable *rt);
+unsigned short prism_netdev_type(const struct net_device *dev);
+struct inet_hashinfo *prism_tcp_hashinfo(const struct net *net);
+int prism_ip_decrease_ttl(struct iphdr *iph);
+void prism_ip_select_ident(struct net *net, struct sk_buff *skb);
 
 #endif

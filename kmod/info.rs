@@ -42,6 +42,22 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
         msg.put_u64(attr::DEPARTED_DROPPED, Stats::get(&t.dropped), attr::PAD)?;
         msg.put_u64(attr::DEPARTED_EXPIRED, Stats::get(&t.expired), attr::PAD)?;
         msg.put_u64(attr::DEPARTED_FULL, Stats::get(&t.full), attr::PAD)?;
+        msg.put_u64(
+            attr::DEPARTED_FORWARDED,
+            Stats::get(&t.forwarded),
+            attr::PAD,
+        )?;
+        msg.put_u64(
+            attr::DEPARTED_FORWARDED_BYTES,
+            Stats::get(&t.forwarded_bytes),
+            attr::PAD,
+        )?;
+        msg.put_u64(
+            attr::DEPARTED_FORWARD_FAILED,
+            Stats::get(&t.forward_failed),
+            attr::PAD,
+        )?;
+        msg.put_u64(attr::FORWARDED_UNOWNED, Stats::get(&t.unowned), attr::PAD)?;
     }
     if let Some(t) = tracker::get() {
         msg.put_u32(attr::TRACKED, t.tracked() as u32)?;

@@ -12,6 +12,7 @@ mod departed;
 mod events;
 mod export;
 mod family;
+mod forward;
 mod genl;
 mod guard;
 mod import;
@@ -20,6 +21,7 @@ mod socket;
 mod stats;
 mod tcp_state;
 mod tracker;
+mod tunnel;
 mod uapi;
 
 module! {

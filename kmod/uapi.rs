@@ -26,6 +26,7 @@ pub(crate) mod cmd {
     pub(crate) const SOCK_IMPORTED: u8 = 4;
     pub(crate) const SOCK_EXPORTED: u8 = 5;
     pub(crate) const SOCK_RELEASED: u8 = 6;
+    pub(crate) const SOCK_FORWARD: u8 = 7;
 }
 
 /// Version of the state blob format returned by `SOCK_EXPORT`.
@@ -54,6 +55,10 @@ pub(crate) mod attr {
     pub(crate) const TRACKED: u16 = 15;
     pub(crate) const EVENTS_SENT: u16 = 16;
     pub(crate) const EVENTS_LOST: u16 = 17;
+    pub(crate) const DEPARTED_FORWARDED: u16 = 18;
+    pub(crate) const DEPARTED_FORWARDED_BYTES: u16 = 19;
+    pub(crate) const DEPARTED_FORWARD_FAILED: u16 = 20;
+    pub(crate) const FORWARDED_UNOWNED: u16 = 21;
 }
 
 /// Attributes of the `event` attribute set (the `events` group's messages).
@@ -145,8 +150,10 @@ pub(crate) mod state {
     pub(crate) const FREEBIND: u16 = 54;
     pub(crate) const TRANSPARENT: u16 = 55;
     pub(crate) const NONBLOCK: u16 = 56;
-    /// Highest attribute of the set.
+    /// Highest attribute of a blob and of a `SOCK_IMPORT` request.
     pub(crate) const MAX: u16 = NONBLOCK;
+    /// `SOCK_EXPORT` (with DETACH) and `SOCK_FORWARD` requests.
+    pub(crate) const FORWARD_TO: u16 = 57;
 }
 
 /// `buf-locks` bits: the buffer size was set by the application (SO_SNDBUF/SO_RCVBUF).

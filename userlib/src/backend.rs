@@ -5,6 +5,7 @@ use crate::client::{Client, ImportOptions};
 use crate::error::{Error, Result};
 use crate::repair::{self, RepairState};
 use crate::state::MigrationState;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 
 /// Which way exports and imports are done.
@@ -67,6 +68,32 @@ impl Backend {
         match self {
             Backend::Module(c) => c.export_detach(fd).map(Exported::Module),
             Backend::Repair => repair::export_detach(fd).map(Exported::Repair),
+        }
+    }
+
+    /// Exports `fd` and finishes it here; with the module, the peer's packets that still
+    /// arrive here go on to the new owner at `owner` (see [`Client::export_detach_to`]).
+    /// The repair backend cannot forward: it exports as [`Backend::export_detach`].
+    pub fn export_detach_to(&self, fd: impl AsFd, owner: Ipv4Addr) -> Result<Exported> {
+        match self {
+            Backend::Module(c) => c.export_detach_to(fd, owner).map(Exported::Module),
+            Backend::Repair => repair::export_detach(fd).map(Exported::Repair),
+        }
+    }
+
+    /// Whether this backend forwards a detached connection's late packets (the module
+    /// does; TCP_REPAIR has nothing that could).
+    pub fn forwards(&self) -> bool {
+        matches!(self, Backend::Module(_))
+    }
+
+    /// Sends the late packets of the connection `state` was detached from to its new
+    /// owner at `owner` (see [`Client::forward`]). Returns false with the repair
+    /// backend, which has nothing that could: its packets stay dropped (or held at L4).
+    pub fn forward(&self, state: &Exported, owner: Ipv4Addr) -> Result<bool> {
+        match (self, state) {
+            (Backend::Module(c), Exported::Module(m)) => c.forward(m, owner).map(|()| true),
+            _ => Ok(false),
         }
     }
 

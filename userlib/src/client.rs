@@ -21,7 +21,7 @@ use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// One attribute as raw bytes: `(type, payload)`.
@@ -75,6 +75,16 @@ pub struct DepartedInfo {
     pub expired: u64,
     /// DETACH requests refused because the guard was full.
     pub full: u64,
+    /// Packets sent on to the new owner a DETACH named (0 from modules without
+    /// forwarding).
+    pub forwarded: u64,
+    /// Bytes of those packets.
+    pub forwarded_bytes: u64,
+    /// Packets that had a new owner to go to but were dropped (no route, TTL, memory).
+    pub forward_failed: u64,
+    /// Packets another host forwarded here for a connection with no socket here (not
+    /// imported yet, or gone), dropped instead of answered with RST.
+    pub forwarded_unowned: u64,
 }
 
 /// How `SOCK_IMPORT` should set up the new socket.
@@ -456,6 +466,10 @@ impl Client {
                 InfoAttr::Tracked => u32v().map(|v| info.tracked = v),
                 InfoAttr::EventsSent => u64v().map(|v| info.events_sent = v),
                 InfoAttr::EventsLost => u64v().map(|v| info.events_lost = v),
+                InfoAttr::DepartedForwarded => u64v().map(|v| d.forwarded = v),
+                InfoAttr::DepartedForwardedBytes => u64v().map(|v| d.forwarded_bytes = v),
+                InfoAttr::DepartedForwardFailed => u64v().map(|v| d.forward_failed = v),
+                InfoAttr::ForwardedUnowned => u64v().map(|v| d.forwarded_unowned = v),
                 // Padding, and attributes of newer modules.
                 _ => continue,
             };
@@ -475,7 +489,7 @@ impl Client {
     /// Exports the whole state of the TCP socket `fd` (`SOCK_EXPORT`), captured
     /// atomically; the socket is left as it was.
     pub fn export_snapshot(&self, fd: impl AsFd) -> Result<MigrationState> {
-        self.export(fd.as_fd(), false)
+        self.export(fd.as_fd(), false, None)
     }
 
     /// Exports the TCP socket `fd` and finishes it on this host without a packet to the
@@ -483,14 +497,56 @@ impl Client {
     /// tuple until it is imported here again or expires, so no RST leaves this host.
     /// `fd` stays open on a closed socket: close it.
     pub fn export_detach(&self, fd: impl AsFd) -> Result<MigrationState> {
-        self.export(fd.as_fd(), true)
+        self.export(fd.as_fd(), true, None)
     }
 
-    fn export(&self, fd: BorrowedFd<'_>, detach: bool) -> Result<MigrationState> {
+    /// Like [`Client::export_detach`], but the peer's packets that still arrive here
+    /// go on to the new owner at `owner` from the start (as after [`Client::forward`])
+    /// instead of being dropped. The owner's module drops those that reach it before
+    /// its import, so it may answer as soon as it has imported, before L4 steers.
+    pub fn export_detach_to(&self, fd: impl AsFd, owner: Ipv4Addr) -> Result<MigrationState> {
+        self.export(fd.as_fd(), true, Some(owner))
+    }
+
+    /// Sends the peer's packets of the connection `state` was detached from, those that
+    /// still reach this host, to its new owner at `owner` from now on, instead of
+    /// dropping them (`SOCK_FORWARD`): inside IPIP, or 6in4 for an IPv6 connection,
+    /// so the owner's `tunl0`/`sit0` must be up. The owner's module drops what reaches
+    /// it before its import; the owner may answer before the L4 layer steers the flow.
+    pub fn forward(&self, state: &MigrationState, owner: Ipv4Addr) -> Result<()> {
+        let tuple = [
+            StateAttr::Family,
+            StateAttr::Saddr,
+            StateAttr::Daddr,
+            StateAttr::Sport,
+            StateAttr::Dport,
+        ];
+        self.call(Command::SockForward, &[], (0, false), |buf| {
+            for (kind, payload) in crate::state::attributes(state.as_bytes()) {
+                if tuple.iter().any(|t| u16::from(*t) == kind) {
+                    put_attr(buf, StateAttr::from(kind), payload);
+                }
+            }
+            // Big-endian on the wire: the address's octets as they are.
+            put_attr(buf, StateAttr::ForwardTo, &owner.octets());
+        })?;
+        Ok(())
+    }
+
+    fn export(
+        &self,
+        fd: BorrowedFd<'_>,
+        detach: bool,
+        forward_to: Option<Ipv4Addr>,
+    ) -> Result<MigrationState> {
         let (reply, start) = self.call(Command::SockExport, &[], (GENL_HEADER, true), |buf| {
             put_attr(buf, StateAttr::Fd, &(fd.as_raw_fd() as u32).to_ne_bytes());
             if detach {
                 put_attr(buf, StateAttr::Detach, &[]);
+            }
+            if let Some(owner) = forward_to {
+                // Big-endian on the wire: the address's octets as they are.
+                put_attr(buf, StateAttr::ForwardTo, &owner.octets());
             }
         })?;
         // The blob is the module's own bytes, not re-encoded.
@@ -579,7 +635,11 @@ impl Client {
         let head = req.len();
         attrs(&mut req);
         let len = req.len() + body.len();
-        let flags = libc::NLM_F_REQUEST as u16;
+        let flags = if cmd.replies() {
+            libc::NLM_F_REQUEST
+        } else {
+            libc::NLM_F_REQUEST | libc::NLM_F_ACK
+        } as u16;
         req[..4].copy_from_slice(&(len as u32).to_ne_bytes());
         req[4..6].copy_from_slice(&self.family.to_ne_bytes());
         req[6..8].copy_from_slice(&flags.to_ne_bytes());
@@ -663,8 +723,11 @@ impl Client {
                 continue;
             }
             if kind == libc::NLMSG_ERROR as u16 {
-                // An error (no acknowledgement was asked for): let neli read the
-                // extended acknowledgement.
+                // Error 0: the acknowledgement of a request without a reply.
+                if !cmd.replies() && mlen >= NLMSG_HEADER + 4 && word(start + NLMSG_HEADER) == 0 {
+                    return Ok(Some((start, mlen)));
+                }
+                // An error: let neli read the extended acknowledgement.
                 let parsed = NlBuffer::<u16, Buffer>::from_bytes_with_input(&mut Cursor::new(msg), mlen)
                     .map_err(netlink)?;
                 for m in parsed {

@@ -23,8 +23,18 @@ pub enum Command {
     SockExported = 5,
     /// Event: a tracked socket is finished on this host.
     SockReleased = 6,
+    /// Send a departed connection's late packets to its new owner.
+    SockForward = 7,
 }
 impl neli::consts::genl::Cmd for Command {}
+
+impl Command {
+    /// Whether the module answers the request with a message of its own; the others
+    /// are acknowledged.
+    pub fn replies(&self) -> bool {
+        !matches!(self, Command::SockForward)
+    }
+}
 
 /// Attributes of the `info` attribute set.
 #[neli::neli_enum(serialized_type = "u16")]
@@ -63,6 +73,14 @@ pub enum InfoAttr {
     EventsSent = 16,
     /// Events at least one listener missed (its buffer was full) or that could not be built.
     EventsLost = 17,
+    /// Packets of departed tuples sent on to their new owner.
+    DepartedForwarded = 18,
+    /// Bytes of those packets.
+    DepartedForwardedBytes = 19,
+    /// Packets that had a forward address but were dropped.
+    DepartedForwardFailed = 20,
+    /// Packets forwarded here for a connection with no socket here, dropped.
+    ForwardedUnowned = 21,
 }
 impl neli::consts::genl::NlAttrType for InfoAttr {}
 
@@ -182,11 +200,14 @@ pub enum StateAttr {
     Transparent = 55,
     /// SOCK_IMPORT: O_NONBLOCK.
     Nonblock = 56,
+    /// SOCK_EXPORT with DETACH, SOCK_FORWARD: IPv4 address of the new owner, where the
+    /// peer's packets that still arrive here are sent.
+    ForwardTo = 57,
 }
 impl neli::consts::genl::NlAttrType for StateAttr {}
 
 /// Names of the `state` attributes in spec order, for contract checks and decoding.
-pub const STATE_ATTR_NAMES: [&str; 56] = [
+pub const STATE_ATTR_NAMES: [&str; 57] = [
     "fd",
     "blob-version",
     "family",
@@ -243,6 +264,7 @@ pub const STATE_ATTR_NAMES: [&str; 56] = [
     "freebind",
     "transparent",
     "nonblock",
+    "forward-to",
 ];
 
 /// Attributes of the `event` attribute set (messages of the `events` group).

@@ -126,6 +126,10 @@ fn info_attributes_match() {
         ("tracked", InfoAttr::Tracked),
         ("events-sent", InfoAttr::EventsSent),
         ("events-lost", InfoAttr::EventsLost),
+        ("departed-forwarded", InfoAttr::DepartedForwarded),
+        ("departed-forwarded-bytes", InfoAttr::DepartedForwardedBytes),
+        ("departed-forward-failed", InfoAttr::DepartedForwardFailed),
+        ("forwarded-unowned", InfoAttr::ForwardedUnowned),
     ];
     assert_eq!(lib.len(), attrs.len());
     for (name, a) in lib {
@@ -151,5 +155,5 @@ fn state_attributes_match() {
         assert_eq!(u16::from(StateAttr::from(n)), n, "{name}");
     }
     assert_eq!(u16::from(StateAttr::Fd), 1);
-    assert_eq!(u16::from(StateAttr::Nonblock), STATE_ATTR_NAMES.len() as u16);
+    assert_eq!(u16::from(StateAttr::ForwardTo), STATE_ATTR_NAMES.len() as u16);
 }

@@ -8,7 +8,7 @@ use crate::topology::{self, in_ns, Topology};
 use prism_sock::{Client, ImportOptions, MigrationState};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,43 @@ impl Cluster {
             frames[0].len()
         ));
         Ok((stream, frames[1].clone(), HopTimes { export, import }))
+    }
+}
+
+impl Cluster {
+    /// Moves `sock` from `from` to `to` as `hop` does, but l4 is left as it is: `from`
+    /// forwards the client's packets that still reach it to `to` (SOCK_FORWARD, once
+    /// `to` has imported). Returns the new socket, the request as `to` received it and
+    /// the state `from` exported.
+    pub fn hop_forwarded(
+        &mut self,
+        log: &mut Log,
+        sock: TcpStream,
+        from: &'static str,
+        to: &'static str,
+        request: &[u8],
+    ) -> Result<(TcpStream, Vec<u8>, MigrationState), String> {
+        let state = self
+            .nl(from)
+            .export_detach(sock.as_fd())
+            .map_err(|e| format!("export on {from}: {e}"))?;
+        drop(sock);
+        let frames = self.link(from, to)?.carry(&[state.as_bytes(), request])?;
+        let carried = MigrationState::from_bytes(frames[0].clone());
+        let (stream, id) = self
+            .nl(to)
+            .import_stream(&carried, &ImportOptions::default())
+            .map_err(|e| format!("import on {to}: {e}"))?;
+        let IpAddr::V4(owner) = topology::addr(to, false) else {
+            return Err("an IPv4 node address".into());
+        };
+        self.nl(from)
+            .forward(&state, owner)
+            .map_err(|e| format!("forward on {from}: {e}"))?;
+        log.line(format!(
+            "hop {from} -> {to}: migration {id:#x}; {from} forwards the flow's packets to {owner}, l4 unchanged"
+        ));
+        Ok((stream, frames[1].clone(), state))
     }
 }
 

@@ -110,6 +110,25 @@ impl Topology {
             ip(log, &format!("-n {node} addr add {VIP4}/32 dev vip0"))?;
             ip(log, &format!("-n {node} addr add {VIP6}/128 dev vip0 nodad"))?;
             ip(log, &format!("-n {node} link set vip0 up"))?;
+            // Forwarded packets of a flow handed here arrive inside IPIP or 6in4: the
+            // fallback tunnel devices take the outer header off. The inner source is
+            // the client, reached through eth0: reverse-path filtering would drop it.
+            ip(log, &format!("-n {node} link set tunl0 up"))?;
+            ip(log, &format!("-n {node} link set sit0 up"))?;
+            for knob in ["all", "tunl0"] {
+                sh(
+                    log,
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        node,
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{knob}.rp_filter=0"),
+                    ],
+                )?;
+            }
         }
         sh(
             log,

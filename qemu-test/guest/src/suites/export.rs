@@ -448,20 +448,42 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
         "invalid attribute length",
         log,
     )?;
-    // A blob attribute is not a SOCK_EXPORT request attribute; one past the request's
-    // highest (detach) is unknown to it altogether.
+    // A blob or import attribute is not a SOCK_EXPORT request attribute; one past the
+    // request's highest (forward-to) is unknown to it altogether.
+    for kind in [StateAttr::SndUna, StateAttr::Nonblock] {
+        expect_refusal(
+            c.raw_request(SOCK_EXPORT, &[(kind.into(), vec![0; 4])]),
+            libc::EINVAL,
+            "Unsupported attribute",
+            log,
+        )?;
+    }
     expect_refusal(
-        c.raw_request(SOCK_EXPORT, &[(StateAttr::SndUna.into(), vec![0; 4])]),
-        libc::EINVAL,
-        "Unsupported attribute",
-        log,
-    )?;
-    expect_refusal(
-        c.raw_request(SOCK_EXPORT, &[(StateAttr::Nonblock.into(), vec![])]),
+        c.raw_request(SOCK_EXPORT, &[(u16::from(StateAttr::ForwardTo) + 1, vec![])]),
         libc::EINVAL,
         "Unknown attribute type",
         log,
     )?;
+    // forward-to only with detach, and only to another host's unicast address.
+    let fd = |n: u32| (u16::from(StateAttr::Fd), n.to_ne_bytes().to_vec());
+    let to = |a: [u8; 4]| (u16::from(StateAttr::ForwardTo), a.to_vec());
+    let detach = (u16::from(StateAttr::Detach), Vec::new());
+    let sock = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let n = sock.as_raw_fd() as u32;
+    expect_refusal(
+        c.raw_request(SOCK_EXPORT, &[fd(n), to([10, 0, 2, 2])]),
+        libc::EINVAL,
+        "forward-to needs detach",
+        log,
+    )?;
+    for bad in [[0, 0, 0, 0], [127, 0, 0, 1], [224, 0, 0, 1], [255; 4]] {
+        expect_refusal(
+            c.raw_request(SOCK_EXPORT, &[fd(n), detach.clone(), to(bad)]),
+            libc::EINVAL,
+            "forward-to must be a unicast IPv4 address",
+            log,
+        )?;
+    }
     Ok(())
 }
 

@@ -169,7 +169,7 @@ fn get_info_version(env: &Env, log: &mut Log) -> TestResult {
     Ok(())
 }
 
-fn ynl(env: &Env, log: &mut Log, prefix: &[&str], args: &[&str]) -> Result<String, String> {
+pub(super) fn ynl(env: &Env, log: &mut Log, prefix: &[&str], args: &[&str]) -> Result<String, String> {
     let spec = env.spec.to_string_lossy();
     let schema = env.schema.to_string_lossy();
     let ynl = env.ynl.to_string_lossy();

@@ -3,6 +3,7 @@
 mod bench_smoke;
 pub mod common;
 pub mod export;
+mod forward;
 mod foundation;
 pub mod hops;
 pub mod import_refusals;
@@ -19,6 +20,7 @@ pub fn all() -> Vec<Test> {
     all.extend(export::tests());
     all.extend(migration::tests());
     all.extend(state::tests());
+    all.extend(forward::tests());
     all.extend(hops::tests());
     all.extend(import_refusals::tests());
     all.extend(release::tests());
