@@ -5,7 +5,7 @@
 # the VIP with clients nobody here wrote (Python's http.client, curl, wrk) over IPv4
 # and IPv6: each request is answered by the object's owner, the front node relays no
 # response byte, every body's digest is checked, and once the clients are done every
-# SOCK_RELEASED event has emptied prism-steerd's map. Arguments: REPO KDIR
+# SOCK_RELEASED event has emptied prism-steerd's sets. Arguments: REPO KDIR
 set -euo pipefail
 repo=$1 kdir=$2
 bin=$repo/target/release
@@ -113,7 +113,7 @@ for n in fe be1 be2; do
   ip netns exec "$n" curl -sS "http://${addr[$n]}:7101/stats"; echo
 done
 
-step "release events: one sock-released per migrated connection, then the steering map empties"
+step "release events: one sock-released per migrated connection, then the steering sets empty"
 for i in $(seq 100); do
   left=$(ip netns exec l4 nft -j list ruleset | python3 -c '
 import json, sys
@@ -131,7 +131,7 @@ done
 echo "last release on be2: $(grep '"kind":"released"' "$run/events-be2.jsonl" | tail -1)"
 ip netns exec l4 nft list table inet prism
 [[ $left == 0 ]] || fail "$left steering entries left in l4"
-echo "prism-steerd's map and hold set are empty again"
+echo "prism-steerd's flow and hold sets are empty again"
 grep -h "refused\|failed\|lost" "$run"/*.log || true
 
 step "demo done"

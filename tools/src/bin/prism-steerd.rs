@@ -15,6 +15,16 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every steering batch allocates a 128 KiB message buffer (rustables). glibc maps
+    // blocks that size afresh each time and unmaps them after (or trims the heap under
+    // a freed one), and each unmap stops every CPU running one of the daemon's threads
+    // to flush its TLB: milliseconds per batch in an emulated guest. Kept in the heap,
+    // the memory is reused.
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
     let result = Cluster::load(&cli.config).and_then(|c| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -6,6 +6,7 @@
 //! been silent for `node_timeout_ms`. It never flushes the table: a restarted
 //! prism-steerd adopts the entries it finds.
 
+mod elements;
 mod libnft;
 pub mod nft;
 pub mod table;
@@ -31,7 +32,7 @@ pub async fn run(cluster: Cluster) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())??;
     eprintln!(
-        "prism-steerd: adopted {} flows and {} holds from nftables; changes go through {}",
+        "prism-steerd: adopted {} flows and {} holds from nftables (set up through {}); changes go out as nf_tables netlink batches",
         table.flows.len(),
         table.holds.len(),
         if libnft::available() {
@@ -155,8 +156,9 @@ async fn session(
     }
 }
 
-/// The only writer of the table: applies queued ops in batches, one nft transaction
-/// each, and runs the expiry sweep.
+/// The only writer of the table: applies queued ops in batches (whatever queued while
+/// the previous batch was in the kernel), one nf_tables transaction each, and runs the
+/// expiry sweep.
 async fn apply(
     mut rx: mpsc::Receiver<(Op, Option<Done>)>,
     mut table: Table,
@@ -178,6 +180,7 @@ async fn apply(
             }
         }
     });
+    let mut nfnl = elements::Nfnl::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -202,8 +205,9 @@ async fn apply(
             }
         }
         let mut next = table.clone();
-        let commands: Vec<String> = batch.iter().flat_map(|(op, _)| next.apply(op, now)).collect();
-        let result = tokio::task::block_in_place(|| nft::run(&commands));
+        let changes: Vec<_> = batch.iter().flat_map(|(op, _)| next.apply(op, now)).collect();
+        // One netlink round trip: short enough to make on the runtime thread.
+        let result = nfnl.apply(&changes);
         match result {
             Ok(()) => {
                 table = next;
@@ -221,8 +225,8 @@ async fn apply(
                 );
                 for (op, done) in batch {
                     let mut next = table.clone();
-                    let commands = next.apply(&op, now);
-                    let r = nft::run(&commands);
+                    let changes = next.apply(&op, now);
+                    let r = nfnl.apply(&changes);
                     if r.is_ok() {
                         table = next;
                     } else {

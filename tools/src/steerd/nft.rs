@@ -1,7 +1,8 @@
-//! prism-steerd's hands on l4: `nft` batches for the steering table, and policy
-//! routing that sends each node's mark to that node.
+//! prism-steerd's set-up of l4: the steering table (through libnftables, or `nft`),
+//! the state a previous prism-steerd left in it, and policy routing that sends each
+//! node's mark to that node. Changes after set-up go through [`super::elements`].
 
-use super::table::{Entry, Hold, Table, TABLE};
+use super::table::{Entry, Hold, SetKind, Table, TABLE};
 use crate::cluster::Cluster;
 use serde_json::Value;
 use std::io::Write;
@@ -34,7 +35,7 @@ fn pipe(prog: &str, args: &[&str], input: &str) -> Result<(), String> {
 
 /// Runs `commands` as one atomic nft transaction: through libnftables when it loads,
 /// else with `nft -f -`.
-pub fn run(commands: &[String]) -> Result<(), String> {
+fn run(commands: &[String]) -> Result<(), String> {
     if commands.is_empty() {
         return Ok(());
     }
@@ -42,32 +43,65 @@ pub fn run(commands: &[String]) -> Result<(), String> {
     super::libnft::run(&text).unwrap_or_else(|| pipe("nft", &["-f", "-"], &text))
 }
 
+/// The sets of every node and the hold sets, both families.
+fn sets(c: &Cluster) -> Vec<(SetKind, bool)> {
+    let kinds = std::iter::once(SetKind::Hold).chain(c.nodes.iter().map(|n| SetKind::Flows(n.mark)));
+    kinds.flat_map(|k| [(k, true), (k, false)]).collect()
+}
+
 fn rules(c: &Cluster) -> Vec<String> {
     let (v4, v6, port) = (c.vip4, c.vip6, c.port);
     let chain = format!("add rule {TABLE} steer");
-    vec![
+    let mut out = vec![
         format!("{chain} ip daddr {v4} tcp dport {port} ip saddr . tcp sport @hold4 drop"),
         format!("{chain} ip6 daddr {v6} tcp dport {port} ip6 saddr . tcp sport @hold6 drop"),
-        format!("{chain} ip daddr {v4} tcp dport {port} meta mark set ip saddr . tcp sport map @flows4"),
-        format!("{chain} ip6 daddr {v6} tcp dport {port} meta mark set ip6 saddr . tcp sport map @flows6"),
-    ]
+    ];
+    for n in &c.nodes {
+        let m = n.mark;
+        out.push(format!(
+            "{chain} ip daddr {v4} tcp dport {port} ip saddr . tcp sport @flows4_{m} meta mark set {m}"
+        ));
+        out.push(format!(
+            "{chain} ip6 daddr {v6} tcp dport {port} ip6 saddr . tcp sport @flows6_{m} meta mark set {m}"
+        ));
+    }
+    out
 }
 
 /// Creates the steering table, or adopts the one a previous prism-steerd left (its
 /// entries are live flows), and installs this configuration's rules. Few processes: a
 /// restart must be quick, nodes wait for it.
 pub fn setup(cluster: &Cluster) -> Result<Table, String> {
-    let table = adopt()?;
-    let mut batch = vec![
-        format!("add table {TABLE}"),
-        format!("add set {TABLE} hold4 {{ type ipv4_addr . inet_service; }}"),
-        format!("add set {TABLE} hold6 {{ type ipv6_addr . inet_service; }}"),
-        format!("add map {TABLE} flows4 {{ type ipv4_addr . inet_service : mark; }}"),
-        format!("add map {TABLE} flows6 {{ type ipv6_addr . inet_service : mark; }}"),
-        format!("add chain {TABLE} steer {{ type filter hook prerouting priority mangle; policy accept; }}"),
-        format!("flush chain {TABLE} steer"),
-    ];
+    let (table, legacy) = adopt()?;
+    let mut batch = vec![format!("add table {TABLE}")];
+    for (kind, v4) in sets(cluster) {
+        let key = if v4 { "ipv4_addr" } else { "ipv6_addr" };
+        batch.push(format!(
+            "add set {TABLE} {} {{ type {key} . inet_service; }}",
+            kind.name(v4)
+        ));
+    }
+    batch.push(format!(
+        "add chain {TABLE} steer {{ type filter hook prerouting priority mangle; policy accept; }}"
+    ));
+    batch.push(format!("flush chain {TABLE} steer"));
     batch.extend(rules(cluster));
+    // Flows an older prism-steerd kept in one map (flow : mark) move into the sets.
+    if !legacy.is_empty() {
+        for (flow, entry) in &table.flows {
+            let set = SetKind::Flows(entry.mark).name(flow.is_ipv4());
+            batch.push(format!(
+                "add set {TABLE} {set} {{ type {} . inet_service; }}",
+                if flow.is_ipv4() { "ipv4_addr" } else { "ipv6_addr" }
+            ));
+            batch.push(format!(
+                "add element {TABLE} {set} {{ {} . {} }}",
+                flow.ip(),
+                flow.port()
+            ));
+        }
+        batch.extend(legacy.iter().map(|m| format!("delete map {TABLE} {m}")));
+    }
     run(&batch)?;
     routes(cluster)?;
     Ok(table)
@@ -126,57 +160,60 @@ fn flow_of(concat: &Value) -> Option<SocketAddr> {
 }
 
 /// Reads the flows and holds a previous prism-steerd left in nftables (none if there
-/// is no table).
-fn adopt() -> Result<Table, String> {
+/// is no table), and the names of maps of the older one-map layout.
+fn adopt() -> Result<(Table, Vec<String>), String> {
     let mut table = Table::default();
+    let mut legacy = Vec::new();
     let out = Command::new("nft")
         .args(["-j", "list", "table", "inet", "prism"])
         .output()
         .map_err(|e| format!("nft: {e}"))?;
     if !out.status.success() {
-        return Ok(table);
+        return Ok((table, legacy));
     }
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
     let now = Instant::now();
     for object in v["nftables"].as_array().into_iter().flatten() {
-        let elems = |kind: &str| {
-            object
-                .get(kind)
-                .filter(|s| {
-                    s["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with(if kind == "map" { "flows" } else { "hold" }))
-                })
-                .and_then(|s| s.get("elem"))
+        let elems = |s: &Value| {
+            s.get("elem")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default()
         };
-        for e in elems("map") {
-            let pair = e.as_array();
-            let flow = pair.and_then(|p| p.first()).and_then(flow_of);
-            let mark = pair.and_then(|p| p.get(1)).and_then(Value::as_u64);
-            if let (Some(flow), Some(mark)) = (flow, mark) {
-                table.flows.insert(
-                    flow,
-                    Entry {
-                        mark: mark as u32,
-                        expires: None,
-                    },
-                );
+        if let Some(map) = object.get("map") {
+            // The older layout: flows4/flows6 maps of flow -> mark.
+            let name = map["name"].as_str().unwrap_or_default();
+            if name == "flows4" || name == "flows6" {
+                legacy.push(name.to_string());
+                for e in elems(map) {
+                    let pair = e.as_array();
+                    let flow = pair.and_then(|p| p.first()).and_then(flow_of);
+                    let mark = pair.and_then(|p| p.get(1)).and_then(Value::as_u64);
+                    if let (Some(flow), Some(Ok(mark))) = (flow, mark.map(u32::try_from)) {
+                        table.flows.insert(flow, Entry { mark, expires: None });
+                    }
+                }
             }
         }
-        for e in elems("set") {
-            if let Some(flow) = flow_of(&e) {
-                table.holds.insert(
-                    flow,
-                    Hold {
-                        mark: None,
-                        since: now,
-                    },
-                );
+        let Some(set) = object.get("set") else { continue };
+        let kind = set["name"].as_str().and_then(SetKind::parse);
+        for flow in elems(set).iter().filter_map(flow_of) {
+            match kind {
+                Some((SetKind::Hold, _)) => {
+                    table.holds.insert(
+                        flow,
+                        Hold {
+                            mark: None,
+                            since: now,
+                        },
+                    );
+                }
+                Some((SetKind::Flows(mark), _)) => {
+                    table.flows.insert(flow, Entry { mark, expires: None });
+                }
+                None => {}
             }
         }
     }
-    Ok(table)
+    Ok((table, legacy))
 }

@@ -1,12 +1,89 @@
-//! prism-steerd's view of the l4 steering state and the nftables commands that move
+//! prism-steerd's view of the l4 steering state and the set element changes that move
 //! the kernel's copy from one state to the next. Pure: no I/O, so it is unit-tested.
+//!
+//! l4's table has a hold set per address family and a flow set per node and family:
+//! a flow is steered to node M while it is in `flows4_M` (or `flows6_M`).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// nftables table that holds the steering state.
 pub const TABLE: &str = "inet prism";
+
+/// A set of the steering table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetKind {
+    /// Flows being handed off: their packets are dropped.
+    Hold,
+    /// Flows steered to the node with this mark.
+    Flows(u32),
+}
+
+impl SetKind {
+    /// The set's name in the table, for IPv4 or IPv6 flows.
+    pub fn name(self, v4: bool) -> String {
+        let f = if v4 { '4' } else { '6' };
+        match self {
+            SetKind::Hold => format!("hold{f}"),
+            SetKind::Flows(mark) => format!("flows{f}_{mark}"),
+        }
+    }
+
+    /// The set a table name stands for, and whether it holds IPv4 flows.
+    pub fn parse(name: &str) -> Option<(Self, bool)> {
+        let family = |f: &str| match f {
+            "4" => Some(true),
+            "6" => Some(false),
+            _ => None,
+        };
+        if let Some(f) = name.strip_prefix("hold") {
+            return Some((SetKind::Hold, family(f)?));
+        }
+        let (f, mark) = name.strip_prefix("flows")?.split_once('_')?;
+        Some((SetKind::Flows(mark.parse().ok()?), family(f)?))
+    }
+}
+
+/// One element added to or deleted from a set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Added, else deleted.
+    pub add: bool,
+    /// Which set.
+    pub set: SetKind,
+    /// The element: client address and port.
+    pub flow: SocketAddr,
+}
+
+impl Change {
+    fn add(set: SetKind, flow: SocketAddr) -> Self {
+        Self { add: true, set, flow }
+    }
+
+    fn del(set: SetKind, flow: SocketAddr) -> Self {
+        Self {
+            add: false,
+            set,
+            flow,
+        }
+    }
+}
+
+/// The change as an nft command.
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.add { "add" } else { "delete" };
+        let set = self.set.name(self.flow.is_ipv4());
+        write!(
+            f,
+            "{verb} element {TABLE} {set} {{ {} . {} }}",
+            self.flow.ip(),
+            self.flow.port()
+        )
+    }
+}
 
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,34 +168,16 @@ pub fn canonical(flow: SocketAddr) -> SocketAddr {
     }
 }
 
-fn element(flow: SocketAddr) -> (char, String) {
-    match flow.ip() {
-        IpAddr::V4(a) => ('4', format!("{a} . {}", flow.port())),
-        IpAddr::V6(a) => ('6', format!("{a} . {}", flow.port())),
-    }
-}
-
-fn del_flow(out: &mut Vec<String>, flow: SocketAddr) {
-    let (f, e) = element(flow);
-    out.push(format!("delete element {TABLE} flows{f} {{ {e} }}"));
-}
-
-fn del_hold(out: &mut Vec<String>, flow: SocketAddr) {
-    let (f, e) = element(flow);
-    out.push(format!("delete element {TABLE} hold{f} {{ {e} }}"));
-}
-
 impl Table {
-    /// Applies `op` at time `now` and returns the nft commands that do the same in the
-    /// kernel.
-    pub fn apply(&mut self, op: &Op, now: Instant) -> Vec<String> {
+    /// Applies `op` at time `now` and returns the element changes that do the same in
+    /// the kernel, in order.
+    pub fn apply(&mut self, op: &Op, now: Instant) -> Vec<Change> {
         let mut out = Vec::new();
         match *op {
             Op::Hold { flow, mark } => {
                 let flow = canonical(flow);
                 if !self.holds.contains_key(&flow) {
-                    let (f, e) = element(flow);
-                    out.push(format!("add element {TABLE} hold{f} {{ {e} }}"));
+                    out.push(Change::add(SetKind::Hold, flow));
                 }
                 self.holds.insert(
                     flow,
@@ -136,22 +195,21 @@ impl Table {
                     .is_some_and(|h| h.mark.is_none_or(|m| m == mark))
                 {
                     self.holds.remove(&flow);
-                    del_hold(&mut out, flow);
+                    out.push(Change::del(SetKind::Hold, flow));
                 }
             }
             Op::Steer { flow, mark } => {
                 let flow = canonical(flow);
                 if self.holds.remove(&flow).is_some() {
-                    del_hold(&mut out, flow);
+                    out.push(Change::del(SetKind::Hold, flow));
                 }
-                // A new owner: the old entry must go before the new one is added.
+                // A new owner: out of the old owner's set, into the new one's.
                 let old = self.flows.get(&flow).map(|e| e.mark);
                 if old != Some(mark) {
-                    if old.is_some() {
-                        del_flow(&mut out, flow);
+                    if let Some(old) = old {
+                        out.push(Change::del(SetKind::Flows(old), flow));
                     }
-                    let (f, e) = element(flow);
-                    out.push(format!("add element {TABLE} flows{f} {{ {e} : {mark} }}"));
+                    out.push(Change::add(SetKind::Flows(mark), flow));
                 }
                 self.flows.insert(flow, Entry { mark, expires: None });
             }
@@ -160,7 +218,7 @@ impl Table {
                 if let Some(entry) = self.flows.get_mut(&flow).filter(|e| e.mark == mark) {
                     if linger.is_zero() {
                         self.flows.remove(&flow);
-                        del_flow(&mut out, flow);
+                        out.push(Change::del(SetKind::Flows(mark), flow));
                     } else {
                         entry.expires = Some(now + linger);
                     }
@@ -180,23 +238,23 @@ impl Table {
         out
     }
 
-    /// Removes the entries `gone` picks, with the commands that remove them.
-    fn drop_flows(&mut self, out: &mut Vec<String>, gone: impl Fn(&Entry) -> bool) {
+    /// Removes the entries `gone` picks, with the changes that remove them.
+    fn drop_flows(&mut self, out: &mut Vec<Change>, gone: impl Fn(&Entry) -> bool) {
         self.flows.retain(|flow, e| {
             let drop = gone(e);
             if drop {
-                del_flow(out, *flow);
+                out.push(Change::del(SetKind::Flows(e.mark), *flow));
             }
             !drop
         });
     }
 
-    /// Removes the holds `gone` picks, with the commands that remove them.
-    fn drop_holds(&mut self, out: &mut Vec<String>, gone: impl Fn(&Hold) -> bool) {
+    /// Removes the holds `gone` picks, with the changes that remove them.
+    fn drop_holds(&mut self, out: &mut Vec<Change>, gone: impl Fn(&Hold) -> bool) {
         self.holds.retain(|flow, h| {
             let drop = gone(h);
             if drop {
-                del_hold(out, *flow);
+                out.push(Change::del(SetKind::Hold, *flow));
             }
             !drop
         });
@@ -216,13 +274,32 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn text(changes: Vec<Change>) -> Vec<String> {
+        changes.iter().map(Change::to_string).collect()
+    }
+
+    #[test]
+    fn set_names_round_trip() {
+        for (kind, v4) in [
+            (SetKind::Hold, true),
+            (SetKind::Hold, false),
+            (SetKind::Flows(3), true),
+            (SetKind::Flows(12), false),
+        ] {
+            assert_eq!(SetKind::parse(&kind.name(v4)), Some((kind, v4)));
+        }
+        for other in ["flows4", "flows5_1", "hold", "flows4_x", "steer"] {
+            assert_eq!(SetKind::parse(other), None, "{other}");
+        }
+    }
+
     #[test]
     fn a_handoff_holds_steers_and_releases() {
         let mut t = Table::default();
         let now = Instant::now();
         let f = flow("10.0.0.2:40000");
         assert_eq!(
-            t.apply(&Op::Hold { flow: f, mark: 1 }, now),
+            text(t.apply(&Op::Hold { flow: f, mark: 1 }, now)),
             ["add element inet prism hold4 { 10.0.0.2 . 40000 }"]
         );
         assert!(
@@ -230,18 +307,18 @@ mod tests {
             "idempotent"
         );
         assert_eq!(
-            t.apply(&Op::Steer { flow: f, mark: 2 }, now),
+            text(t.apply(&Op::Steer { flow: f, mark: 2 }, now)),
             [
                 "delete element inet prism hold4 { 10.0.0.2 . 40000 }",
-                "add element inet prism flows4 { 10.0.0.2 . 40000 : 2 }"
+                "add element inet prism flows4_2 { 10.0.0.2 . 40000 }"
             ]
         );
-        // Next hop: the old entry must go before the new one is added.
+        // Next hop: out of the old owner's set, into the new one's.
         assert_eq!(
-            t.apply(&Op::Steer { flow: f, mark: 3 }, now)[..],
+            text(t.apply(&Op::Steer { flow: f, mark: 3 }, now)),
             [
-                "delete element inet prism flows4 { 10.0.0.2 . 40000 }",
-                "add element inet prism flows4 { 10.0.0.2 . 40000 : 3 }"
+                "delete element inet prism flows4_2 { 10.0.0.2 . 40000 }",
+                "add element inet prism flows4_3 { 10.0.0.2 . 40000 }"
             ]
         );
         assert!(
@@ -283,17 +360,17 @@ mod tests {
         let v6 = flow("[fd00::2]:41000");
         let mapped = flow("[::ffff:10.0.0.2]:42000");
         assert_eq!(
-            t.apply(&Op::Steer { flow: v6, mark: 2 }, now),
-            ["add element inet prism flows6 { fd00::2 . 41000 : 2 }"]
+            text(t.apply(&Op::Steer { flow: v6, mark: 2 }, now)),
+            ["add element inet prism flows6_2 { fd00::2 . 41000 }"]
         );
         assert_eq!(
-            t.apply(
+            text(t.apply(
                 &Op::Hold {
                     flow: mapped,
                     mark: 2
                 },
                 now
-            ),
+            )),
             ["add element inet prism hold4 { 10.0.0.2 . 42000 }"]
         );
         t.apply(
@@ -315,7 +392,10 @@ mod tests {
             },
             now,
         );
-        assert_eq!(back, ["delete element inet prism flows4 { 10.0.0.2 . 43000 }"]);
+        assert_eq!(
+            text(back),
+            ["delete element inet prism flows4_3 { 10.0.0.2 . 43000 }"]
+        );
         // A hold adopted at start with no owner goes after the timeout.
         t.holds.insert(
             flow("10.0.0.2:44000"),
