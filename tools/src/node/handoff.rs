@@ -2,11 +2,21 @@
 //!
 //! Between nodes a persistent TCP connection carries frames, each signed with the
 //! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]
-//! [parsed_at u64, the sender's CLOCK_MONOTONIC ns]` followed by a [`Handoff`]; the
-//! answer is `[id u64][0 = imported, 1 = refused]` and a message. The owner never imports after the deadline and the sender waits a second
-//! past it, so exactly one of them ends up with the socket: the owner, or the sender,
-//! which imports its copy of the state back and answers 503 itself.
+//! [parsed_at u64][exported_at u64][flags u8]` (the times are the sender's
+//! CLOCK_MONOTONIC ns, for the owner's step timings) followed by a
+//! [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a message. The
+//! owner never imports after the deadline and the sender waits a second past it, so
+//! exactly one of them ends up with the socket: the owner, or the sender, which imports
+//! its copy of the state back and answers 503 itself.
+//!
+//! With the module, the sender's DETACH names the owner (`forward-to`, flag
+//! [`FORWARDS`]): the client's packets that l4 still brings to the sender go on to the
+//! owner, whose module drops those that arrive before its import. So the owner serves
+//! the request as soon as it has imported, and l4's steering follows in the background.
+//! Without the module, l4 holds the flow until the owner has steered it, and only then
+//! does the owner serve.
 
+use super::stats::HandTimes;
 use super::{serve, steer_here, with_backend, BackendChoice, Conn, Fault, Node, STEER_WAIT};
 use crate::steer_proto::{self, Request};
 use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
@@ -26,7 +36,9 @@ use tokio::sync::oneshot;
 /// How long the owner may take to import, from the sender's export.
 const BUDGET: Duration = Duration::from_secs(2);
 /// Signing context of frames between nodes.
-const CONTEXT: &[u8] = b"prism-node handoff v1";
+const CONTEXT: &[u8] = b"prism-node handoff v2";
+/// Request flag: the sender forwards the client's packets to the owner.
+const FORWARDS: u8 = 1;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
@@ -109,17 +121,24 @@ impl Peer {
     }
 
     /// Sends `handoff` and waits for the owner's answer (or the deadline).
-    async fn send(&self, secret: &[u8], hops: u32, parsed_at: u64, handoff: &Handoff) -> Result<(), String> {
+    async fn send(
+        &self,
+        secret: &[u8],
+        (hops, parsed_at, exported_at, flags): (u32, u64, u64, u8),
+        handoff: &Handoff,
+    ) -> Result<(), String> {
         let link = self.link().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         link.waiting.lock().expect("not poisoned").insert(id, tx);
         let handoff = handoff.to_bytes();
-        let mut body = Vec::with_capacity(28 + handoff.len());
+        let mut body = Vec::with_capacity(37 + handoff.len());
         body.extend_from_slice(&id.to_be_bytes());
         body.extend_from_slice(&(now_ms() + BUDGET.as_millis() as u64).to_be_bytes());
         body.extend_from_slice(&hops.to_be_bytes());
         body.extend_from_slice(&parsed_at.to_be_bytes());
+        body.extend_from_slice(&exported_at.to_be_bytes());
+        body.push(flags);
         body.extend_from_slice(&handoff);
         let frame = steer_proto::sign(secret, CONTEXT, &body);
         if let Err(e) = write_frame(&mut *link.writer.lock().await, &frame).await {
@@ -180,7 +199,17 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             return None;
         }
     };
-    let exported = with_backend(node.backend, |c| c.and_then(|c| c.export_detach(&std_stream)));
+    let forwards = !hold;
+    let to = node.cluster.nodes[owner].addr4;
+    let exported = with_backend(node.backend, |c| {
+        c.and_then(|c| {
+            if forwards {
+                c.export_detach_to(&std_stream, to)
+            } else {
+                c.export_detach(&std_stream)
+            }
+        })
+    });
     let state = match exported {
         Ok(state) => state,
         Err(e) => {
@@ -203,12 +232,21 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
         }
     };
     drop(std_stream);
+    let exported_at = super::stats::mono_ns();
     let handoff = Handoff { state, request: buf };
+    let flags = if forwards { FORWARDS } else { 0 };
     let sent = node.peers[owner]
-        .send(node.cluster.secret.as_bytes(), hops + 1, parsed_at, &handoff)
+        .send(
+            node.cluster.secret.as_bytes(),
+            (hops + 1, parsed_at, exported_at, flags),
+            &handoff,
+        )
         .await;
     let Err(why) = sent else {
         super::Stats::bump(&node.stats.handoffs_out);
+        if forwards {
+            super::Stats::bump(&node.stats.forwards);
+        }
         return None;
     };
     eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
@@ -265,10 +303,18 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                     let (deadline, rest) = rest.split_first_chunk::<8>()?;
                     let (hops, rest) = rest.split_first_chunk::<4>()?;
                     let (parsed_at, rest) = rest.split_first_chunk::<8>()?;
+                    let (exported_at, rest) = rest.split_first_chunk::<8>()?;
+                    let (&flags, rest) = rest.split_first()?;
                     let timing = Timing {
                         deadline: u64::from_be_bytes(*deadline),
                         hops: u32::from_be_bytes(*hops),
-                        parsed_at: u64::from_be_bytes(*parsed_at),
+                        times: HandTimes {
+                            parsed: u64::from_be_bytes(*parsed_at),
+                            exported: u64::from_be_bytes(*exported_at),
+                            received: super::stats::mono_ns(),
+                            imported: 0,
+                        },
+                        forwarded: flags & FORWARDS != 0,
                     };
                     Some((u64::from_be_bytes(*id), timing, Handoff::from_bytes(rest)))
                 });
@@ -307,8 +353,10 @@ struct Timing {
     deadline: u64,
     /// Hand-offs of the connection, this one included.
     hops: u32,
-    /// When the sender parsed the request (its CLOCK_MONOTONIC ns).
-    parsed_at: u64,
+    /// When the steps so far ended.
+    times: HandTimes,
+    /// The sender forwards the client's packets here.
+    forwarded: bool,
 }
 
 async fn take_over(
@@ -321,7 +369,8 @@ async fn take_over(
     let Timing {
         deadline,
         hops,
-        parsed_at,
+        mut times,
+        forwarded,
     } = timing;
     let name = node.name().to_string();
     if node.fault == Some(Fault::DieOnHandoff) {
@@ -345,10 +394,24 @@ async fn take_over(
             return;
         }
     };
+    times.imported = super::stats::mono_ns();
     let std_stream = std::net::TcpStream::from(imported);
-    if !answer(&wr, id, Ok(())).await {
-        // The sender cannot learn that we have it, so it will import its copy: let go
-        // of ours first (nothing reached it yet: the flow is still held at l4).
+    let Ok(peer) = std_stream.peer_addr() else { return };
+    // The answer and the steer go out together. With forwarding, the client's packets
+    // reach this node through the sender until l4 steers them, so serving starts now;
+    // without it they are held at l4 until the steer is in.
+    let steer = async {
+        if forwarded {
+            let node = node.clone();
+            tokio::spawn(async move { steer_here(&node, peer).await });
+        } else {
+            steer_here(&node, peer).await;
+        }
+    };
+    let (answered, ()) = tokio::join!(answer(&wr, id, Ok(())), steer);
+    if !answered {
+        // The sender cannot learn that we have it, so it will import its copy and
+        // steer the flow back to itself: let go of ours (nothing was sent on it yet).
         let _ = with_backend(node.backend, |c| c.and_then(|c| c.export_detach(&std_stream)));
         eprintln!("{name}: hand-off {id}: sender gone before our answer; let it go");
         return;
@@ -356,15 +419,13 @@ async fn take_over(
     let Ok(stream) = TcpStream::from_std(std_stream) else {
         return;
     };
-    let Ok(peer) = stream.peer_addr() else { return };
     super::Stats::bump(&node.stats.handoffs_in);
-    steer_here(&node, peer).await;
     let conn = Conn {
         stream,
         peer,
         buf: request,
         hops,
-        handed_at: Some(parsed_at),
+        handed_at: Some(times),
         direct: false,
     };
     serve(node, conn).await;

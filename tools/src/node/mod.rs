@@ -84,10 +84,9 @@ pub struct Conn {
     pub buf: Vec<u8>,
     /// How many times the connection was handed off so far.
     pub hops: u32,
-    /// When the node that handed this connection here parsed the request it is for
-    /// ([`stats::mono_ns`]); taken when the first response byte is written, to time the
-    /// hand-off end to end.
-    pub handed_at: Option<u64>,
+    /// When the steps of the hand-off that brought this connection here ended; taken
+    /// when the first response byte is written, to time the hand-off.
+    pub handed_at: Option<stats::HandTimes>,
     /// Accepted on the node's own address, not the VIP: a proxy or a client that knows
     /// the owner. Such a flow is not steered at l4, so it is never handed off.
     pub direct: bool,
@@ -352,6 +351,10 @@ enum Page {
     Stats,
     /// `/stats/handoffs`: every hand-off time kept.
     Handoffs,
+    /// `/stats/steps`: every hand-off's steps kept.
+    Steps,
+    /// `/stats/steers`: every steer round trip kept.
+    Steers,
 }
 
 async fn admin_server(node: Arc<Node>, listener: TcpListener) {
@@ -371,6 +374,12 @@ async fn admin_server(node: Arc<Node>, listener: TcpListener) {
                     Parsed::Request(_) if buf[..used].starts_with(b"GET /stats/handoffs ") => {
                         break Some(Page::Handoffs)
                     }
+                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats/steps ") => {
+                        break Some(Page::Steps)
+                    }
+                    Parsed::Request(_) if buf[..used].starts_with(b"GET /stats/steers ") => {
+                        break Some(Page::Steers)
+                    }
                     _ => break None,
                 }
             };
@@ -382,6 +391,14 @@ async fn admin_server(node: Arc<Node>, listener: TcpListener) {
                 Some(Page::Handoffs) => (
                     "200 OK",
                     serde_json::to_vec(&node.stats.handoff_samples()).unwrap_or_default(),
+                ),
+                Some(Page::Steps) => (
+                    "200 OK",
+                    serde_json::to_vec(&node.stats.step_samples()).unwrap_or_default(),
+                ),
+                Some(Page::Steers) => (
+                    "200 OK",
+                    serde_json::to_vec(&node.stats.steer_samples()).unwrap_or_default(),
                 ),
                 None => ("404 Not Found", Vec::new()),
             };
@@ -398,7 +415,12 @@ async fn admin_server(node: Arc<Node>, listener: TcpListener) {
 /// Steers `flow` to this node, logging (not failing) when prism-steerd is slow: the
 /// request stays queued and is applied when it answers.
 pub async fn steer_here(node: &Node, flow: SocketAddr) {
-    if let Err(e) = node.steer.call(Request::Steer { flow }, STEER_WAIT).await {
+    let since = stats::mono_ns();
+    let result = node.steer.call(Request::Steer { flow }, STEER_WAIT).await;
+    if result.is_ok() {
+        node.stats.record_steer(since);
+    }
+    if let Err(e) = result {
         eprintln!("{}: steer {flow} here: {e} (kept queued)", node.name());
     }
 }

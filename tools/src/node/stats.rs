@@ -38,11 +38,47 @@ pub struct Stats {
     pub handoffs_back: AtomicU64,
     /// Hand-offs refused to a sender.
     pub handoffs_refused: AtomicU64,
+    /// Hand-offs after which this node forwards the client's late packets to the owner
+    /// (DETACH with `forward-to`).
+    pub forwards: AtomicU64,
     /// SOCK_RELEASED events passed on to prism-steerd.
     pub releases: AtomicU64,
     /// Hand-offs taken over here: µs from the sender's parsed request to this node's
     /// first response byte.
     pub handoff_us: Mutex<Vec<u32>>,
+    /// The same hand-offs step by step, in µs.
+    pub steps: Mutex<Vec<Steps>>,
+    /// Round trips of this node's steer requests to prism-steerd, in µs.
+    pub steer_us: Mutex<Vec<u32>>,
+}
+
+/// When each step of a hand-off ended ([`mono_ns`]; one clock for the guest's nodes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HandTimes {
+    /// The sender parsed the request.
+    pub parsed: u64,
+    /// The sender's export returned.
+    pub exported: u64,
+    /// The owner read the hand-off frame.
+    pub received: u64,
+    /// The owner's import returned.
+    pub imported: u64,
+}
+
+/// One hand-off's steps, in µs.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct Steps {
+    /// Request parsed -> the sender's export returned.
+    pub export: u32,
+    /// Export -> the owner read the hand-off frame.
+    pub frame: u32,
+    /// The owner's import.
+    pub import: u32,
+    /// Import -> first response byte: the answer to the sender, the steer when the
+    /// owner waits for it, and the response's start.
+    pub to_first_byte: u32,
+    /// Request parsed on the sender -> first response byte from the owner.
+    pub total: u32,
 }
 
 /// A copy of [`Stats`] for printing. `relayed_bytes` is what this node forwarded on
@@ -60,6 +96,7 @@ pub struct Snapshot {
     pub handoffs_in: u64,
     pub handoffs_back: u64,
     pub handoffs_refused: u64,
+    pub forwards: u64,
     pub releases: u64,
     pub handoffs_timed: u64,
     pub handoff_p50_us: u32,
@@ -72,13 +109,41 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a hand-off that started at `parsed_at` ([`mono_ns`]) and answered now.
-    pub fn record_handoff(&self, parsed_at: u64) {
-        let us = mono_ns().saturating_sub(parsed_at) / 1000;
+    /// Records a hand-off whose steps ended at `t` and whose first byte went out now.
+    pub fn record_handoff(&self, t: HandTimes) {
+        let now = mono_ns();
+        let us = |from: u64, to: u64| (to.saturating_sub(from) / 1000).min(u64::from(u32::MAX)) as u32;
+        let steps = Steps {
+            export: us(t.parsed, t.exported),
+            frame: us(t.exported, t.received),
+            import: us(t.received, t.imported),
+            to_first_byte: us(t.imported, now),
+            total: us(t.parsed, now),
+        };
         let mut v = self.handoff_us.lock().unwrap_or_else(|e| e.into_inner());
         if v.len() < MAX_SAMPLES {
-            v.push(us.min(u64::from(u32::MAX)) as u32);
+            v.push(steps.total);
+            self.steps.lock().unwrap_or_else(|e| e.into_inner()).push(steps);
         }
+    }
+
+    /// Records a steer round trip that started at `since` ([`mono_ns`]).
+    pub fn record_steer(&self, since: u64) {
+        let us = (mono_ns().saturating_sub(since) / 1000).min(u64::from(u32::MAX)) as u32;
+        let mut v = self.steer_us.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < MAX_SAMPLES {
+            v.push(us);
+        }
+    }
+
+    /// Every hand-off's steps kept, in arrival order.
+    pub fn step_samples(&self) -> Vec<Steps> {
+        self.steps.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every steer round trip kept, in µs.
+    pub fn steer_samples(&self) -> Vec<u32> {
+        self.steer_us.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Every hand-off time kept, in µs, in arrival order.
@@ -107,6 +172,7 @@ impl Stats {
             handoffs_in: r(&self.handoffs_in),
             handoffs_back: r(&self.handoffs_back),
             handoffs_refused: r(&self.handoffs_refused),
+            forwards: r(&self.forwards),
             releases: r(&self.releases),
             handoffs_timed: times.len() as u64,
             handoff_p50_us: pct(50).unwrap_or(0),

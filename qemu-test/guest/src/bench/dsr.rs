@@ -2,11 +2,15 @@
 //! VIP by wrk (keep-alive) from (a) nginx on the front node proxying to the owner,
 //! (b) prism-node handing each connection to the owner, with the owner changing at
 //! every request or (`prism-affine`) never after the first, (c) the owners directly. The
-//! front node runs on one CPU. Also the end-to-end hand-off time the owners record.
+//! front node runs on one CPU. Then the hand-off time, step by step, as the owners
+//! record it, with one connection (requests one at a time) and under load, with the
+//! module and with the repair backend.
 
-use super::results::{Dist, DsrCase, HandoffCase};
+use super::results::{Dist, DsrCase, HandoffCase, StepDists};
 use crate::harness::{sh, Env, Log};
+use crate::migrate::counters;
 use crate::stack::{self, fe_tx_bytes, Backend, Setup, Stack};
+use prism_tools::node::stats::Steps;
 use prism_tools::objects;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,6 +26,8 @@ const COUNT: u32 = 32;
 pub struct Load {
     pub sizes: Vec<usize>,
     pub connections: usize,
+    /// wrk connections of the hand-off runs (4 KiB objects, owner changing every time).
+    pub handoff_connections: Vec<usize>,
     pub secs: u32,
 }
 
@@ -120,6 +126,14 @@ fn wrk_result(child: Child) -> Result<Wrk, String> {
     })
 }
 
+/// RSTs the nodes sent so far.
+fn node_rsts() -> Result<u64, String> {
+    ["fe", "be1", "be2"]
+        .iter()
+        .map(|n| counters(n).map(|c| c.out_rsts))
+        .sum()
+}
+
 /// CPU seconds the front node's processes used so far.
 fn fe_cpu_secs() -> Result<f64, String> {
     let pids = sh(&mut Log::default(), "ip", &["netns", "pids", "fe"])?;
@@ -149,6 +163,8 @@ fn measure(
     secs: u32,
 ) -> Result<DsrCase, String> {
     let (cpu0, tx0) = (fe_cpu_secs()?, fe_tx_bytes()?);
+    let resets0 = counters("client")?.estab_resets;
+    let rsts0 = node_rsts()?;
     let children: Vec<Child> = runs
         .iter()
         .map(|(script, url, c)| spawn_wrk(script, url, *c, secs))
@@ -162,6 +178,8 @@ fn measure(
         total.secs = total.secs.max(w.secs);
     }
     let (cpu1, tx1) = (fe_cpu_secs()?, fe_tx_bytes()?);
+    let client_resets = counters("client")?.estab_resets - resets0;
+    let node_rsts = node_rsts()? - rsts0;
     let per = |x: f64| {
         if total.requests > 0 {
             x / total.requests as f64
@@ -176,19 +194,21 @@ fn measure(
         secs: total.secs,
         requests: total.requests,
         errors: total.errors,
+        client_resets,
+        node_rsts,
         req_per_s: total.requests as f64 / total.secs.max(1e-9),
         gbit_per_s: total.bytes as f64 * 8.0 / total.secs.max(1e-9) / 1e9,
         fe_cpu_ms_per_request: per((cpu1 - cpu0) * 1e3),
         fe_tx_bytes_per_request: per((tx1 - tx0) as f64),
     };
     log.line(format!(
-        "{mode:6} {size:>9} B: {} requests in {:.1} s ({} errors): {:.1} req/s, {:.4} Gbit/s; front node {:.2} ms CPU and {:.0} B sent per request",
-        case.requests, case.secs, case.errors, case.req_per_s, case.gbit_per_s, case.fe_cpu_ms_per_request, case.fe_tx_bytes_per_request
+        "{mode:6} {size:>9} B x{}: {} requests in {:.1} s ({} errors, {} RSTs from the nodes, {} client EstabResets): {:.1} req/s, {:.4} Gbit/s; front node {:.2} ms CPU and {:.0} B sent per request",
+        case.connections, case.requests, case.secs, case.errors, case.node_rsts, case.client_resets, case.req_per_s, case.gbit_per_s, case.fe_cpu_ms_per_request, case.fe_tx_bytes_per_request
     ));
-    if case.requests == 0 || case.errors > 0 {
+    if case.requests == 0 || case.errors > 0 || case.node_rsts > 0 {
         return Err(format!(
-            "{mode} {size} B: {} requests, {} errors",
-            case.requests, case.errors
+            "{mode} {size} B: {} requests, {} errors, {} RSTs from the nodes",
+            case.requests, case.errors, case.node_rsts
         ));
     }
     Ok(case)
@@ -257,41 +277,76 @@ http {{
     Ok(child)
 }
 
-/// Hand-off times the owners recorded since `before` (their sample counts).
-fn handoff_samples(stack: &Stack, before: &mut [usize; 2]) -> Result<Vec<f64>, String> {
-    let mut out = Vec::new();
+/// What the owners recorded since `before` (their counts of hand-offs and steers).
+struct Recorded {
+    steps: Vec<Steps>,
+    steers: Vec<f64>,
+}
+
+fn recorded(stack: &Stack, before: &mut [(usize, usize); 2]) -> Result<Recorded, String> {
+    let mut out = Recorded {
+        steps: Vec::new(),
+        steers: Vec::new(),
+    };
     for (i, node) in ["be1", "be2"].iter().enumerate() {
-        let body = stack.admin(node, "/stats/handoffs")?;
-        let all: Vec<u32> =
-            serde_json::from_str(&body).map_err(|e| format!("{node} /stats/handoffs: {e}"))?;
-        out.extend(all.iter().skip(before[i]).map(|&us| f64::from(us)));
-        before[i] = all.len();
+        let body = stack.admin(node, "/stats/steps")?;
+        let steps: Vec<Steps> =
+            serde_json::from_str(&body).map_err(|e| format!("{node} /stats/steps: {e}"))?;
+        let body = stack.admin(node, "/stats/steers")?;
+        let steers: Vec<u32> =
+            serde_json::from_str(&body).map_err(|e| format!("{node} /stats/steers: {e}"))?;
+        out.steps.extend(steps.iter().skip(before[i].0).copied());
+        out.steers
+            .extend(steers.iter().skip(before[i].1).map(|&us| f64::from(us)));
+        before[i] = (steps.len(), steers.len());
     }
     Ok(out)
 }
 
-/// The hand-offs the owners timed since `before`, as one case.
-fn handoff_case(
+/// Hand-offs of 4 KiB objects, the owner changing at every request, with each of
+/// `connections` wrk connections in turn.
+fn handoff_cases(
     log: &mut Log,
     stack: &Stack,
-    before: &mut [usize; 2],
     backend: &str,
-    size: usize,
-) -> Result<HandoffCase, String> {
-    let latency = Dist::of(handoff_samples(stack, before)?);
-    log.line(format!(
-        "hand-off, {backend}, {size} B: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}",
-        latency.median_us, latency.p99_us, latency.n
-    ));
-    Ok(HandoffCase {
-        backend: backend.into(),
-        object_size: size,
-        latency,
-    })
+    load: &Load,
+) -> Result<Vec<HandoffCase>, String> {
+    let size = 4096;
+    let (be1, be2) = keys_of(stack, size)?;
+    let both = wrk_script(stack, &format!("handoff-{backend}"), &interleave(&be1, &be2))?;
+    let url = format!("http://{}/", stack.cluster.vip4);
+    let mut before = [(0usize, 0usize); 2];
+    recorded(stack, &mut before)?;
+    let mut out = Vec::new();
+    for &c in &load.handoff_connections {
+        measure(log, "prism", size, &[(both.clone(), url.clone(), c)], load.secs)?;
+        let r = recorded(stack, &mut before)?;
+        let of = |f: fn(&Steps) -> u32| Dist::of(r.steps.iter().map(|s| f64::from(f(s))).collect());
+        let steps = StepDists {
+            export: of(|s| s.export),
+            frame: of(|s| s.frame),
+            import: of(|s| s.import),
+            to_first_byte: of(|s| s.to_first_byte),
+            steer: Dist::of(r.steers),
+        };
+        let latency = of(|s| s.total);
+        log.line(format!(
+            "hand-off, {backend}, {c} connections: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}; medians: export {:.0}, frame {:.0}, import {:.0}, import -> first byte {:.0}, steer round trip {:.0} us",
+            latency.median_us, latency.p99_us, latency.n, steps.export.median_us, steps.frame.median_us, steps.import.median_us, steps.to_first_byte.median_us, steps.steer.median_us
+        ));
+        out.push(HandoffCase {
+            backend: backend.into(),
+            object_size: size,
+            connections: c,
+            latency,
+            steps: Some(steps),
+        });
+    }
+    Ok(out)
 }
 
-/// Every mode for every size with the module; then prism again with the repair
-/// backend for the end-to-end hand-off time.
+/// Every mode for every size with the module, and the module's hand-off runs; then
+/// the hand-off runs again with the repair backend.
 pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<HandoffCase>), String> {
     // The catalogue holds every size whichever sizes a run loads, so a key has the same
     // size and owner in the smoke test as in the published run.
@@ -310,7 +365,6 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
         )?;
         let all: Vec<String> = (0..COUNT).map(objects::key).collect();
         let mut nginx = start_nginx(&stack, &all)?;
-        let mut before = [0usize; 2];
         let result = (|| -> Result<(), String> {
             for &size in &load.sizes {
                 let (be1, be2) = keys_of(&stack, size)?;
@@ -333,7 +387,6 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
                     &[(both, format!("http://{vip}/"), c)],
                     load.secs,
                 )?);
-                handoff.push(handoff_case(log, &stack, &mut before, "module", size)?);
                 let direct = |node: &str| -> Result<String, String> {
                     let n = stack.cluster.node(node).ok_or("no such node")?;
                     Ok(format!("http://{}/", n.addr4))
@@ -350,9 +403,6 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
                     ],
                     load.secs,
                 )?);
-                // Its few hand-offs (one per connection) are not part of the per-request
-                // hand-off figures: skip them.
-                handoff_samples(&stack, &mut before)?;
                 cases.push(measure(
                     log,
                     "direct",
@@ -364,6 +414,7 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
                     load.secs,
                 )?);
             }
+            handoff.extend(handoff_cases(log, &stack, "module", load)?);
             Ok(())
         })();
         let _ = nginx.kill();
@@ -376,7 +427,6 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
     }
     // The repair backend runs with the module unloaded; the module is loaded again
     // by whatever needs it next.
-    let size = load.sizes[0];
     let stack = Stack::start(
         env,
         log,
@@ -387,18 +437,6 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
             ..Setup::default()
         },
     )?;
-    let (be1, be2) = keys_of(&stack, size)?;
-    let both = wrk_script(&stack, "repair", &interleave(&be1, &be2))?;
-    let mut before = [0usize; 2];
-    let vip = stack.cluster.vip4;
-    measure(
-        log,
-        "prism",
-        size,
-        &[(both, format!("http://{vip}/"), load.connections)],
-        load.secs,
-    )
-    .inspect_err(|_| log.line(stack.logs()))?;
-    handoff.push(handoff_case(log, &stack, &mut before, "repair", size)?);
+    handoff.extend(handoff_cases(log, &stack, "repair", load).inspect_err(|_| log.line(stack.logs()))?);
     Ok((cases, handoff))
 }

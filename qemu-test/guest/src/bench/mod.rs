@@ -57,6 +57,7 @@ impl Options {
             load: dsr::Load {
                 sizes: vec![4 << 10, 64 << 10, 1 << 20, 16 << 20],
                 connections: 8,
+                handoff_connections: vec![1, 8, 64],
                 secs: 10,
             },
         }
@@ -78,6 +79,7 @@ impl Options {
             load: dsr::Load {
                 sizes: vec![4 << 10, 1 << 20],
                 connections: 4,
+                handoff_connections: vec![1, 4],
                 secs: 2,
             },
         }

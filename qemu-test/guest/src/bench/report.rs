@@ -1,7 +1,7 @@
 //! docs/benchmarks.md, docs/benchmarks.svg and docs/benchmarks.json from one run's
 //! results: tables, the ratios measured within the run, and one plot.
 
-use super::results::{DsrCase, HopCase, Results};
+use super::results::{Dist, DsrCase, HopCase, Results};
 use plotters::prelude::*;
 use std::fmt::Write;
 use std::path::Path;
@@ -175,44 +175,65 @@ pub fn markdown(r: &Results) -> String {
             rounds.join(", ")
         );
     }
-    let _ = writeln!(w, "### End-to-end hand-off\n");
+    let _ = writeln!(w, "### End-to-end hand-off, step by step\n");
     let _ = writeln!(
         w,
-        "From the moment the front node has a request parsed to the moment the owner's first \
-         response byte is written, under the wrk load of part 2 (every request changes owner). \
-         Both ends read CLOCK_MONOTONIC of the one guest kernel. It includes the export, the \
-         signed hand-off frame, the import, and the owner's steer at l4 (prism-steerd, one \
-         nftables transaction) before it answers; the repair backend also holds the flow \
-         at l4 first. The nodes, prism-steerd, wrk and l4's forwarding share the guest's CPUs.\n"
+        "wrk fetches 4 KiB objects through the VIP, the owner changing at every request, with \
+         one connection (one request at a time: the idle case) and with more. From the moment \
+         the sender has a request parsed to the moment the owner's first response byte is \
+         written; both ends read CLOCK_MONOTONIC of the one guest kernel. Steps (medians): \
+         the sender's export; the signed hand-off frame to the owner; the owner's import; \
+         import -> first byte (the answer to the sender and, with the module, the response \
+         at once while prism-steerd steers the flow in the background and the sender forwards \
+         the client's late packets; with the repair backend, which cannot forward, the flow is \
+         held at l4 and the owner waits for the steer). Steer is the owners' round trip to \
+         prism-steerd (one nf_tables netlink batch). The nodes, prism-steerd, wrk and l4 share \
+         the guest's CPUs.\n"
     );
-    let _ = writeln!(w, "| backend | object | hand-offs | median | p99 |");
-    let _ = writeln!(w, "|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| backend | connections | hand-offs | median | p99 | export | frame | import | import -> first byte | steer |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
     for h in &r.handoff {
+        let step = |f: fn(&super::results::StepDists) -> &Dist| {
+            h.steps
+                .as_ref()
+                .map_or("-".to_string(), |s| format!("{:.0} us", f(s).median_us))
+        };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {:.0} us | {:.0} us |",
+            "| {} | {} | {} | {:.0} us | {:.0} us | {} | {} | {} | {} | {} |",
             h.backend,
-            size(h.object_size),
+            h.connections,
             h.latency.n,
             h.latency.median_us,
-            h.latency.p99_us
+            h.latency.p99_us,
+            step(|s| &s.export),
+            step(|s| &s.frame),
+            step(|s| &s.import),
+            step(|s| &s.to_first_byte),
+            step(|s| &s.steer),
         );
     }
-    let e2e = |b: &str| {
+    let e2e = |b: &str, c: usize| {
         r.handoff
             .iter()
-            .find(|h| h.backend == b)
-            .map(|h| (h.object_size, h.latency.median_us))
+            .find(|h| h.backend == b && h.connections == c)
+            .map(|h| h.latency.median_us)
     };
-    if let (Some((s, m)), Some((s2, rep))) = (e2e("module"), e2e("repair")) {
-        if s == s2 {
-            let _ = writeln!(
-                w,
-                "\nmodule / repair, median, {}: **{}**",
-                size(s),
-                ratio(Some(m), Some(rep))
-            );
-        }
+    for c in r
+        .handoff
+        .iter()
+        .filter(|h| h.backend == "module")
+        .map(|h| h.connections)
+    {
+        let _ = writeln!(
+            w,
+            "\n{c} connection(s): module / repair, median: **{}**; module hand-off / module hop (empty): {}",
+            ratio(e2e("module", c), e2e("repair", c)),
+            ratio(e2e("module", c), med("module", 0)),
+        );
     }
 
     let _ = writeln!(w, "\n## 2. L7 direct server return against a reverse proxy\n");
@@ -228,22 +249,28 @@ pub fn markdown(r: &Results) -> String {
          of its keys (the upper bound). The front node's processes run on one CPU (taskset). \
          Front CPU is the user and system time of every process in `fe`'s namespace; softirq \
          work charged to other tasks is not in it. Bytes sent is what `fe`'s link transmitted, \
-         retransmissions included: relayed responses for nginx, hand-off frames for prism.\n"
+         retransmissions included: relayed responses for nginx, hand-off frames for prism. \
+         Node RSTs are the resets fe, be1 and be2 sent (a run with any fails); client \
+         EstabResets counts resets either way, among them wrk's own aborts of the requests \
+         still in flight when its time is up.\n"
     );
     let _ = writeln!(
         w,
-        "| object | mode | conns | requests | req/s | Gbit/s | front CPU ms/req | front bytes sent/req |"
+        "| object | mode | conns | requests | errors | node RSTs | client EstabResets | req/s | Gbit/s | front CPU ms/req | front bytes sent/req |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
     for s in sizes(r) {
         for mode in ["nginx", "prism", "prism-affine", "direct"] {
             if let Some(d) = dsr(r, mode, s) {
                 let _ = writeln!(
                     w,
-                    "| {} | {mode} | {} | {} | {:.1} | {:.4} | {:.3} | {:.0} |",
+                    "| {} | {mode} | {} | {} | {} | {} | {} | {:.1} | {:.4} | {:.3} | {:.0} |",
                     size(s),
                     d.connections,
                     d.requests,
+                    d.errors,
+                    d.node_rsts,
+                    d.client_resets,
                     d.req_per_s,
                     d.gbit_per_s,
                     d.fe_cpu_ms_per_request,

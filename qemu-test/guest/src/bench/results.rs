@@ -59,12 +59,28 @@ pub struct LiveCase {
     pub hop: Dist,
 }
 
-/// The front node parsed a request -> the owner's first response byte, under load.
+/// The front node parsed a request -> the owner's first response byte, with this many
+/// wrk connections (1: one request at a time).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct HandoffCase {
     pub backend: String,
     pub object_size: usize,
+    #[serde(default)]
+    pub connections: usize,
     pub latency: Dist,
+    #[serde(default)]
+    pub steps: Option<StepDists>,
+}
+
+/// The hand-offs of a case step by step (see prism-node's `Steps`), and the owners'
+/// steer round trips to prism-steerd.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct StepDists {
+    pub export: Dist,
+    pub frame: Dist,
+    pub import: Dist,
+    pub to_first_byte: Dist,
+    pub steer: Dist,
 }
 
 /// One load run through the VIP (or straight to the owners).
@@ -79,6 +95,13 @@ pub struct DsrCase {
     pub requests: u64,
     /// Non-2xx answers, socket errors and timeouts wrk saw.
     pub errors: u64,
+    /// The client namespace's Tcp EstabResets: connections that ended by a reset, in
+    /// either direction (wrk aborts the connections still waiting when its time is up).
+    #[serde(default)]
+    pub client_resets: u64,
+    /// RSTs the nodes (fe, be1, be2) sent: a client connection reset by the service.
+    #[serde(default)]
+    pub node_rsts: u64,
     pub req_per_s: f64,
     /// Response bytes (headers and bodies) per second, in Gbit.
     pub gbit_per_s: f64,
