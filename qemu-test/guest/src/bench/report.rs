@@ -250,7 +250,8 @@ pub fn markdown(r: &Results) -> String {
          Front CPU is the user and system time of every process in `fe`'s namespace; softirq \
          work charged to other tasks is not in it. Bytes sent is what `fe`'s link transmitted, \
          retransmissions included: relayed responses for nginx, hand-off frames for prism. \
-         Node RSTs are the resets fe, be1 and be2 sent (a run with any fails); client \
+         Node RSTs are the resets fe, be1 and be2 sent (a prism run with any fails; nginx \
+         resets its upstream connection when wrk aborts a request mid-response); client \
          EstabResets counts resets either way, among them wrk's own aborts of the requests \
          still in flight when its time is up.\n"
     );

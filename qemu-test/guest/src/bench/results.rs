@@ -99,7 +99,8 @@ pub struct DsrCase {
     /// either direction (wrk aborts the connections still waiting when its time is up).
     #[serde(default)]
     pub client_resets: u64,
-    /// RSTs the nodes (fe, be1, be2) sent: a client connection reset by the service.
+    /// RSTs the nodes (fe, be1, be2) sent: for prism, a client connection reset by the
+    /// service; nginx also resets its upstream connection of an aborted request.
     #[serde(default)]
     pub node_rsts: u64,
     pub req_per_s: f64,
