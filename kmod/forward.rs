@@ -32,9 +32,10 @@ fn required<'r>(
     })
 }
 
-/// A 16-bit attribute (the policy checked its length).
+/// A 16-bit attribute (the policy checked its length; zero if it did not).
 fn u16_of(data: &[u8]) -> u16 {
-    u16::from_ne_bytes([data[0], data[1]])
+    data.first_chunk::<2>()
+        .map_or(0, |b| u16::from_ne_bytes(*b))
 }
 
 pub(crate) fn sock_forward(req: &Request<'_>) -> Result {
