@@ -81,22 +81,6 @@ impl Backend {
         }
     }
 
-    /// Whether this backend forwards a detached connection's late packets (the module
-    /// does; TCP_REPAIR has nothing that could).
-    pub fn forwards(&self) -> bool {
-        matches!(self, Backend::Module(_))
-    }
-
-    /// Sends the late packets of the connection `state` was detached from to its new
-    /// owner at `owner` (see [`Client::forward`]). Returns false with the repair
-    /// backend, which has nothing that could: its packets stay dropped (or held at L4).
-    pub fn forward(&self, state: &Exported, owner: Ipv4Addr) -> Result<bool> {
-        match (self, state) {
-            (Backend::Module(c), Exported::Module(m)) => c.forward(m, owner).map(|()| true),
-            _ => Ok(false),
-        }
-    }
-
     /// Rebuilds `state` as a live socket here; a state from the other backend is refused.
     pub fn import(&self, state: &Exported, options: &ImportOptions) -> Result<OwnedFd> {
         match (self, state) {

@@ -148,6 +148,28 @@ impl Cluster {
         opts: &ImportOptions,
     ) -> Result<(TcpStream, Vec<u8>, HopTimes), String> {
         let peer = sock.peer_addr().map_err(|e| e.to_string())?;
+        let moved = self.move_socket(sock, from, to, request, opts)?;
+        Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;
+        log.line(format!(
+            "hop {from} -> {to}: migration {:#x}, blob {} bytes, export {:?}, import {:?}",
+            moved.id,
+            moved.state.as_bytes().len(),
+            moved.times.export,
+            moved.times.import
+        ));
+        Ok((moved.stream, moved.request, moved.times))
+    }
+
+    /// Export with DETACH on `from`, the state and `request` over the control
+    /// connection, import on `to`; l4 is not touched.
+    fn move_socket(
+        &mut self,
+        sock: TcpStream,
+        from: &'static str,
+        to: &'static str,
+        request: &[u8],
+        opts: &ImportOptions,
+    ) -> Result<Moved, String> {
         let t0 = Instant::now();
         let state = self
             .nl(from)
@@ -155,21 +177,34 @@ impl Cluster {
             .map_err(|e| format!("export on {from}: {e}"))?;
         let export = t0.elapsed();
         drop(sock);
-        let frames = self.link(from, to)?.carry(&[state.as_bytes(), request])?;
-        let state = MigrationState::from_bytes(frames[0].clone());
+        let mut frames = self.link(from, to)?.carry(&[state.as_bytes(), request])?;
+        let request = frames.pop().ok_or("no request frame")?;
+        let carried = MigrationState::from_bytes(frames.pop().ok_or("no state frame")?);
         let t1 = Instant::now();
         let (stream, id) = self
             .nl(to)
-            .import_stream(&state, opts)
+            .import_stream(&carried, opts)
             .map_err(|e| format!("import on {to}: {e}"))?;
         let import = t1.elapsed();
-        Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;
-        log.line(format!(
-            "hop {from} -> {to}: migration {id:#x}, blob {} bytes, export {export:?}, import {import:?}",
-            frames[0].len()
-        ));
-        Ok((stream, frames[1].clone(), HopTimes { export, import }))
+        Ok(Moved {
+            stream,
+            request,
+            state,
+            id,
+            times: HopTimes { export, import },
+        })
     }
+}
+
+/// A socket moved by [`Cluster::move_socket`].
+struct Moved {
+    stream: TcpStream,
+    /// The request as the new owner received it.
+    request: Vec<u8>,
+    /// The state the old owner exported.
+    state: MigrationState,
+    id: u64,
+    times: HopTimes,
 }
 
 impl Cluster {
@@ -185,27 +220,18 @@ impl Cluster {
         to: &'static str,
         request: &[u8],
     ) -> Result<(TcpStream, Vec<u8>, MigrationState), String> {
-        let state = self
-            .nl(from)
-            .export_detach(sock.as_fd())
-            .map_err(|e| format!("export on {from}: {e}"))?;
-        drop(sock);
-        let frames = self.link(from, to)?.carry(&[state.as_bytes(), request])?;
-        let carried = MigrationState::from_bytes(frames[0].clone());
-        let (stream, id) = self
-            .nl(to)
-            .import_stream(&carried, &ImportOptions::default())
-            .map_err(|e| format!("import on {to}: {e}"))?;
+        let moved = self.move_socket(sock, from, to, request, &ImportOptions::default())?;
         let IpAddr::V4(owner) = topology::addr(to, false) else {
             return Err("an IPv4 node address".into());
         };
         self.nl(from)
-            .forward(&state, owner)
+            .forward(&moved.state, owner)
             .map_err(|e| format!("forward on {from}: {e}"))?;
         log.line(format!(
-            "hop {from} -> {to}: migration {id:#x}; {from} forwards the flow's packets to {owner}, l4 unchanged"
+            "hop {from} -> {to}: migration {:#x}; {from} forwards the flow's packets to {owner}, l4 unchanged",
+            moved.id
         ));
-        Ok((stream, frames[1].clone(), state))
+        Ok((moved.stream, moved.request, moved.state))
     }
 }
 

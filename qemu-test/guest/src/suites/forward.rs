@@ -51,6 +51,16 @@ pub fn tests() -> Vec<Test> {
 
 const PORT: u16 = 8090;
 
+/// A client connection to the VIP accepted on fe, and the `len`-byte request (stream
+/// `seed`) fe has read from it.
+fn requested(v6: bool, seed: u64, len: usize) -> Result<(TcpStream, TcpStream, Vec<u8>), String> {
+    let (mut client, mut server) = connect_via_topology(v6, PORT, None)?;
+    send_stream(&mut client, seed, len)?;
+    let mut req = vec![0; len];
+    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    Ok((client, server, req))
+}
+
 /// RTO-driven retransmissions in the namespaces that hold the flow's ends.
 fn timeouts() -> Result<[u64; 3], String> {
     Ok([
@@ -70,10 +80,7 @@ fn never_steered(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     let mut cluster = Cluster::new(v6)?;
     let rst_before = rsts_all()?;
     let rto_before = timeouts()?;
-    let (mut client, mut server) = connect_via_topology(v6, PORT, None)?;
-    send_stream(&mut client, 40, 1_000)?;
-    let mut req = vec![0; 1_000];
-    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    let (mut client, server, req) = requested(v6, 40, 1_000)?;
 
     let before = cluster.nl("fe").info().map_err(|e| e.to_string())?.departed;
     let (mut owned, got, _) = cluster.hop_forwarded(log, server, "fe", "be1", &req)?;
@@ -162,10 +169,7 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let cluster = Cluster::new(false)?;
-    let (mut client, mut server) = connect_via_topology(false, PORT, None)?;
-    send_stream(&mut client, 50, 100)?;
-    let mut req = vec![0; 100];
-    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    let (client, server, _req) = requested(false, 50, 100)?;
     let fe = cluster.nl("fe");
     let be1 = Ipv4Addr::new(10, 0, 2, 2);
 
@@ -256,10 +260,7 @@ fn forwarding_loop(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let mut cluster = Cluster::new(false)?;
-    let (mut client, mut server) = connect_via_topology(false, PORT, None)?;
-    send_stream(&mut client, 60, 100)?;
-    let mut req = vec![0; 100];
-    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    let (mut client, server, req) = requested(false, 60, 100)?;
     let (owned, _, _) = cluster.hop_forwarded(log, server, "fe", "be1", &req)?;
     let again = cluster
         .nl("be1")
@@ -302,10 +303,7 @@ fn over_ynl(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let cluster = Cluster::new(false)?;
-    let (mut client, mut server) = connect_via_topology(false, PORT, None)?;
-    send_stream(&mut client, 70, 100)?;
-    let mut req = vec![0; 100];
-    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    let (mut client, server, _req) = requested(false, 70, 100)?;
     let state = cluster
         .nl("fe")
         .export_detach(server.as_fd())
@@ -363,10 +361,7 @@ fn from_detach(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     let _c = loaded(env, log)?;
     let cluster = Cluster::new(v6)?;
     let rst_before = rsts_all()?;
-    let (mut client, mut server) = connect_via_topology(v6, PORT, None)?;
-    send_stream(&mut client, 80, 1_000)?;
-    let mut req = vec![0; 1_000];
-    server.read_exact(&mut req).map_err(|e| e.to_string())?;
+    let (mut client, server, _req) = requested(v6, 80, 1_000)?;
     let before = cluster.nl("be1").info().map_err(|e| e.to_string())?.departed;
     let state = cluster
         .nl("fe")
