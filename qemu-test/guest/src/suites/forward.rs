@@ -219,6 +219,26 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
         "family must be AF_INET or AF_INET6",
         log,
     )?;
+    // Fixed-size attributes of the wrong size: the policy refuses them.
+    for (at, len) in [(3usize, 4usize), (0, 1)] {
+        let mut short = tuple();
+        short[at].1 = vec![0; len];
+        short.push(attr(StateAttr::ForwardTo, be1.octets().to_vec()));
+        expect_refusal(
+            fe.raw_request(forward, &short),
+            libc::EINVAL,
+            "invalid attribute length",
+            log,
+        )?;
+    }
+    let mut short_to = tuple();
+    short_to.push(attr(StateAttr::ForwardTo, vec![10, 0]));
+    expect_refusal(
+        fe.raw_request(forward, &short_to),
+        libc::EINVAL,
+        "invalid attribute length",
+        log,
+    )?;
     // A blob attribute is not a SOCK_FORWARD attribute.
     let mut extra = tuple();
     extra.push(attr(StateAttr::ForwardTo, be1.octets().to_vec()));
