@@ -174,6 +174,11 @@ impl<'a> Attrs<'a> {
             match kind {
                 // Alignment padding before a 64-bit attribute; it carries nothing.
                 a::PAD => {}
+                // An empty chunk carries nothing, and accepting it would leave the
+                // number of chunks (and the work to collect them) unbounded.
+                a::SEND_QUEUE | a::RECV_QUEUE if data.is_empty() => {
+                    return Err((EINVAL, c_str!("empty queue chunk"), Some(nla)));
+                }
                 a::SEND_QUEUE => out.send.push(data, GFP_KERNEL).map_err(|_| nomem())?,
                 a::RECV_QUEUE => out.recv.push(data, GFP_KERNEL).map_err(|_| nomem())?,
                 k if usize::from(k) < out.by_kind.len() => {

@@ -74,21 +74,20 @@ impl Tuple {
     }
 
     fn hash(&self, seed: u32) -> usize {
-        // FNV-1a over the fields with a random seed: cheap, and a remote peer cannot
-        // aim many tuples at one bucket without knowing the seed.
-        let mut h = 0x811c_9dc5u32 ^ seed;
-        let mut mix = |bytes: &[u8]| {
-            for b in bytes {
-                h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-            }
-        };
-        mix(&self.net.to_ne_bytes());
-        mix(&self.local);
-        mix(&self.remote);
-        mix(&self.lport.to_ne_bytes());
-        mix(&self.rport.to_ne_bytes());
-        mix(&[u8::from(self.v6)]);
-        h as usize % BUCKETS
+        // Word-wise multiply-rotate mixing from a random seed: the guard hashes every
+        // TCP packet the host receives while the table holds entries, so a few
+        // instructions per 8 bytes rather than one multiply per byte.
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = u64::from(seed) ^ K;
+        let mut mix = |w: u64| h = (h ^ w).wrapping_mul(K).rotate_left(29);
+        mix(self.net as u64);
+        for half in Iterator::chain(self.local.chunks_exact(8), self.remote.chunks_exact(8)) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(half);
+            mix(u64::from_ne_bytes(w));
+        }
+        mix(u64::from(self.lport) << 32 | u64::from(self.rport) << 16 | u64::from(self.v6));
+        ((h ^ (h >> 32)) as usize) % BUCKETS
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::bindings as b;
 use crate::departed::Tuple;
-use crate::genl::{errno, Message, Request};
+use crate::genl::{errno, AttrSink, AttrSize, Request};
 use crate::guard;
 use crate::socket::{FdSocket, SockLock};
 use crate::stats::{Stats, STATS};
@@ -87,7 +87,18 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     }
     // SAFETY: plain call into the random pool.
     let migration_id = unsafe { b::get_random_u64() };
-    encode(&st, migration_id, &mut msg)
+    // The fixed attributes go into one reservation, sized by a dry run.
+    let mut size = AttrSize::default();
+    encode(&st, &mut size)?;
+    let fits = msg.block(size.0).and_then(|mut blk| {
+        encode(&st, &mut blk)?;
+        if blk.full() {
+            Ok(())
+        } else {
+            Err(errno(b::EMSGSIZE))
+        }
+    });
+    fits.and_then(|()| msg.put_u64(a::MIGRATION_ID, migration_id, a::PAD))
         .inspect_err(|_| req.set_err(None, c_str!("state does not fit the reply")))?;
     st.write_queues(&lock, &mut msg, (a::SEND_QUEUE, a::RECV_QUEUE, QUEUE_CHUNK))
         .map_err(|(e, m)| {
@@ -135,7 +146,7 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
 }
 
 /// Puts a congestion control name as the NUL-terminated string `cc-name` carries.
-pub(crate) fn put_cc_name(msg: &mut Message<'_>, cc_name: &[u8; 16]) -> Result {
+pub(crate) fn put_cc_name(msg: &mut impl AttrSink, cc_name: &[u8; 16]) -> Result {
     let len = cc_name
         .iter()
         .position(|c| *c == 0)
@@ -145,7 +156,8 @@ pub(crate) fn put_cc_name(msg: &mut Message<'_>, cc_name: &[u8; 16]) -> Result {
     msg.put(a::CC_NAME, &name[..=len])
 }
 
-fn encode(st: &TcpState, migration_id: u64, msg: &mut Message<'_>) -> Result {
+/// The attributes of the state but its queues and migration id.
+fn encode(st: &TcpState, msg: &mut impl AttrSink) -> Result {
     msg.put_u32(a::BLOB_VERSION, BLOB_VERSION)?;
     msg.put_u16(a::FAMILY, st.family)?;
     msg.put(a::SADDR, &st.saddr[..st.addr_len()])?;
@@ -192,6 +204,5 @@ fn encode(st: &TcpState, migration_id: u64, msg: &mut Message<'_>) -> Result {
     msg.put_u32(a::WINDOW_CLAMP, st.window_clamp)?;
     msg.put_u32(a::RCV_SSTHRESH, st.rcv_ssthresh)?;
     msg.put_u8(a::REUSEADDR, st.reuseaddr.into())?;
-    msg.put_u64(a::MIGRATION_ID, migration_id, a::PAD)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use core::ffi::{c_int, c_void};
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
+use kernel::c_str;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
@@ -31,6 +32,17 @@ pub(crate) unsafe fn dispatch(info: *mut b::genl_info, maxattr: u16, handler: Ha
     // SAFETY: the caller guarantees `info` is valid for the whole callback.
     let info = unsafe { &*info };
     let req = Request { info, maxattr };
+    // SAFETY: genetlink points `genlhdr` at the request's header, which it checked is
+    // there before calling an operation.
+    let version = unsafe { info.genlhdr.as_ref() }.map_or(0, |h| h.version);
+    if u32::from(version) != crate::uapi::PROTO_VERSION {
+        Stats::bump(&STATS.errors);
+        req.set_err(
+            None,
+            c_str!("unsupported protocol version in the generic netlink header: send 1"),
+        );
+        return errno(b::EOPNOTSUPP).to_errno();
+    }
     match handler(&req) {
         Ok(()) => 0,
         Err(e) => {
@@ -292,6 +304,101 @@ impl<'a> Message<'a> {
             b::prism_genlmsg_reply(this.skb.as_ptr(), core::ptr::from_ref(req.info).cast_mut())
         };
         to_result(ret)
+    }
+}
+
+/// Where attributes go: a message, a block reserved in one, or a count of their size.
+pub(crate) trait AttrSink {
+    fn put(&mut self, kind: u16, data: &[u8]) -> Result;
+
+    fn put_u8(&mut self, kind: u16, value: u8) -> Result {
+        self.put(kind, &[value])
+    }
+
+    fn put_u16(&mut self, kind: u16, value: u16) -> Result {
+        self.put(kind, &value.to_ne_bytes())
+    }
+
+    fn put_u32(&mut self, kind: u16, value: u32) -> Result {
+        self.put(kind, &value.to_ne_bytes())
+    }
+}
+
+/// Bytes an attribute with `len` bytes of payload takes, header and padding included.
+const fn attr_total(len: usize) -> usize {
+    (core::mem::size_of::<b::nlattr>() + len + 3) & !3
+}
+
+impl AttrSink for Message<'_> {
+    fn put(&mut self, kind: u16, data: &[u8]) -> Result {
+        Message::put(self, kind, data)
+    }
+}
+
+/// Counts the bytes of the attributes put, to size an [`AttrBlock`].
+#[derive(Default)]
+pub(crate) struct AttrSize(pub(crate) usize);
+
+impl AttrSink for AttrSize {
+    fn put(&mut self, _kind: u16, data: &[u8]) -> Result {
+        self.0 += attr_total(data.len());
+        Ok(())
+    }
+}
+
+/// Attributes written into one zeroed area reserved in a message by a single call,
+/// instead of one call (and one tailroom check) per attribute.
+pub(crate) struct AttrBlock<'m> {
+    area: &'m mut [u8],
+    at: usize,
+}
+
+impl Message<'_> {
+    /// Reserves `size` bytes (a multiple of 4, as [`AttrSize`] counts) for attributes.
+    pub(crate) fn block(&mut self, size: usize) -> Result<AttrBlock<'_>> {
+        let len = c_int::try_from(size).map_err(|_| errno(b::EMSGSIZE))?;
+        // SAFETY: the skb is owned by this message; `nla_reserve_nohdr` checks the
+        // tailroom and returns `size` zeroed bytes (rounded up to 4), or NULL.
+        let area = unsafe { b::nla_reserve_nohdr(self.skb.as_ptr(), len) };
+        if area.is_null() {
+            return Err(errno(b::EMSGSIZE));
+        }
+        // SAFETY: the reserved bytes belong to the skb, which the block's borrow of the
+        // message keeps alive and otherwise untouched.
+        let area = unsafe { core::slice::from_raw_parts_mut(area.cast::<u8>(), size) };
+        Ok(AttrBlock { area, at: 0 })
+    }
+}
+
+impl AttrSink for AttrBlock<'_> {
+    fn put(&mut self, kind: u16, data: &[u8]) -> Result {
+        const HDR: usize = core::mem::size_of::<b::nlattr>();
+        let total = attr_total(data.len());
+        let nla_len = u16::try_from(HDR + data.len()).map_err(|_| errno(b::EMSGSIZE))?;
+        let dst = self
+            .area
+            .get_mut(self.at..self.at + total)
+            .ok_or_else(|| errno(b::EMSGSIZE))?;
+        let (hdr, payload) = dst
+            .split_first_chunk_mut::<HDR>()
+            .ok_or_else(|| errno(b::EMSGSIZE))?;
+        let [l0, l1] = nla_len.to_ne_bytes();
+        let [k0, k1] = kind.to_ne_bytes();
+        *hdr = [l0, l1, k0, k1];
+        // The padding after the payload was zeroed by the reservation.
+        payload
+            .get_mut(..data.len())
+            .ok_or_else(|| errno(b::EMSGSIZE))?
+            .copy_from_slice(data);
+        self.at += total;
+        Ok(())
+    }
+}
+
+impl AttrBlock<'_> {
+    /// Whether the block was filled exactly.
+    pub(crate) fn full(&self) -> bool {
+        self.at == self.area.len()
     }
 }
 

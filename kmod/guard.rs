@@ -83,12 +83,12 @@ unsafe fn bytes<const N: usize>(skb: *const b::sk_buff, offset: c_int) -> Option
     Some(unsafe { *p.cast::<[u8; N]>() })
 }
 
-/// The tuple of an incoming TCP packet, and whether it is a SYN without ACK.
+/// The tuple of an incoming TCP packet and its TCP flags.
 ///
 /// # Safety
 ///
 /// `skb` and `state` must be the arguments of a netfilter hook call.
-unsafe fn parse(skb: *const b::sk_buff, state: &b::nf_hook_state) -> Option<(Tuple, bool)> {
+unsafe fn parse(skb: *const b::sk_buff, state: &b::nf_hook_state) -> Option<(Tuple, u8)> {
     let mut t = Tuple {
         net: state.net as usize,
         ..Default::default()
@@ -128,9 +128,7 @@ unsafe fn parse(skb: *const b::sk_buff, state: &b::nf_hook_state) -> Option<(Tup
     let tcp: [u8; 14] = unsafe { bytes(skb, th)? };
     t.rport = u16::from_be_bytes([tcp[0], tcp[1]]);
     t.lport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let flags = tcp[13];
-    let syn_only = flags & b::PRISM_TCPHDR_SYN != 0 && flags & b::PRISM_TCPHDR_ACK == 0;
-    Some((t, syn_only))
+    Some((t, tcp[13]))
 }
 
 unsafe extern "C" fn hook(
@@ -149,9 +147,22 @@ unsafe extern "C" fn hook(
         return b::NF_ACCEPT;
     }
     // SAFETY: netfilter passes a valid packet and hook state.
-    let Some((tuple, syn)) = (unsafe { parse(skb, state) }) else {
+    let Some((tuple, flags)) = (unsafe { parse(skb, state) }) else {
         return b::NF_ACCEPT;
     };
+    let syn = flags & b::PRISM_TCPHDR_SYN != 0;
+    let ack = flags & b::PRISM_TCPHDR_ACK != 0;
+    // A SYN-ACK for a socket of this host that is connecting (SYN_SENT sockets are in
+    // the established hash) answers a new outgoing connection that reuses a departed
+    // tuple: the departed connection is over here, so its entry goes. A SYN-ACK with
+    // no such socket may be a retransmission for the departed connection itself and
+    // is treated like any of its packets.
+    // SAFETY: the hook's namespace is alive.
+    if syn && ack && unsafe { tunnel::has_socket(state.net, &tuple) } {
+        table.remove(&tuple);
+        return b::NF_ACCEPT;
+    }
+    let syn = syn && !ack;
     match table.check(&tuple, syn) {
         // Another host forwarded it here ahead of the import (or after the socket
         // went): without a socket TCP would answer with RST.

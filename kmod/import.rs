@@ -12,9 +12,10 @@
 //! half-restored socket. After connect, because connect derives them from the route:
 //! timestamp clock and offset, MSS clamp and the other negotiated options, window; then
 //! the receive queue, the round-trip estimate, the sent data, congestion state. Repair
-//! mode ends through the kernel's own `TCP_REPAIR_OFF` (which sends a window probe), then
-//! the unsent data is queued. The fd is installed last; any failure before tears the
-//! socket down in repair mode.
+//! mode ends through the kernel's own `TCP_REPAIR_OFF` (which sends a window probe) when
+//! sent data is unacknowledged or the peer's window was closed, and otherwise silently
+//! under the same lock; then the unsent data is queued. The fd is installed last; any
+//! failure before tears the socket down in repair mode.
 
 use crate::bindings as b;
 use crate::blob::Blob;
@@ -154,7 +155,55 @@ impl Building {
             .map_err(|e| fail(e, c_str!("restoring a socket option failed")))
     }
 
-    /// Everything that goes before connect, through the kernel's setsockopt paths.
+    /// The connection's socket options, through the setters the kernel exports for
+    /// in-kernel socket users: the values are checked as setsockopt checks them,
+    /// without a copy from a sockptr or a security hook per option (the caller's
+    /// CAP_NET_ADMIN covers SO_MARK's check).
+    fn set_options(&self, blob: &Blob<'_>, v6: bool) -> Result<(), Failure> {
+        let sk = self.sk.as_ptr();
+        let bad = |ret: c_int| {
+            to_result(ret).map_err(|e| fail(e, c_str!("restoring a socket option failed")))
+        };
+        let int = |v: u32| c_int::try_from(v).unwrap_or(-1);
+        // SAFETY: the socket is ours and not yet reachable by anyone else; each setter
+        // takes the socket lock itself where it needs it.
+        unsafe {
+            if blob.mark != 0 {
+                b::sock_set_mark(sk, blob.mark);
+            }
+            if blob.tos != 0 && !v6 {
+                b::ip_sock_set_tos(sk, blob.tos.into());
+            }
+            if blob.keepidle != 0 {
+                bad(b::tcp_sock_set_keepidle(sk, int(blob.keepidle)))?;
+            }
+            if blob.keepintvl != 0 {
+                bad(b::tcp_sock_set_keepintvl(sk, int(blob.keepintvl)))?;
+            }
+            if blob.keepcnt != 0 {
+                bad(b::tcp_sock_set_keepcnt(sk, int(blob.keepcnt)))?;
+            }
+            if blob.user_timeout != 0 {
+                bad(b::tcp_sock_set_user_timeout(sk, int(blob.user_timeout)))?;
+            }
+            if blob.notsent_lowat != 0 {
+                // What TCP_NOTSENT_LOWAT stores; no data is queued to wake a writer for.
+                (*self.tp()).notsent_lowat = blob.notsent_lowat;
+            }
+            if blob.keepalive {
+                b::sock_set_keepalive(sk);
+            }
+            if blob.nodelay {
+                b::tcp_sock_set_nodelay(sk);
+            }
+            if blob.cork {
+                b::tcp_sock_set_cork(sk, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything that goes before connect but the socket options.
     fn prepare(&self, blob: &Blob<'_>) -> Result<(), Failure> {
         let tcp = b::SOL_TCP;
         // What TCP_REPAIR_ON and the two TCP_QUEUE_SEQ calls do, written directly: the
@@ -174,18 +223,26 @@ impl Building {
         }
         // An algorithm this host lacks falls back to the namespace default; the reply
         // names the one in effect.
-        let name_len = blob.cc_name.len() - 1;
-        let _ = self.setsockopt_bytes(tcp, b::TCP_CONGESTION, &blob.cc_name[..name_len]);
-        if blob.mark != 0 {
-            self.setsockopt(b::SOL_SOCKET, b::SO_MARK, blob.mark)?;
+        let name = &blob.cc_name[..blob.cc_name.len() - 1];
+        // SAFETY: the socket is not reachable by anyone but us yet.
+        let current = unsafe { cc_name(&*self.tp()) };
+        let current_len = current
+            .iter()
+            .position(|c| *c == 0)
+            .unwrap_or(current.len());
+        if name == &current[..current_len] {
+            // What TCP_CONGESTION does when asked for the algorithm in place: mark it
+            // chosen, so a route's `congctl` does not replace it at connect.
+            // SAFETY: as above.
+            unsafe { (*self.tp()).inet_conn.set_icsk_ca_setsockopt(1) };
+        } else {
+            let _ = self.setsockopt_bytes(tcp, b::TCP_CONGESTION, name);
         }
         let v6 = u32::from(blob.family) == b::AF_INET6;
-        if blob.tos != 0 {
-            if v6 {
-                self.setsockopt(b::SOL_IPV6, b::IPV6_TCLASS, blob.tos.into())?;
-            } else {
-                self.setsockopt(b::SOL_IP, b::IP_TOS, blob.tos.into())?;
-            }
+        // IPV6_TCLASS, IP_FREEBIND and IP_TRANSPARENT have no exported setter (and the
+        // last two check privileges of their own): the setsockopt path.
+        if blob.tos != 0 && v6 {
+            self.setsockopt(b::SOL_IPV6, b::IPV6_TCLASS, blob.tos.into())?;
         }
         if blob.freebind {
             let (level, opt) = if v6 {
@@ -203,26 +260,7 @@ impl Building {
             };
             self.setsockopt(level, opt, 1)?;
         }
-        for (opt, val) in [
-            (b::TCP_KEEPIDLE, blob.keepidle),
-            (b::TCP_KEEPINTVL, blob.keepintvl),
-            (b::TCP_KEEPCNT, blob.keepcnt),
-            (b::TCP_USER_TIMEOUT, blob.user_timeout),
-            (b::TCP_NOTSENT_LOWAT, blob.notsent_lowat),
-        ] {
-            if val != 0 {
-                self.setsockopt(tcp, opt, val)?;
-            }
-        }
-        if blob.keepalive {
-            self.setsockopt(b::SOL_SOCKET, b::SO_KEEPALIVE, 1)?;
-        }
-        if blob.nodelay {
-            self.setsockopt(tcp, b::TCP_NODELAY, 1)?;
-        }
-        if blob.cork {
-            self.setsockopt(tcp, b::TCP_CORK, 1)?;
-        }
+        self.set_options(blob, v6)?;
 
         let sk = self.sk.as_ptr();
         // SAFETY: the socket is not hashed and not reachable by anyone but us yet.
@@ -399,12 +437,29 @@ impl Building {
         Ok(())
     }
 
-    /// Leaves repair mode the way `TCP_REPAIR_OFF` does, window probe included: the
-    /// probe (an old sequence number) makes the peer acknowledge at once, so ACKs the
-    /// guard dropped during the hop cost no retransmission timeout. The kernel's own
-    /// path takes the socket lock, so it runs between `restore` and `finish`.
-    fn repair_off(&self) -> Result<(), Failure> {
+    /// Whether leaving repair mode must send a window probe. The probe (an old sequence
+    /// number) makes the peer acknowledge at once: worth it when sent data is
+    /// unacknowledged (its ACKs may have been dropped during the hop, and would
+    /// otherwise cost a retransmission timeout) or the peer's window was closed (an
+    /// opening it announced meanwhile would wait for the zero-window probe timer).
+    /// Otherwise the peer's answer teaches the socket nothing, and the probe's round
+    /// trip through the network stack would be the largest part of the import.
+    fn needs_probe(blob: &Blob<'_>) -> bool {
+        blob.sent_len() != 0 || blob.snd_wnd == 0
+    }
+
+    /// Leaves repair mode the way `TCP_REPAIR_OFF` does, window probe included. The
+    /// kernel's own path takes the socket lock, so it runs between `restore` and
+    /// `finish`.
+    fn repair_off_probing(&self) -> Result<(), Failure> {
         self.setsockopt(b::SOL_TCP, b::TCP_REPAIR, b::TCP_REPAIR_OFF)
+    }
+
+    /// Leaves repair mode as `TCP_REPAIR_OFF_NO_WP` does (`finish` then restores the
+    /// connection's SO_REUSEADDR), under the lock `restore` held.
+    fn repair_off_silent(&self, _lock: &SockLock<'_>) {
+        // SAFETY: the socket lock is held.
+        unsafe { (*self.tp()).set_repair(0) };
     }
 
     /// Queues the unsent data as new data and restores what leaving repair mode reset.
@@ -541,13 +596,18 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     };
     let building = Building::create(net, &blob).map_err(report)?;
     building.prepare(&blob).map_err(report)?;
+    let probe = Building::needs_probe(&blob);
     {
         // SAFETY: the socket lives as long as `building`, which outlives the lock.
         let lock = unsafe { SockLock::lock_raw(building.sk) };
         building.restore(&lock, &blob).map_err(report)?;
+        if !probe {
+            building.repair_off_silent(&lock);
+            building.finish(&lock, &blob).map_err(report)?;
+        }
     }
-    building.repair_off().map_err(report)?;
-    {
+    if probe {
+        building.repair_off_probing().map_err(report)?;
         // SAFETY: as above.
         let lock = unsafe { SockLock::lock_raw(building.sk) };
         building.finish(&lock, &blob).map_err(report)?;

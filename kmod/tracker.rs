@@ -133,7 +133,9 @@ impl Locked<'_> {
 /// A socket ready to be tracked, its allocations done.
 pub(crate) struct Prepared {
     tracked: KBox<Tracked>,
-    imported: KBox<Event>,
+    /// `SOCK_IMPORTED`, built only when the `events` group had a listener in the
+    /// socket's namespace as the import began: a hop nobody watches allocates no event.
+    imported: Option<KBox<Event>>,
 }
 
 impl Tracker {
@@ -273,8 +275,12 @@ impl Tracker {
             peer_fin: false,
             next: core::ptr::null_mut(),
         };
-        let imported = KBox::new(event(cmd::SOCK_IMPORTED), GFP_KERNEL)?;
         let released = KBox::new(event(cmd::SOCK_RELEASED), GFP_KERNEL)?;
+        let imported = if self.listening(&released) {
+            Some(KBox::new(event(cmd::SOCK_IMPORTED), GFP_KERNEL)?)
+        } else {
+            None
+        };
         let tracked = KBox::new(
             Tracked {
                 sk: sk as usize,
@@ -299,7 +305,7 @@ impl Tracker {
     pub(crate) unsafe fn track(&self, sk: *mut b::sock, p: Prepared) {
         let Prepared {
             mut tracked,
-            mut imported,
+            imported,
         } = p;
         let tp = sk.cast::<b::tcp_sock>();
         // SAFETY: the caller holds the locked socket.
@@ -309,10 +315,12 @@ impl Tracker {
             (*sk).__sk_common.skc_state
         };
         tracked.imported_ns = now_ns();
-        imported.tcp_state = state;
-        let listening = self.listening(&imported);
+        let imported = imported.map(|mut ev| {
+            ev.tcp_state = state;
+            ev
+        });
         let mut l = self.lock();
-        let queued = listening && l.push(imported);
+        let queued = imported.is_some_and(|ev| l.push(ev));
         if state == b::TCP_CLOSE as u8 {
             drop(l);
             // SAFETY: as above.

@@ -21,7 +21,12 @@ pub struct Ack {
 /// family `family`, with `len_delta` added to the netlink header's length field, and
 /// returns the kernel's acknowledgement.
 pub fn request(family: u16, cmd: u8, payload: &[u8], len_delta: i32) -> io::Result<Ack> {
-    let mut body = vec![cmd, 1, 0, 0];
+    request_version(family, cmd, 1, payload, len_delta)
+}
+
+/// Like [`request`], with `version` in the generic netlink header.
+pub fn request_version(family: u16, cmd: u8, version: u8, payload: &[u8], len_delta: i32) -> io::Result<Ack> {
+    let mut body = vec![cmd, version, 0, 0];
     body.extend_from_slice(payload);
     transact(libc::NETLINK_GENERIC, family, 0, &body, len_delta)
 }

@@ -52,6 +52,10 @@ pub fn tests() -> Vec<Test> {
             name: "export_detach_refused_when_guard_table_full",
             run: guard_full,
         },
+        Test {
+            name: "guard_v4_passes_syn_ack_of_new_connection_on_departed_tuple",
+            run: guard_syn_ack,
+        },
     ]
 }
 
@@ -560,5 +564,91 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     let mut buf = [0u8; 10];
     client.read_exact(&mut buf).map_err(|e| e.to_string())?;
     check!(&buf == b"still here", "client read {buf:?}");
+    Ok(())
+}
+
+/// Opens a TCP connection from `local` to `peer` in the current namespace, giving up
+/// after `timeout`.
+fn connect_from(local: SocketAddr, peer: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let domain = if local.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket creation; ownership passes to TcpStream below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket we own.
+    let s = TcpStream::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    s.set_write_timeout(Some(timeout))?;
+    let (sa, len) = sockaddr_bytes(local);
+    // SAFETY: valid address buffer and length.
+    if unsafe { libc::bind(s.as_raw_fd(), sa.as_ptr().cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (sa, len) = sockaddr_bytes(peer);
+    // SAFETY: as above; SO_SNDTIMEO bounds a blocking connect.
+    if unsafe { libc::connect(s.as_raw_fd(), sa.as_ptr().cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+/// A connection fe opens on a tuple it detached (the VIP port to the client's old
+/// address and port) is not the departed one: the guard lets the client's SYN-ACK
+/// through and forgets the tuple, so the connect completes at once instead of hanging
+/// until the entry expires.
+fn guard_syn_ack(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let (client, server) = connect_via_topology(false, 8098, None)?;
+    let (old_client, vip) = (
+        client.local_addr().map_err(|e| e.to_string())?,
+        server.local_addr().map_err(|e| e.to_string())?,
+    );
+    c.export_detach(server.as_fd()).map_err(|e| e.to_string())?;
+    drop(server);
+    check!(
+        c.info().map_err(|e| e.to_string())?.departed.active == 1,
+        "no guard entry"
+    );
+    // The client aborts (its RST is dropped at fe) and listens on the same port.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid `linger` of the size passed, on the client's own socket.
+    let r = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    check!(r == 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(client);
+    let listener = in_ns("client", move || TcpListener::bind(old_client))?
+        .map_err(|e| format!("bind {old_client}: {e}"))?;
+    let start = Instant::now();
+    let mut out = in_ns("fe", move || {
+        connect_from(vip, old_client, Duration::from_secs(3))
+    })?
+    .map_err(|e| format!("connect {vip} -> {old_client}: {e}"))?;
+    let took = start.elapsed();
+    log.line(format!("fe connected {vip} -> {old_client} in {took:?}"));
+    check!(took < Duration::from_secs(1), "the connect took {took:?}");
+    let (mut accepted, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    out.write_all(b"new connection").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 14];
+    accepted.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"new connection", "client read {buf:?}");
+    let info = c.info().map_err(|e| e.to_string())?;
+    check!(info.departed.active == 0, "guard entry left: {:?}", info.departed);
     Ok(())
 }

@@ -60,6 +60,10 @@ pub fn tests() -> Vec<Test> {
             run: malformed_truncated_header,
         },
         Test {
+            name: "malformed_genl_header_version",
+            run: malformed_version,
+        },
+        Test {
             name: "topology_client_reaches_vip_on_fe",
             run: topology_reachability,
         },
@@ -67,6 +71,7 @@ pub fn tests() -> Vec<Test> {
 }
 
 const GET_INFO: u8 = 1;
+const SOCK_EXPORT_CMD: u8 = 2;
 const EINVAL: i32 = libc::EINVAL;
 
 fn not_loaded(_env: &Env, _log: &mut Log) -> TestResult {
@@ -293,6 +298,27 @@ fn malformed_truncated_header(env: &Env, log: &mut Log) -> TestResult {
     log.line(format!("{ack:?}"));
     check!(ack.errno == EINVAL, "errno {}", ack.errno);
     // The module is still healthy afterwards.
+    c.info().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The generic netlink header's version is the protocol's (1): a request of another
+/// version, older or newer, is refused with EOPNOTSUPP and a message, for every command.
+fn malformed_version(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    for (cmd, version) in [(GET_INFO, 0u8), (GET_INFO, 2), (SOCK_EXPORT_CMD, 2)] {
+        let ack =
+            netlink_raw::request_version(c.family_id(), cmd, version, &[], 0).map_err(|e| e.to_string())?;
+        log.line(format!("command {cmd}, version {version}: {ack:?}"));
+        check!(ack.errno == libc::EOPNOTSUPP, "errno {}", ack.errno);
+        check!(
+            ack.message
+                .as_deref()
+                .is_some_and(|m| m.contains("protocol version")),
+            "extack {:?}",
+            ack.message
+        );
+    }
     c.info().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -239,6 +239,17 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
         "belong to SOCK_EXPORT",
         log,
     )?;
+    // Empty queue chunks: they carry nothing and would leave the chunk count unbounded.
+    for kind in [StateAttr::SendQueue, StateAttr::RecvQueue] {
+        let mut empty = attrs.clone();
+        empty.push((u16::from(kind), Vec::new()));
+        expect_refusal(
+            try_import(encode(&empty), &plain),
+            einval,
+            "empty queue chunk",
+            log,
+        )?;
+    }
     // Queues above the module's limit (1 MiB): 33 chunks of 32 KiB.
     let mut big = attrs.clone();
     let extra = 33 * (32 << 10);

@@ -40,6 +40,10 @@ pub fn tests() -> Vec<Test> {
             name: "state_v6_acks_lost_in_hop_recover_fast",
             run: |e, l| acks_lost(e, l, true),
         },
+        Test {
+            name: "state_v4_idle_hop_sends_no_window_probe",
+            run: |e, l| idle_hop(e, l, false),
+        },
     ]
 }
 
@@ -203,10 +207,13 @@ fn acks_lost(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     // The flow reaches be1 before the socket exists there; the client is silent.
     Topology::steer_flow(log, v6, peer.port(), "be1", true)?;
     let start = Instant::now();
+    let probes = tcp_ext_counter("be1", "TCPWinProbe")?;
     let (owned, _) = cluster
         .nl("be1")
         .import_stream(&state, &ImportOptions::default())
         .map_err(|e| e.to_string())?;
+    let probes = tcp_ext_counter("be1", "TCPWinProbe")? - probes;
+    check!(probes == 1, "the import sent {probes} window probes, not 1");
     let mut waited = Duration::ZERO;
     while queued(owned.as_fd(), true) != 0 {
         waited = start.elapsed();
@@ -229,5 +236,47 @@ fn acks_lost(env: &Env, log: &mut Log, v6: bool) -> TestResult {
     let mut owned = owned;
     send_stream(&mut owned, 46, 10_000)?;
     expect_stream(&mut client, 46, 10_000)?;
+    Ok(())
+}
+
+/// With nothing in flight and the peer's window open, the peer's answer to a window
+/// probe would teach the imported socket nothing: the import leaves repair mode without
+/// one, and the connection carries data both ways at once.
+fn idle_hop(env: &Env, log: &mut Log, v6: bool) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let cluster = Cluster::new(v6)?;
+    let (mut client, server) = settled(v6)?;
+    wait_for("fe's response to be acknowledged", || {
+        std::thread::sleep(Duration::from_millis(5));
+        queued(server.as_fd(), true) == 0
+    })?;
+    let peer = server.peer_addr().map_err(|e| e.to_string())?;
+    let state = cluster
+        .nl("fe")
+        .export_detach(server.as_fd())
+        .map_err(|e| e.to_string())?;
+    drop(server);
+    Topology::steer_flow(log, v6, peer.port(), "be1", true)?;
+    let probes = tcp_ext_counter("be1", "TCPWinProbe")?;
+    let (mut owned, _) = cluster
+        .nl("be1")
+        .import_stream(&state, &ImportOptions::default())
+        .map_err(|e| e.to_string())?;
+    let probes = tcp_ext_counter("be1", "TCPWinProbe")? - probes;
+    check!(
+        probes == 0,
+        "an idle connection's import sent {probes} window probes"
+    );
+    let start = Instant::now();
+    send_stream(&mut client, 47, 5_000)?;
+    expect_stream(&mut owned, 47, 5_000)?;
+    send_stream(&mut owned, 48, 50_000)?;
+    expect_stream(&mut client, 48, 50_000)?;
+    let took = start.elapsed();
+    check!(
+        took < Duration::from_millis(400),
+        "a request and response after the hop took {took:?}"
+    );
     Ok(())
 }
