@@ -20,10 +20,6 @@ use kernel::prelude::*;
 /// bytes plus headers, two 16-byte addresses, the congestion control name and the
 /// 64-bit migration id with its pad.
 const REPLY_FIXED: usize = 47 * 12 + 2 * 20 + 24 + 16;
-/// Bytes the queues may grow by between sizing the reply and taking the socket lock: a
-/// full-size segment. More is rare and re-sizes the reply under the lock; a larger
-/// margin would make every reply mostly slack, which netlink then trims by copying.
-const GROWTH: usize = 2048;
 
 /// Reply attribute bytes for `queued` bytes of queues in chunks of `QUEUE_CHUNK`.
 fn reply_size(queued: usize) -> usize {
@@ -72,9 +68,11 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         return Err(EPERM);
     }
     // The reply (up to 1 MiB of queues, a high-order allocation) is allocated before the
-    // socket lock, sized from the queues as they are now plus room for what may arrive
-    // meanwhile; only a socket whose queues grew by more than that is sized again.
-    let room = TcpState::queued_unlocked(sk) + GROWTH;
+    // socket lock, sized exactly for the queues as they are now; a socket whose queues
+    // grew meanwhile gets a reply sized again under the lock. No slack for what may
+    // arrive: netlink copies a reply that is more than half slack (`netlink_trim`), so
+    // room for one more segment would cost every idle export a copy.
+    let room = TcpState::queued_unlocked(sk);
     let mut msg = req.reply_sized(cmd::SOCK_EXPORT, reply_size(room))?;
     let lock = SockLock::lock(&file)?;
     let st = TcpState::capture(&lock).map_err(|(e, msg)| {

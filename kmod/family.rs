@@ -9,6 +9,7 @@ use crate::forward;
 use crate::genl::{self, Handler};
 use crate::import;
 use crate::info;
+use crate::list;
 use crate::uapi::{self, attr, cmd, state, QUEUE_CHUNK};
 use core::ffi::c_int;
 use kernel::prelude::*;
@@ -17,7 +18,7 @@ use kernel::str::CStr;
 /// Index of the `events` group in the family's group array.
 pub(crate) const GROUP_EVENTS: u32 = 0;
 
-const N_OPS: usize = 4;
+const N_OPS: usize = 5;
 const INFO_MAXATTR: u16 = attr::PROTO_VERSION;
 const EXPORT_MAXATTR: u16 = state::FORWARD_TO;
 const FORWARD_MAXATTR: u16 = state::FORWARD_TO;
@@ -200,6 +201,11 @@ impl Family {
         d.ops[3].policy = d.forward_policy.as_ptr();
         d.ops[3].maxattr = FORWARD_MAXATTR.into();
         d.ops[3].flags = b::GENL_UNS_ADMIN_PERM as u8;
+
+        // Lists what the `events` group reports: the same privilege as joining it.
+        d.ops[4].cmd = cmd::SOCK_LIST;
+        d.ops[4].dumpit = Some(list::sock_list);
+        d.ops[4].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
         copy_name(
             &mut d.groups[GROUP_EVENTS as usize].name,

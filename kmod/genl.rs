@@ -402,6 +402,71 @@ impl AttrBlock<'_> {
     }
 }
 
+/// One message of a dump, written into the dump's skb; taken back out unless ended.
+pub(crate) struct DumpMsg {
+    skb: NonNull<b::sk_buff>,
+    hdr: NonNull<c_void>,
+}
+
+impl DumpMsg {
+    /// Starts a `cmd` message of the dump `cb` in `skb`; `None` when `skb` is full.
+    ///
+    /// # Safety
+    ///
+    /// `skb` and `cb` must be the arguments of a genetlink `dumpit` call, and the
+    /// message must be ended or dropped within that call.
+    pub(crate) unsafe fn begin(
+        skb: *mut b::sk_buff,
+        cb: *mut b::netlink_callback,
+        cmd: u8,
+    ) -> Option<Self> {
+        // SAFETY: the caller passes a live dump; the family is the one dumping.
+        let hdr = unsafe { b::prism_genlmsg_put_dump(skb, cb, cmd) };
+        Some(Self {
+            skb: NonNull::new(skb)?,
+            hdr: NonNull::new(hdr)?,
+        })
+    }
+
+    pub(crate) fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result {
+        let bytes = value.to_ne_bytes();
+        // SAFETY: the skb is the dump's, alive for this message; `bytes` is 8 bytes.
+        let ret = unsafe {
+            b::nla_put_64bit(
+                self.skb.as_ptr(),
+                kind.into(),
+                8,
+                bytes.as_ptr().cast(),
+                pad.into(),
+            )
+        };
+        to_result(ret)
+    }
+
+    /// Completes the message in the dump.
+    pub(crate) fn end(self) {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `hdr` was put on this skb by `begin`.
+        unsafe { b::prism_genlmsg_end(this.skb.as_ptr(), this.hdr.as_ptr()) };
+    }
+}
+
+impl AttrSink for DumpMsg {
+    fn put(&mut self, kind: u16, data: &[u8]) -> Result {
+        let len = c_int::try_from(data.len()).map_err(|_| errno(b::EMSGSIZE))?;
+        // SAFETY: the skb is the dump's; `data` is valid for its length.
+        let ret = unsafe { b::nla_put(self.skb.as_ptr(), kind.into(), len, data.as_ptr().cast()) };
+        to_result(ret)
+    }
+}
+
+impl Drop for DumpMsg {
+    fn drop(&mut self) {
+        // SAFETY: a message not ended is trimmed off the skb it was started on.
+        unsafe { b::prism_genlmsg_cancel(self.skb.as_ptr(), self.hdr.as_ptr()) };
+    }
+}
+
 /// One byte string written into a message as consecutive attributes of one kind, each
 /// at most `chunk` bytes, filled in place: the bytes are copied once, from their source
 /// into the message.

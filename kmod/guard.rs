@@ -66,6 +66,23 @@ pub(crate) unsafe fn next_seq(net: *mut b::net) -> u64 {
     }
 }
 
+/// The last event sequence number namespace `net` gave (0: none yet).
+///
+/// # Safety
+///
+/// `net` must be alive.
+pub(crate) unsafe fn current_seq(net: *mut b::net) -> u64 {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: as in `table`.
+    let Some(inner) = (unsafe { p.as_ref() }) else {
+        return 0;
+    };
+    // SAFETY: as in `next_seq`.
+    let data = unsafe { b::prism_net_generic(net, inner.net_id) };
+    // SAFETY: as in `next_seq`.
+    unsafe { data.cast::<AtomicU64>().as_ref() }.map_or(0, |seq| seq.load(Ordering::Relaxed))
+}
+
 /// Reads `N` bytes at `offset` of the packet, linear or not.
 ///
 /// # Safety

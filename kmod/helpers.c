@@ -17,6 +17,27 @@ void prism_nlmsg_free(struct sk_buff *skb)
 	nlmsg_free(skb);
 }
 
+void *prism_genlmsg_put_dump(struct sk_buff *skb, struct netlink_callback *cb, u8 cmd)
+{
+	return genlmsg_put(skb, NETLINK_CB(cb->skb).portid, cb->nlh->nlmsg_seq,
+			   genl_info_dump(cb)->family, NLM_F_MULTI, cmd);
+}
+
+void prism_genlmsg_cancel(struct sk_buff *skb, void *hdr)
+{
+	genlmsg_cancel(skb, hdr);
+}
+
+struct net *prism_dump_net(struct netlink_callback *cb)
+{
+	return sock_net(cb->skb->sk);
+}
+
+long *prism_dump_args(struct netlink_callback *cb)
+{
+	return cb->args;
+}
+
 int prism_genlmsg_reply(struct sk_buff *skb, struct genl_info *info)
 {
 	return genlmsg_reply(skb, info);

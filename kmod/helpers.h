@@ -19,6 +19,10 @@
 
 struct sk_buff *prism_genlmsg_new(size_t payload, gfp_t flags);
 void prism_genlmsg_end(struct sk_buff *skb, void *hdr);
+void *prism_genlmsg_put_dump(struct sk_buff *skb, struct netlink_callback *cb, u8 cmd);
+void prism_genlmsg_cancel(struct sk_buff *skb, void *hdr);
+struct net *prism_dump_net(struct netlink_callback *cb);
+long *prism_dump_args(struct netlink_callback *cb);
 void prism_nlmsg_free(struct sk_buff *skb);
 int prism_genlmsg_reply(struct sk_buff *skb, struct genl_info *info);
 int prism_genlmsg_multicast_netns(const struct genl_family *family, struct net *net,

@@ -308,10 +308,19 @@ impl Building {
         let ret =
             unsafe { b::__inet_stream_connect(self.sock.as_ptr(), peer.as_ptr(), peer.len, 0, 0) };
         to_result(ret).map_err(|e| {
+            let v4 = u32::from(blob.family) == b::AF_INET;
             if e == errno(b::EADDRNOTAVAIL) || e == errno(b::EADDRINUSE) {
                 fail(
                     errno(b::EADDRINUSE),
                     c_str!("the connection's tuple is already in use in this namespace"),
+                )
+            } else if v4 && blob.freebind && !blob.transparent {
+                // IP_FREEBIND lets the bind take the address; IPv4's output routing
+                // still refuses a source that is not local unless the socket is
+                // transparent (FLOWI_FLAG_ANYSRC).
+                fail(
+                    e,
+                    c_str!("IPv4 routes no packet from a non-local address with freebind alone: ask for transparent"),
                 )
             } else {
                 fail(

@@ -17,6 +17,7 @@ mod genl;
 mod guard;
 mod import;
 mod info;
+mod list;
 mod socket;
 mod stats;
 mod tcp_state;

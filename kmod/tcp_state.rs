@@ -214,6 +214,24 @@ impl TcpState {
             if (*tp).repair() != 0 {
                 return Err(refuse(b::EBUSY, c_str!("socket is in TCP_REPAIR mode")));
             }
+            // An urgent byte's state (announced, arrived, read with MSG_OOB) lives
+            // outside the queues, and the byte stays in the receive queue until the
+            // reader passes it (TCP clears `urg_data` then): a blob would lose the
+            // byte or hand it over in band.
+            if (*tp).urg_data != 0 {
+                return Err(refuse(
+                    b::EOPNOTSUPP,
+                    c_str!("urgent (MSG_OOB) data is pending: read up to and past it first"),
+                ));
+            }
+            // A sockmap/psock (or another in-kernel user) keeps its own state on the
+            // socket and diverts its data: the imported socket would have neither.
+            if !(*sk).sk_user_data.is_null() {
+                return Err(refuse(
+                    b::EOPNOTSUPP,
+                    c_str!("socket is attached to an in-kernel user (sockmap/psock)"),
+                ));
+            }
             let mut saddr = [0u8; 16];
             let mut daddr = [0u8; 16];
             match u32::from(family) {

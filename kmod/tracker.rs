@@ -24,7 +24,7 @@ use kernel::alloc::KVVec;
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
-const BUCKETS: usize = 4096;
+pub(crate) const BUCKETS: usize = 4096;
 
 /// A tracked socket: what its events need, with its `SOCK_RELEASED` preallocated.
 struct Tracked {
@@ -350,6 +350,10 @@ impl Tracker {
         let Some(tracked) = self.lock().remove(sk as usize) else {
             return;
         };
+        // Nobody to tell: the entry goes without building its event.
+        if !self.listening(&tracked.event) {
+            return;
+        }
         // SAFETY: the caller holds the locked socket.
         let mut ev = unsafe { finish(tracked, sk, (*sk).__sk_common.skc_state.into()) };
         ev.cmd = cmd::SOCK_EXPORTED;
@@ -419,6 +423,75 @@ impl Tracker {
                 }
             }
         }
+    }
+}
+
+/// A tracked socket as `SOCK_LIST` reports it.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Listed {
+    pub(crate) migration_id: u64,
+    pub(crate) sock_cookie: u64,
+    pub(crate) family: u16,
+    pub(crate) saddr: [u8; 16],
+    pub(crate) daddr: [u8; 16],
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) tcp_state: u8,
+    pub(crate) duration_ns: u64,
+}
+
+impl Tracker {
+    /// Copies the tracked sockets of namespace `net` in `bucket`, past the first
+    /// `skip`, into `out`, as many as fit; returns how many, and whether more of the
+    /// namespace's remain in the bucket. A dump walks the buckets in order with this,
+    /// holding the lock only while it copies.
+    pub(crate) fn list_bucket(
+        &self,
+        net: *mut b::net,
+        bucket: usize,
+        skip: usize,
+        out: &mut [Listed],
+    ) -> (usize, bool) {
+        let now = now_ns();
+        let mut l = self.lock();
+        let Some(&head) = l.slots().heads.get(bucket) else {
+            return (0, false);
+        };
+        let (mut seen, mut n) = (0, 0);
+        let mut e = head;
+        // SAFETY: every pointer in a chain is a leaked `KBox<Tracked>` owned by the
+        // table, which the lock keeps in place.
+        while let Some(t) = unsafe { e.as_ref() } {
+            e = t.next;
+            if t.event.net.as_ptr() != net {
+                continue;
+            }
+            seen += 1;
+            if seen <= skip {
+                continue;
+            }
+            let Some(slot) = out.get_mut(n) else {
+                return (n, true);
+            };
+            // SAFETY: an entry leaves the table (under this lock) before its socket
+            // reaches TCP_CLOSE, so a socket found here is not freed yet; its state
+            // is one byte, read without its lock.
+            let tcp_state = unsafe { (*(t.sk as *const b::sock)).__sk_common.skc_state };
+            let ev = &t.event;
+            *slot = Listed {
+                migration_id: ev.migration_id,
+                sock_cookie: ev.sock_cookie,
+                family: ev.family,
+                saddr: ev.saddr,
+                daddr: ev.daddr,
+                sport: ev.sport,
+                dport: ev.dport,
+                tcp_state,
+                duration_ns: now.wrapping_sub(t.imported_ns),
+            };
+            n += 1;
+        }
+        (n, false)
     }
 }
 

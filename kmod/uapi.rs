@@ -27,6 +27,7 @@ pub(crate) mod cmd {
     pub(crate) const SOCK_EXPORTED: u8 = 5;
     pub(crate) const SOCK_RELEASED: u8 = 6;
     pub(crate) const SOCK_FORWARD: u8 = 7;
+    pub(crate) const SOCK_LIST: u8 = 8;
 }
 
 /// Version of the state blob format returned by `SOCK_EXPORT`.

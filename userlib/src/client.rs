@@ -5,6 +5,7 @@
 //! the kernel's extack message is what tells a user why a request was refused.
 
 use crate::error::{Error, KernelError, Result};
+use crate::events::TrackedSocket;
 use crate::state::MigrationState;
 use crate::uapi::{Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
 use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
@@ -431,6 +432,55 @@ impl Client {
                     .collect()
             })
             .collect())
+    }
+
+    /// The sockets the module tracks in this namespace: imported here and neither
+    /// released nor exported again (`SOCK_LIST`, a dump). An
+    /// [`EventListener`](crate::EventListener) that lost events rebuilds its view from
+    /// this, and goes on with events numbered above each entry's `seq`. Needs
+    /// CAP_NET_ADMIN in the namespace's user namespace.
+    pub fn list_tracked(&self) -> Result<Vec<TrackedSocket>> {
+        let seq = self.seq.get();
+        self.seq.set(seq.wrapping_add(1));
+        let request = request(
+            u8::from(Command::SockList),
+            PROTO_VERSION as u8,
+            std::iter::empty::<(u16, Vec<u8>)>(),
+        )?;
+        let msg = NlmsghdrBuilder::default()
+            .nl_type(self.family)
+            .nl_flags(NlmF::REQUEST | NlmF::DUMP)
+            .nl_seq(seq)
+            .nl_payload(NlPayload::Payload(request))
+            .build()
+            .map_err(proto)?;
+        self.sock.send(&msg).map_err(netlink)?;
+        let mut out = Vec::new();
+        let mut buf = self.replies.borrow_mut();
+        loop {
+            let n = recv_datagram(self.sock.as_raw_fd(), &mut buf).map_err(netlink)?;
+            let msgs =
+                NlBuffer::<u16, Genlmsghdr<u8, u16>>::from_bytes_with_input(&mut Cursor::new(&buf[..n]), n)
+                    .map_err(netlink)?;
+            for m in msgs {
+                if *m.nl_seq() != seq {
+                    continue;
+                }
+                match m.nl_payload() {
+                    NlPayload::Payload(p) => out.push(crate::events::decode_tracked(p)?),
+                    NlPayload::Err(e) => return Err(kernel_error(e)),
+                    NlPayload::DumpExtAck(done) if *done.error() != 0 => {
+                        return Err(Error::Kernel(KernelError {
+                            errno: -*done.error(),
+                            message: None,
+                            bad_attr_offset: None,
+                        }))
+                    }
+                    NlPayload::DumpExtAck(_) | NlPayload::Empty => return Ok(out),
+                    NlPayload::Ack(_) => {}
+                }
+            }
+        }
     }
 
     /// Reads the module's version and counters (`GET_INFO`).

@@ -270,6 +270,47 @@ fn addr(family: u16, bytes: &[u8], port: u16) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// A socket the module tracks in the caller's namespace, as
+/// [`Client::list_tracked`](crate::Client::list_tracked) reports it (`SOCK_LIST`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackedSocket {
+    /// Id of the hand-off that brought the socket to this host.
+    pub migration_id: u64,
+    /// The namespace's last event sequence number when this entry was listed: events
+    /// numbered above it came later.
+    pub seq: u64,
+    /// The socket's cookie (as `SO_COOKIE` reports it).
+    pub sock_cookie: u64,
+    /// The network namespace's cookie.
+    pub netns_cookie: u64,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Peer address and port.
+    pub peer: SocketAddr,
+    /// TCP state number now.
+    pub tcp_state: u8,
+    /// Time since the import.
+    pub since_import: Duration,
+}
+
+/// Decodes one message of a `SOCK_LIST` dump.
+pub(crate) fn decode_tracked(p: &Genlmsghdr<u8, u16>) -> Result<TrackedSocket> {
+    if Command::from(*p.cmd()) != Command::SockList {
+        return Err(proto(format!("unexpected command {} in a listing", p.cmd())));
+    }
+    let ev = decode_attrs(p, EventKind::Imported)?;
+    Ok(TrackedSocket {
+        migration_id: ev.migration_id,
+        seq: ev.seq,
+        sock_cookie: ev.sock_cookie,
+        netns_cookie: ev.netns_cookie,
+        local: ev.local,
+        peer: ev.peer,
+        tcp_state: ev.tcp_state,
+        since_import: ev.duration,
+    })
+}
+
 /// Decodes one message of the `events` group.
 pub(crate) fn decode(p: &Genlmsghdr<u8, u16>) -> Result<Event> {
     let kind = match Command::from(*p.cmd()) {
@@ -278,6 +319,11 @@ pub(crate) fn decode(p: &Genlmsghdr<u8, u16>) -> Result<Event> {
         Command::SockReleased => EventKind::Released,
         _ => return Err(proto(format!("unknown event command {}", p.cmd()))),
     };
+    decode_attrs(p, kind)
+}
+
+/// The attributes of an event (or a listing) as an [`Event`] of `kind`.
+fn decode_attrs(p: &Genlmsghdr<u8, u16>, kind: EventKind) -> Result<Event> {
     let find = |a: EventAttr| -> Option<&[u8]> {
         let t = u16::from(a);
         p.attrs()

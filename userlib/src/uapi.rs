@@ -25,6 +25,8 @@ pub enum Command {
     SockReleased = 6,
     /// Send a departed connection's late packets to its new owner.
     SockForward = 7,
+    /// Dump: the tracked sockets of the caller's namespace.
+    SockList = 8,
 }
 impl neli::consts::genl::Cmd for Command {}
 

@@ -76,6 +76,8 @@ fn operations_match() {
     assert_eq!(ops["sock-imported"], u8::from(Command::SockImported) as u64);
     assert_eq!(ops["sock-exported"], u8::from(Command::SockExported) as u64);
     assert_eq!(ops["sock-released"], u8::from(Command::SockReleased) as u64);
+    assert_eq!(ops["sock-forward"], u8::from(Command::SockForward) as u64);
+    assert_eq!(ops["sock-list"], u8::from(Command::SockList) as u64);
 }
 
 #[test]

@@ -23,6 +23,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The migrated sockets the module tracks in this network namespace, one line each
+    /// (what a monitor that lost events re-syncs from).
+    List {
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the module's events (imported, exported, released), one line each.
     Monitor {
         /// One JSON object per line instead of text.
@@ -170,6 +177,21 @@ fn import(file: &PathBuf, decode: bool, options: ImportOptions, command: &[Strin
     }
 }
 
+fn list(json: bool) -> Result<(), prism_sock::Error> {
+    let client = prism_sock::Client::connect()?;
+    for t in client.list_tracked()? {
+        if json {
+            println!("{}", serde_json::to_string(&t).expect("TrackedSocket serializes"));
+        } else {
+            println!(
+                "migration {:#018x} {} <- {} state {} for {:?} (cookie {}, seq {})",
+                t.migration_id, t.local, t.peer, t.tcp_state, t.since_import, t.sock_cookie, t.seq
+            );
+        }
+    }
+    Ok(())
+}
+
 fn status(json: bool) -> Result<(), prism_sock::Error> {
     let client = prism_sock::Client::connect()?;
     let info = client.info()?;
@@ -239,6 +261,7 @@ fn monitor(json: bool, count: Option<u64>, idle: Option<u64>) -> Result<(), pris
 fn main() -> ExitCode {
     let res = match Cli::parse().cmd {
         Cmd::Status { json } => status(json).map_err(|e| e.to_string()),
+        Cmd::List { json } => list(json).map_err(|e| e.to_string()),
         Cmd::Monitor {
             json,
             count,

@@ -56,6 +56,10 @@ pub fn tests() -> Vec<Test> {
             name: "guard_v4_passes_syn_ack_of_new_connection_on_departed_tuple",
             run: guard_syn_ack,
         },
+        Test {
+            name: "export_refuses_pending_urgent_data",
+            run: urgent_pending,
+        },
     ]
 }
 
@@ -650,5 +654,61 @@ fn guard_syn_ack(env: &Env, log: &mut Log) -> TestResult {
     check!(&buf == b"new connection", "client read {buf:?}");
     let info = c.info().map_err(|e| e.to_string())?;
     check!(info.departed.active == 0, "guard entry left: {:?}", info.departed);
+    Ok(())
+}
+
+/// An urgent byte (MSG_OOB) lives outside the queues and stays in the receive queue
+/// until the reader passes it: until then the export is refused with EOPNOTSUPP and a
+/// message, even after the byte was read with MSG_OOB, and the socket keeps working;
+/// once the reader is past it, the connection exports.
+fn urgent_pending(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let (mut client, mut server) = connect_via_topology(false, 8099, None)?;
+    client.write_all(b"in band").map_err(|e| e.to_string())?;
+    // SAFETY: one byte from a valid buffer on the client's own socket.
+    let sent = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+    check!(sent == 1, "send MSG_OOB: {}", std::io::Error::last_os_error());
+    client.write_all(b"after").map_err(|e| e.to_string())?;
+    // SIOCINQ counts only up to the urgent mark: wait for the client's bytes to be
+    // acknowledged instead.
+    wait_for("the client's bytes to arrive", || {
+        queued(server.as_fd(), false) == 7 && queued(client.as_fd(), true) == 0
+    })?;
+    let refused = "urgent (MSG_OOB) data is pending";
+    expect_refusal(c.export_snapshot(server.as_fd()), libc::EOPNOTSUPP, refused, log)?;
+    let mut oob = [0u8; 1];
+    // SAFETY: a one-byte buffer on fe's own socket.
+    let got = unsafe { libc::recv(server.as_raw_fd(), oob.as_mut_ptr().cast(), 1, libc::MSG_OOB) };
+    check!(got == 1 && &oob == b"!", "recv MSG_OOB: {got} {oob:?}");
+    // Read with MSG_OOB, the byte is still ahead of the reader in the queue.
+    expect_refusal(c.export_snapshot(server.as_fd()), libc::EOPNOTSUPP, refused, log)?;
+    // The reader stops at the urgent mark, then skips the byte.
+    let mut data = Vec::new();
+    while data.len() < 12 {
+        let mut buf = [0u8; 32];
+        let n = server.read(&mut buf).map_err(|e| e.to_string())?;
+        check!(n > 0, "end of stream after {:?}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+    }
+    check!(
+        data == b"in bandafter",
+        "read {:?}",
+        String::from_utf8_lossy(&data)
+    );
+    let state = c
+        .export_snapshot(server.as_fd())
+        .map_err(|e| format!("export once the reader is past the urgent byte: {e}"))?;
+    let decoded = state.decode().map_err(|e| e.to_string())?;
+    check!(
+        decoded.recv_queue.is_empty(),
+        "receive queue {:?}",
+        decoded.recv_queue
+    );
+    client.write_all(b"still here").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 10];
+    server.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"still here", "server read {buf:?}");
     Ok(())
 }

@@ -7,7 +7,7 @@ use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::module;
 use crate::netlink_raw;
 use crate::topology::{self, in_ns, Topology};
-use prism_sock::uapi::{InfoAttr, PROTO_VERSION};
+use prism_sock::uapi::{InfoAttr, StateAttr, PROTO_VERSION};
 use prism_sock::{Client, Error};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -72,6 +72,7 @@ pub fn tests() -> Vec<Test> {
 
 const GET_INFO: u8 = 1;
 const SOCK_EXPORT_CMD: u8 = 2;
+const SOCK_IMPORT_CMD: u8 = 3;
 const EINVAL: i32 = libc::EINVAL;
 
 fn not_loaded(_env: &Env, _log: &mut Log) -> TestResult {
@@ -255,6 +256,9 @@ fn malformed_unknown(env: &Env, log: &mut Log) -> TestResult {
     )
 }
 
+/// A fixed-size attribute of the wrong size is refused with EINVAL; a flag with a
+/// payload, or a binary attribute longer than its maximum, with the ERANGE that the
+/// kernel's policy check gives (documented so in the README and the spec).
 fn malformed_wrong_length(env: &Env, log: &mut Log) -> TestResult {
     let c = loaded(env, log)?;
     expect_refusal(
@@ -262,7 +266,23 @@ fn malformed_wrong_length(env: &Env, log: &mut Log) -> TestResult {
         EINVAL,
         "invalid attribute length",
         log,
-    )
+    )?;
+    let fd = (StateAttr::Fd.into(), 0u32.to_ne_bytes().to_vec());
+    for (cmd, attrs) in [
+        (
+            SOCK_EXPORT_CMD,
+            vec![fd, (StateAttr::Detach.into(), vec![1u8, 0, 0, 0])],
+        ),
+        (SOCK_IMPORT_CMD, vec![(StateAttr::CcName.into(), vec![b'x'; 17])]),
+    ] {
+        expect_refusal(
+            c.raw_request(cmd, &attrs),
+            libc::ERANGE,
+            "Attribute failed policy validation",
+            log,
+        )?;
+    }
+    Ok(())
 }
 
 fn malformed_reply_only(env: &Env, log: &mut Log) -> TestResult {

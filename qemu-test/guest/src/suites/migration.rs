@@ -219,6 +219,16 @@ fn transparent(env: &Env, log: &mut Log, v6: bool) -> TestResult {
         .map_err(|e| e.to_string())?;
     let refused = cluster.nl("be2").import(&snapshot, &ImportOptions::default());
     super::common::expect_refusal(refused, libc::EADDRNOTAVAIL, "freebind", log)?;
+    if !v6 {
+        // Freebind binds the address, but IPv4 routes nothing from it without
+        // transparent: refused with the kernel's errno and a message that says so.
+        let freebind = ImportOptions {
+            freebind: true,
+            ..ImportOptions::default()
+        };
+        let refused = cluster.nl("be2").import(&snapshot, &freebind);
+        super::common::expect_refusal(refused, libc::ENETUNREACH, "ask for transparent", log)?;
+    }
 
     let opts = ImportOptions {
         transparent: true,
