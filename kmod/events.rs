@@ -6,7 +6,7 @@
 
 use crate::bindings as b;
 use crate::family::GROUP_EVENTS;
-use crate::genl::Message;
+use crate::genl::{AttrSink, Message, SkbAttrs};
 use crate::uapi::{cmd, event as a, reason};
 use core::ffi::c_int;
 use kernel::prelude::*;
@@ -41,10 +41,9 @@ impl Drop for NetRef {
     }
 }
 
-/// One event, complete but for its sequence number, which is given when it is sent.
-pub(crate) struct Event {
-    pub(crate) cmd: u8,
-    pub(crate) net: NetRef,
+/// What names a tracked socket in its events and in a `SOCK_LIST` entry.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SocketId {
     pub(crate) migration_id: u64,
     pub(crate) sock_cookie: u64,
     pub(crate) family: u16,
@@ -52,6 +51,47 @@ pub(crate) struct Event {
     pub(crate) daddr: [u8; 16],
     pub(crate) sport: u16,
     pub(crate) dport: u16,
+}
+
+impl SocketId {
+    /// Puts the attributes every event and every `SOCK_LIST` entry begins with: the
+    /// socket, the namespace's sequence number `seq`, and the TCP state.
+    ///
+    /// # Safety
+    ///
+    /// `net` must be alive.
+    pub(crate) unsafe fn put(
+        &self,
+        msg: &mut impl SkbAttrs,
+        net: *mut b::net,
+        seq: u64,
+        tcp_state: u8,
+    ) -> Result {
+        let alen = if u32::from(self.family) == b::AF_INET {
+            4
+        } else {
+            16
+        };
+        msg.put_u64(a::MIGRATION_ID, self.migration_id, a::PAD)?;
+        msg.put_u64(a::SEQ, seq, a::PAD)?;
+        msg.put_u64(a::SOCK_COOKIE, self.sock_cookie, a::PAD)?;
+        // SAFETY: the caller keeps `net` alive.
+        let netns_cookie = unsafe { b::prism_net_cookie(net) };
+        msg.put_u64(a::NETNS_COOKIE, netns_cookie, a::PAD)?;
+        msg.put_u16(a::FAMILY, self.family)?;
+        msg.put(a::SADDR, &self.saddr[..alen])?;
+        msg.put(a::DADDR, &self.daddr[..alen])?;
+        msg.put_u16(a::SPORT, self.sport)?;
+        msg.put_u16(a::DPORT, self.dport)?;
+        msg.put_u8(a::TCP_STATE, tcp_state)
+    }
+}
+
+/// One event, complete but for its sequence number, which is given when it is sent.
+pub(crate) struct Event {
+    pub(crate) cmd: u8,
+    pub(crate) net: NetRef,
+    pub(crate) id: SocketId,
     pub(crate) tcp_state: u8,
     /// 0 for `SOCK_IMPORTED`.
     pub(crate) reason: u8,
@@ -129,23 +169,8 @@ impl Event {
     }
 
     fn encode(&self, msg: &mut Message<'_>, seq: u64) -> Result {
-        let alen = if u32::from(self.family) == b::AF_INET {
-            4
-        } else {
-            16
-        };
-        msg.put_u64(a::MIGRATION_ID, self.migration_id, a::PAD)?;
-        msg.put_u64(a::SEQ, seq, a::PAD)?;
-        msg.put_u64(a::SOCK_COOKIE, self.sock_cookie, a::PAD)?;
         // SAFETY: the event holds a reference on its namespace.
-        let netns_cookie = unsafe { b::prism_net_cookie(self.net.as_ptr()) };
-        msg.put_u64(a::NETNS_COOKIE, netns_cookie, a::PAD)?;
-        msg.put_u16(a::FAMILY, self.family)?;
-        msg.put(a::SADDR, &self.saddr[..alen])?;
-        msg.put(a::DADDR, &self.daddr[..alen])?;
-        msg.put_u16(a::SPORT, self.sport)?;
-        msg.put_u16(a::DPORT, self.dport)?;
-        msg.put_u8(a::TCP_STATE, self.tcp_state)?;
+        unsafe { self.id.put(msg, self.net.as_ptr(), seq, self.tcp_state) }?;
         if self.cmd != cmd::SOCK_IMPORTED {
             msg.put_u8(a::REASON, self.reason)?;
             msg.put_u64(a::BYTES_ACKED, self.bytes_acked, a::PAD)?;

@@ -201,43 +201,13 @@ impl<'a> Message<'a> {
     }
 
     pub(crate) fn put(&mut self, kind: u16, data: &[u8]) -> Result {
-        // SAFETY: `skb` is owned by this message; `data` is valid for its length.
-        let ret = unsafe {
-            b::nla_put(
-                self.skb.as_ptr(),
-                kind.into(),
-                data.len() as c_int,
-                data.as_ptr().cast(),
-            )
-        };
-        to_result(ret)
-    }
-
-    pub(crate) fn put_u8(&mut self, kind: u16, value: u8) -> Result {
-        self.put(kind, &[value])
-    }
-
-    pub(crate) fn put_u16(&mut self, kind: u16, value: u16) -> Result {
-        self.put(kind, &value.to_ne_bytes())
-    }
-
-    pub(crate) fn put_u32(&mut self, kind: u16, value: u32) -> Result {
-        self.put(kind, &value.to_ne_bytes())
+        // SAFETY: `skb` is owned by this message.
+        unsafe { put_attr(self.skb, kind, data) }
     }
 
     pub(crate) fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result {
-        let bytes = value.to_ne_bytes();
-        // SAFETY: `skb` is owned by this message; `bytes` is valid for 8 bytes.
-        let ret = unsafe {
-            b::nla_put_64bit(
-                self.skb.as_ptr(),
-                kind.into(),
-                8,
-                bytes.as_ptr().cast(),
-                pad.into(),
-            )
-        };
-        to_result(ret)
+        // SAFETY: `skb` is owned by this message.
+        unsafe { put_attr_u64(self.skb, kind, value, pad) }
     }
 
     pub(crate) fn put_str(&mut self, kind: u16, value: &CStr) -> Result {
@@ -335,6 +305,49 @@ impl AttrSink for Message<'_> {
     }
 }
 
+/// Attributes written straight into a message's skb, 64-bit ones aligned as the
+/// architecture needs (which a block sized by a dry run could not be).
+pub(crate) trait SkbAttrs: AttrSink {
+    fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result;
+}
+
+impl SkbAttrs for Message<'_> {
+    fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result {
+        Message::put_u64(self, kind, value, pad)
+    }
+}
+
+/// Appends attribute `kind` holding `data` to `skb`; EMSGSIZE when it does not fit.
+///
+/// # Safety
+///
+/// `skb` must be a message skb that the caller is writing and nothing else touches.
+unsafe fn put_attr(skb: NonNull<b::sk_buff>, kind: u16, data: &[u8]) -> Result {
+    let len = c_int::try_from(data.len()).map_err(|_| errno(b::EMSGSIZE))?;
+    // SAFETY: the caller's guarantee; `data` is valid for `len` bytes.
+    to_result(unsafe { b::nla_put(skb.as_ptr(), kind.into(), len, data.as_ptr().cast()) })
+}
+
+/// Appends the 64-bit attribute `kind` to `skb`, after a `pad` attribute where the
+/// architecture needs the payload aligned.
+///
+/// # Safety
+///
+/// As for [`put_attr`].
+unsafe fn put_attr_u64(skb: NonNull<b::sk_buff>, kind: u16, value: u64, pad: u16) -> Result {
+    let bytes = value.to_ne_bytes();
+    // SAFETY: the caller's guarantee; `bytes` is valid for 8 bytes.
+    to_result(unsafe {
+        b::nla_put_64bit(
+            skb.as_ptr(),
+            kind.into(),
+            8,
+            bytes.as_ptr().cast(),
+            pad.into(),
+        )
+    })
+}
+
 /// Counts the bytes of the attributes put, to size an [`AttrBlock`].
 #[derive(Default)]
 pub(crate) struct AttrSize(pub(crate) usize);
@@ -428,21 +441,6 @@ impl DumpMsg {
         })
     }
 
-    pub(crate) fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result {
-        let bytes = value.to_ne_bytes();
-        // SAFETY: the skb is the dump's, alive for this message; `bytes` is 8 bytes.
-        let ret = unsafe {
-            b::nla_put_64bit(
-                self.skb.as_ptr(),
-                kind.into(),
-                8,
-                bytes.as_ptr().cast(),
-                pad.into(),
-            )
-        };
-        to_result(ret)
-    }
-
     /// Completes the message in the dump.
     pub(crate) fn end(self) {
         let this = ManuallyDrop::new(self);
@@ -453,10 +451,15 @@ impl DumpMsg {
 
 impl AttrSink for DumpMsg {
     fn put(&mut self, kind: u16, data: &[u8]) -> Result {
-        let len = c_int::try_from(data.len()).map_err(|_| errno(b::EMSGSIZE))?;
-        // SAFETY: the skb is the dump's; `data` is valid for its length.
-        let ret = unsafe { b::nla_put(self.skb.as_ptr(), kind.into(), len, data.as_ptr().cast()) };
-        to_result(ret)
+        // SAFETY: the skb is the dump's, alive for this message.
+        unsafe { put_attr(self.skb, kind, data) }
+    }
+}
+
+impl SkbAttrs for DumpMsg {
+    fn put_u64(&mut self, kind: u16, value: u64, pad: u16) -> Result {
+        // SAFETY: as above.
+        unsafe { put_attr_u64(self.skb, kind, value, pad) }
     }
 }
 

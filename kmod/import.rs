@@ -21,7 +21,7 @@ use crate::bindings as b;
 use crate::blob::Blob;
 use crate::departed::Tuple;
 use crate::export::put_cc_name;
-use crate::genl::{errno, to_result, Request};
+use crate::genl::{errno, to_result, AttrSink, Request};
 use crate::guard;
 use crate::socket::SockLock;
 use crate::stats::{Stats, STATS};

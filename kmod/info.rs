@@ -4,7 +4,7 @@
 
 use crate::bindings as b;
 use crate::departed;
-use crate::genl::{errno, Request};
+use crate::genl::{errno, AttrSink, Request};
 use crate::guard;
 use crate::stats::{Stats, STATS};
 use crate::tracker;

@@ -5,7 +5,7 @@
 //! rebuild its view and go on from the sequence number each entry carries.
 
 use crate::bindings as b;
-use crate::genl::{errno, AttrSink, DumpMsg};
+use crate::genl::{errno, DumpMsg, SkbAttrs};
 use crate::guard;
 use crate::tracker::{self, Listed, BUCKETS};
 use crate::uapi::{cmd, event as a};
@@ -81,22 +81,8 @@ unsafe fn put(
 ) -> Result {
     // SAFETY: the caller's guarantees.
     let mut msg = unsafe { DumpMsg::begin(skb, cb, cmd::SOCK_LIST) }.ok_or(errno(b::EMSGSIZE))?;
-    let alen = if u32::from(e.family) == b::AF_INET {
-        4
-    } else {
-        16
-    };
-    msg.put_u64(a::MIGRATION_ID, e.migration_id, a::PAD)?;
-    msg.put_u64(a::SEQ, seq, a::PAD)?;
-    msg.put_u64(a::SOCK_COOKIE, e.sock_cookie, a::PAD)?;
     // SAFETY: the caller keeps `net` alive.
-    msg.put_u64(a::NETNS_COOKIE, unsafe { b::prism_net_cookie(net) }, a::PAD)?;
-    msg.put_u16(a::FAMILY, e.family)?;
-    msg.put(a::SADDR, &e.saddr[..alen])?;
-    msg.put(a::DADDR, &e.daddr[..alen])?;
-    msg.put_u16(a::SPORT, e.sport)?;
-    msg.put_u16(a::DPORT, e.dport)?;
-    msg.put_u8(a::TCP_STATE, e.tcp_state)?;
+    unsafe { e.id.put(&mut msg, net, seq, e.tcp_state) }?;
     msg.put_u64(a::DURATION_NS, e.duration_ns, a::PAD)?;
     msg.end();
     Ok(())

@@ -13,7 +13,7 @@
 
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
-use crate::events::{classify, Event, NetRef};
+use crate::events::{classify, Event, NetRef, SocketId};
 use crate::family::GROUP_EVENTS;
 use crate::guard;
 use crate::stats::{Stats, STATS};
@@ -259,13 +259,15 @@ impl Tracker {
             cmd,
             // SAFETY: the socket holds a reference on its namespace.
             net: unsafe { NetRef::get(net) },
-            migration_id,
-            sock_cookie: u64::from(cookie[0]) | u64::from(cookie[1]) << 32,
-            family,
-            saddr: *saddr,
-            daddr: *daddr,
-            sport,
-            dport,
+            id: SocketId {
+                migration_id,
+                sock_cookie: u64::from(cookie[0]) | u64::from(cookie[1]) << 32,
+                family,
+                saddr: *saddr,
+                daddr: *daddr,
+                sport,
+                dport,
+            },
             tcp_state: 0,
             reason: 0,
             bytes_acked: 0,
@@ -429,13 +431,7 @@ impl Tracker {
 /// A tracked socket as `SOCK_LIST` reports it.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Listed {
-    pub(crate) migration_id: u64,
-    pub(crate) sock_cookie: u64,
-    pub(crate) family: u16,
-    pub(crate) saddr: [u8; 16],
-    pub(crate) daddr: [u8; 16],
-    pub(crate) sport: u16,
-    pub(crate) dport: u16,
+    pub(crate) id: SocketId,
     pub(crate) tcp_state: u8,
     pub(crate) duration_ns: u64,
 }
@@ -477,15 +473,8 @@ impl Tracker {
             // reaches TCP_CLOSE, so a socket found here is not freed yet; its state
             // is one byte, read without its lock.
             let tcp_state = unsafe { (*(t.sk as *const b::sock)).__sk_common.skc_state };
-            let ev = &t.event;
             *slot = Listed {
-                migration_id: ev.migration_id,
-                sock_cookie: ev.sock_cookie,
-                family: ev.family,
-                saddr: ev.saddr,
-                daddr: ev.daddr,
-                sport: ev.sport,
-                dport: ev.dport,
+                id: t.event.id,
                 tcp_state,
                 duration_ns: now.wrapping_sub(t.imported_ns),
             };

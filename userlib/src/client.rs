@@ -338,10 +338,11 @@ impl Client {
             2,
             [(CtrlAttr::FamilyName, format!("{FAMILY_NAME}\0").into_bytes())],
         )?;
-        let replies = match client.transact::<_, _, Genlmsghdr<CtrlCmd, CtrlAttr>>(GenlId::Ctrl, request) {
-            Err(Error::Kernel(k)) if k.errno == ENOENT => return Err(Error::ModuleNotLoaded),
-            other => other?,
-        };
+        let replies =
+            match client.transact::<_, _, Genlmsghdr<CtrlCmd, CtrlAttr>>(GenlId::Ctrl, request, false) {
+                Err(Error::Kernel(k)) if k.errno == ENOENT => return Err(Error::ModuleNotLoaded),
+                other => other?,
+            };
         let reply = replies
             .first()
             .ok_or_else(|| proto("no CTRL_CMD_GETFAMILY reply"))?;
@@ -373,8 +374,9 @@ impl Client {
         self.events_group
     }
 
-    /// Sends one request and collects its replies up to the kernel's acknowledgement.
-    fn transact<T, Q, R>(&self, nl_type: T, request: Q) -> Result<Vec<R>>
+    /// Sends one request and collects its replies up to the kernel's acknowledgement,
+    /// or with `dump` a dump request and its replies up to NLMSG_DONE.
+    fn transact<T, Q, R>(&self, nl_type: T, request: Q, dump: bool) -> Result<Vec<R>>
     where
         T: NlType + Debug,
         Q: Size + ToBytes + Debug,
@@ -384,7 +386,11 @@ impl Client {
         self.seq.set(seq.wrapping_add(1));
         let msg = NlmsghdrBuilder::default()
             .nl_type(nl_type)
-            .nl_flags(NlmF::REQUEST | NlmF::ACK)
+            .nl_flags(if dump {
+                NlmF::REQUEST | NlmF::DUMP
+            } else {
+                NlmF::REQUEST | NlmF::ACK
+            })
             .nl_seq(seq)
             .nl_payload(NlPayload::Payload(request))
             .build()
@@ -399,7 +405,9 @@ impl Client {
                 // The reply arrived whole but the acknowledgement behind it did not fit
                 // the receive buffer: the request succeeded all the same (a failed
                 // request has no reply, only the error).
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => return Ok(out),
+                Err(e) if !dump && e.raw_os_error() == Some(libc::ENOBUFS) && !out.is_empty() => {
+                    return Ok(out)
+                }
                 Err(e) => return Err(netlink(e)),
             };
             for m in msgs {
@@ -410,6 +418,15 @@ impl Client {
                     NlPayload::Payload(p) => out.push(p.clone()),
                     NlPayload::Err(e) => return Err(kernel_error(e)),
                     NlPayload::Ack(_) => return Ok(out),
+                    // NLMSG_DONE: a dump's end, with the dump's own error if it failed.
+                    NlPayload::DumpExtAck(done) if dump && *done.error() != 0 => {
+                        return Err(Error::Kernel(KernelError {
+                            errno: -*done.error(),
+                            message: None,
+                            bad_attr_offset: None,
+                        }))
+                    }
+                    NlPayload::DumpExtAck(_) | NlPayload::Empty if dump => return Ok(out),
                     NlPayload::DumpExtAck(_) | NlPayload::Empty => {}
                 }
             }
@@ -423,7 +440,7 @@ impl Client {
     pub fn raw_request(&self, cmd: u8, attributes: &[RawAttr]) -> Result<Vec<Vec<RawAttr>>> {
         let request = request(cmd, PROTO_VERSION as u8, attributes.iter().cloned())?;
         Ok(self
-            .transact::<_, _, Genlmsghdr<u8, u16>>(self.family, request)?
+            .transact::<_, _, Genlmsghdr<u8, u16>>(self.family, request, false)?
             .iter()
             .map(|p| {
                 p.attrs()
@@ -440,47 +457,15 @@ impl Client {
     /// this, and goes on with events numbered above each entry's `seq`. Needs
     /// CAP_NET_ADMIN in the namespace's user namespace.
     pub fn list_tracked(&self) -> Result<Vec<TrackedSocket>> {
-        let seq = self.seq.get();
-        self.seq.set(seq.wrapping_add(1));
         let request = request(
             u8::from(Command::SockList),
             PROTO_VERSION as u8,
             std::iter::empty::<(u16, Vec<u8>)>(),
         )?;
-        let msg = NlmsghdrBuilder::default()
-            .nl_type(self.family)
-            .nl_flags(NlmF::REQUEST | NlmF::DUMP)
-            .nl_seq(seq)
-            .nl_payload(NlPayload::Payload(request))
-            .build()
-            .map_err(proto)?;
-        self.sock.send(&msg).map_err(netlink)?;
-        let mut out = Vec::new();
-        let mut buf = self.replies.borrow_mut();
-        loop {
-            let n = recv_datagram(self.sock.as_raw_fd(), &mut buf).map_err(netlink)?;
-            let msgs =
-                NlBuffer::<u16, Genlmsghdr<u8, u16>>::from_bytes_with_input(&mut Cursor::new(&buf[..n]), n)
-                    .map_err(netlink)?;
-            for m in msgs {
-                if *m.nl_seq() != seq {
-                    continue;
-                }
-                match m.nl_payload() {
-                    NlPayload::Payload(p) => out.push(crate::events::decode_tracked(p)?),
-                    NlPayload::Err(e) => return Err(kernel_error(e)),
-                    NlPayload::DumpExtAck(done) if *done.error() != 0 => {
-                        return Err(Error::Kernel(KernelError {
-                            errno: -*done.error(),
-                            message: None,
-                            bad_attr_offset: None,
-                        }))
-                    }
-                    NlPayload::DumpExtAck(_) | NlPayload::Empty => return Ok(out),
-                    NlPayload::Ack(_) => {}
-                }
-            }
-        }
+        self.transact::<_, _, Genlmsghdr<u8, u16>>(self.family, request, true)?
+            .iter()
+            .map(crate::events::decode_tracked)
+            .collect()
     }
 
     /// Reads the module's version and counters (`GET_INFO`).
