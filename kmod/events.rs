@@ -2,10 +2,11 @@
 
 //! Events of the `events` multicast group: what one tracked socket did on this host
 //! (imported, exported again, released), and how an event is classified and encoded.
-//! Queueing and sending is the tracker's (`tracker.rs`).
+//! `SOCK_RELEASED` also goes to the `releases` group. Queueing and sending is the
+//! tracker's (`tracker.rs`).
 
 use crate::bindings as b;
-use crate::family::GROUP_EVENTS;
+use crate::family::{GROUP_EVENTS, GROUP_RELEASES};
 use crate::genl::{AttrSink, Message, SkbAttrs};
 use crate::uapi::{cmd, event as a, reason};
 use core::ffi::c_int;
@@ -148,14 +149,64 @@ pub(crate) unsafe fn classify(sk: *const b::sock, old: c_int) -> (u8, u32, bool)
     (why, time_wait, peer_fin)
 }
 
+/// The groups that carry events `cmd`: every event goes to `events`, a release to
+/// `releases` as well.
+fn groups_of(cmd: u8) -> &'static [u32] {
+    if cmd == cmd::SOCK_RELEASED {
+        &[GROUP_EVENTS, GROUP_RELEASES]
+    } else {
+        &[GROUP_EVENTS]
+    }
+}
+
+/// Whether a group that carries events `cmd` has a listener. Netlink keeps one
+/// listener bitmap per group for the whole host, so this is true for every namespace
+/// once any has a listener; the message then finds none in `net` (ESRCH). Callable
+/// in softirq: the check reads the groups' bitmaps under RCU.
+///
+/// # Safety
+///
+/// `family` must be registered and `net` alive.
+pub(crate) unsafe fn has_listeners(
+    family: *const b::genl_family,
+    net: *mut b::net,
+    cmd: u8,
+) -> bool {
+    groups_of(cmd).iter().any(|&group| {
+        // SAFETY: the caller keeps the family registered and `net` alive.
+        unsafe { b::prism_genl_has_listeners(family, net, group) }
+    })
+}
+
 impl Event {
-    /// Sends the event with sequence number `seq` to the `events` listeners of its
-    /// namespace; the netlink result (0, ESRCH, ENOBUFS or an allocation failure).
+    /// Sends the event with sequence number `seq` to the listeners of its groups in
+    /// its namespace; the netlink result (0, ESRCH, ENOBUFS or an allocation failure;
+    /// the first failure when the event goes to two groups).
     ///
     /// # Safety
     ///
     /// `family` must stay registered during the call.
     pub(crate) unsafe fn send(&self, family: *const b::genl_family, seq: u64) -> c_int {
+        let mut result = -(b::ESRCH as c_int);
+        for &group in groups_of(self.cmd) {
+            // SAFETY: the caller keeps the family registered; the event holds a
+            // reference on its namespace.
+            if !unsafe { b::prism_genl_has_listeners(family, self.net.as_ptr(), group) } {
+                continue;
+            }
+            // SAFETY: as above.
+            let ret = unsafe { self.send_to(family, seq, group) };
+            if result == -(b::ESRCH as c_int) || (result == 0 && ret != -(b::ESRCH as c_int)) {
+                result = ret;
+            }
+        }
+        result
+    }
+
+    /// # Safety
+    ///
+    /// `family` must stay registered during the call.
+    unsafe fn send_to(&self, family: *const b::genl_family, seq: u64, group: u32) -> c_int {
         // SAFETY: the caller keeps the family registered.
         let msg = unsafe { Message::notification(family, self.cmd, EVENT_SIZE) };
         let Ok(mut msg) = msg else {
@@ -165,7 +216,7 @@ impl Event {
             return -(b::EMSGSIZE as c_int);
         }
         // SAFETY: as above; the event's namespace reference keeps `net` alive.
-        unsafe { msg.multicast(family, self.net.as_ptr(), GROUP_EVENTS) }
+        unsafe { msg.multicast(family, self.net.as_ptr(), group) }
     }
 
     fn encode(&self, msg: &mut Message<'_>, seq: u64) -> Result {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The `prism_sock` generic netlink family: its operations, their policies and the
-//! `events` multicast group, registered for the module's lifetime.
+//! `events` and `releases` multicast groups, registered for the module's lifetime.
 
 use crate::bindings as b;
 use crate::export;
@@ -15,8 +15,11 @@ use core::ffi::c_int;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
-/// Index of the `events` group in the family's group array.
+/// Index of the `events` group (every event) in the family's group array.
 pub(crate) const GROUP_EVENTS: u32 = 0;
+/// Index of the `releases` group (`SOCK_RELEASED` only): what a proxy that only
+/// removes steering entries needs, without a wake-up for every import and export.
+pub(crate) const GROUP_RELEASES: u32 = 1;
 
 const N_OPS: usize = 5;
 const INFO_MAXATTR: u16 = attr::PROTO_VERSION;
@@ -29,7 +32,7 @@ const IMPORT_MAXATTR: u16 = state::MAX;
 struct Definition {
     family: b::genl_family,
     ops: [b::genl_ops; N_OPS],
-    groups: [b::genl_multicast_group; 1],
+    groups: [b::genl_multicast_group; 2],
     info_policy: [b::nla_policy; INFO_MAXATTR as usize + 1],
     export_policy: [b::nla_policy; EXPORT_MAXATTR as usize + 1],
     import_policy: [b::nla_policy; IMPORT_MAXATTR as usize + 1],
@@ -207,11 +210,13 @@ impl Family {
         d.ops[4].dumpit = Some(list::sock_list);
         d.ops[4].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
-        copy_name(
-            &mut d.groups[GROUP_EVENTS as usize].name,
-            uapi::MCGRP_EVENTS,
-        );
-        d.groups[GROUP_EVENTS as usize].flags = b::PRISM_GENL_MCAST_CAP_NET_ADMIN;
+        for (group, name) in [
+            (GROUP_EVENTS, uapi::MCGRP_EVENTS),
+            (GROUP_RELEASES, uapi::MCGRP_RELEASES),
+        ] {
+            copy_name(&mut d.groups[group as usize].name, name);
+            d.groups[group as usize].flags = b::PRISM_GENL_MCAST_CAP_NET_ADMIN;
+        }
 
         let f = &mut d.family;
         copy_name(&mut f.name, uapi::FAMILY_NAME);

@@ -13,8 +13,7 @@
 
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
-use crate::events::{classify, Event, NetRef, SocketId};
-use crate::family::GROUP_EVENTS;
+use crate::events::{self, classify, Event, NetRef, SocketId};
 use crate::guard;
 use crate::stats::{Stats, STATS};
 use crate::uapi::{cmd, reason};
@@ -133,8 +132,8 @@ impl Locked<'_> {
 /// A socket ready to be tracked, its allocations done.
 pub(crate) struct Prepared {
     tracked: KBox<Tracked>,
-    /// `SOCK_IMPORTED`, built only when the `events` group had a listener in the
-    /// socket's namespace as the import began: a hop nobody watches allocates no event.
+    /// `SOCK_IMPORTED`, built only when the `events` group had a listener as the import
+    /// began: a hop nobody watches allocates no event.
     imported: Option<KBox<Event>>,
 }
 
@@ -278,7 +277,8 @@ impl Tracker {
             next: core::ptr::null_mut(),
         };
         let released = KBox::new(event(cmd::SOCK_RELEASED), GFP_KERNEL)?;
-        let imported = if self.listening(&released) {
+        // SAFETY: the socket holds a reference on its namespace.
+        let imported = if unsafe { self.listening(net, cmd::SOCK_IMPORTED) } {
             Some(KBox::new(event(cmd::SOCK_IMPORTED), GFP_KERNEL)?)
         } else {
             None
@@ -352,8 +352,10 @@ impl Tracker {
         let Some(tracked) = self.lock().remove(sk as usize) else {
             return;
         };
-        // Nobody to tell: the entry goes without building its event.
-        if !self.listening(&tracked.event) {
+        // Nobody to tell (a `releases` listener is not told of exports): the entry goes
+        // without building its event.
+        // SAFETY: the event holds a reference on its namespace.
+        if !unsafe { self.listening(tracked.event.net.as_ptr(), cmd::SOCK_EXPORTED) } {
             return;
         }
         // SAFETY: the caller holds the locked socket.
@@ -370,19 +372,23 @@ impl Tracker {
         if ev.cmd == cmd::SOCK_RELEASED {
             Stats::bump(&STATS.releases);
         }
-        if self.listening(&ev) && self.lock().push(ev) {
+        // SAFETY: the event holds a reference on its namespace.
+        if unsafe { self.listening(ev.net.as_ptr(), ev.cmd) } && self.lock().push(ev) {
             self.kick();
         }
     }
 
-    /// Whether the `events` group has a listener in `ev`'s namespace. Callable in
-    /// softirq: the check reads the group's listener bitmap under RCU.
-    fn listening(&self, ev: &Event) -> bool {
+    /// Whether a group that carries events `cmd` has a listener (see
+    /// [`events::has_listeners`]). Callable in softirq.
+    ///
+    /// # Safety
+    ///
+    /// `net` must be alive.
+    unsafe fn listening(&self, net: *mut b::net, cmd: u8) -> bool {
         let family = self.family.load(Ordering::Acquire);
         // SAFETY: the family stays registered while it is stored here (`stop` clears
-        // it before the family goes); the event holds a reference on its namespace.
-        !family.is_null()
-            && unsafe { b::prism_genl_has_listeners(family, ev.net.as_ptr(), GROUP_EVENTS) }
+        // it before the family goes); the caller keeps `net` alive.
+        !family.is_null() && unsafe { events::has_listeners(family, net, cmd) }
     }
 
     fn kick(&self) {

@@ -12,8 +12,10 @@ use kernel::str::CStr;
 pub(crate) const FAMILY_NAME: &CStr = c_str!("prism_sock");
 /// Protocol version of the family; a caller speaking a newer one is refused.
 pub(crate) const PROTO_VERSION: u32 = 1;
-/// Multicast group carrying migration events.
+/// Multicast group carrying every event.
 pub(crate) const MCGRP_EVENTS: &CStr = c_str!("events");
+/// Multicast group carrying `SOCK_RELEASED` only.
+pub(crate) const MCGRP_RELEASES: &CStr = c_str!("releases");
 /// Version of this module, reported by `GET_INFO`.
 pub(crate) const MODULE_VERSION: &CStr = c_str!("0.1.0");
 
@@ -22,7 +24,7 @@ pub(crate) mod cmd {
     pub(crate) const GET_INFO: u8 = 1;
     pub(crate) const SOCK_EXPORT: u8 = 2;
     pub(crate) const SOCK_IMPORT: u8 = 3;
-    /// Events on the `events` group.
+    /// Events on the `events` group (`SOCK_RELEASED` also on `releases`).
     pub(crate) const SOCK_IMPORTED: u8 = 4;
     pub(crate) const SOCK_EXPORTED: u8 = 5;
     pub(crate) const SOCK_RELEASED: u8 = 6;

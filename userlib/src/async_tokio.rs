@@ -1,17 +1,18 @@
 //! tokio integration: the event subscription as a [`Stream`], imports straight to a
 //! [`tokio::net::TcpStream`], and the control-connection frames over async I/O.
 //!
-//! Netlink requests themselves stay blocking (they take microseconds to a few
-//! milliseconds); call [`Client`] methods from `spawn_blocking` in latency-sensitive
-//! servers.
+//! Netlink requests themselves are blocking system calls that return in microseconds
+//! (a few milliseconds for a socket with megabytes queued), so a server calls
+//! [`Client`] methods on its runtime thread, as prism-node does: a trip through
+//! `spawn_blocking` and back costs more than the call.
 
 use crate::client::{Client, ImportOptions};
 use crate::error::Result;
-use crate::events::{Event, EventListener};
+use crate::events::{Event, EventListener, Group};
 use crate::state::MigrationState;
-use crate::transfer::frame_len;
+use crate::transfer::{frame_header, frame_len, FRAME_HEADER};
 use futures_core::Stream;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -19,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The `events` group as a tokio [`Stream`] of [`Event`]s.
+/// A multicast group (`events` or `releases`) as a tokio [`Stream`] of [`Event`]s.
 pub struct EventStream {
     inner: AsyncFd<EventListener>,
 }
@@ -28,7 +29,13 @@ impl EventStream {
     /// Joins the `events` group (CAP_NET_ADMIN needed, see [`EventListener::open`]).
     /// Must be called inside a tokio runtime.
     pub fn open() -> Result<Self> {
-        let listener = EventListener::open()?;
+        Self::join(Group::Events)
+    }
+
+    /// Joins `group` (CAP_NET_ADMIN needed, see [`EventListener::join`]). Must be
+    /// called inside a tokio runtime.
+    pub fn join(group: Group) -> Result<Self> {
+        let listener = EventListener::join(group)?;
         set_nonblocking(listener.as_raw_fd())?;
         // SAFETY: the listener owns its netlink fd and neither closes nor replaces it
         // while the AsyncFd holds it (it is closed when the AsyncFd drops it).
@@ -86,18 +93,32 @@ impl Client {
 }
 
 /// Writes one frame (big-endian u32 length, then `payload`) to an async writer.
+///
+/// Header and payload go out in one write where the writer takes vectors (a TCP
+/// stream does): on a TCP_NODELAY socket two writes are two segments. Wrap the reading
+/// half in a [`tokio::io::BufReader`] so that [`read_frame`] takes a frame in one read.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(payload).await?;
+    let header = frame_header(payload)?;
+    let mut done = 0;
+    while done < FRAME_HEADER + payload.len() {
+        let n = if done < FRAME_HEADER {
+            w.write_vectored(&[IoSlice::new(&header[done..]), IoSlice::new(payload)])
+                .await?
+        } else {
+            w.write(&payload[done - FRAME_HEADER..]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
     w.flush().await
 }
 
 /// Reads one frame of at most `max` bytes from an async reader; `Ok(None)` on a clean
 /// close between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
-    let mut header = [0u8; 4];
+    let mut header = [0u8; FRAME_HEADER];
     match r.read_exact(&mut header).await {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),

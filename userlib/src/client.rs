@@ -5,9 +5,10 @@
 //! the kernel's extack message is what tells a user why a request was refused.
 
 use crate::error::{Error, KernelError, Result};
+use crate::events::Group;
 use crate::events::TrackedSocket;
 use crate::state::MigrationState;
-use crate::uapi::{Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION};
+use crate::uapi::{Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, MCGRP_RELEASES, PROTO_VERSION};
 use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
 use neli::consts::nl::{GenlId, NlType, NlmF, NlmsgerrAttr};
 use neli::consts::socket::NlFamily;
@@ -118,6 +119,8 @@ pub struct Client {
     sock: NlSocketHandle,
     family: u16,
     events_group: u32,
+    /// `None` from a module that predates the group.
+    releases_group: Option<u32>,
     seq: Cell<u32>,
     /// Request size the socket's send buffer is known to take.
     sndbuf: Cell<usize>,
@@ -328,6 +331,7 @@ impl Client {
             sock,
             family: 0,
             events_group: 0,
+            releases_group: None,
             seq: Cell::new(1),
             sndbuf: Cell::new(DEFAULT_SNDBUF),
             replies: RefCell::new(vec![0; MAX_REPLY]),
@@ -351,16 +355,18 @@ impl Client {
         let groups = h
             .get_nested_attributes::<Index>(CtrlAttr::McastGroups)
             .map_err(proto)?;
-        client.events_group = groups
-            .iter()
-            .find_map(|g| {
+        let group = |want: &str| {
+            groups.iter().find_map(|g| {
                 let g = g.get_attr_handle::<CtrlAttrMcastGrp>().ok()?;
                 let name = g
                     .get_attr_payload_as_with_len::<String>(CtrlAttrMcastGrp::Name)
                     .ok()?;
-                (name == MCGRP_EVENTS).then(|| g.get_attr_payload_as::<u32>(CtrlAttrMcastGrp::Id).ok())?
+                (name == want).then(|| g.get_attr_payload_as::<u32>(CtrlAttrMcastGrp::Id).ok())?
             })
-            .ok_or_else(|| proto("family has no `events` multicast group"))?;
+        };
+        client.events_group =
+            group(MCGRP_EVENTS).ok_or_else(|| proto("family has no `events` multicast group"))?;
+        client.releases_group = group(MCGRP_RELEASES);
         Ok(client)
     }
 
@@ -372,6 +378,17 @@ impl Client {
     /// The multicast group id of the `events` group.
     pub fn events_group(&self) -> u32 {
         self.events_group
+    }
+
+    /// The multicast group id of `group`; [`Error::Protocol`] if the loaded module
+    /// predates the group.
+    pub fn group_id(&self, group: Group) -> Result<u32> {
+        match group {
+            Group::Events => Ok(self.events_group),
+            Group::Releases => self
+                .releases_group
+                .ok_or_else(|| proto("the loaded module has no `releases` multicast group")),
+        }
     }
 
     /// Sends one request and collects its replies up to the kernel's acknowledgement,

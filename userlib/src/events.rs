@@ -1,5 +1,5 @@
-//! The module's `events` multicast group: imports, exports and releases of migrated
-//! sockets, as a blocking iterator.
+//! The module's multicast groups: `events` (imports, exports and releases of migrated
+//! sockets) and `releases` (releases only), as a blocking iterator.
 
 use crate::client::Client;
 use crate::error::{Error, KernelError, Result};
@@ -62,12 +62,36 @@ impl From<u8> for Reason {
     }
 }
 
-/// One event of the `events` group.
+/// A multicast group of the family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Group {
+    /// Every event: imports, exports and releases.
+    Events,
+    /// Releases only: what removing steering entries needs, without a wake-up for
+    /// every import and export. Sequence numbers are those of the `events` group, so
+    /// they grow with gaps for the events this group does not carry.
+    Releases,
+}
+
+impl Group {
+    /// The group's name in the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Events => crate::uapi::MCGRP_EVENTS,
+            Group::Releases => crate::uapi::MCGRP_RELEASES,
+        }
+    }
+}
+
+/// One event of the `events` or the `releases` group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// Per-namespace sequence number, from 1; a gap means this listener lost events.
+    /// Per-namespace sequence number, from 1, counted over the `events` group: a gap
+    /// there means the listener lost events (a `releases` listener sees gaps for the
+    /// imports and exports in between; a lost event shows as ENOBUFS).
     pub seq: u64,
     /// Id of the hand-off that brought the socket to this host.
     pub migration_id: u64,
@@ -99,7 +123,7 @@ pub struct Event {
 /// Receive buffer of a listener: room for a burst of thousands of events.
 const LISTENER_RCVBUF: usize = 8 << 20;
 
-/// A subscription to the `events` group of the caller's network namespace.
+/// A subscription to a group of the caller's network namespace.
 pub struct EventListener {
     sock: NlSocketHandle,
     family: u16,
@@ -123,7 +147,14 @@ impl EventListener {
     /// Joins the `events` group. Needs CAP_NET_ADMIN in the namespace: others get
     /// [`Error::Kernel`] with EPERM.
     pub fn open() -> Result<Self> {
+        Self::join(Group::Events)
+    }
+
+    /// Joins `group`. Needs CAP_NET_ADMIN in the namespace: others get
+    /// [`Error::Kernel`] with EPERM.
+    pub fn join(group: Group) -> Result<Self> {
         let client = Client::connect()?;
+        let group_id = client.group_id(group)?;
         let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(netlink)?;
         let _ = crate::client::set_buf(
             sock.as_raw_fd(),
@@ -144,11 +175,11 @@ impl EventListener {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        sock.add_mcast_membership(Groups::new_groups(&[client.events_group()]))
+        sock.add_mcast_membership(Groups::new_groups(&[group_id]))
             .map_err(|e| match e {
                 SocketError::Io(io) => Error::Kernel(KernelError {
                     errno: io.raw_os_error().unwrap_or(0),
-                    message: Some(format!("cannot join the events group: {io}")),
+                    message: Some(format!("cannot join the {} group: {io}", group.name())),
                     bad_attr_offset: None,
                 }),
                 e => netlink(e),

@@ -26,6 +26,6 @@ pub mod uapi;
 pub use backend::{Backend, Exported};
 pub use client::{Client, DepartedInfo, ImportOptions, Imported, ModuleInfo, RawAttr};
 pub use error::{Error, KernelError, Result};
-pub use events::{Event, EventKind, EventListener, Reason, TrackedSocket};
+pub use events::{Event, EventKind, EventListener, Group, Reason, TrackedSocket};
 pub use state::{DecodedState, MigrationState, BLOB_VERSION};
 pub use transfer::{read_frame, write_frame, Handoff, MAX_FRAME};

@@ -4,7 +4,7 @@
 
 use crate::backend::Exported;
 use crate::error::{Error, Result};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 /// Largest frame [`read_frame`] accepts unless told otherwise: a state blob with full
 /// queues plus a request fits well below it.
@@ -68,17 +68,40 @@ fn take_len_prefixed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Writes one frame: a big-endian u32 length, then `payload`.
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(payload)?;
+    let header = frame_header(payload)?;
+    // Header and payload in one write where the writer takes vectors: on a TCP_NODELAY
+    // socket two writes are two segments, and two wake-ups of the reader.
+    let mut done = 0;
+    while done < FRAME_HEADER + payload.len() {
+        let n = if done < FRAME_HEADER {
+            w.write_vectored(&[IoSlice::new(&header[done..]), IoSlice::new(payload)])
+        } else {
+            w.write(&payload[done - FRAME_HEADER..])
+        };
+        match n {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     w.flush()
+}
+
+/// Bytes of a frame's length header.
+pub(crate) const FRAME_HEADER: usize = 4;
+
+/// The length header of a frame carrying `payload`.
+pub(crate) fn frame_header(payload: &[u8]) -> io::Result<[u8; FRAME_HEADER]> {
+    u32::try_from(payload.len())
+        .map(u32::to_be_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))
 }
 
 /// Reads one frame of at most `max` bytes; `Ok(None)` when the peer closed cleanly
 /// between frames. A longer frame is refused with `InvalidData` before it is read.
 pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
+    let mut len = [0u8; FRAME_HEADER];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -104,6 +127,49 @@ pub(crate) fn frame_len(header: [u8; 4], max: usize) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records each write it takes, accepting at most `limit` bytes at a time.
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        limit: usize,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.limit);
+            self.writes.push(buf[..n].to_vec());
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.write(&all)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_frame_is_one_write_and_survives_short_writes() {
+        let mut whole = Recorder {
+            writes: Vec::new(),
+            limit: usize::MAX,
+        };
+        write_frame(&mut whole, b"payload").unwrap();
+        assert_eq!(whole.writes, [b"\0\0\0\x07payload".to_vec()]);
+        let mut short = Recorder {
+            writes: Vec::new(),
+            limit: 3,
+        };
+        write_frame(&mut short, b"payload").unwrap();
+        assert_eq!(short.writes.concat(), whole.writes.concat());
+        assert_eq!(
+            read_frame(&mut short.writes.concat().as_slice(), 16).unwrap(),
+            Some(b"payload".to_vec())
+        );
+    }
 
     fn sample() -> Handoff {
         Handoff {

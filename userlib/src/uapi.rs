@@ -7,6 +7,8 @@ pub const FAMILY_NAME: &str = "prism_sock";
 pub const PROTO_VERSION: u32 = 1;
 /// Name of the multicast group carrying migration events.
 pub const MCGRP_EVENTS: &str = "events";
+/// Multicast group carrying `SOCK_RELEASED` only.
+pub const MCGRP_RELEASES: &str = "releases";
 
 /// Commands of the family.
 #[neli::neli_enum(serialized_type = "u8")]

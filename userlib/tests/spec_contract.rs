@@ -2,7 +2,8 @@
 //! every name and number: this test reads all three.
 
 use prism_sock::uapi::{
-    Command, EventAttr, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, PROTO_VERSION, STATE_ATTR_NAMES,
+    Command, EventAttr, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, MCGRP_RELEASES, PROTO_VERSION,
+    STATE_ATTR_NAMES,
 };
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -53,8 +54,14 @@ fn kmod_consts(module: &str) -> BTreeMap<String, u64> {
 fn family_identity_matches() {
     let s = spec();
     assert_eq!(s["name"].as_str(), Some(FAMILY_NAME));
-    let groups = numbered(&s["mcast-groups"]["list"]);
-    assert!(groups.contains_key(MCGRP_EVENTS));
+    // The module registers its groups in the spec's order: events, then releases.
+    let groups: Vec<&str> = s["mcast-groups"]["list"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, [MCGRP_EVENTS, MCGRP_RELEASES]);
     let version = s["definitions"]
         .as_sequence()
         .unwrap()
@@ -64,6 +71,11 @@ fn family_identity_matches() {
     let kmod = std::fs::read_to_string(root().join("kmod/uapi.rs")).unwrap();
     assert!(kmod.contains(&format!("PROTO_VERSION: u32 = {PROTO_VERSION};")));
     assert!(kmod.contains(&format!("c_str!(\"{FAMILY_NAME}\")")));
+    for group in groups {
+        assert!(kmod.contains(&format!("c_str!(\"{group}\")")), "{group}");
+    }
+    let family = std::fs::read_to_string(root().join("kmod/family.rs")).unwrap();
+    assert!(family.contains("GROUP_EVENTS: u32 = 0;") && family.contains("GROUP_RELEASES: u32 = 1;"));
 }
 
 #[test]

@@ -60,9 +60,15 @@ enum Cmd {
         /// A short run of every part.
         #[arg(long)]
         smoke: bool,
-        /// Only these parts: hops, live, dsr.
+        /// Only these parts: hops, live, dsr, or handoff (the hand-off runs of dsr).
         #[arg(long, value_delimiter = ',', default_value = "hops,live,dsr")]
         parts: Vec<String>,
+        /// wrk connections of the hand-off runs, instead of the run's own.
+        #[arg(long, value_delimiter = ',')]
+        handoff_connections: Vec<usize>,
+        /// Seconds of each load run, instead of the run's own.
+        #[arg(long)]
+        load_secs: Option<u32>,
     },
     /// Hop one way of moving `hops` times (`make profile` records it with perf).
     HopLoop {
@@ -129,12 +135,20 @@ fn main() -> ExitCode {
             accel,
             smoke,
             parts,
+            handoff_connections,
+            load_secs,
         } => {
-            let opts = if smoke {
+            let mut opts = if smoke {
                 bench::Options::smoke()
             } else {
                 bench::Options::full()
             };
+            if !handoff_connections.is_empty() {
+                opts.load.handoff_connections = handoff_connections;
+            }
+            if let Some(secs) = load_secs {
+                opts.load.secs = secs;
+            }
             let mut log = harness::Log::echoing();
             let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
             let run = bench::run_parts(&env, &mut log, &opts, &accel, &parts).and_then(|r| {

@@ -41,6 +41,9 @@ enum Cmd {
         /// Stop after this many seconds without an event.
         #[arg(long)]
         idle_timeout: Option<u64>,
+        /// Join the `releases` group (SOCK_RELEASED only) instead of `events`.
+        #[arg(long)]
+        releases: bool,
     },
     /// Export a TCP socket of a running process (or of prismctl itself) to a state file.
     Export {
@@ -221,9 +224,14 @@ fn status(json: bool) -> Result<(), prism_sock::Error> {
     Ok(())
 }
 
-fn monitor(json: bool, count: Option<u64>, idle: Option<u64>) -> Result<(), prism_sock::Error> {
+fn monitor(
+    group: prism_sock::Group,
+    json: bool,
+    count: Option<u64>,
+    idle: Option<u64>,
+) -> Result<(), prism_sock::Error> {
     use std::io::Write;
-    let mut events = prism_sock::EventListener::open()?;
+    let mut events = prism_sock::EventListener::join(group)?;
     let mut seen = 0;
     while count.is_none_or(|c| seen < c) {
         let Some(e) = events.next_timeout(idle.map(std::time::Duration::from_secs))? else {
@@ -266,7 +274,15 @@ fn main() -> ExitCode {
             json,
             count,
             idle_timeout,
-        } => monitor(json, count, idle_timeout).map_err(|e| e.to_string()),
+            releases,
+        } => {
+            let group = if releases {
+                prism_sock::Group::Releases
+            } else {
+                prism_sock::Group::Events
+            };
+            monitor(group, json, count, idle_timeout).map_err(|e| e.to_string())
+        }
         Cmd::Export {
             pid,
             fd,

@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::BufReader;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -37,6 +38,8 @@ use tokio::sync::oneshot;
 const BUDGET: Duration = Duration::from_secs(2);
 /// Signing context of frames between nodes.
 const CONTEXT: &[u8] = b"prism-node handoff v2";
+/// Read buffer of a hand-off connection.
+const READ_BUFFER: usize = 64 * 1024;
 /// Request flag: the sender forwards the client's packets to the owner.
 const FORWARDS: u8 = 1;
 
@@ -83,7 +86,8 @@ impl Peer {
             .map_err(|_| format!("connect to {} timed out", self.addr))?
             .map_err(|e| format!("connect to {}: {e}", self.addr))?;
         let _ = stream.set_nodelay(true);
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(wr),
             waiting: Mutex::new(HashMap::new()),
@@ -278,7 +282,9 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
-            let (mut rd, wr) = stream.into_split();
+            let (rd, wr) = stream.into_split();
+            // A frame in one read where it fits (a hand-off is mostly a few hundred bytes).
+            let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
             let wr = Arc::new(tokio::sync::Mutex::new(wr));
             loop {
                 let frame = match read_frame(&mut rd, MAX_FRAME).await {

@@ -17,6 +17,7 @@ use prism_sock::{Backend, Client};
 use stats::Stats;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,10 +169,11 @@ pub async fn run(
     let control = bind(this.control_addr()).await?;
     let admin = bind(this.admin_addr()).await?;
     // Without the module there are no release events: the node reports its own closes.
+    // Releases are all it needs: the `events` group would wake it for every hop too.
     let events = match backend {
         BackendChoice::Module => Some(
-            prism_sock::async_tokio::EventStream::open()
-                .map_err(|e| format!("cannot subscribe to prism_sock events: {e}"))?,
+            prism_sock::async_tokio::EventStream::join(prism_sock::Group::Releases)
+                .map_err(|e| format!("cannot subscribe to prism_sock releases: {e}"))?,
         ),
         _ => None,
     };
@@ -260,7 +262,7 @@ async fn answer_requests(node: Arc<Node>, mut conn: Conn) -> bool {
             Parsed::Refuse(status, reason) => {
                 Stats::bump(&node.stats.responses_4xx);
                 let head = http::response_head(status, reason, 0, false, &served_by(&node, &conn));
-                let _ = conn.stream.write_all(&head).await;
+                let _ = respond(&node, &mut conn, &head, &[]).await;
                 let _ = conn.stream.shutdown().await;
                 return false;
             }
@@ -281,7 +283,7 @@ async fn answer_requests(node: Arc<Node>, mut conn: Conn) -> bool {
                     node.cluster.nodes[owner].name
                 );
                 let reply = http::response_head(421, "Misdirected Request", 0, head.keep_alive, &extra);
-                if conn.stream.write_all(&reply).await.is_err() {
+                if respond(&node, &mut conn, &reply, &[]).await.is_err() {
                     return false;
                 }
             }
@@ -292,7 +294,7 @@ async fn answer_requests(node: Arc<Node>, mut conn: Conn) -> bool {
                     Stats::bump(&node.stats.responses_503);
                     let extra = format!("{}Retry-After: 1\r\n", served_by(&node, &conn));
                     let reply = http::response_head(503, "Service Unavailable", 0, head.keep_alive, &extra);
-                    if conn.stream.write_all(&reply).await.is_err() {
+                    if respond(&node, &mut conn, &reply, &[]).await.is_err() {
                         return false;
                     }
                 }
@@ -320,21 +322,50 @@ async fn write_object(node: &Node, conn: &mut Conn, head: &http::Head) -> std::i
     let Some((body, digest)) = object else {
         Stats::bump(&node.stats.responses_4xx);
         let reply = http::response_head(404, "Not Found", 0, head.keep_alive, &served_by(node, conn));
-        conn.stream.write_all(&reply).await?;
-        first_byte_out(node, conn);
-        return Ok(());
+        return respond(node, conn, &reply, &[]).await;
     };
     let extra = format!("{}X-Object-Sha256: {}\r\n", served_by(node, conn), digest);
     let reply = http::response_head(200, "OK", body.len(), head.keep_alive, &extra);
-    conn.stream.write_all(&reply).await?;
-    first_byte_out(node, conn);
-    if !head.head_only {
-        conn.stream.write_all(body).await?;
-        node.stats
-            .body_bytes
-            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    }
+    let body = if head.head_only { &[][..] } else { &body[..] };
+    respond(node, conn, &reply, body).await?;
+    node.stats
+        .body_bytes
+        .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Stats::bump(&node.stats.responses_200);
+    Ok(())
+}
+
+/// Writes a response, `head` then `body`, in as few writes as the socket takes (on a
+/// TCP_NODELAY socket two writes send the head in a segment of its own), and ends the
+/// hand-off timer once the first bytes are out. The first write goes to the socket at
+/// once: through tokio it would wait for the reactor to report a socket it has just
+/// registered (one taken over) writable, a trip through the event loop per hand-off.
+async fn respond(node: &Node, conn: &mut Conn, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let total = head.len() + body.len();
+    let parts = [IoSlice::new(head), IoSlice::new(body)];
+    let mut done = match socket2::SockRef::from(&conn.stream).send_vectored(&parts) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if done > 0 {
+        first_byte_out(node, conn);
+    }
+    while done < total {
+        let n = if done < head.len() {
+            let parts = [IoSlice::new(&head[done..]), IoSlice::new(body)];
+            conn.stream.write_vectored(&parts).await?
+        } else {
+            conn.stream.write(&body[done - head.len()..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if done == 0 {
+            first_byte_out(node, conn);
+        }
+        done += n;
+    }
     Ok(())
 }
 

@@ -8,10 +8,14 @@ use prism_sock::async_tokio::{read_frame, write_frame};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 type Done = oneshot::Sender<Result<(), String>>;
+
+/// Most requests sent in one write.
+const BURST: usize = 256;
 
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
@@ -90,7 +94,8 @@ async fn link(
         if warned {
             eprintln!("{node}: prism-steerd at {steerd} reachable again");
         }
-        let (mut rd, mut wr) = sock.into_split();
+        let (rd, mut wr) = sock.into_split();
+        let mut rd = tokio::io::BufReader::new(rd);
         // Frames are read by their own task: a read cut short by `select!` would lose
         // the bytes it had taken.
         let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply>();
@@ -130,10 +135,22 @@ async fn link(
         while ok {
             tokio::select! {
                 queued = rx.recv() => {
-                    let Some((request, done)) = queued else { return };
-                    seq += 1;
-                    ok = write_frame(&mut wr, &seal(seq, &request)).await.is_ok();
-                    unacked.push_back(Pending { seq, request, done });
+                    let Some(first) = queued else { return };
+                    // Everything queued meanwhile goes out in the same write: a burst
+                    // of hand-offs costs one segment and one wake-up of the daemon.
+                    let mut out = Vec::new();
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some((request, done)) = next.take() {
+                        seq += 1;
+                        taken += 1;
+                        let _ = prism_sock::write_frame(&mut out, &seal(seq, &request));
+                        unacked.push_back(Pending { seq, request, done });
+                        if taken < BURST {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    ok = wr.write_all(&out).await.is_ok();
                 }
                 reply = replies.recv() => {
                     let Some(reply) = reply else { ok = false; continue };

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use table::{Op, Table};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,20 +81,46 @@ async fn session(
 ) -> Result<(), String> {
     let from = stream.peer_addr().map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    // Every frame in one read rather than a header and a body.
+    let mut rd = tokio::io::BufReader::new(rd);
     let nonce = steer_proto::new_nonce().map_err(|e| e.to_string())?;
     write_frame(&mut wr, &nonce).await.map_err(|e| e.to_string())?;
     // Replies are written by their own task in request order while the requests are
-    // applied in batches.
+    // applied in batches; the replies of one batch go out in one write.
     let (replies, mut pending) = mpsc::unbounded_channel::<(u64, oneshot::Receiver<Result<(), String>>)>();
     tokio::spawn(async move {
-        while let Some((seq, done)) = pending.recv().await {
-            let error = done
-                .await
-                .unwrap_or_else(|_| Err("prism-steerd stopping".into()))
-                .err();
-            let reply = serde_json::to_vec(&Reply { seq, error }).expect("replies serialize");
-            if write_frame(&mut wr, &reply).await.is_err() {
+        let mut next = None;
+        loop {
+            let item = match next.take() {
+                Some(item) => Some(item),
+                None => pending.recv().await,
+            };
+            let Some((seq, done)) = item else {
+                return;
+            };
+            let stopping = || Err("prism-steerd stopping".to_string());
+            let mut out = Vec::new();
+            let mut put = |seq, result: Result<(), String>| {
+                let reply = serde_json::to_vec(&Reply {
+                    seq,
+                    error: result.err(),
+                })
+                .expect("replies serialize");
+                let _ = prism_sock::write_frame(&mut out, &reply);
+            };
+            put(seq, done.await.unwrap_or_else(|_| stopping()));
+            while let Ok((seq, mut done)) = pending.try_recv() {
+                match done.try_recv() {
+                    Ok(result) => put(seq, result),
+                    Err(oneshot::error::TryRecvError::Closed) => put(seq, stopping()),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        next = Some((seq, done));
+                        break;
+                    }
+                }
+            }
+            if wr.write_all(&out).await.is_err() {
                 return;
             }
         }

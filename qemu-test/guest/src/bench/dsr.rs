@@ -347,9 +347,14 @@ fn handoff_cases(
     Ok(out)
 }
 
-/// Every mode for every size with the module, and the module's hand-off runs; then
-/// the hand-off runs again with the repair backend.
-pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<HandoffCase>), String> {
+/// Every mode for every size with the module (unless not `sweep`), and the module's
+/// hand-off runs; then the hand-off runs again with the repair backend.
+pub fn run(
+    env: &Env,
+    log: &mut Log,
+    load: &Load,
+    sweep: bool,
+) -> Result<(Vec<DsrCase>, Vec<HandoffCase>), String> {
     // The catalogue holds every size whichever sizes a run loads, so a key has the same
     // size and owner in the smoke test as in the published run.
     let sizes = [4096, 65536, 1 << 20, 16 << 20];
@@ -368,7 +373,8 @@ pub fn run(env: &Env, log: &mut Log, load: &Load) -> Result<(Vec<DsrCase>, Vec<H
         let all: Vec<String> = (0..COUNT).map(objects::key).collect();
         let mut nginx = start_nginx(&stack, &all)?;
         let result = (|| -> Result<(), String> {
-            for &size in &load.sizes {
+            let sizes = if sweep { &load.sizes[..] } else { &[] };
+            for &size in sizes {
                 let (be1, be2) = keys_of(&stack, size)?;
                 let both = wrk_script(&stack, &format!("mixed-{size}"), &interleave(&be1, &be2))?;
                 let only1 = wrk_script(&stack, &format!("be1-{size}"), &be1)?;

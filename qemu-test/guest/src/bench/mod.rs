@@ -91,7 +91,8 @@ pub fn run(env: &Env, log: &mut Log, opts: &Options, accel: &str) -> Result<Resu
     run_parts(env, log, opts, accel, &["hops", "live", "dsr"])
 }
 
-/// Runs the parts named (`hops`, `live`, `dsr`).
+/// Runs the parts named (`hops`, `live`, `dsr`; `handoff` is the hand-off runs of `dsr`
+/// alone, for profiling).
 pub fn run_parts(
     env: &Env,
     log: &mut Log,
@@ -143,8 +144,9 @@ pub fn run_parts(
                 .collect();
         }
     }
-    if parts.contains(&"dsr") {
-        let (dsr, handoff) = dsr::run(env, log, &opts.load)?;
+    if parts.contains(&"dsr") || parts.contains(&"handoff") {
+        let sweep = parts.contains(&"dsr");
+        let (dsr, handoff) = dsr::run(env, log, &opts.load, sweep)?;
         results.dsr = dsr;
         results.handoff = handoff;
     }

@@ -11,7 +11,7 @@ use crate::migrate::{expect_stream, flow_sockets, send_stream, Cluster};
 use crate::module;
 use crate::sockopt::set_int;
 use crate::topology::{self, in_ns, Topology};
-use prism_sock::{Client, Event, EventKind, EventListener, ImportOptions, Reason};
+use prism_sock::{Client, Event, EventKind, EventListener, Group, ImportOptions, Reason};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -54,6 +54,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "release_listeners_ynl_namespace_privilege",
             run: listeners,
+        },
+        Test {
+            name: "release_group_carries_releases_only",
+            run: releases_group,
         },
         Test {
             name: "release_seen_by_prismctl_monitor",
@@ -523,6 +527,72 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
     check!(
         out.trim() == format!("errno {}", libc::EPERM),
         "unprivileged listener gave {out:?}"
+    );
+    Ok(())
+}
+
+/// The `releases` group: only SOCK_RELEASED, numbered as in `events`, also through YNL;
+/// and while the host's only listeners are on `releases`, hops build no event.
+fn releases_group(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let join = |node: &'static str, group| {
+        in_ns(node, move || EventListener::join(group))?.map_err(|e| format!("{group:?} in {node}: {e}"))
+    };
+    let mut be1_releases = join("be1", Group::Releases)?;
+    let mut be2_releases = join("be2", Group::Releases)?;
+    let ynl = std::process::Command::new("ip")
+        .args(["netns", "exec", "be2", "python3"])
+        .arg(&env.ynl)
+        .arg("--spec")
+        .arg(&env.spec)
+        .arg("--schema")
+        .arg(&env.schema)
+        .args(["--subscribe", "releases", "--sleep", "25"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_joined(ynl.id(), "python")?;
+    let mut cluster = Cluster::new(false)?;
+    let sent = |cluster: &mut Cluster| -> Result<u64, String> {
+        Ok(cluster.nl("be1").info().map_err(|e| e.to_string())?.events_sent)
+    };
+    let (mut client, server) = connect_via_topology(false, PORT, None)?;
+    let (owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
+    let (mut owned, _, _) = cluster.hop(log, owned, "be1", "be2", b"")?;
+    // Two imports and an export with listeners on `releases` only: no event built.
+    check!(sent(&mut cluster)? == 0, "the hops sent events");
+    // The release goes to both groups, one event with one number.
+    let mut be2_events = join("be2", Group::Events)?;
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    drop(owned);
+    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    let released = next(&mut be2_events, log)?;
+    check!(
+        released.kind == EventKind::Released && released.seq == 1,
+        "{released:?}"
+    );
+    let only = next(&mut be2_releases, log)?;
+    check!(
+        only == released,
+        "releases group: {only:?}, events group: {released:?}"
+    );
+    check!(sent(&mut cluster)? == 1, "a release to two groups counts once");
+    quiet(&mut be2_releases, log)?;
+    quiet(&mut be1_releases, log)?;
+    let out = ynl.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    log.line(format!("ynl: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    check!(
+        text.contains("sock-released") && text.contains(&released.migration_id.to_string()),
+        "ynl on releases did not print the release"
+    );
+    check!(
+        !text.contains("sock-imported"),
+        "ynl on releases printed an import"
     );
     Ok(())
 }
