@@ -196,6 +196,7 @@ impl Event {
             }
             // SAFETY: as above.
             let ret = unsafe { self.send_to(family, seq, group) };
+            // The first failure stays; a delivery replaces "nobody listened".
             if result == -(b::ESRCH as c_int) || (result == 0 && ret != -(b::ESRCH as c_int)) {
                 result = ret;
             }

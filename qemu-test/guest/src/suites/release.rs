@@ -75,7 +75,38 @@ const LAST_ACK: u8 = 9;
 const QUIET: Duration = Duration::from_millis(1500);
 
 fn listen(node: &'static str) -> Result<EventListener, String> {
-    in_ns(node, EventListener::open)?.map_err(|e| format!("listener in {node}: {e}"))
+    join(node, Group::Events)
+}
+
+fn join(node: &'static str, group: Group) -> Result<EventListener, String> {
+    in_ns(node, move || EventListener::join(group))?.map_err(|e| format!("{group:?} listener in {node}: {e}"))
+}
+
+/// The kernel's YNL cli in `node`, subscribed to `group` for `secs` seconds, once it
+/// has joined.
+fn ynl_subscribe(env: &Env, node: &str, group: &str, secs: u32) -> Result<std::process::Child, String> {
+    let ynl = std::process::Command::new("ip")
+        .args(["netns", "exec", node, "python3"])
+        .arg(&env.ynl)
+        .arg("--spec")
+        .arg(&env.spec)
+        .arg("--schema")
+        .arg(&env.schema)
+        .args(["--subscribe", group, "--sleep", &secs.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    wait_joined(ynl.id(), "python")?;
+    Ok(ynl)
+}
+
+/// What a [`ynl_subscribe`] cli printed, once it ends (logged with its errors).
+fn ynl_output(ynl: std::process::Child, log: &mut Log) -> Result<String, String> {
+    let out = ynl.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    log.line(format!("ynl: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    Ok(text)
 }
 
 fn next(l: &mut EventListener, log: &mut Log) -> Result<Event, String> {
@@ -473,19 +504,7 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let mut other = listen("be2")?;
-    let ynl = std::process::Command::new("ip")
-        .args(["netns", "exec", "be1", "python3"])
-        .arg(&env.ynl)
-        .arg("--spec")
-        .arg(&env.spec)
-        .arg("--schema")
-        .arg(&env.schema)
-        .args(["--subscribe", "events", "--sleep", "20"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    wait_joined(ynl.id(), "python")?;
+    let ynl = ynl_subscribe(env, "be1", "events", 20)?;
     let mut cluster = Cluster::new(false)?;
     let mut mine = listen("be1")?;
     let (mut client, server) = connect_via_topology(false, PORT, None)?;
@@ -498,9 +517,7 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
     client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
     let e = next(&mut mine, log)?;
     check!(e.kind == EventKind::Released, "{e:?}");
-    let out = ynl.wait_with_output().map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    log.line(format!("ynl: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let text = ynl_output(ynl, log)?;
     for (name, id) in [
         ("sock-imported", imported.migration_id),
         ("sock-released", e.migration_id),
@@ -536,24 +553,9 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
 fn releases_group(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
-    let join = |node: &'static str, group| {
-        in_ns(node, move || EventListener::join(group))?.map_err(|e| format!("{group:?} in {node}: {e}"))
-    };
     let mut be1_releases = join("be1", Group::Releases)?;
     let mut be2_releases = join("be2", Group::Releases)?;
-    let ynl = std::process::Command::new("ip")
-        .args(["netns", "exec", "be2", "python3"])
-        .arg(&env.ynl)
-        .arg("--spec")
-        .arg(&env.spec)
-        .arg("--schema")
-        .arg(&env.schema)
-        .args(["--subscribe", "releases", "--sleep", "25"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    wait_joined(ynl.id(), "python")?;
+    let ynl = ynl_subscribe(env, "be2", "releases", 25)?;
     let mut cluster = Cluster::new(false)?;
     let sent = |cluster: &mut Cluster| -> Result<u64, String> {
         Ok(cluster.nl("be1").info().map_err(|e| e.to_string())?.events_sent)
@@ -583,9 +585,7 @@ fn releases_group(env: &Env, log: &mut Log) -> TestResult {
     check!(sent(&mut cluster)? == 1, "a release to two groups counts once");
     quiet(&mut be2_releases, log)?;
     quiet(&mut be1_releases, log)?;
-    let out = ynl.wait_with_output().map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    log.line(format!("ynl: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let text = ynl_output(ynl, log)?;
     check!(
         text.contains("sock-released") && text.contains(&released.migration_id.to_string()),
         "ynl on releases did not print the release"
