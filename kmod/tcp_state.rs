@@ -309,11 +309,22 @@ impl TcpState {
                 timestamps: rx.tstamp_ok() != 0,
                 sack: rx.sack_ok() != 0,
                 wscale_ok: rx.wscale_ok() != 0,
-                // As TCP_TIMESTAMP reports it: the low bit says the clock counts
+                // As TCP_TIMESTAMP reports it: the clock read now, as the socket's
+                // cached one lags by the time since its last packet event and the
+                // imported clock would run that far behind (never below the cached
+                // value, which segments carried); the low bit says the clock counts
                 // microseconds, which TCP_TIMESTAMP's setter takes back.
                 ts_now: {
-                    let ts = b::prism_tcp_time_stamp_ts(tp).wrapping_add(t.tsoffset);
-                    if t.tcp_usec_ts() != 0 {
+                    let usec = t.tcp_usec_ts() != 0;
+                    let cached = b::prism_tcp_time_stamp_ts(tp);
+                    let now = b::prism_tcp_clock_ts(usec);
+                    let clock = if (now.wrapping_sub(cached) as i32) > 0 {
+                        now
+                    } else {
+                        cached
+                    };
+                    let ts = clock.wrapping_add(t.tsoffset);
+                    if usec {
                         ts | 1
                     } else {
                         ts & !1

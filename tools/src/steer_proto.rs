@@ -37,19 +37,63 @@ pub enum Request {
         /// The client's address and port.
         flow: SocketAddr,
     },
-    /// Send `flow` to the requesting node from now on (ends a hold).
+    /// Send `flow` to the requesting node from now on (ends a hold), unless a later
+    /// generation of the flow was steered or released already.
     Steer {
         /// The client's address and port.
         flow: SocketAddr,
+        /// Which owner of the connection asks (absent from older nodes: zero).
+        #[serde(default)]
+        generation: Generation,
     },
     /// The requesting node's socket of `flow` is gone (its `SOCK_RELEASED` event):
-    /// remove the entry after `linger_ms`, if the node still owns it.
+    /// remove the entry after `linger_ms`, if no later generation owns it.
     Release {
         /// The client's address and port.
         flow: SocketAddr,
         /// TIME_WAIT left on the node (from the event).
         linger_ms: u64,
+        /// The generation that owned the released socket (zero if unknown).
+        #[serde(default)]
+        generation: Generation,
     },
+}
+
+/// Orders the owners of one flow. Nodes reach prism-steerd over separate connections
+/// and queue requests while it restarts, so a steer can arrive after the steer of the
+/// owner the connection moved on to; the later generation wins whatever the order of
+/// arrival. A connection is numbered by its birth (when a node accepted it, µs since
+/// the epoch; a new connection on the same client port is born later) and then by
+/// its moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Generation {
+    /// When the connection was accepted, µs since the epoch.
+    pub born_us: u64,
+    /// Changes of owner since: hand-offs, and a sender taking its connection back.
+    pub moves: u32,
+}
+
+impl Generation {
+    /// A connection accepted now.
+    pub fn born_now() -> Self {
+        let born_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Generation { born_us, moves: 0 }
+    }
+
+    /// The generation `n` owner changes later.
+    pub fn after(self, n: u32) -> Self {
+        Generation {
+            moves: self.moves.saturating_add(n),
+            ..self
+        }
+    }
+
+    /// Zero: sent by nodes that do not number their steers.
+    pub fn is_unknown(self) -> bool {
+        self == Self::default()
+    }
 }
 
 /// One authenticated request.
@@ -152,6 +196,7 @@ mod tests {
             seq: 7,
             request: Request::Steer {
                 flow: "10.0.0.2:40000".parse().unwrap(),
+                generation: Generation { born_us: 1, moves: 2 },
             },
         }
     }
@@ -175,6 +220,24 @@ mod tests {
             Err(Refusal::BadTag)
         );
         assert_eq!(open(b"k", b"n", &frame[..5]), Err(Refusal::Short(5)));
+    }
+
+    #[test]
+    fn requests_of_nodes_without_generations_still_parse() {
+        let old: Request = serde_json::from_str(r#"{"op":"steer","flow":"10.0.0.2:4000"}"#).unwrap();
+        let Request::Steer { generation, .. } = old else {
+            panic!("{old:?}")
+        };
+        assert!(generation.is_unknown());
+        let born = Generation::born_now();
+        assert!(born.after(1) > born && born.after(1).after(1) == born.after(2));
+        assert!(
+            Generation {
+                born_us: born.born_us + 1,
+                moves: 0
+            } > born.after(9),
+            "a newer connection"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Between nodes a persistent TCP connection carries frames, each signed with the
 //! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]
-//! [parsed_at u64][exported_at u64][flags u8]` (the times are the sender's
-//! CLOCK_MONOTONIC ns, for the owner's step timings) followed by a
+//! [born u64][moves u32][parsed_at u64][exported_at u64][flags u8]` (born and moves:
+//! the owner's [`Generation`]; the times are the sender's CLOCK_MONOTONIC ns, for the
+//! owner's step timings) followed by a
 //! [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a message. The
 //! owner never imports after the deadline and the sender waits a second past it, so
 //! exactly one of them ends up with the socket: the owner, or the sender, which imports
@@ -18,7 +19,7 @@
 
 use super::stats::HandTimes;
 use super::{serve, steer_here, with_backend, BackendChoice, Conn, Fault, Node, STEER_WAIT};
-use crate::steer_proto::{self, Request};
+use crate::steer_proto::{self, Generation, Request};
 use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
 use prism_sock::{EventKind, Exported, Handoff, ImportOptions, MAX_FRAME};
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use tokio::sync::oneshot;
 /// How long the owner may take to import, from the sender's export.
 const BUDGET: Duration = Duration::from_secs(2);
 /// Signing context of frames between nodes.
-const CONTEXT: &[u8] = b"prism-node handoff v2";
+const CONTEXT: &[u8] = b"prism-node handoff v3";
 /// Read buffer of a hand-off connection.
 const READ_BUFFER: usize = 64 * 1024;
 /// Request flag: the sender forwards the client's packets to the owner.
@@ -125,24 +126,21 @@ impl Peer {
     }
 
     /// Sends `handoff` and waits for the owner's answer (or the deadline).
-    async fn send(
-        &self,
-        secret: &[u8],
-        (hops, parsed_at, exported_at, flags): (u32, u64, u64, u8),
-        handoff: &Handoff,
-    ) -> Result<(), String> {
+    async fn send(&self, secret: &[u8], header: &Header, handoff: &Handoff) -> Result<(), String> {
         let link = self.link().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         link.waiting.lock().expect("not poisoned").insert(id, tx);
         let handoff = handoff.to_bytes();
-        let mut body = Vec::with_capacity(37 + handoff.len());
+        let mut body = Vec::with_capacity(49 + handoff.len());
         body.extend_from_slice(&id.to_be_bytes());
         body.extend_from_slice(&(now_ms() + BUDGET.as_millis() as u64).to_be_bytes());
-        body.extend_from_slice(&hops.to_be_bytes());
-        body.extend_from_slice(&parsed_at.to_be_bytes());
-        body.extend_from_slice(&exported_at.to_be_bytes());
-        body.push(flags);
+        body.extend_from_slice(&header.hops.to_be_bytes());
+        body.extend_from_slice(&header.generation.born_us.to_be_bytes());
+        body.extend_from_slice(&header.generation.moves.to_be_bytes());
+        body.extend_from_slice(&header.parsed_at.to_be_bytes());
+        body.extend_from_slice(&header.exported_at.to_be_bytes());
+        body.push(header.flags);
         body.extend_from_slice(&handoff);
         let frame = steer_proto::sign(secret, CONTEXT, &body);
         if let Err(e) = write_frame(&mut *link.writer.lock().await, &frame).await {
@@ -194,6 +192,7 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
         peer,
         buf,
         hops,
+        generation,
         ..
     } = conn;
     let std_stream = match stream.into_std() {
@@ -230,21 +229,26 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
                 peer,
                 buf,
                 hops,
+                generation,
                 handed_at: None,
                 direct: false,
             });
         }
     };
     drop(std_stream);
+    node.steer.disown(flow);
     let exported_at = super::stats::mono_ns();
     let handoff = Handoff { state, request: buf };
     let flags = if forwards { FORWARDS } else { 0 };
+    let header = Header {
+        hops: hops + 1,
+        generation: generation.after(1),
+        parsed_at,
+        exported_at,
+        flags,
+    };
     let sent = node.peers[owner]
-        .send(
-            node.cluster.secret.as_bytes(),
-            (hops + 1, parsed_at, exported_at, flags),
-            &handoff,
-        )
+        .send(node.cluster.secret.as_bytes(), &header, &handoff)
         .await;
     let Err(why) = sent else {
         super::Stats::bump(&node.stats.handoffs_out);
@@ -259,12 +263,16 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
     match import_here(node, state).await {
         Ok(fd) => {
             let stream = TcpStream::from_std(std::net::TcpStream::from(fd)).ok()?;
-            steer_here(node, flow).await;
+            // The owner may have imported and steered (generation + 1) before the
+            // exchange broke: taking the connection back is the move after that.
+            let generation = generation.after(2);
+            steer_here(node, flow, generation).await;
             Some(Conn {
                 stream,
                 peer,
                 buf: request,
                 hops,
+                generation,
                 handed_at: None,
                 direct: false,
             })
@@ -308,12 +316,18 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                 let parsed = body.split_first_chunk::<8>().and_then(|(id, rest)| {
                     let (deadline, rest) = rest.split_first_chunk::<8>()?;
                     let (hops, rest) = rest.split_first_chunk::<4>()?;
+                    let (born, rest) = rest.split_first_chunk::<8>()?;
+                    let (moves, rest) = rest.split_first_chunk::<4>()?;
                     let (parsed_at, rest) = rest.split_first_chunk::<8>()?;
                     let (exported_at, rest) = rest.split_first_chunk::<8>()?;
                     let (&flags, rest) = rest.split_first()?;
                     let timing = Timing {
                         deadline: u64::from_be_bytes(*deadline),
                         hops: u32::from_be_bytes(*hops),
+                        generation: Generation {
+                            born_us: u64::from_be_bytes(*born),
+                            moves: u32::from_be_bytes(*moves),
+                        },
                         times: HandTimes {
                             parsed: u64::from_be_bytes(*parsed_at),
                             exported: u64::from_be_bytes(*exported_at),
@@ -353,12 +367,28 @@ async fn answer(wr: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, result: Result
     write_frame(&mut *wr.lock().await, &body).await.is_ok()
 }
 
-/// The header of a hand-off request.
+/// What the sender puts before a hand-off's state.
+pub struct Header {
+    /// Hand-offs of the connection, this one included.
+    hops: u32,
+    /// The owner's generation.
+    generation: Generation,
+    /// When the sender parsed the request (CLOCK_MONOTONIC ns).
+    parsed_at: u64,
+    /// When the sender exported the socket.
+    exported_at: u64,
+    /// [`FORWARDS`] or 0.
+    flags: u8,
+}
+
+/// The header of a hand-off request, as the owner reads it.
 struct Timing {
     /// Last moment (ms since the epoch) the owner may import.
     deadline: u64,
     /// Hand-offs of the connection, this one included.
     hops: u32,
+    /// The owner's generation.
+    generation: Generation,
     /// When the steps so far ended.
     times: HandTimes,
     /// The sender forwards the client's packets here.
@@ -375,6 +405,7 @@ async fn take_over(
     let Timing {
         deadline,
         hops,
+        generation,
         mut times,
         forwarded,
     } = timing;
@@ -406,12 +437,12 @@ async fn take_over(
     // The answer and the steer go out together. With forwarding, the client's packets
     // reach this node through the sender until l4 steers them, so serving starts now;
     // without it they are held at l4 until the steer is in.
+    let steered = steer_here(&node, peer, generation);
     let steer = async {
         if forwarded {
-            let node = node.clone();
-            tokio::spawn(async move { steer_here(&node, peer).await });
+            tokio::spawn(steered);
         } else {
-            steer_here(&node, peer).await;
+            steered.await;
         }
     };
     let (answered, ()) = tokio::join!(answer(&wr, id, Ok(())), steer);
@@ -419,6 +450,7 @@ async fn take_over(
         // The sender cannot learn that we have it, so it will import its copy and
         // steer the flow back to itself: let go of ours (nothing was sent on it yet).
         let _ = with_backend(node.backend, |c| c.and_then(|c| c.export_detach(&std_stream)));
+        node.steer.disown(peer);
         eprintln!("{name}: hand-off {id}: sender gone before our answer; let it go");
         return;
     }
@@ -431,6 +463,7 @@ async fn take_over(
         peer,
         buf: request,
         hops,
+        generation,
         handed_at: Some(times),
         direct: false,
     };
@@ -447,10 +480,7 @@ pub async fn forward_releases(node: Arc<Node>, mut events: EventStream) {
             Some(Err(e)) => eprintln!("{}: events: {e}", node.name()),
             Some(Ok(ev)) if ev.kind == EventKind::Released && node.cluster.is_vip(ev.local.ip()) => {
                 super::Stats::bump(&node.stats.releases);
-                node.steer.post(Request::Release {
-                    flow: ev.peer,
-                    linger_ms: ev.time_wait_ms.into(),
-                });
+                node.steer.release(ev.peer, ev.time_wait_ms.into());
             }
             Some(Ok(_)) => {}
         }

@@ -11,7 +11,7 @@ pub mod steer_client;
 use crate::cluster::Cluster;
 use crate::objects;
 use crate::ring::Ring;
-use crate::steer_proto::Request;
+use crate::steer_proto::Generation;
 use http::Parsed;
 use prism_sock::{Backend, Client};
 use stats::Stats;
@@ -85,6 +85,8 @@ pub struct Conn {
     pub buf: Vec<u8>,
     /// How many times the connection was handed off so far.
     pub hops: u32,
+    /// Which owner of the connection this node is, for prism-steerd.
+    pub generation: Generation,
     /// When the steps of the hand-off that brought this connection here ended; taken
     /// when the first response byte is written, to time the hand-off.
     pub handed_at: Option<stats::HandTimes>,
@@ -217,6 +219,7 @@ async fn accept(node: Arc<Node>, listener: TcpListener, direct: bool) {
                     peer,
                     buf: Vec::new(),
                     hops: 0,
+                    generation: Generation::born_now(),
                     handed_at: None,
                     direct,
                 };
@@ -240,10 +243,7 @@ pub async fn serve(node: Arc<Node>, conn: Conn) {
     // for max_linger_ms to cover the FIN exchange.
     if !handed_off && node.backend == BackendChoice::Repair && !direct {
         Stats::bump(&node.stats.releases);
-        node.steer.post(Request::Release {
-            flow,
-            linger_ms: node.cluster.steerd.max_linger_ms,
-        });
+        node.steer.release(flow, node.cluster.steerd.max_linger_ms);
     }
 }
 
@@ -443,15 +443,21 @@ async fn admin_server(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// Steers `flow` to this node, logging (not failing) when prism-steerd is slow: the
-/// request stays queued and is applied when it answers.
-pub async fn steer_here(node: &Node, flow: SocketAddr) {
+/// Steers `flow` to this node, its owner of `generation`: the ownership and the
+/// request are recorded before this returns; the future logs (does not fail) when
+/// prism-steerd is slow, as the request stays queued and is applied when it answers.
+pub fn steer_here(
+    node: &Arc<Node>,
+    flow: SocketAddr,
+    generation: Generation,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let since = stats::mono_ns();
-    let result = node.steer.call(Request::Steer { flow }, STEER_WAIT).await;
-    if result.is_ok() {
-        node.stats.record_steer(since);
-    }
-    if let Err(e) = result {
-        eprintln!("{}: steer {flow} here: {e} (kept queued)", node.name());
+    let steered = node.steer.steer(flow, generation, STEER_WAIT);
+    let node = node.clone();
+    async move {
+        match steered.await {
+            Ok(()) => node.stats.record_steer(since),
+            Err(e) => eprintln!("{}: steer {flow} here: {e} (kept queued)", node.name()),
+        }
     }
 }

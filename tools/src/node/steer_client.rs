@@ -1,12 +1,15 @@
 //! A node's link to prism-steerd: a reliable, ordered queue of requests. Requests
 //! survive a lost connection or a restarted daemon: they are sent again, in order,
 //! once it answers (every request is idempotent), so a caller that stopped waiting
-//! still gets its request applied later.
+//! still gets its request applied later. The link also knows which flows the node
+//! owns: on every new connection it steers them again (a restarted daemon only adopted
+//! their entries) and drops queued steers of flows that have moved on since.
 
-use crate::steer_proto::{self, Envelope, Reply, Request, NONCE_LEN};
+use crate::steer_proto::{self, Envelope, Generation, Reply, Request, NONCE_LEN};
 use prism_sock::async_tokio::{read_frame, write_frame};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -17,36 +20,85 @@ type Done = oneshot::Sender<Result<(), String>>;
 /// Most requests sent in one write.
 const BURST: usize = 256;
 
+/// The flows this node owns, with the generation it steered.
+type Owned = Arc<Mutex<HashMap<SocketAddr, Generation>>>;
+
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
 pub struct SteerClient {
     tx: mpsc::UnboundedSender<(Request, Option<Done>)>,
+    owned: Owned,
 }
 
 impl SteerClient {
     /// Starts the link task for node `node` (must run inside a tokio runtime).
     pub fn start(node: String, steerd: SocketAddr, secret: Vec<u8>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(link(node, steerd, secret, rx));
-        SteerClient { tx }
+        let owned = Owned::default();
+        tokio::spawn(link(node, steerd, secret, owned.clone(), rx));
+        SteerClient { tx, owned }
+    }
+
+    /// Records that this node owns `flow` in `generation` (until [`Self::disown`] or
+    /// [`Self::release`]) and queues its steer, both before returning; the future
+    /// waits at most `timeout` for prism-steerd to apply it.
+    pub fn steer(
+        &self,
+        flow: SocketAddr,
+        generation: Generation,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        self.owned.lock().expect("not poisoned").insert(flow, generation);
+        let queued = self.queue(Request::Steer { flow, generation });
+        async move { wait(queued?, timeout).await }
+    }
+
+    /// `flow` was handed on: its next owner steers it.
+    pub fn disown(&self, flow: SocketAddr) {
+        self.owned.lock().expect("not poisoned").remove(&flow);
+    }
+
+    /// This node's socket of `flow` is gone: queues its release, for the generation
+    /// this node steered (zero if it never steered the flow).
+    pub fn release(&self, flow: SocketAddr, linger_ms: u64) {
+        let generation = self
+            .owned
+            .lock()
+            .expect("not poisoned")
+            .remove(&flow)
+            .unwrap_or_default();
+        self.post(Request::Release {
+            flow,
+            linger_ms,
+            generation,
+        });
     }
 
     /// Queues `request` and waits at most `timeout` for prism-steerd to apply it.
     pub async fn call(&self, request: Request, timeout: Duration) -> Result<(), String> {
-        let (done, wait) = oneshot::channel();
+        wait(self.queue(request)?, timeout).await
+    }
+
+    fn queue(&self, request: Request) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        let (done, applied) = oneshot::channel();
         self.tx
             .send((request, Some(done)))
             .map_err(|_| "steering link stopped".to_string())?;
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("steering link stopped".into()),
-            Err(_) => Err(format!("prism-steerd did not answer within {timeout:?}")),
-        }
+        Ok(applied)
     }
 
     /// Queues `request` without waiting.
     pub fn post(&self, request: Request) {
         let _ = self.tx.send((request, None));
+    }
+}
+
+/// Waits at most `timeout` for the answer to a queued request.
+async fn wait(applied: oneshot::Receiver<Result<(), String>>, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, applied).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err("steering link stopped".into()),
+        Err(_) => Err(format!("prism-steerd did not answer within {timeout:?}")),
     }
 }
 
@@ -56,10 +108,42 @@ struct Pending {
     done: Option<Done>,
 }
 
+/// Drops the queued steers of flows this node no longer owns in that generation, and
+/// queues a steer for every owned flow without one.
+fn resteer(unacked: &mut VecDeque<Pending>, owned: &Owned) {
+    let owned = owned.lock().expect("not poisoned").clone();
+    unacked.retain_mut(|p| match p.request {
+        Request::Steer { flow, generation } if owned.get(&flow) != Some(&generation) => {
+            if let Some(done) = p.done.take() {
+                let _ = done.send(Err("superseded: the flow moved on".into()));
+            }
+            false
+        }
+        _ => true,
+    });
+    let queued: HashSet<SocketAddr> = unacked
+        .iter()
+        .filter_map(|p| match p.request {
+            Request::Steer { flow, .. } => Some(flow),
+            _ => None,
+        })
+        .collect();
+    for (flow, generation) in owned {
+        if !queued.contains(&flow) {
+            unacked.push_back(Pending {
+                seq: 0,
+                request: Request::Steer { flow, generation },
+                done: None,
+            });
+        }
+    }
+}
+
 async fn link(
     node: String,
     steerd: SocketAddr,
     secret: Vec<u8>,
+    owned: Owned,
     mut rx: mpsc::UnboundedReceiver<(Request, Option<Done>)>,
 ) {
     let mut unacked: VecDeque<Pending> = VecDeque::new();
@@ -120,17 +204,18 @@ async fn link(
                 },
             )
         };
-        // Heartbeat first, then everything not yet acknowledged, in order, renumbered.
-        let mut ok = true;
+        // Heartbeat first, then everything not yet acknowledged, in order, renumbered,
+        // and the flows this node owns.
+        resteer(&mut unacked, &owned);
+        let mut out = Vec::new();
         seq += 1;
-        ok &= write_frame(&mut wr, &seal(seq, &Request::Heartbeat))
-            .await
-            .is_ok();
+        let _ = prism_sock::write_frame(&mut out, &seal(seq, &Request::Heartbeat));
         for p in unacked.iter_mut() {
             seq += 1;
             p.seq = seq;
-            ok = ok && write_frame(&mut wr, &seal(p.seq, &p.request)).await.is_ok();
+            let _ = prism_sock::write_frame(&mut out, &seal(p.seq, &p.request));
         }
+        let mut ok = wr.write_all(&out).await.is_ok();
         let mut beat = tokio::time::interval(Duration::from_secs(1));
         while ok {
             tokio::select! {
@@ -179,5 +264,56 @@ async fn link(
             unacked.len()
         );
         warned = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen(moves: u32) -> Generation {
+        Generation { born_us: 5, moves }
+    }
+
+    fn steer(flow: SocketAddr, moves: u32) -> Request {
+        Request::Steer {
+            flow,
+            generation: gen(moves),
+        }
+    }
+
+    #[test]
+    fn a_new_session_steers_what_the_node_owns_and_nothing_it_handed_on() {
+        let [a, b, c, d]: [SocketAddr; 4] =
+            ["10.0.0.2:1", "10.0.0.2:2", "10.0.0.2:3", "10.0.0.2:4"].map(|s| s.parse().unwrap());
+        let (done, mut superseded) = oneshot::channel();
+        let pending = |request, done| Pending {
+            seq: 9,
+            request,
+            done,
+        };
+        let release = Request::Release {
+            flow: b,
+            linger_ms: 0,
+            generation: gen(1),
+        };
+        let mut unacked: VecDeque<Pending> = [
+            pending(steer(a, 1), Some(done)),
+            pending(release.clone(), None),
+            pending(steer(c, 2), None),
+        ]
+        .into();
+        // a came back in a later generation; d was steered and acknowledged before.
+        let owned = Owned::default();
+        owned
+            .lock()
+            .unwrap()
+            .extend([(a, gen(3)), (c, gen(2)), (d, gen(4))]);
+        resteer(&mut unacked, &owned);
+        let mut requests: Vec<Request> = unacked.into_iter().map(|p| p.request).collect();
+        // The owned flows without a queued steer follow the queue, in any order.
+        requests[2..].sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(requests, [release, steer(c, 2), steer(a, 3), steer(d, 4)]);
+        assert!(matches!(superseded.try_recv(), Ok(Err(_))), "its caller hears");
     }
 }

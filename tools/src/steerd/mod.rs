@@ -4,7 +4,10 @@
 //! [`crate::steer_proto`]. Entries go when their owner's `SOCK_RELEASED` arrives
 //! (after the TIME_WAIT it reports, at most `max_linger_ms`), or when their node has
 //! been silent for `node_timeout_ms`. It never flushes the table: a restarted
-//! prism-steerd adopts the entries it finds.
+//! prism-steerd adopts the entries it finds, and those that no node steers again within
+//! `node_timeout_ms` (nodes steer every flow they own again when they reconnect) go.
+//! Steers and releases are numbered per flow ([`steer_proto::Generation`]), so a late
+//! one from an earlier owner changes nothing.
 
 mod elements;
 mod libnft;
@@ -160,11 +163,20 @@ async fn session(
             Request::Heartbeat => None,
             Request::Hold { flow } => Some(Op::Hold { flow, mark }),
             Request::Unhold { flow } => Some(Op::Unhold { flow, mark }),
-            Request::Steer { flow } => Some(Op::Steer { flow, mark }),
-            Request::Release { flow, linger_ms } => Some(Op::Release {
+            Request::Steer { flow, generation } => Some(Op::Steer {
+                flow,
+                mark,
+                generation,
+            }),
+            Request::Release {
+                flow,
+                linger_ms,
+                generation,
+            } => Some(Op::Release {
                 flow,
                 mark,
                 linger: Duration::from_millis(linger_ms.min(cluster.steerd.max_linger_ms)),
+                generation,
             }),
         };
         let (done, wait) = oneshot::channel();
@@ -195,10 +207,12 @@ async fn apply(
 ) {
     // The sweep is queued like any op, so it is ordered with them.
     let node_timeout = Duration::from_millis(cluster.steerd.node_timeout_ms);
+    let max_linger = Duration::from_millis(cluster.steerd.max_linger_ms);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // Nodes steer what they own again on reconnecting, within a node timeout.
         let sweep = Op::Expire {
-            orphan_holds_after: node_timeout,
+            orphans_after: node_timeout.max(max_linger),
         };
         loop {
             tick.tick().await;

@@ -190,7 +190,7 @@ fn adopt() -> Result<(Table, Vec<String>), String> {
                     let flow = pair.and_then(|p| p.first()).and_then(flow_of);
                     let mark = pair.and_then(|p| p.get(1)).and_then(Value::as_u64);
                     if let (Some(flow), Some(Ok(mark))) = (flow, mark.map(u32::try_from)) {
-                        table.flows.insert(flow, Entry { mark, expires: None });
+                        table.flows.insert(flow, Entry::adopted(mark, now));
                     }
                 }
             }
@@ -209,7 +209,7 @@ fn adopt() -> Result<(Table, Vec<String>), String> {
                     );
                 }
                 Some((SetKind::Flows(mark), _)) => {
-                    table.flows.insert(flow, Entry { mark, expires: None });
+                    table.flows.insert(flow, Entry::adopted(mark, now));
                 }
                 None => {}
             }

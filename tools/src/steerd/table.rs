@@ -4,6 +4,7 @@
 //! l4's table has a hold set per address family and a flow set per node and family:
 //! a flow is steered to node M while it is in `flows4_M` (or `flows6_M`).
 
+use crate::steer_proto::Generation;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -102,14 +103,18 @@ pub enum Op {
         /// The node that held it.
         mark: u32,
     },
-    /// Send the flow to node `mark`; ends a hold.
+    /// Send the flow to node `mark`; ends a hold. Ignored when a later generation
+    /// of the flow was steered or released.
     Steer {
         /// Client address and port.
         flow: SocketAddr,
         /// Its new owner.
         mark: u32,
+        /// The owner's generation (zero from nodes that do not number steers).
+        generation: Generation,
     },
-    /// Node `mark` released the flow: remove its entry after `linger`.
+    /// Node `mark` released generation `generation` of the flow: remove its entry
+    /// after `linger`, if no later generation owns it.
     Release {
         /// Client address and port.
         flow: SocketAddr,
@@ -117,12 +122,15 @@ pub enum Op {
         mark: u32,
         /// How long to keep the entry (TIME_WAIT cover).
         linger: Duration,
+        /// The released generation (zero if unknown).
+        generation: Generation,
     },
-    /// Remove the entries whose linger ended, and holds nobody claims (found in
-    /// nftables at start) older than `orphan_holds_after`.
+    /// Remove the entries whose linger ended, and entries and holds found in nftables
+    /// at start that nobody claimed within `orphans_after`.
     Expire {
-        /// Age after which an unclaimed hold goes.
-        orphan_holds_after: Duration,
+        /// Age after which an unclaimed entry or hold goes; also how long a release
+        /// keeps older steers of its flow out.
+        orphans_after: Duration,
     },
     /// Node `mark` is dead: remove its entries and holds.
     DropNode {
@@ -138,6 +146,24 @@ pub struct Entry {
     pub mark: u32,
     /// When a released entry goes.
     pub expires: Option<Instant>,
+    /// The generation whose steer made it (zero when adopted or unnumbered).
+    pub generation: Generation,
+    /// Found in nftables at start (when) and not claimed by a steer since. Nodes steer
+    /// every flow they own again when they reconnect, so what nobody claims was
+    /// released, or lingering, while no prism-steerd ran.
+    pub adopted: Option<Instant>,
+}
+
+impl Entry {
+    /// An entry found in nftables at start.
+    pub fn adopted(mark: u32, now: Instant) -> Self {
+        Entry {
+            mark,
+            expires: None,
+            generation: Generation::default(),
+            adopted: Some(now),
+        }
+    }
 }
 
 /// A hold on a flow.
@@ -156,6 +182,10 @@ pub struct Table {
     pub flows: HashMap<SocketAddr, Entry>,
     /// Flows being handed off.
     pub holds: HashMap<SocketAddr, Hold>,
+    /// Recently released flows: the generation released and when. A steer of that
+    /// generation or an earlier one arriving late would otherwise steer a closed
+    /// connection for good.
+    pub released: HashMap<SocketAddr, (Generation, Instant)>,
 }
 
 /// The flow with a v4-mapped address written as plain IPv4.
@@ -198,8 +228,16 @@ impl Table {
                     out.push(Change::del(SetKind::Hold, flow));
                 }
             }
-            Op::Steer { flow, mark } => {
+            Op::Steer {
+                flow,
+                mark,
+                generation,
+            } => {
                 let flow = canonical(flow);
+                if self.stale(flow, generation) {
+                    return out;
+                }
+                self.released.remove(&flow);
                 if self.holds.remove(&flow).is_some() {
                     out.push(Change::del(SetKind::Hold, flow));
                 }
@@ -211,11 +249,38 @@ impl Table {
                     }
                     out.push(Change::add(SetKind::Flows(mark), flow));
                 }
-                self.flows.insert(flow, Entry { mark, expires: None });
+                self.flows.insert(
+                    flow,
+                    Entry {
+                        mark,
+                        expires: None,
+                        generation,
+                        adopted: None,
+                    },
+                );
             }
-            Op::Release { flow, mark, linger } => {
+            Op::Release {
+                flow,
+                mark,
+                linger,
+                generation,
+            } => {
                 let flow = canonical(flow);
-                if let Some(entry) = self.flows.get_mut(&flow).filter(|e| e.mark == mark) {
+                let known = !generation.is_unknown();
+                // The releasing owner's own entry, or one an earlier generation left
+                // (its owner handed the connection on, so it never releases it).
+                let releases = |e: &Entry| {
+                    (e.mark == mark && (!known || e.generation <= generation))
+                        || (known && e.generation < generation)
+                };
+                if known {
+                    let last = self.released.entry(flow).or_insert((generation, now));
+                    if last.0 <= generation {
+                        *last = (generation, now);
+                    }
+                }
+                if let Some(entry) = self.flows.get_mut(&flow).filter(|e| releases(e)) {
+                    let mark = entry.mark;
                     if linger.is_zero() {
                         self.flows.remove(&flow);
                         out.push(Change::del(SetKind::Flows(mark), flow));
@@ -224,11 +289,13 @@ impl Table {
                     }
                 }
             }
-            Op::Expire { orphan_holds_after } => {
-                self.drop_flows(&mut out, |e| e.expires.is_some_and(|t| t <= now));
-                self.drop_holds(&mut out, |h| {
-                    h.mark.is_none() && now.duration_since(h.since) > orphan_holds_after
+            Op::Expire { orphans_after } => {
+                let old = |since: Instant| now.duration_since(since) > orphans_after;
+                self.drop_flows(&mut out, |e| {
+                    e.expires.is_some_and(|t| t <= now) || e.adopted.is_some_and(old)
                 });
+                self.drop_holds(&mut out, |h| h.mark.is_none() && old(h.since));
+                self.released.retain(|_, (_, at)| !old(*at));
             }
             Op::DropNode { mark } => {
                 self.drop_flows(&mut out, |e| e.mark == mark);
@@ -236,6 +303,21 @@ impl Table {
             }
         }
         out
+    }
+
+    /// Whether a steer of `generation` comes after the flow moved on: a later
+    /// generation was released, or steered (and claimed its entry). Unnumbered steers
+    /// always apply, as before generations.
+    fn stale(&self, flow: SocketAddr, generation: Generation) -> bool {
+        if generation.is_unknown() {
+            return false;
+        }
+        let released = self.released.get(&flow).is_some_and(|(g, _)| *g >= generation);
+        let steered = self
+            .flows
+            .get(&flow)
+            .is_some_and(|e| e.adopted.is_none() && e.generation > generation);
+        released || steered
     }
 
     /// Removes the entries `gone` picks, with the changes that remove them.
@@ -274,6 +356,27 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn gen(moves: u32) -> Generation {
+        Generation { born_us: 10, moves }
+    }
+
+    fn steer(flow: SocketAddr, mark: u32, moves: u32) -> Op {
+        Op::Steer {
+            flow,
+            mark,
+            generation: gen(moves),
+        }
+    }
+
+    fn release(flow: SocketAddr, mark: u32, moves: u32, linger: Duration) -> Op {
+        Op::Release {
+            flow,
+            mark,
+            linger,
+            generation: gen(moves),
+        }
+    }
+
     fn text(changes: Vec<Change>) -> Vec<String> {
         changes.iter().map(Change::to_string).collect()
     }
@@ -307,7 +410,7 @@ mod tests {
             "idempotent"
         );
         assert_eq!(
-            text(t.apply(&Op::Steer { flow: f, mark: 2 }, now)),
+            text(t.apply(&steer(f, 2, 1), now)),
             [
                 "delete element inet prism hold4 { 10.0.0.2 . 40000 }",
                 "add element inet prism flows4_2 { 10.0.0.2 . 40000 }"
@@ -315,38 +418,21 @@ mod tests {
         );
         // Next hop: out of the old owner's set, into the new one's.
         assert_eq!(
-            text(t.apply(&Op::Steer { flow: f, mark: 3 }, now)),
+            text(t.apply(&steer(f, 3, 2), now)),
             [
                 "delete element inet prism flows4_2 { 10.0.0.2 . 40000 }",
                 "add element inet prism flows4_3 { 10.0.0.2 . 40000 }"
             ]
         );
         assert!(
-            t.apply(
-                &Op::Release {
-                    flow: f,
-                    mark: 2,
-                    linger: Duration::ZERO
-                },
-                now
-            )
-            .is_empty(),
+            t.apply(&release(f, 2, 1, Duration::ZERO), now).is_empty(),
             "stale"
         );
         assert_eq!(t.flows[&f].mark, 3);
         let linger = Duration::from_secs(1);
-        assert!(t
-            .apply(
-                &Op::Release {
-                    flow: f,
-                    mark: 3,
-                    linger
-                },
-                now
-            )
-            .is_empty());
+        assert!(t.apply(&release(f, 3, 2, linger), now).is_empty());
         let expire = Op::Expire {
-            orphan_holds_after: linger,
+            orphans_after: linger,
         };
         assert!(t.apply(&expire, now).is_empty());
         assert_eq!(t.apply(&expire, now + linger).len(), 1);
@@ -360,7 +446,7 @@ mod tests {
         let v6 = flow("[fd00::2]:41000");
         let mapped = flow("[::ffff:10.0.0.2]:42000");
         assert_eq!(
-            text(t.apply(&Op::Steer { flow: v6, mark: 2 }, now)),
+            text(t.apply(&steer(v6, 2, 1), now)),
             ["add element inet prism flows6_2 { fd00::2 . 41000 }"]
         );
         assert_eq!(
@@ -373,25 +459,12 @@ mod tests {
             )),
             ["add element inet prism hold4 { 10.0.0.2 . 42000 }"]
         );
-        t.apply(
-            &Op::Steer {
-                flow: flow("10.0.0.2:43000"),
-                mark: 3,
-            },
-            now,
-        );
+        t.apply(&steer(flow("10.0.0.2:43000"), 3, 1), now);
         assert!(t.has_node(2));
         assert_eq!(t.apply(&Op::DropNode { mark: 2 }, now).len(), 2);
         assert!(!t.has_node(2));
         assert_eq!(t.flows.len(), 1);
-        let back = t.apply(
-            &Op::Release {
-                flow: flow("10.0.0.2:43000"),
-                mark: 3,
-                linger: Duration::ZERO,
-            },
-            now,
-        );
+        let back = t.apply(&release(flow("10.0.0.2:43000"), 3, 1, Duration::ZERO), now);
         assert_eq!(
             text(back),
             ["delete element inet prism flows4_3 { 10.0.0.2 . 43000 }"]
@@ -405,9 +478,88 @@ mod tests {
             },
         );
         let expire = Op::Expire {
-            orphan_holds_after: Duration::from_secs(5),
+            orphans_after: Duration::from_secs(5),
         };
         assert!(t.apply(&expire, now + Duration::from_secs(1)).is_empty());
         assert_eq!(t.apply(&expire, now + Duration::from_secs(6)).len(), 1);
+    }
+
+    /// Steers queued on three nodes while prism-steerd was down arrive in any order;
+    /// the flow ends up with its last owner, whose release removes the entry.
+    #[test]
+    fn late_steers_of_earlier_owners_change_nothing() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        let f = flow("10.0.0.2:40000");
+        t.apply(&steer(f, 3, 3), now);
+        assert!(t.apply(&steer(f, 1, 2), now).is_empty(), "older than the entry");
+        assert!(t.apply(&steer(f, 2, 1), now).is_empty());
+        assert_eq!(t.flows[&f].mark, 3);
+        assert_eq!(t.apply(&release(f, 3, 3, Duration::ZERO), now).len(), 1);
+        // After the release, a late steer of the same connection does not bring the
+        // entry back; a new connection on the port (born later) is steered.
+        assert!(t.apply(&steer(f, 1, 2), now).is_empty(), "released");
+        let newer = Op::Steer {
+            flow: f,
+            mark: 2,
+            generation: Generation {
+                born_us: 11,
+                moves: 1,
+            },
+        };
+        assert_eq!(
+            text(t.apply(&newer, now)),
+            ["add element inet prism flows4_2 { 10.0.0.2 . 40000 }"]
+        );
+        // Unnumbered steers (older nodes) apply as they come.
+        let unnumbered = Op::Steer {
+            flow: f,
+            mark: 1,
+            generation: Generation::default(),
+        };
+        assert_eq!(t.apply(&unnumbered, now).len(), 2);
+    }
+
+    /// An earlier owner's steer won the race to prism-steerd; the last owner's release
+    /// still removes it, as that generation is later.
+    #[test]
+    fn a_later_release_removes_an_earlier_owners_entry() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        let f = flow("10.0.0.2:40000");
+        t.apply(&steer(f, 1, 2), now);
+        assert!(
+            t.apply(&release(f, 2, 1, Duration::ZERO), now).is_empty(),
+            "older"
+        );
+        assert_eq!(
+            text(t.apply(&release(f, 3, 3, Duration::ZERO), now)),
+            ["delete element inet prism flows4_1 { 10.0.0.2 . 40000 }"]
+        );
+    }
+
+    /// Entries found at start go unless a steer claims them in time: their owners steer
+    /// again on reconnecting, so the rest were released meanwhile.
+    #[test]
+    fn adopted_entries_nobody_claims_expire() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        let (a, b) = (flow("10.0.0.2:40000"), flow("10.0.0.2:40001"));
+        t.flows.insert(a, Entry::adopted(1, now));
+        t.flows.insert(b, Entry::adopted(2, now));
+        // Any numbered steer claims an adopted entry, whatever its generation was.
+        assert!(t.apply(&steer(a, 1, 1), now).is_empty());
+        assert_eq!(text(t.apply(&steer(b, 3, 1), now)).len(), 2);
+        t.flows.insert(flow("10.0.0.2:40002"), Entry::adopted(2, now));
+        let expire = Op::Expire {
+            orphans_after: Duration::from_secs(4),
+        };
+        assert!(t.apply(&expire, now + Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            text(t.apply(&expire, now + Duration::from_secs(5))),
+            ["delete element inet prism flows4_2 { 10.0.0.2 . 40002 }"]
+        );
+        assert_eq!(t.flows.len(), 2);
+        assert!(t.released.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use crate::stack::{fe_tx_bytes, wait, Backend, Stack, NODES};
 use crate::topology::in_ns;
 use prism_sock::{read_frame, write_frame};
 use prism_tools::objects;
-use prism_tools::steer_proto::{self, Envelope, Request};
+use prism_tools::steer_proto::{self, Envelope, Generation, Request};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
@@ -52,6 +52,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "dsr_forged_control_messages_refused",
             run: forged,
+        },
+        Test {
+            name: "dsr_steerd_orders_steers_by_generation",
+            run: ordered_steers,
         },
         Test {
             name: "dsr_200_clients_30s",
@@ -517,6 +521,139 @@ fn forged(env: &Env, log: &mut Log) -> TestResult {
     check!(stack.entries()? == 1, "a refused frame changed nftables");
     log.line(stack.read_log("steerd.log"));
     Ok(())
+}
+
+/// A control session as node `node`, from its namespace, sending authentic requests.
+struct Session {
+    node: &'static str,
+    stream: TcpStream,
+    nonce: Vec<u8>,
+    seq: u64,
+    secret: String,
+}
+
+impl Session {
+    fn open(stack: &Stack, node: &'static str) -> Result<Self, String> {
+        let (stream, nonce) = steerd_session(node)?;
+        Ok(Session {
+            node,
+            stream,
+            nonce,
+            seq: 0,
+            secret: stack.cluster.secret.clone(),
+        })
+    }
+
+    /// Sends `request` and waits for prism-steerd to have applied it.
+    fn send(&mut self, request: Request) -> TestResult {
+        self.seq += 1;
+        let env = Envelope {
+            node: self.node.into(),
+            seq: self.seq,
+            request,
+        };
+        let frame = steer_proto::seal(self.secret.as_bytes(), &self.nonce, &env);
+        write_frame(&mut self.stream, &frame).map_err(|e| e.to_string())?;
+        let reply = read_frame(&mut self.stream, 4096)
+            .map_err(|e| e.to_string())?
+            .ok_or("no reply")?;
+        let reply: steer_proto::Reply = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
+        check!(
+            reply.seq == self.seq && reply.error.is_none(),
+            "{:?}: {reply:?}",
+            env.request
+        );
+        Ok(())
+    }
+}
+
+/// The node sets of l4 that hold `flow`.
+fn steered_to(flow: SocketAddr) -> Result<Vec<String>, String> {
+    let out = sh(
+        &mut Log::default(),
+        "ip",
+        &[
+            "netns", "exec", "l4", "nft", "-j", "list", "table", "inet", "prism",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    let want = serde_json::json!({"concat": [flow.ip().to_string(), flow.port()]});
+    Ok(v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("set"))
+        .filter(|s| s["elem"].as_array().is_some_and(|e| e.contains(&want)))
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Steers arrive at prism-steerd out of order, as they do when nodes replay their
+/// queues after a restart: a late steer of an earlier owner changes nothing, the last
+/// owner's release removes the entry and keeps late steers of that connection out, a
+/// new connection on the same port is steered. After a restart, adopted entries that
+/// no node claims go after node_timeout_ms; a claimed one stays.
+fn ordered_steers(env: &Env, log: &mut Log) -> TestResult {
+    let mut stack = Stack::up(env, log, &[])?;
+    let f: SocketAddr = "10.0.0.2:45001".parse().expect("literal");
+    let born = Generation::born_now();
+    let steer = |flow, generation| Request::Steer { flow, generation };
+    let release = |flow, generation| Request::Release {
+        flow,
+        linger_ms: 0,
+        generation,
+    };
+    let (mut be1, mut be2) = (Session::open(&stack, "be1")?, Session::open(&stack, "be2")?);
+    be2.send(steer(f, born.after(3)))?;
+    be1.send(steer(f, born.after(2)))?;
+    let at = steered_to(f)?;
+    log.line(format!("be2's move 3, then be1's move 2: {at:?}"));
+    check!(at == ["flows4_3"], "a late steer moved the flow: {at:?}");
+    be1.send(release(f, born.after(2)))?;
+    check!(
+        steered_to(f)? == ["flows4_3"],
+        "an earlier owner's release removed the entry"
+    );
+    be2.send(release(f, born.after(3)))?;
+    be1.send(steer(f, born.after(2)))?;
+    check!(steered_to(f)?.is_empty(), "a late steer revived a released flow");
+    let reborn = Generation {
+        born_us: born.born_us + 1,
+        moves: 1,
+    };
+    be1.send(steer(f, reborn))?;
+    check!(
+        steered_to(f)? == ["flows4_2"],
+        "a new connection on the port was not steered"
+    );
+    be1.send(release(f, reborn))?;
+    check!(steered_to(f)?.is_empty(), "the new connection's release");
+
+    let (orphan, claimed): (SocketAddr, SocketAddr) = (
+        "10.0.0.2:45002".parse().expect("literal"),
+        "10.0.0.2:45003".parse().expect("literal"),
+    );
+    be1.send(steer(orphan, born.after(1)))?;
+    be1.send(steer(claimed, born.after(1)))?;
+    drop((be1, be2));
+    stack.kill_steerd();
+    stack.start_steerd()?;
+    let restarted = Instant::now();
+    Session::open(&stack, "be1")?.send(steer(claimed, born.after(1)))?;
+    wait("the unclaimed entry to go", Duration::from_secs(15), || {
+        steered_to(orphan).is_ok_and(|s| s.is_empty())
+    })?;
+    let took = restarted.elapsed();
+    log.line(format!("unclaimed adopted entry gone {took:?} after the restart"));
+    // Adopted while it started, a little before it listened.
+    let earliest = Duration::from_millis(stack.cluster.steerd.node_timeout_ms) - Duration::from_secs(1);
+    check!(
+        took >= earliest,
+        "it went after {took:?}, before the node timeout"
+    );
+    check!(steered_to(claimed)? == ["flows4_2"], "the claimed entry went too");
+    Session::open(&stack, "be1")?.send(release(claimed, born.after(1)))?;
+    stack.wait_empty(log)
 }
 
 /// 200 keep-alive clients for 30 s: no failed request, no digest mismatch, no
