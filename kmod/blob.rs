@@ -22,6 +22,9 @@ const MAX_WSCALE: u8 = 14;
 /// The kernel's bounds for an MSS (TCP_MIN_MSS, and the largest that fits an IPv4 packet).
 const MSS_MIN: u16 = 88;
 const MSS_MAX: u16 = 65535 - 40;
+/// The largest window TCP can announce, and so the largest useful window clamp
+/// (`tcp_select_initial_window` caps the clamp there).
+const WINDOW_MAX: u32 = 65535 << MAX_WSCALE;
 /// TCP_RTO_MAX (120 s) in the fixed-point units of `srtt_us` (<< 3) and `mdev_us` (<< 2).
 const SRTT_MAX: u32 = 120_000_000 << 3;
 const MDEV_MAX: u32 = 120_000_000 << 2;
@@ -527,6 +530,13 @@ impl<'a> Blob<'a> {
             c_str!("buf-locks has unknown bits"),
             at.nla(a::BUF_LOCKS),
         )?;
+        let window_clamp = at.u32(a::WINDOW_CLAMP)?;
+        check(
+            window_clamp <= WINDOW_MAX,
+            einval,
+            c_str!("window-clamp exceeds the largest window TCP can announce"),
+            at.nla(a::WINDOW_CLAMP),
+        )?;
         let migration_id = u64::from_ne_bytes(at.bytes(a::MIGRATION_ID)?);
 
         let send_queue = core::mem::replace(&mut at.send, KVec::new());
@@ -573,7 +583,7 @@ impl<'a> Blob<'a> {
             rcvbuf,
             buf_locks,
             tos: at.u8(a::TOS)?,
-            window_clamp: at.u32(a::WINDOW_CLAMP)?,
+            window_clamp,
             rcv_ssthresh: at.u32(a::RCV_SSTHRESH)?,
             reuseaddr: at.flag(a::REUSEADDR)?,
             migration_id,

@@ -257,6 +257,54 @@ unsigned int prism_departed_capacity(void)
 	return departed_capacity;
 }
 
+/* The socket's TCP-MD5 keys: the field exists only with CONFIG_TCP_MD5SIG. The caller
+ * holds the socket lock, under which keys are added and removed.
+ */
+bool prism_tcp_md5_keys(const struct sock *sk)
+{
+#ifdef CONFIG_TCP_MD5SIG
+	const struct tcp_md5sig_info *md5 =
+		rcu_dereference_protected(tcp_sk(sk)->md5sig_info, lockdep_sock_is_held(sk));
+
+	return md5 && !hlist_empty(&md5->head);
+#else
+	return false;
+#endif
+}
+
+/* The socket's TCP-AO keys (CONFIG_TCP_AO); socket lock held as above. */
+bool prism_tcp_ao_keys(const struct sock *sk)
+{
+#ifdef CONFIG_TCP_AO
+	const struct tcp_ao_info *ao =
+		rcu_dereference_protected(tcp_sk(sk)->ao_info, lockdep_sock_is_held(sk));
+
+	return ao && !hlist_empty(&ao->head);
+#else
+	return false;
+#endif
+}
+
+u32 prism_sysctl_wmem_max(void)
+{
+	return READ_ONCE(sysctl_wmem_max);
+}
+
+u32 prism_sysctl_rmem_max(void)
+{
+	return READ_ONCE(sysctl_rmem_max);
+}
+
+int prism_tcp_wmem_max(const struct sock *sk)
+{
+	return READ_ONCE(sock_net(sk)->ipv4.sysctl_tcp_wmem[2]);
+}
+
+int prism_tcp_rmem_max(const struct sock *sk)
+{
+	return READ_ONCE(sock_net(sk)->ipv4.sysctl_tcp_rmem[2]);
+}
+
 u32 prism_tcp_clock_ts(bool usec_ts)
 {
 	return tcp_clock_ts(usec_ts);

@@ -71,6 +71,12 @@ struct ipv6_pinfo *prism_inet6_sk(const struct sock *sk);
 const struct nlattr *prism_genl_request_attrs(const struct genl_info *info, int *len);
 
 u32 prism_tcp_clock_ts(bool usec_ts);
+bool prism_tcp_md5_keys(const struct sock *sk);
+u32 prism_sysctl_wmem_max(void);
+u32 prism_sysctl_rmem_max(void);
+int prism_tcp_wmem_max(const struct sock *sk);
+int prism_tcp_rmem_max(const struct sock *sk);
+bool prism_tcp_ao_keys(const struct sock *sk);
 bool prism_genl_has_listeners(const struct genl_family *family, struct net *net,
 			      unsigned int group);
 

@@ -263,19 +263,55 @@ impl Building {
         self.set_options(blob, v6)?;
 
         let sk = self.sk.as_ptr();
+        let (snd_locked, rcv_locked) = (
+            blob.buf_locks & BUF_LOCK_SND != 0,
+            blob.buf_locks & BUF_LOCK_RCV != 0,
+        );
+        // SAFETY: capability check of the calling task, without an audit record for
+        // the (ordinary) case of a caller who lacks it; `init_user_ns` is static.
+        let force = unsafe {
+            b::ns_capable_noaudit(
+                core::ptr::addr_of_mut!(b::init_user_ns),
+                b::PRISM_CAP_NET_ADMIN as c_int,
+            )
+        };
+        // SAFETY: sysctl reads; `sk` is our own socket.
+        let (snd_cap, rcv_cap) = unsafe {
+            (
+                buf_cap(
+                    snd_locked,
+                    b::prism_sysctl_wmem_max(),
+                    b::prism_tcp_wmem_max(sk),
+                ),
+                buf_cap(
+                    rcv_locked,
+                    b::prism_sysctl_rmem_max(),
+                    b::prism_tcp_rmem_max(sk),
+                ),
+            )
+        };
         // SAFETY: the socket is not hashed and not reachable by anyone but us yet.
         unsafe {
-            // Room for the queues the blob brings, at least; the application's own
-            // choice of size when it locked one.
+            // The exported sizes, within what this caller could set here (beyond that
+            // only with SO_*BUFFORCE's right); room for the queues the blob brings in
+            // any case, as they are already the connection's.
             let snd_need = (2 * blob.send_len + (64 << 10)) as c_int;
             let rcv_need = (2 * blob.recv_len + (64 << 10)) as c_int;
-            (*sk).sk_sndbuf = (blob.sndbuf as c_int).max(snd_need);
-            (*sk).sk_rcvbuf = (blob.rcvbuf as c_int).max(rcv_need);
+            let (snd, rcv) = if force {
+                (blob.sndbuf as c_int, blob.rcvbuf as c_int)
+            } else {
+                (
+                    (blob.sndbuf as c_int).min(snd_cap),
+                    (blob.rcvbuf as c_int).min(rcv_cap),
+                )
+            };
+            (*sk).sk_sndbuf = snd.max(snd_need);
+            (*sk).sk_rcvbuf = rcv.max(rcv_need);
             let mut locks = u32::from((*sk).sk_userlocks);
-            if blob.buf_locks & BUF_LOCK_SND != 0 {
+            if snd_locked {
                 locks |= b::SOCK_SNDBUF_LOCK;
             }
-            if blob.buf_locks & BUF_LOCK_RCV != 0 {
+            if rcv_locked {
                 locks |= b::SOCK_RCVBUF_LOCK;
             }
             (*sk).sk_userlocks = locks as u8;
@@ -575,6 +611,19 @@ impl Drop for Building {
     }
 }
 
+/// The largest buffer a caller without SO_*BUFFORCE's right can give a socket here: a
+/// size the application locked came from SO_SNDBUF/SO_RCVBUF, which stop at twice the
+/// core maximum; an unlocked one is TCP's autotuning, which grows to the namespace's
+/// tcp_wmem/tcp_rmem maximum.
+fn buf_cap(locked: bool, core_max: u32, tcp_max: c_int) -> c_int {
+    let set = (2 * u64::from(core_max)).min(i32::MAX as u64 / 2) as c_int;
+    if locked {
+        set
+    } else {
+        set.max(tcp_max)
+    }
+}
+
 /// The part of the send queue's `chunks` before byte `at` (already sent) or from it on
 /// (not yet sent), as sub-slices of the chunks: nothing is allocated or copied.
 fn cut<'c>(chunks: &'c [&'c [u8]], at: u32, sent: bool) -> impl Iterator<Item = &'c [u8]> {
@@ -605,6 +654,26 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     };
     let building = Building::create(net, &blob).map_err(report)?;
     building.prepare(&blob).map_err(report)?;
+    // What can fail and does not need the live socket happens before it goes live: the
+    // reply and the release tracking are allocated now. Once repair mode ends the
+    // socket may acknowledge the peer's data, and tearing it down then would lose it.
+    let mut msg = req.reply_sized(cmd::SOCK_IMPORT, 128)?;
+    msg.put_u32(a::FD, building.fd as u32)?;
+    msg.put_u64(a::MIGRATION_ID, blob.migration_id, a::PAD)?;
+    // SAFETY: the socket is reachable by nobody but us until the fd is installed; its
+    // congestion control was set by `prepare`.
+    put_cc_name(&mut msg, &unsafe { cc_name(&*building.tp()) })?;
+    let tracker = tracker::get().ok_or(ENODEV)?;
+    let local = blob.bind_addr.as_ref().unwrap_or(&blob.saddr);
+    // SAFETY: the socket is ours until the fd is installed.
+    let prepared = unsafe {
+        tracker.prepare(
+            building.sk.as_ptr(),
+            blob.migration_id,
+            (blob.family, local, &blob.daddr, blob.sport, blob.dport),
+        )
+    }
+    .inspect_err(|_| req.set_err(None, c_str!("cannot allocate the release tracking")))?;
     let probe = Building::needs_probe(&blob);
     {
         // SAFETY: the socket lives as long as `building`, which outlives the lock.
@@ -622,24 +691,6 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         building.finish(&lock, &blob).map_err(report)?;
     }
 
-    // Sized to what it holds: a default-size reply is copied to trim it on the way out.
-    let mut msg = req.reply_sized(cmd::SOCK_IMPORT, 128)?;
-    msg.put_u32(a::FD, building.fd as u32)?;
-    msg.put_u64(a::MIGRATION_ID, blob.migration_id, a::PAD)?;
-    // SAFETY: the socket is fully built and reachable by nobody but us until the fd
-    // is installed.
-    put_cc_name(&mut msg, &unsafe { cc_name(&*building.tp()) })?;
-    let tracker = tracker::get().ok_or(ENODEV)?;
-    let local = blob.bind_addr.as_ref().unwrap_or(&blob.saddr);
-    // SAFETY: the socket is ours until the fd is installed.
-    let prepared = unsafe {
-        tracker.prepare(
-            building.sk.as_ptr(),
-            blob.migration_id,
-            (blob.family, local, &blob.daddr, blob.sport, blob.dport),
-        )
-    }
-    .inspect_err(|_| req.set_err(None, c_str!("cannot allocate the release tracking")))?;
     // The reply is queued before the fd exists: if it cannot be, nothing is left behind.
     msg.send_reply()?;
     let tuple = Tuple::of_socket(

@@ -232,6 +232,20 @@ impl TcpState {
                     c_str!("socket is attached to an in-kernel user (sockmap/psock)"),
                 ));
             }
+            // Signing keys do not travel and cannot be read back: the imported socket
+            // would send unsigned segments, which the peer drops until the connection dies.
+            if b::prism_tcp_md5_keys(sk) {
+                return Err(refuse(
+                    b::EOPNOTSUPP,
+                    c_str!("socket signs its segments with TCP-MD5 keys, which cannot be carried"),
+                ));
+            }
+            if b::prism_tcp_ao_keys(sk) {
+                return Err(refuse(
+                    b::EOPNOTSUPP,
+                    c_str!("socket signs its segments with TCP-AO keys, which cannot be carried"),
+                ));
+            }
             let mut saddr = [0u8; 16];
             let mut daddr = [0u8; 16];
             match u32::from(family) {

@@ -5,8 +5,9 @@
 //! (challenge || body) with the cluster secret, then the body: one JSON [`Envelope`]
 //! whose `seq` must grow on the connection. So a frame cannot be forged without the
 //! secret, nor replayed on another connection or twice on one. prism-steerd answers
-//! each accepted envelope with a JSON [`Reply`]. Frames are the length-delimited ones
-//! of `prism_sock::transfer`.
+//! each accepted envelope with a JSON [`Reply`], tagged the same way over
+//! ("reply" || challenge || body), so a node believes no forged answer. Frames are the
+//! length-delimited ones of `prism_sock::transfer`.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,24 @@ pub fn open(secret: &[u8], nonce: &[u8], frame: &[u8]) -> Result<Envelope, Refus
     serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))
 }
 
+/// What a reply's tag covers besides the challenge: no request frame is a valid reply.
+const REPLY_LABEL: &[u8] = b"reply";
+
+/// Encodes `reply` as a tagged frame for the connection with challenge `nonce`.
+pub fn seal_reply(secret: &[u8], nonce: &[u8], reply: &Reply) -> Vec<u8> {
+    sign(
+        secret,
+        &[REPLY_LABEL, nonce].concat(),
+        &serde_json::to_vec(reply).expect("replies always serialize"),
+    )
+}
+
+/// Checks a reply's tag before parsing anything, then parses.
+pub fn open_reply(secret: &[u8], nonce: &[u8], frame: &[u8]) -> Result<Reply, Refusal> {
+    let body = verify(secret, &[REPLY_LABEL, nonce].concat(), frame)?;
+    serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))
+}
+
 /// A fresh challenge from the kernel's random pool.
 pub fn new_nonce() -> std::io::Result<[u8; NONCE_LEN]> {
     let mut n = [0u8; NONCE_LEN];
@@ -220,6 +239,23 @@ mod tests {
             Err(Refusal::BadTag)
         );
         assert_eq!(open(b"k", b"n", &frame[..5]), Err(Refusal::Short(5)));
+    }
+
+    #[test]
+    fn replies_open_only_as_replies_of_their_connection() {
+        let (secret, nonce) = (b"secret-secret-16", b"nonce-one");
+        let reply = Reply { seq: 3, error: None };
+        let frame = seal_reply(secret, nonce, &reply);
+        assert_eq!(open_reply(secret, nonce, &frame), Ok(reply));
+        assert_eq!(open_reply(secret, b"nonce-two", &frame), Err(Refusal::BadTag));
+        assert_eq!(
+            open_reply(b"another-secret16", nonce, &frame),
+            Err(Refusal::BadTag)
+        );
+        // A request's tag is no reply's, and the other way round.
+        let request = seal(secret, nonce, &env());
+        assert_eq!(open_reply(secret, nonce, &request), Err(Refusal::BadTag));
+        assert_eq!(open(secret, nonce, &frame), Err(Refusal::BadTag));
     }
 
     #[test]

@@ -43,6 +43,19 @@ impl EventStream {
             .map_err(io::Error::from)?;
         Ok(EventStream { inner })
     }
+
+    /// The listener underneath, e.g. to size its receive buffer.
+    pub fn listener(&self) -> &EventListener {
+        self.inner.get_ref()
+    }
+
+    /// The next event already received, without waiting; `Ok(None)` when the socket
+    /// holds none. After an overrun (ENOBUFS) the kernel drops further events silently
+    /// until the socket's queue has been emptied: empty it with this, then rebuild the
+    /// view from [`Client::list_tracked`].
+    pub fn try_next(&mut self) -> Result<Option<Event>> {
+        self.inner.get_mut().receive()
+    }
 }
 
 impl Stream for EventStream {

@@ -110,9 +110,13 @@ enum Cmd {
     /// Import the blob in FILE and write REPLY on the new socket (traced by a test).
     #[command(hide = true)]
     HopImportProbe { file: String, reply: String },
-    /// Join the events group and print how that went (run without CAP_NET_ADMIN by a test).
+    /// Join each multicast group and print how that went (run without CAP_NET_ADMIN by a test).
     #[command(hide = true)]
     ListenProbe,
+    /// Move a loopback connection with a blob asking for huge buffers and print the
+    /// sizes the import gave (run in a fresh network namespace by a test).
+    #[command(hide = true)]
+    BufferProbe,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +177,9 @@ fn main() -> ExitCode {
         Cmd::ImportProbe { file } => {
             println!("{}", suites::import_refusals::import_probe(&file));
             ExitCode::SUCCESS
+        }
+        Cmd::BufferProbe => {
+            probe_exit(suites::import_refusals::buffer_probe().map(|sizes| println!("{sizes}")))
         }
         Cmd::HopExportProbe { fd, out } => probe_exit(suites::hops::hop_export_probe(fd, &out)),
         Cmd::HopImportProbe { file, reply } => probe_exit(suites::hops::hop_import_probe(&file, &reply)),

@@ -1,7 +1,10 @@
 //! Handing a client connection to another node and taking one over.
 //!
-//! Between nodes a persistent TCP connection carries frames, each signed with the
-//! cluster secret: a request is `[id u64][deadline u64, ms since the epoch][hops u32]
+//! Between nodes a persistent TCP connection carries frames. The owner opens each
+//! connection with a fresh challenge; every frame after it is signed with the cluster
+//! secret over the challenge (HMAC-SHA256, as prism-steerd's control frames), and
+//! request ids must grow on a connection, so a captured frame is refused when replayed
+//! on another connection or on the same one. A request is `[id u64][deadline u64, ms since the epoch][hops u32]
 //! [born u64][moves u32][parsed_at u64][exported_at u64][flags u8]` (born and moves:
 //! the owner's [`Generation`]; the times are the sender's CLOCK_MONOTONIC ns, for the
 //! owner's step timings) followed by a
@@ -19,7 +22,7 @@
 
 use super::stats::HandTimes;
 use super::{serve, steer_here, with_backend, BackendChoice, Conn, Fault, Node, STEER_WAIT};
-use crate::steer_proto::{self, Generation, Request};
+use crate::steer_proto::{self, Generation, Request, NONCE_LEN};
 use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
 use prism_sock::{EventKind, Exported, Handoff, ImportOptions, MAX_FRAME};
 use std::collections::HashMap;
@@ -37,8 +40,10 @@ use tokio::sync::oneshot;
 
 /// How long the owner may take to import, from the sender's export.
 const BUDGET: Duration = Duration::from_secs(2);
-/// Signing context of frames between nodes.
-const CONTEXT: &[u8] = b"prism-node handoff v3";
+/// Signing context of requests between nodes (with the connection's challenge).
+pub const CONTEXT: &[u8] = b"prism-node handoff v3";
+/// Signing context of answers (with the connection's challenge).
+pub const ANSWER: &[u8] = b"prism-node answer v3";
 /// Read buffer of a hand-off connection.
 const READ_BUFFER: usize = 64 * 1024;
 /// Request flag: the sender forwards the client's packets to the owner.
@@ -48,8 +53,15 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 
 struct Link {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// The owner's challenge for this connection.
+    nonce: Vec<u8>,
     waiting: Mutex<HashMap<u64, Waiter>>,
     alive: AtomicBool,
+}
+
+/// `label || nonce`: what a frame's tag covers besides its body.
+fn context(label: &[u8], nonce: &[u8]) -> Vec<u8> {
+    [label, nonce].concat()
 }
 
 /// The outgoing hand-off connection to one node, opened on first use and again after
@@ -77,26 +89,44 @@ impl Peer {
         }
     }
 
-    async fn link(&self) -> Result<Arc<Link>, String> {
+    async fn link(&self, secret: &[u8]) -> Result<Arc<Link>, String> {
         let mut slot = self.link.lock().await;
         if let Some(link) = slot.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
             return Ok(link.clone());
         }
-        let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(self.addr))
+        let session = async {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connect to {}: {e}", self.addr))?;
+            let _ = stream.set_nodelay(true);
+            let (rd, wr) = stream.into_split();
+            let mut rd = BufReader::new(rd);
+            let nonce = read_frame(&mut rd, NONCE_LEN)
+                .await
+                .map_err(|e| format!("challenge from {}: {e}", self.addr))?
+                .ok_or_else(|| format!("{} closed before its challenge", self.addr))?;
+            Ok::<_, String>((rd, wr, nonce))
+        };
+        let (mut rd, wr, nonce) = tokio::time::timeout(Duration::from_secs(1), session)
             .await
-            .map_err(|_| format!("connect to {} timed out", self.addr))?
-            .map_err(|e| format!("connect to {}: {e}", self.addr))?;
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let mut rd = BufReader::new(rd);
+            .map_err(|_| format!("connect to {} timed out", self.addr))??;
+        let answers = context(ANSWER, &nonce);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(wr),
+            nonce,
             waiting: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
         });
         let reader = link.clone();
+        let (secret, addr) = (secret.to_vec(), self.addr);
         tokio::spawn(async move {
-            while let Ok(Some(frame)) = read_frame(&mut rd, 64 * 1024).await {
+            while let Ok(Some(signed)) = read_frame(&mut rd, 64 * 1024).await {
+                // A forged "refused" would have this node import its copy while the owner
+                // serves the connection.
+                let Ok(frame) = steer_proto::verify(&secret, &answers, &signed) else {
+                    eprintln!("refused an answer from {addr} (bad tag); closing");
+                    break;
+                };
                 let Some((id, rest)) = frame.split_first_chunk::<8>() else {
                     break;
                 };
@@ -127,13 +157,10 @@ impl Peer {
 
     /// Sends `handoff` and waits for the owner's answer (or the deadline).
     async fn send(&self, secret: &[u8], header: &Header, handoff: &Handoff) -> Result<(), String> {
-        let link = self.link().await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        link.waiting.lock().expect("not poisoned").insert(id, tx);
+        let link = self.link(secret).await?;
         let handoff = handoff.to_bytes();
         let mut body = Vec::with_capacity(49 + handoff.len());
-        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(&[0; 8]);
         body.extend_from_slice(&(now_ms() + BUDGET.as_millis() as u64).to_be_bytes());
         body.extend_from_slice(&header.hops.to_be_bytes());
         body.extend_from_slice(&header.generation.born_us.to_be_bytes());
@@ -142,8 +169,17 @@ impl Peer {
         body.extend_from_slice(&header.exported_at.to_be_bytes());
         body.push(header.flags);
         body.extend_from_slice(&handoff);
-        let frame = steer_proto::sign(secret, CONTEXT, &body);
-        if let Err(e) = write_frame(&mut *link.writer.lock().await, &frame).await {
+        // The owner refuses an id that does not grow: ids are taken in the order the
+        // frames are written, under the writer's lock.
+        let (tx, rx) = oneshot::channel();
+        let mut writer = link.writer.lock().await;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        body[..8].copy_from_slice(&id.to_be_bytes());
+        link.waiting.lock().expect("not poisoned").insert(id, tx);
+        let frame = steer_proto::sign(secret, &context(CONTEXT, &link.nonce), &body);
+        let written = write_frame(&mut *writer, &frame).await;
+        drop(writer);
+        if let Err(e) = written {
             link.alive.store(false, Ordering::Release);
             link.waiting.lock().expect("not poisoned").remove(&id);
             return Err(format!("send to {}: {e}", self.addr));
@@ -290,10 +326,22 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
-            let (rd, wr) = stream.into_split();
+            let (rd, mut wr) = stream.into_split();
             // A frame in one read where it fits (a hand-off is mostly a few hundred bytes).
             let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-            let wr = Arc::new(tokio::sync::Mutex::new(wr));
+            let Ok(nonce) = steer_proto::new_nonce() else {
+                return;
+            };
+            if write_frame(&mut wr, &nonce).await.is_err() {
+                return;
+            }
+            let requests = context(CONTEXT, &nonce);
+            let wr = Arc::new(Answers {
+                wr: tokio::sync::Mutex::new(wr),
+                context: context(ANSWER, &nonce),
+                secret: node.cluster.secret.as_bytes().to_vec(),
+            });
+            let mut last_id = 0;
             loop {
                 let frame = match read_frame(&mut rd, MAX_FRAME).await {
                     Ok(Some(f)) => f,
@@ -303,7 +351,7 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                         return;
                     }
                 };
-                let body = match steer_proto::verify(node.cluster.secret.as_bytes(), CONTEXT, &frame) {
+                let body = match steer_proto::verify(node.cluster.secret.as_bytes(), &requests, &frame) {
                     Ok(b) => b,
                     Err(e) => {
                         eprintln!(
@@ -342,10 +390,18 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                     eprintln!("{}: malformed hand-off frame from {from}; closing", node.name());
                     return;
                 };
+                if id <= last_id {
+                    eprintln!(
+                        "{}: refused hand-off frame from {from}: id {id} after {last_id} (replayed); closing",
+                        node.name()
+                    );
+                    return;
+                }
+                last_id = id;
                 let handoff = match handoff {
                     Ok(h) => h,
                     Err(e) => {
-                        answer(&wr, id, Err(e.to_string())).await;
+                        wr.answer(id, Err(e.to_string())).await;
                         continue;
                     }
                 };
@@ -355,16 +411,26 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-async fn answer(wr: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, result: Result<(), String>) -> bool {
-    let mut body = id.to_be_bytes().to_vec();
-    match result {
-        Ok(()) => body.push(0),
-        Err(e) => {
-            body.push(1);
-            body.extend_from_slice(e.as_bytes());
+/// The owner's side of a hand-off connection: answers, signed for its challenge.
+struct Answers {
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    context: Vec<u8>,
+    secret: Vec<u8>,
+}
+
+impl Answers {
+    async fn answer(&self, id: u64, result: Result<(), String>) -> bool {
+        let mut body = id.to_be_bytes().to_vec();
+        match result {
+            Ok(()) => body.push(0),
+            Err(e) => {
+                body.push(1);
+                body.extend_from_slice(e.as_bytes());
+            }
         }
+        let frame = steer_proto::sign(&self.secret, &self.context, &body);
+        write_frame(&mut *self.wr.lock().await, &frame).await.is_ok()
     }
-    write_frame(&mut *wr.lock().await, &body).await.is_ok()
 }
 
 /// What the sender puts before a hand-off's state.
@@ -395,13 +461,7 @@ struct Timing {
     forwarded: bool,
 }
 
-async fn take_over(
-    node: Arc<Node>,
-    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    id: u64,
-    timing: Timing,
-    handoff: Handoff,
-) {
+async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, handoff: Handoff) {
     let Timing {
         deadline,
         hops,
@@ -417,7 +477,8 @@ async fn take_over(
     }
     if now_ms() > deadline {
         super::Stats::bump(&node.stats.handoffs_refused);
-        answer(&wr, id, Err("deadline passed before the import".into())).await;
+        wr.answer(id, Err("deadline passed before the import".into()))
+            .await;
         return;
     }
     let Handoff { state, request } = handoff;
@@ -427,7 +488,7 @@ async fn take_over(
         Err(e) => {
             eprintln!("{name}: refused a hand-off: {e}");
             super::Stats::bump(&node.stats.handoffs_refused);
-            answer(&wr, id, Err(format!("{name}: import: {e}"))).await;
+            wr.answer(id, Err(format!("{name}: import: {e}"))).await;
             return;
         }
     };
@@ -445,7 +506,7 @@ async fn take_over(
             steered.await;
         }
     };
-    let (answered, ()) = tokio::join!(answer(&wr, id, Ok(())), steer);
+    let (answered, ()) = tokio::join!(wr.answer(id, Ok(())), steer);
     if !answered {
         // The sender cannot learn that we have it, so it will import its copy and
         // steer the flow back to itself: let go of ours (nothing was sent on it yet).
@@ -477,12 +538,71 @@ pub async fn forward_releases(node: Arc<Node>, mut events: EventStream) {
         let next = poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut events), cx)).await;
         match next {
             None => return,
-            Some(Err(e)) => eprintln!("{}: events: {e}", node.name()),
-            Some(Ok(ev)) if ev.kind == EventKind::Released && node.cluster.is_vip(ev.local.ip()) => {
-                super::Stats::bump(&node.stats.releases);
-                node.steer.release(ev.peer, ev.time_wait_ms.into());
+            Some(Err(e)) if e.errno() == Some(libc::ENOBUFS) => {
+                eprintln!("{}: events: {e}", node.name());
+                // Events dropped while the queue is full raise no new error until it
+                // has been emptied: empty it, then ask the module what is still alive.
+                loop {
+                    match events.try_next() {
+                        Ok(Some(ev)) => forward_release(&node, &ev),
+                        Ok(None) => break,
+                        Err(e) if e.errno() == Some(libc::ENOBUFS) => {}
+                        Err(e) => {
+                            eprintln!("{}: events: {e}", node.name());
+                            break;
+                        }
+                    }
+                }
+                resync_releases(&node);
             }
-            Some(Ok(_)) => {}
+            Some(Err(e)) => eprintln!("{}: events: {e}", node.name()),
+            Some(Ok(ev)) => forward_release(&node, &ev),
+        }
+        if node.fault == Some(Fault::LaggingEventReader) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+fn forward_release(node: &Node, ev: &prism_sock::Event) {
+    if ev.kind == EventKind::Released && node.cluster.is_vip(ev.local.ip()) {
+        super::Stats::bump(&node.stats.releases);
+        node.steer.release(ev.peer, ev.time_wait_ms.into());
+    }
+}
+
+/// After lost events: each flow this node owned before the module listed the sockets
+/// it tracks, and that is not among them, was released meanwhile (or handed on, which
+/// `release_if_owned` and prism-steerd's generations tell apart). Its TIME_WAIT is not
+/// known any more: the entry stays the longest linger.
+fn resync_releases(node: &Node) {
+    let owned = node.steer.owned();
+    let listed = with_backend(node.backend, |b| match b {
+        Ok(prism_sock::Backend::Module(c)) => c.list_tracked(),
+        Ok(_) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    });
+    let tracked: std::collections::HashSet<SocketAddr> = match listed {
+        Ok(list) => list.into_iter().map(|t| t.peer).collect(),
+        Err(e) => {
+            eprintln!(
+                "{}: cannot list tracked sockets to re-sync releases: {e}",
+                node.name()
+            );
+            return;
+        }
+    };
+    let linger = node.cluster.steerd.max_linger_ms;
+    let released = owned
+        .into_iter()
+        .filter(|(flow, _)| !tracked.contains(flow))
+        .filter(|(flow, generation)| node.steer.release_if_owned(*flow, *generation, linger))
+        .count();
+    node.stats
+        .releases
+        .fetch_add(released as u64, std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{}: lost release events; re-synced from the module: {released} flows released meanwhile",
+        node.name()
+    );
 }

@@ -45,6 +45,9 @@ pub enum BackendChoice {
 pub enum Fault {
     /// Die (SIGKILL) on receiving a hand-off, before importing it.
     DieOnHandoff,
+    /// Listen for releases with the smallest receive buffer and pause half a second
+    /// after each event, so a burst of releases overruns the listener.
+    LaggingEventReader,
 }
 
 /// Everything a node's tasks share.
@@ -179,6 +182,12 @@ pub async fn run(
         ),
         _ => None,
     };
+    if let (Some(events), Some(Fault::LaggingEventReader)) = (&events, fault) {
+        events
+            .listener()
+            .set_receive_buffer(1)
+            .map_err(|e| format!("event buffer: {e}"))?;
+    }
     let node = Arc::new(Node {
         ring,
         objects: owned,

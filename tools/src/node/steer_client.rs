@@ -58,6 +58,29 @@ impl SteerClient {
         self.owned.lock().expect("not poisoned").remove(&flow);
     }
 
+    /// The flows this node owns now, with their generations.
+    pub fn owned(&self) -> Vec<(SocketAddr, Generation)> {
+        let owned = self.owned.lock().expect("not poisoned");
+        owned.iter().map(|(f, g)| (*f, *g)).collect()
+    }
+
+    /// Queues the release of `flow` if this node still owns it in `generation`; whether
+    /// it did.
+    pub fn release_if_owned(&self, flow: SocketAddr, generation: Generation, linger_ms: u64) -> bool {
+        let mut owned = self.owned.lock().expect("not poisoned");
+        if owned.get(&flow) != Some(&generation) {
+            return false;
+        }
+        owned.remove(&flow);
+        drop(owned);
+        self.post(Request::Release {
+            flow,
+            linger_ms,
+            generation,
+        });
+        true
+    }
+
     /// This node's socket of `flow` is gone: queues its release, for the generation
     /// this node steered (zero if it never steered the flow).
     pub fn release(&self, flow: SocketAddr, linger_ms: u64) {
@@ -183,10 +206,15 @@ async fn link(
         // Frames are read by their own task: a read cut short by `select!` would lose
         // the bytes it had taken.
         let (reply_tx, mut replies) = mpsc::unbounded_channel::<Reply>();
+        let (reply_secret, reply_nonce, who) = (secret.clone(), nonce.clone(), node.clone());
         let reader = tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut rd, steer_proto::MAX_FRAME).await {
-                let Ok(reply) = serde_json::from_slice::<Reply>(&f) else {
-                    return;
+                let reply = match steer_proto::open_reply(&reply_secret, &reply_nonce, &f) {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        eprintln!("{who}: refused a reply from prism-steerd ({e}); reconnecting");
+                        return;
+                    }
                 };
                 if reply_tx.send(reply).is_err() {
                     return;

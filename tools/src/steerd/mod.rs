@@ -89,6 +89,7 @@ async fn session(
     let mut rd = tokio::io::BufReader::new(rd);
     let nonce = steer_proto::new_nonce().map_err(|e| e.to_string())?;
     write_frame(&mut wr, &nonce).await.map_err(|e| e.to_string())?;
+    let secret = cluster.secret.as_bytes().to_vec();
     // Replies are written by their own task in request order while the requests are
     // applied in batches; the replies of one batch go out in one write.
     let (replies, mut pending) = mpsc::unbounded_channel::<(u64, oneshot::Receiver<Result<(), String>>)>();
@@ -105,12 +106,11 @@ async fn session(
             let stopping = || Err("prism-steerd stopping".to_string());
             let mut out = Vec::new();
             let mut put = |seq, result: Result<(), String>| {
-                let reply = serde_json::to_vec(&Reply {
+                let reply = Reply {
                     seq,
                     error: result.err(),
-                })
-                .expect("replies serialize");
-                let _ = prism_sock::write_frame(&mut out, &reply);
+                };
+                let _ = prism_sock::write_frame(&mut out, &steer_proto::seal_reply(&secret, &nonce, &reply));
             };
             put(seq, done.await.unwrap_or_else(|_| stopping()));
             while let Ok((seq, mut done)) = pending.try_recv() {

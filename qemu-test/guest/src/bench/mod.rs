@@ -122,12 +122,7 @@ pub fn run_parts(
             results.hops.extend(interleaved(log, opts)?);
         }
         if parts.contains(&"hops") {
-            let mut floors = Bench::new(Mech::GetInfo, opts.batch)?;
-            for mech in [Mech::GetInfo, Mech::RawGetInfo, Mech::RawGenl] {
-                results
-                    .hops
-                    .push(floors.case(log, mech, 0, opts.hops, opts.counted)?);
-            }
+            results.hops.extend(floors(log, opts)?);
         }
         if parts.contains(&"live") {
             results.live = Bench::new(Mech::Module, opts.batch)?.live(log, &opts.live, opts.live_hops)?;
@@ -183,6 +178,27 @@ fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, S
     // The report lists each mechanism's cases together.
     out.sort_by_key(|c| c.backend != Mech::Module.name());
     Ok(out)
+}
+
+/// The floors in alternating rounds, for the same reason as [`interleaved`]: the
+/// userlib / raw ratio compares figures taken side by side.
+fn floors(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, String> {
+    let mechs = [Mech::GetInfo, Mech::RawGetInfo, Mech::RawGenl];
+    let mut bench = Bench::new(Mech::GetInfo, opts.batch)?;
+    let mut samples: [hops::Samples; 3] = Default::default();
+    let rounds = opts.rounds.clamp(1, opts.hops.max(1));
+    for round in 0..rounds {
+        let share = opts.hops / rounds + usize::from(round < opts.hops % rounds);
+        let counted = opts.counted / rounds + usize::from(round < opts.counted % rounds);
+        for (mech, into) in mechs.iter().zip(&mut samples) {
+            bench.sample(log, *mech, 0, share, counted, into)?;
+        }
+    }
+    Ok(mechs
+        .iter()
+        .zip(samples)
+        .map(|(mech, s)| s.summary(log, *mech, 0))
+        .collect())
 }
 
 /// `hops` hops (or floor round trips) of one mechanism named as in the report, for a

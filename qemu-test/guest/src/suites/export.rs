@@ -11,7 +11,7 @@ use prism_sock::uapi::StateAttr;
 use prism_sock::{Client, DecodedState};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Test> {
@@ -59,6 +59,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "export_refuses_pending_urgent_data",
             run: urgent_pending,
+        },
+        Test {
+            name: "export_refuses_md5_and_ao_signed_sockets",
+            run: signed_sockets,
         },
     ]
 }
@@ -710,5 +714,127 @@ fn urgent_pending(env: &Env, log: &mut Log) -> TestResult {
     let mut buf = [0u8; 10];
     server.read_exact(&mut buf).map_err(|e| e.to_string())?;
     check!(&buf == b"still here", "server read {buf:?}");
+    Ok(())
+}
+
+/// A loopback connection in the test's namespace: (client, server).
+fn loopback_pair() -> Result<(TcpStream, TcpStream), String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let client = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let (server, _) = l.accept().map_err(|e| e.to_string())?;
+    Ok((client, server))
+}
+
+/// `setsockopt(IPPROTO_TCP, opt)` with a struct's bytes.
+fn set_tcp_struct(sock: &impl AsRawFd, opt: i32, value: &[u8]) -> Result<(), String> {
+    // SAFETY: `value` is valid for reads of its length for the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            opt,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    check!(ret == 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// 127.0.0.1 as a `sockaddr_storage`'s first bytes.
+fn loopback_storage() -> [u8; 128] {
+    let mut a = [0u8; 128];
+    a[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    a[4..8].copy_from_slice(&[127, 0, 0, 1]);
+    a
+}
+
+/// `struct tcp_md5sig` for peer 127.0.0.1 (`key` empty: delete the key).
+fn md5sig(key: &[u8]) -> Vec<u8> {
+    // addr[128], flags u8, prefixlen u8, keylen u16, ifindex i32, key[80]
+    let mut v = loopback_storage().to_vec();
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&(key.len() as u16).to_ne_bytes());
+    v.extend_from_slice(&0i32.to_ne_bytes());
+    let mut k = [0u8; 80];
+    k[..key.len()].copy_from_slice(key);
+    v.extend_from_slice(&k);
+    v
+}
+
+/// `struct tcp_ao_add`: an HMAC-SHA1 key for peer 127.0.0.1/32, ids 100/100.
+fn ao_add(key: &[u8]) -> Vec<u8> {
+    // addr[128], alg_name[64], ifindex i32, set_current:1 set_rnext:1 reserved:30 u32,
+    // reserved2 u16, prefix, sndid, rcvid, maclen, keyflags, keylen u8, key[80]
+    let mut v = loopback_storage().to_vec();
+    let mut alg = [0u8; 64];
+    alg[..10].copy_from_slice(b"hmac(sha1)");
+    v.extend_from_slice(&alg);
+    v.extend_from_slice(&0i32.to_ne_bytes());
+    v.extend_from_slice(&0u32.to_ne_bytes());
+    v.extend_from_slice(&0u16.to_ne_bytes());
+    v.extend_from_slice(&[32, 100, 100, 0, 0, key.len() as u8]);
+    let mut k = [0u8; 80];
+    k[..key.len()].copy_from_slice(key);
+    v.extend_from_slice(&k);
+    v
+}
+
+/// TCP_AO_ADD_KEY (not in the libc crate).
+const TCP_AO_ADD_KEY: i32 = 38;
+
+/// A socket that signs its segments (TCP-MD5, TCP-AO) is refused: the keys cannot be
+/// read back, and an imported socket without them would send segments its peer drops.
+/// Deleting the MD5 key makes the socket exportable again; the AO connection keeps
+/// carrying data after the refusal.
+fn signed_sockets(env: &Env, log: &mut Log) -> TestResult {
+    let _c = loaded(env, log)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+
+    let (_client, server) = loopback_pair()?;
+    c.export_snapshot(server.as_fd())
+        .map_err(|e| format!("export before any key: {e}"))?;
+    set_tcp_struct(&server, libc::TCP_MD5SIG, &md5sig(b"0123456789abcdef"))?;
+    expect_refusal(
+        c.export_snapshot(server.as_fd()),
+        libc::EOPNOTSUPP,
+        "TCP-MD5",
+        log,
+    )?;
+    set_tcp_struct(&server, libc::TCP_MD5SIG, &md5sig(b""))?;
+    c.export_snapshot(server.as_fd())
+        .map_err(|e| format!("export after the MD5 key was deleted: {e}"))?;
+
+    // Both ends keyed before the handshake, so the connection runs signed.
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let key = b"prism-ao-test-key";
+    set_tcp_struct(&l, TCP_AO_ADD_KEY, &ao_add(key))?;
+    // SAFETY: plain socket creation; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    check!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd nobody else owns.
+    let mut client = TcpStream::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    set_tcp_struct(&client, TCP_AO_ADD_KEY, &ao_add(key))?;
+    let port = l.local_addr().map_err(|e| e.to_string())?.port();
+    // SAFETY: a zeroed sockaddr_in is valid; family, port and address are set below.
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as libc::sa_family_t;
+    to.sin_port = port.to_be();
+    to.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    // SAFETY: `to` is a valid sockaddr_in of the length passed.
+    let ret = unsafe {
+        libc::connect(
+            client.as_raw_fd(),
+            (&to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    check!(ret == 0, "AO connect: {}", std::io::Error::last_os_error());
+    let (mut server, _) = l.accept().map_err(|e| e.to_string())?;
+    expect_refusal(c.export_snapshot(server.as_fd()), libc::EOPNOTSUPP, "TCP-AO", log)?;
+    client.write_all(b"signed").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 6];
+    server.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"signed", "the AO connection after the refusal: {buf:?}");
     Ok(())
 }

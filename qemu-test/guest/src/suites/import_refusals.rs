@@ -22,6 +22,10 @@ pub fn tests() -> Vec<Test> {
             name: "import_refuses_caller_without_net_admin",
             run: unprivileged,
         },
+        Test {
+            name: "import_bounds_buffers_by_the_callers_rights",
+            run: buffer_bounds,
+        },
     ]
 }
 
@@ -351,4 +355,84 @@ pub fn import_probe(path: &str) -> String {
         )
     };
     run().unwrap_or_else(|e| e)
+}
+
+/// Socket buffer size a blob asks for, beyond every sysctl maximum.
+const HUGE_BUF: u32 = 64 << 20;
+
+/// A blob that asks for [`HUGE_BUF`] buffers, both set by the application, is imported
+/// with them by host root, and by the root of a user namespace (CAP_NET_ADMIN over its
+/// own network namespace only) with SO_SNDBUF/SO_RCVBUF's limits: twice
+/// net.core.wmem_max/rmem_max. Either connection carries data.
+fn buffer_bounds(env: &Env, log: &mut Log) -> TestResult {
+    let _c = loaded(env, log)?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let probe = format!("ip link set lo up && exec {} buffer-probe", me.to_string_lossy());
+    let sysctl = |name: &str| -> Result<u64, String> {
+        let path = format!("/proc/sys/net/core/{name}");
+        let v = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        v.trim().parse().map_err(|e| format!("{path}: {e}"))
+    };
+    let (wmem_max, rmem_max) = (sysctl("wmem_max")?, sysctl("rmem_max")?);
+    let sizes = |out: String| -> Result<(u64, u64), String> {
+        let mut it = out.split_whitespace().map(str::parse::<u64>);
+        match (it.next(), it.next()) {
+            (Some(Ok(s)), Some(Ok(r))) => Ok((s, r)),
+            _ => Err(format!("buffer probe printed {out:?}")),
+        }
+    };
+    let root = sizes(sh(log, "unshare", &["-n", "sh", "-c", &probe])?)?;
+    let userns = sizes(sh(log, "unshare", &["-Urn", "sh", "-c", &probe])?)?;
+    log.line(format!(
+        "asked {HUGE_BUF}: host root got {root:?}, user-namespace root {userns:?} \
+         (wmem_max {wmem_max}, rmem_max {rmem_max})"
+    ));
+    let huge = u64::from(HUGE_BUF);
+    check!(root == (huge, huge), "host root's import got {root:?}");
+    check!(
+        userns == (2 * wmem_max, 2 * rmem_max),
+        "a user namespace's import got {userns:?}, SO_SNDBUF/SO_RCVBUF allow {:?}",
+        (2 * wmem_max, 2 * rmem_max)
+    );
+    Ok(())
+}
+
+/// Child side of `import_bounds_buffers_by_the_callers_rights`, in a network namespace
+/// of its own with lo up: moves a loopback connection within the namespace with a blob
+/// that asks for [`HUGE_BUF`] buffers, checks that bytes flow, and prints the
+/// imported socket's SO_SNDBUF and SO_RCVBUF.
+pub fn buffer_probe() -> Result<String, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let mut client = std::net::TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let (server, _) = l.accept().map_err(|e| e.to_string())?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let blob = c
+        .export_detach(server.as_fd())
+        .map_err(|e| format!("export: {e}"))?;
+    drop(server);
+    let mut attrs = parse(blob.as_bytes());
+    for (kind, payload) in &mut attrs {
+        if *kind == u16::from(StateAttr::Sndbuf) || *kind == u16::from(StateAttr::Rcvbuf) {
+            *payload = HUGE_BUF.to_ne_bytes().to_vec();
+        } else if *kind == u16::from(StateAttr::BufLocks) {
+            *payload = vec![3];
+        }
+    }
+    let imported = c
+        .import(
+            &MigrationState::from_bytes(encode(&attrs)),
+            &ImportOptions::default(),
+        )
+        .map_err(|e| format!("import: {e}"))?;
+    let mut moved = std::net::TcpStream::from(imported.fd);
+    use std::io::{Read, Write};
+    client.write_all(b"ping").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    moved.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"ping", "read {buf:?} on the imported socket");
+    let get = |opt| crate::sockopt::get_int(moved.as_fd(), libc::SOL_SOCKET, opt);
+    let snd = get(libc::SO_SNDBUF).map_err(|e| format!("SO_SNDBUF: errno {e}"))?;
+    let rcv = get(libc::SO_RCVBUF).map_err(|e| format!("SO_RCVBUF: errno {e}"))?;
+    Ok(format!("{snd} {rcv}"))
 }

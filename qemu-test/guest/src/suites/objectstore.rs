@@ -58,6 +58,14 @@ pub fn tests() -> Vec<Test> {
             run: ordered_steers,
         },
         Test {
+            name: "dsr_replayed_handoff_frames_refused",
+            run: handoff_replay,
+        },
+        Test {
+            name: "dsr_nodes_resync_releases_after_lost_events",
+            run: lost_releases,
+        },
+        Test {
             name: "dsr_200_clients_30s",
             run: |e, l| two_hundred(e, l, Backend::Module),
         },
@@ -503,7 +511,10 @@ fn forged(env: &Env, log: &mut Log) -> TestResult {
     let reply = read_frame(&mut s, 4096)
         .map_err(|e| e.to_string())?
         .ok_or("no reply")?;
-    log.line(format!("authentic hold: {}", String::from_utf8_lossy(&reply)));
+    let reply =
+        steer_proto::open_reply(secret.as_bytes(), &nonce, &reply).map_err(|e| format!("the reply: {e}"))?;
+    log.line(format!("authentic hold: {reply:?}"));
+    check!(reply.seq == 5 && reply.error.is_none(), "reply {reply:?}");
     check!(stack.entries()? == 1, "the authentic hold is not in nftables");
     write_frame(&mut s, &frame).map_err(|e| e.to_string())?;
     check!(closed(&mut s), "replayed frame: connection kept");
@@ -520,6 +531,108 @@ fn forged(env: &Env, log: &mut Log) -> TestResult {
     })?;
     check!(stack.entries()? == 1, "a refused frame changed nftables");
     log.line(stack.read_log("steerd.log"));
+    Ok(())
+}
+
+/// Nodes whose `releases` listener overruns (the smallest receive buffer, read slowly,
+/// and many clients closing at once) learn what they missed from SOCK_LIST, so prism-steerd's
+/// table still empties.
+fn lost_releases(env: &Env, log: &mut Log) -> TestResult {
+    let faults = NODES.map(|n| (n, "lagging-event-reader"));
+    let stack = Stack::up_with(env, log, &faults, Backend::Module)?;
+    let s = stack.load(log, "10.100.0.1:80", 96, 6)?;
+    check!(
+        s["failed"] == 0 && s["requests"].as_u64() > Some(0),
+        "requests failed: {s}\n{}",
+        stack.logs()
+    );
+    stack
+        .wait_empty(log)
+        .map_err(|e| format!("{e}\n{}", stack.logs()))?;
+    let resyncs: Vec<String> = NODES
+        .iter()
+        .flat_map(|n| {
+            stack
+                .read_log(&format!("node-{n}.log"))
+                .lines()
+                .filter(|l| l.contains("re-synced from the module"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    log.line(resyncs.join("\n"));
+    check!(
+        !resyncs.is_empty(),
+        "no listener overran, so the test proved nothing:\n{}",
+        stack.logs()
+    );
+    Ok(())
+}
+
+/// A hand-off connection to be1 from fe's namespace, with be1's challenge.
+fn handoff_session(stack: &Stack) -> Result<(TcpStream, Vec<u8>), String> {
+    let to = stack.cluster.node("be1").ok_or("no be1")?.control_addr();
+    let mut s = in_ns("fe", move || TcpStream::connect(to))?.map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let nonce = read_frame(&mut s, 64)
+        .map_err(|e| e.to_string())?
+        .ok_or("no challenge")?;
+    Ok((s, nonce))
+}
+
+/// A signed hand-off request to be1 is answered with a signed answer (here a refusal:
+/// its state is garbage); the same frame again on that connection, or on a new one
+/// (another challenge), is refused, logged, and ends the connection.
+fn handoff_replay(env: &Env, log: &mut Log) -> TestResult {
+    use prism_tools::node::handoff::{ANSWER, CONTEXT};
+    let stack = Stack::up(env, log, &[])?;
+    let secret = stack.cluster.secret.clone();
+    let (mut s, nonce) = handoff_session(&stack)?;
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_millis() as u64
+        + 2000;
+    // [id][deadline][hops][born][moves][parsed_at][exported_at][flags], then the state.
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.extend_from_slice(&deadline.to_be_bytes());
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.extend_from_slice(&[0; 8 + 4 + 8 + 8 + 1]);
+    body.extend_from_slice(b"not a hand-off");
+    let frame = steer_proto::sign(secret.as_bytes(), &[CONTEXT, &nonce].concat(), &body);
+    write_frame(&mut s, &frame).map_err(|e| e.to_string())?;
+    let signed = read_frame(&mut s, 4096)
+        .map_err(|e| e.to_string())?
+        .ok_or("no answer")?;
+    let answer = steer_proto::verify(secret.as_bytes(), &[ANSWER, &nonce].concat(), &signed)
+        .map_err(|e| format!("be1's answer: {e}"))?;
+    log.line(format!("answer: {}", String::from_utf8_lossy(&answer[9..])));
+    check!(
+        answer[..8] == 1u64.to_be_bytes() && answer[8] == 1,
+        "be1 did not refuse the garbage state: {answer:?}"
+    );
+    let closed = |s: &mut TcpStream| matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_));
+    write_frame(&mut s, &frame).map_err(|e| e.to_string())?;
+    check!(
+        closed(&mut s),
+        "the frame replayed on its connection: connection kept"
+    );
+    wait("the replay refusal", Duration::from_secs(5), || {
+        stack.read_log("node-be1.log").contains("id 1 after 1 (replayed)")
+    })?;
+    let (mut other, _) = handoff_session(&stack)?;
+    write_frame(&mut other, &frame).map_err(|e| e.to_string())?;
+    check!(
+        closed(&mut other),
+        "the frame replayed on another connection: connection kept"
+    );
+    wait("the bad-tag refusal", Duration::from_secs(5), || {
+        stack.read_log("node-be1.log").contains("refused hand-off frame")
+            && stack.read_log("node-be1.log").contains("bad tag")
+    })?;
+    log.line(stack.read_log("node-be1.log"));
     Ok(())
 }
 
@@ -557,7 +670,8 @@ impl Session {
         let reply = read_frame(&mut self.stream, 4096)
             .map_err(|e| e.to_string())?
             .ok_or("no reply")?;
-        let reply: steer_proto::Reply = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
+        let reply = steer_proto::open_reply(self.secret.as_bytes(), &self.nonce, &reply)
+            .map_err(|e| e.to_string())?;
         check!(
             reply.seq == self.seq && reply.error.is_none(),
             "{:?}: {reply:?}",

@@ -534,15 +534,16 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
     );
     // be2's listener saw nothing of be1's namespace.
     quiet(&mut other, log)?;
-    // A listener without CAP_NET_ADMIN is refused.
+    // A listener without CAP_NET_ADMIN is refused, on either group.
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let me = me.to_string_lossy();
     let mut cmd: Vec<&str> = vec!["ip", "netns", "exec", "be1"];
     cmd.extend(WITHOUT_NET_ADMIN);
     cmd.extend([&*me, "listen-probe"]);
     let out = sh(log, cmd[0], &cmd[1..])?;
+    let eperm = libc::EPERM;
     check!(
-        out.trim() == format!("errno {}", libc::EPERM),
+        out.trim() == format!("events errno {eperm}, releases errno {eperm}"),
         "unprivileged listener gave {out:?}"
     );
     Ok(())
@@ -703,10 +704,15 @@ fn prismctl_monitor(env: &Env, log: &mut Log) -> TestResult {
 
 /// Child side of the unprivileged listener check: prints how joining failed.
 pub fn listen_probe() -> String {
-    match EventListener::open() {
-        Ok(_) => "joined".into(),
+    let try_join = |group| match EventListener::join(group) {
+        Ok(_) => "joined".to_string(),
         Err(e) => format!("errno {}", e.errno().unwrap_or(0)),
-    }
+    };
+    format!(
+        "events {}, releases {}",
+        try_join(Group::Events),
+        try_join(Group::Releases)
+    )
 }
 
 /// rmmod while 100 migrated connections are tracked: they keep working and close
