@@ -189,6 +189,11 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
             "rcv-wnd",
         ),
         (
+            set(&attrs, StateAttr::WindowClamp, u32::MAX.to_ne_bytes().to_vec()),
+            einval,
+            "window-clamp exceeds",
+        ),
+        (
             set(&attrs, StateAttr::Keepcnt, 1000u32.to_ne_bytes().to_vec()),
             einval,
             "keepcnt",
