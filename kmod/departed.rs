@@ -10,12 +10,13 @@
 //! in the same namespace, when the peer opens a new connection on it (a SYN), when it
 //! expires (found expired by a lookup, or by the reaper, a work item that sweeps the
 //! table once a second while it holds entries), or when its namespace goes away. No
-//! request walks the table. The table is bounded: a DETACH that finds it
-//! full is refused, leaving the socket untouched.
+//! request walks the table. The table is bounded, and so is each namespace's share of
+//! it (`departed_netns_quota`), so one tenant's detaches cannot starve another's: a
+//! DETACH that finds either full is refused, leaving the socket untouched.
 
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -97,6 +98,8 @@ struct Entry {
     expires: usize,
     /// The new owner's IPv4 address (network byte order), or zero: drop.
     forward: [u8; 4],
+    /// The entry count of its namespace's quota (`*const AtomicU32`), or zero.
+    used: usize,
     next: u32,
 }
 
@@ -110,6 +113,13 @@ struct Slots {
 impl Slots {
     /// Takes entry `i` (after `prev`, or first) out of `bucket`'s chain onto the free list.
     fn unlink(&mut self, bucket: usize, prev: u32, i: u32) {
+        let used = self.entries[i as usize].used as *const AtomicU32;
+        // SAFETY: a non-null `used` is the count in the entry's namespace data, which is
+        // freed only after the namespace's exit callback flushed its entries (through
+        // here).
+        if let Some(used) = unsafe { used.as_ref() } {
+            used.fetch_sub(1, Ordering::Relaxed);
+        }
         let next = self.entries[i as usize].next;
         if prev == NIL {
             self.heads[bucket] = next;
@@ -131,7 +141,30 @@ pub(crate) enum Verdict {
 }
 
 /// Why an insertion failed.
-pub(crate) struct Full;
+pub(crate) enum Full {
+    /// No free entry in the table.
+    Table,
+    /// The namespace holds its quota of entries.
+    Namespace,
+}
+
+/// A namespace's share of the table: its entry count, and the most it may hold.
+pub(crate) struct Quota<'a> {
+    pub(crate) used: &'a AtomicU32,
+    pub(crate) limit: u32,
+}
+
+/// The quota of one namespace, from `departed_netns_quota` (0: half the capacity).
+pub(crate) fn netns_quota(capacity: usize) -> u32 {
+    // SAFETY: reads a module parameter, written only at load time.
+    let set = unsafe { b::prism_departed_netns_quota() };
+    let half = (capacity as u32 / 2).max(1);
+    if set == 0 {
+        half
+    } else {
+        set.min(capacity as u32)
+    }
+}
 
 pub(crate) struct Departed {
     slots: BhLock<Slots>,
@@ -242,6 +275,7 @@ impl Departed {
                     tuple: Tuple::default(),
                     expires: 0,
                     forward: [0; 4],
+                    used: 0,
                     next,
                 },
                 GFP_KERNEL,
@@ -302,8 +336,14 @@ impl Departed {
 
     /// Protects `tuple` for `TIMEOUT_MS` from now (again, if it already is); its
     /// packets go to `forward` (an IPv4 address), or are dropped until `set_forward`
-    /// names a new owner.
-    pub(crate) fn insert(&self, tuple: &Tuple, forward: Option<[u8; 4]>) -> Result<(), Full> {
+    /// names a new owner. A new entry counts against `quota`, which must be the count
+    /// in the data of the tuple's namespace (it goes down as the entry leaves).
+    pub(crate) fn insert(
+        &self,
+        tuple: &Tuple,
+        forward: Option<[u8; 4]>,
+        quota: Quota<'_>,
+    ) -> Result<(), Full> {
         // SAFETY: converts a constant.
         let expires = now().wrapping_add(unsafe { b::prism_msecs_to_jiffies(TIMEOUT_MS) } as usize);
         let forward = forward.unwrap_or([0; 4]);
@@ -324,14 +364,21 @@ impl Departed {
         let i = s.free;
         if i == NIL {
             self.full.fetch_add(1, Ordering::Relaxed);
-            return Err(Full);
+            return Err(Full::Table);
         }
+        // Counted under the table's lock, so count and entries agree.
+        if quota.used.load(Ordering::Relaxed) >= quota.limit {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return Err(Full::Namespace);
+        }
+        quota.used.fetch_add(1, Ordering::Relaxed);
         let e = &mut s.entries[i as usize];
         s.free = e.next;
         *e = Entry {
             tuple: *tuple,
             expires,
             forward,
+            used: core::ptr::from_ref(quota.used) as usize,
             next: s.heads[bucket],
         };
         s.heads[bucket] = i;

@@ -5,7 +5,7 @@
 //! with DETACH, finished on this host without a packet to the peer.
 
 use crate::bindings as b;
-use crate::departed::Tuple;
+use crate::departed::{Full, Tuple};
 use crate::genl::{errno, AttrSink, AttrSize, Request};
 use crate::guard;
 use crate::socket::{FdSocket, SockLock};
@@ -114,21 +114,36 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     // go only once the reply (the state) is queued to the caller. All of it under the
     // socket lock, so the state cannot change between the copy and the end.
     let table = guard::table().ok_or(ENODEV)?;
+    // SAFETY: the socket is locked; its namespace is fixed for its lifetime.
+    let net = unsafe { (*lock.sk()).__sk_common.skc_net.net };
     let tuple = Tuple::of_socket(
-        // SAFETY: the socket is locked; its namespace is fixed for its lifetime.
-        unsafe { (*lock.sk()).__sk_common.skc_net.net } as usize,
+        net as usize,
         st.family,
         &st.saddr,
         &st.daddr,
         st.sport,
         st.dport,
     );
-    if table.insert(&tuple, forward).is_err() {
-        req.set_err(
-            None,
-            c_str!("departed-tuple table is full: cannot guard the tuple, socket left as it was"),
-        );
-        return Err(errno(b::ENOSPC));
+    // SAFETY: the socket holds its namespace for the duration of the call.
+    let quota = unsafe { guard::departed_quota(net) }.ok_or(ENODEV)?;
+    match table.insert(&tuple, forward, quota) {
+        Ok(()) => {}
+        Err(Full::Table) => {
+            req.set_err(
+                None,
+                c_str!(
+                    "departed-tuple table is full: cannot guard the tuple, socket left as it was"
+                ),
+            );
+            return Err(errno(b::ENOSPC));
+        }
+        Err(Full::Namespace) => {
+            req.set_err(
+                None,
+                c_str!("this namespace holds its quota of departed tuples (departed_netns_quota): socket left as it was"),
+            );
+            return Err(errno(b::ENOSPC));
+        }
     }
     if let Err(e) = msg.send_reply() {
         table.remove(&tuple);

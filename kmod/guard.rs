@@ -7,10 +7,10 @@
 //! (yet, or any more), for the same reason.
 
 use crate::bindings as b;
-use crate::departed::{Departed, Tuple, Verdict};
+use crate::departed::{netns_quota, Departed, Quota, Tuple, Verdict};
 use crate::tunnel;
 use core::ffi::{c_int, c_uint, c_void};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 
 /// Everything the hooks and the pernet callbacks reach, at a stable address.
@@ -18,7 +18,7 @@ struct Inner {
     table: KBox<Departed>,
     hooks: [b::nf_hook_ops; 2],
     pernet: b::pernet_operations,
-    /// Id of the per-namespace data: the namespace's event sequence counter.
+    /// Id of the per-namespace data ([`NetData`]).
     net_id: c_uint,
 }
 
@@ -45,25 +45,39 @@ pub(crate) fn table() -> Option<&'static Departed> {
     unsafe { p.as_ref() }.map(|i| &*i.table)
 }
 
+/// What the module keeps per network namespace (zeroed at its creation).
+#[derive(Default)]
+struct NetData {
+    /// The namespace's last event sequence number.
+    seq: AtomicU64,
+    /// Its entries in the departed table.
+    departed: AtomicU32,
+}
+
+/// The module's data of namespace `net`, while the guard is registered.
+///
+/// # Safety
+///
+/// `net` must be alive for `'a`.
+unsafe fn net_data<'a>(net: *mut b::net) -> Option<&'a NetData> {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: as in `table`.
+    let inner = unsafe { p.as_ref() }?;
+    // SAFETY: `net` is alive and the pernet ops are registered, so its data (zeroed,
+    // sized for a `NetData`, freed after the namespace) exists.
+    let data = unsafe { b::prism_net_generic(net, inner.net_id) };
+    // SAFETY: as above; zero bytes are a valid `NetData` (atomics only).
+    unsafe { data.cast::<NetData>().as_ref() }
+}
+
 /// Takes the next event sequence number of namespace `net` (from 1).
 ///
 /// # Safety
 ///
 /// `net` must be alive.
 pub(crate) unsafe fn next_seq(net: *mut b::net) -> u64 {
-    let p = CURRENT.load(Ordering::Acquire);
-    // SAFETY: as in `table`.
-    let Some(inner) = (unsafe { p.as_ref() }) else {
-        return 0;
-    };
-    // SAFETY: `net` is alive and the pernet ops are registered, so its data (zeroed,
-    // sized for an `AtomicU64`, freed after the namespace) exists.
-    let data = unsafe { b::prism_net_generic(net, inner.net_id) };
-    // SAFETY: as above; zero bytes are a valid `AtomicU64`.
-    match unsafe { data.cast::<AtomicU64>().as_ref() } {
-        Some(seq) => seq.fetch_add(1, Ordering::Relaxed) + 1,
-        None => 0,
-    }
+    // SAFETY: the caller keeps `net` alive.
+    unsafe { net_data(net) }.map_or(0, |d| d.seq.fetch_add(1, Ordering::Relaxed) + 1)
 }
 
 /// The last event sequence number namespace `net` gave (0: none yet).
@@ -72,15 +86,24 @@ pub(crate) unsafe fn next_seq(net: *mut b::net) -> u64 {
 ///
 /// `net` must be alive.
 pub(crate) unsafe fn current_seq(net: *mut b::net) -> u64 {
-    let p = CURRENT.load(Ordering::Acquire);
-    // SAFETY: as in `table`.
-    let Some(inner) = (unsafe { p.as_ref() }) else {
-        return 0;
-    };
-    // SAFETY: as in `next_seq`.
-    let data = unsafe { b::prism_net_generic(net, inner.net_id) };
-    // SAFETY: as in `next_seq`.
-    unsafe { data.cast::<AtomicU64>().as_ref() }.map_or(0, |seq| seq.load(Ordering::Relaxed))
+    // SAFETY: the caller keeps `net` alive.
+    unsafe { net_data(net) }.map_or(0, |d| d.seq.load(Ordering::Relaxed))
+}
+
+/// Namespace `net`'s share of the departed table, for [`Departed::insert`]; `None`
+/// outside the module's lifetime.
+///
+/// # Safety
+///
+/// `net` must be alive for `'a`.
+pub(crate) unsafe fn departed_quota<'a>(net: *mut b::net) -> Option<Quota<'a>> {
+    let table = table()?;
+    // SAFETY: the caller keeps `net` alive for `'a`.
+    let data = unsafe { net_data(net) }?;
+    Some(Quota {
+        used: &data.departed,
+        limit: netns_quota(table.capacity()),
+    })
 }
 
 /// Reads `N` bytes at `offset` of the packet, linear or not.
@@ -266,7 +289,7 @@ impl Guard {
         inner.pernet.init = Some(net_init);
         inner.pernet.exit = Some(net_exit);
         inner.pernet.id = &mut inner.net_id;
-        inner.pernet.size = core::mem::size_of::<AtomicU64>();
+        inner.pernet.size = core::mem::size_of::<NetData>();
         let p: *mut Inner = &mut *inner;
         CURRENT.store(p, Ordering::Release);
         // SAFETY: `pernet` lives in the box until `drop` unregisters it.

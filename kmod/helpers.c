@@ -247,14 +247,24 @@ struct net *prism_sock_net(const struct sock *sk)
  * Size of the departed-tuple table. module_param() is a macro that Rust cannot expand
  * (the 6.12 `module!` macro has no parameters); the value is validated in departed.rs.
  */
-static unsigned int departed_capacity = 16384;
+static unsigned int departed_capacity = 65536;
 module_param(departed_capacity, uint, 0444);
 MODULE_PARM_DESC(departed_capacity,
-		 "Departed tuples guarded against RST at most (1..1048576, default 16384)");
+		 "Departed tuples guarded against RST at most (1..1048576, default 65536)");
 
 unsigned int prism_departed_capacity(void)
 {
 	return departed_capacity;
+}
+
+static unsigned int departed_netns_quota;
+module_param(departed_netns_quota, uint, 0444);
+MODULE_PARM_DESC(departed_netns_quota,
+		 "Departed tuples one network namespace may hold at most (default: half of departed_capacity)");
+
+unsigned int prism_departed_netns_quota(void)
+{
+	return departed_netns_quota;
 }
 
 /* The socket's TCP-MD5 keys: the field exists only with CONFIG_TCP_MD5SIG. The caller

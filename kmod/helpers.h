@@ -48,6 +48,7 @@ unsigned long prism_msecs_to_jiffies(unsigned int ms);
 unsigned long prism_usecs_to_jiffies(unsigned int us);
 u32 prism_tcp_rto_min_us(const struct sock *sk);
 unsigned int prism_departed_capacity(void);
+unsigned int prism_departed_netns_quota(void);
 void prism_init_work(struct work_struct *work, work_func_t func);
 bool prism_schedule_work(struct work_struct *work);
 void prism_tracepoint_synchronize_unregister(void);

@@ -117,6 +117,10 @@ enum Cmd {
     /// sizes the import gave (run in a fresh network namespace by a test).
     #[command(hide = true)]
     BufferProbe,
+    /// Detach loopback connections past the namespace quota and print how each went
+    /// (run in a user and network namespace by a test).
+    #[command(hide = true)]
+    QuotaProbe,
 }
 
 fn main() -> ExitCode {
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
             println!("{}", suites::import_refusals::import_probe(&file));
             ExitCode::SUCCESS
         }
+        Cmd::QuotaProbe => probe_exit(suites::export::quota_probe().map(|out| println!("{out}"))),
         Cmd::BufferProbe => {
             probe_exit(suites::import_refusals::buffer_probe().map(|sizes| println!("{sizes}")))
         }

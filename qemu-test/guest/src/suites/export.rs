@@ -53,6 +53,10 @@ pub fn tests() -> Vec<Test> {
             run: guard_full,
         },
         Test {
+            name: "export_detach_refused_when_namespace_quota_full",
+            run: namespace_quota,
+        },
+        Test {
             name: "guard_v4_passes_syn_ack_of_new_connection_on_departed_tuple",
             run: guard_syn_ack,
         },
@@ -528,6 +532,83 @@ pub fn export_probe() -> String {
     run().unwrap_or_else(|e| e)
 }
 
+/// Departed tuples a namespace may hold, in `namespace_quota`.
+const QUOTA: usize = 3;
+
+/// A user namespace's root (CAP_NET_ADMIN over its own network namespace) detaches
+/// until its namespace's share of the guard table is used up, then is refused with
+/// ENOSPC; host root's detaches in another namespace still succeed, and the tenant's
+/// entries go with its namespace.
+fn namespace_quota(env: &Env, log: &mut Log) -> TestResult {
+    module::load_with(
+        log,
+        &env.module,
+        &["departed_capacity=16", &format!("departed_netns_quota={QUOTA}")],
+    )?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let probe = format!("ip link set lo up && exec {} quota-probe", me.to_string_lossy());
+    let out = sh(log, "unshare", &["-Urn", "sh", "-c", &probe])?;
+    let lines: Vec<&str> = out.lines().collect();
+    check!(
+        lines.len() == QUOTA + 1
+            && lines[..QUOTA].iter().all(|l| *l == "detached")
+            && lines[QUOTA].starts_with(&format!("errno {}", libc::ENOSPC))
+            && lines[QUOTA].contains("quota of departed tuples"),
+        "the tenant's detaches gave {lines:?}"
+    );
+    // Host root, in its own namespace, is not held back by the tenant.
+    let mut kept = Vec::new();
+    for _ in 0..QUOTA {
+        let (client, server) = loopback_pair()?;
+        c.export_detach(server.as_fd())
+            .map_err(|e| format!("host root's detach: {e}"))?;
+        kept.push((client, server));
+    }
+    // The tenant's namespace is gone with its process: its entries are flushed.
+    wait_for("the tenant's entries to go with its namespace", || {
+        c.info().is_ok_and(|i| i.departed.active as usize == QUOTA)
+    })?;
+    Ok(())
+}
+
+/// Child side of `export_detach_refused_when_namespace_quota_full`, in a network
+/// namespace of its own with lo up: detaches loopback connections, one more than the
+/// quota, and prints how each went.
+pub fn quota_probe() -> Result<String, String> {
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut kept = Vec::new();
+    for _ in 0..=QUOTA {
+        let (client, server) = loopback_pair()?;
+        out.push(match c.export_detach(server.as_fd()) {
+            Ok(_) => "detached".to_string(),
+            Err(e) => format!(
+                "errno {}: {}",
+                e.errno().unwrap_or(0),
+                e.ext_ack_message().unwrap_or_default()
+            ),
+        });
+        // An abortive close at exit: no FIN to retransmit keeps the namespace alive.
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: valid fd, option value and length.
+        unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&abort as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        kept.push((client, server));
+    }
+    Ok(out.join("\n"))
+}
+
 /// With room for two departed tuples, a third DETACH is refused with ENOSPC and leaves its
 /// socket exactly as it was; a bad table size is refused at load time.
 fn guard_full(env: &Env, log: &mut Log) -> TestResult {
@@ -538,7 +619,11 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
         );
         check!(!module::is_loaded(), "module loaded with {bad}");
     }
-    module::load_with(log, &env.module, &["departed_capacity=2"])?;
+    module::load_with(
+        log,
+        &env.module,
+        &["departed_capacity=2", "departed_netns_quota=2"],
+    )?;
     let c = Client::connect().map_err(|e| e.to_string())?;
     let _t = Topology::up()?;
     let mut kept = Vec::new();
