@@ -283,6 +283,15 @@ impl<'a> Blob<'a> {
             c_str!("blob-version 0 does not exist"),
             at.nla(a::BLOB_VERSION),
         )?;
+        // Attributes are in the exporting host's byte order, as netlink's are: a blob
+        // from a host of the other order shows its version byte-swapped.
+        let known = |v: u32| (1..=BLOB_VERSION).contains(&v);
+        check(
+            known(version) || !known(version.swap_bytes()),
+            errno(b::EPROTONOSUPPORT),
+            c_str!("blob was exported on a host of the other byte order"),
+            at.nla(a::BLOB_VERSION),
+        )?;
         check(
             version <= BLOB_VERSION,
             errno(b::EPROTONOSUPPORT),

@@ -126,6 +126,16 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
             "blob-version is newer",
         ),
         (
+            // What version 1 looks like when exported on a host of the other byte order.
+            set(
+                &attrs,
+                StateAttr::BlobVersion,
+                1u32.swap_bytes().to_ne_bytes().to_vec(),
+            ),
+            libc::EPROTONOSUPPORT,
+            "other byte order",
+        ),
+        (
             set(&attrs, StateAttr::SndWscale, vec![15]),
             libc::EFBIG,
             "snd-wscale",
