@@ -44,6 +44,30 @@ pub fn set_int(
     }
 }
 
+/// SO_LINGER with a zero timeout: closing the socket aborts it with a RST, and leaves
+/// no FIN to retransmit behind.
+pub fn linger_zero(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd, option value and length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// `getsockopt` of an int value; the errno on failure.
 pub fn get_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> Result<i32, i32> {
     let mut v: libc::c_int = 0;

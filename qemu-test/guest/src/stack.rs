@@ -313,14 +313,7 @@ impl Stack {
 
     /// Steering entries and holds in l4.
     pub fn entries(&self) -> Result<usize, String> {
-        let out = sh(
-            &mut Log::default(),
-            "ip",
-            &[
-                "netns", "exec", "l4", "nft", "-j", "list", "table", "inet", "prism",
-            ],
-        )?;
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let v = steering_table()?;
         Ok(v["nftables"]
             .as_array()
             .into_iter()
@@ -400,6 +393,18 @@ impl Drop for Stack {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// l4's steering table as `nft -j` prints it.
+pub fn steering_table() -> Result<serde_json::Value, String> {
+    let out = sh(
+        &mut Log::default(),
+        "ip",
+        &[
+            "netns", "exec", "l4", "nft", "-j", "list", "table", "inet", "prism",
+        ],
+    )?;
+    serde_json::from_str(&out).map_err(|e| e.to_string())
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -16,7 +16,7 @@ use crate::sockopt::{self, set_int};
 use crate::topology::{self, in_ns, Topology};
 use prism_sock::{Backend, Client, Exported, ImportOptions};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -634,8 +634,8 @@ impl Bench {
         }
         // Abortive closes: no FIN retransmissions left behind to slow what runs next.
         for (c, s) in &kept {
-            linger_zero(c.as_fd());
-            linger_zero(s.as_fd());
+            let _ = sockopt::linger_zero(c.as_fd());
+            let _ = sockopt::linger_zero(s.as_fd());
         }
         drop(kept);
         self.finish(log, probes)?;
@@ -658,23 +658,6 @@ fn describe(state: &Exported) -> String {
             r.wscale
         ),
     }
-}
-
-fn linger_zero(fd: std::os::fd::BorrowedFd<'_>) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd, option value and length.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
 }
 
 fn raise_fd_limit(want: usize) -> Result<(), String> {

@@ -5,7 +5,7 @@ use super::common::{expect_refusal, loaded, WITHOUT_NET_ADMIN};
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::module;
-use crate::sockopt::{queued, set_int, tcp_info};
+use crate::sockopt::{linger_zero, queued, set_int, tcp_info};
 use crate::topology::{self, in_ns, Topology};
 use prism_sock::uapi::StateAttr;
 use prism_sock::{Client, DecodedState};
@@ -590,20 +590,7 @@ pub fn quota_probe() -> Result<String, String> {
             ),
         });
         // An abortive close at exit: no FIN to retransmit keeps the namespace alive.
-        let abort = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: valid fd, option value and length.
-        unsafe {
-            libc::setsockopt(
-                client.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&abort as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
+        let _ = linger_zero(client.as_fd());
         kept.push((client, server));
     }
     Ok(out.join("\n"))
@@ -710,21 +697,7 @@ fn guard_syn_ack(env: &Env, log: &mut Log) -> TestResult {
         "no guard entry"
     );
     // The client aborts (its RST is dropped at fe) and listens on the same port.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid `linger` of the size passed, on the client's own socket.
-    let r = unsafe {
-        libc::setsockopt(
-            client.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    check!(r == 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    linger_zero(client.as_fd()).map_err(|e| format!("SO_LINGER: {e}"))?;
     drop(client);
     let listener = in_ns("client", move || TcpListener::bind(old_client))?
         .map_err(|e| format!("bind {old_client}: {e}"))?;

@@ -9,7 +9,7 @@
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::migrate::{counters, rsts_all};
-use crate::stack::{fe_tx_bytes, wait, Backend, Stack, NODES};
+use crate::stack::{fe_tx_bytes, steering_table, wait, Backend, Stack, NODES};
 use crate::topology::in_ns;
 use prism_sock::{read_frame, write_frame};
 use prism_tools::objects;
@@ -431,14 +431,19 @@ fn dead_node(env: &Env, log: &mut Log) -> TestResult {
     Ok(())
 }
 
-fn steerd_session(ns: &str) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut s = in_ns(ns, || TcpStream::connect("10.0.2.1:7000"))?.map_err(|e| e.to_string())?;
+/// A connection from namespace `ns` to `to`, and the challenge `to` opens it with.
+fn challenged(ns: &str, to: SocketAddr) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut s = in_ns(ns, move || TcpStream::connect(to))?.map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     let nonce = read_frame(&mut s, 64)
         .map_err(|e| e.to_string())?
         .ok_or("no challenge")?;
     Ok((s, nonce))
+}
+
+fn steerd_session(ns: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    challenged(ns, "10.0.2.1:7000".parse().expect("literal"))
 }
 
 /// Frames with a wrong secret, for another challenge, malformed, replayed or from the
@@ -571,14 +576,7 @@ fn lost_releases(env: &Env, log: &mut Log) -> TestResult {
 
 /// A hand-off connection to be1 from fe's namespace, with be1's challenge.
 fn handoff_session(stack: &Stack) -> Result<(TcpStream, Vec<u8>), String> {
-    let to = stack.cluster.node("be1").ok_or("no be1")?.control_addr();
-    let mut s = in_ns("fe", move || TcpStream::connect(to))?.map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let nonce = read_frame(&mut s, 64)
-        .map_err(|e| e.to_string())?
-        .ok_or("no challenge")?;
-    Ok((s, nonce))
+    challenged("fe", stack.cluster.node("be1").ok_or("no be1")?.control_addr())
 }
 
 /// A signed hand-off request to be1 is answered with a signed answer (here a refusal:
@@ -683,14 +681,7 @@ impl Session {
 
 /// The node sets of l4 that hold `flow`.
 fn steered_to(flow: SocketAddr) -> Result<Vec<String>, String> {
-    let out = sh(
-        &mut Log::default(),
-        "ip",
-        &[
-            "netns", "exec", "l4", "nft", "-j", "list", "table", "inet", "prism",
-        ],
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    let v = steering_table()?;
     let want = serde_json::json!({"concat": [flow.ip().to_string(), flow.port()]});
     Ok(v["nftables"]
         .as_array()

@@ -354,11 +354,7 @@ fn chain(env: &Env, log: &mut Log) -> TestResult {
         }
         id = Some(imp.migration_id);
     }
-    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    sock.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-    drop(sock);
-    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    close_client_first(&mut client, sock)?;
     let be2 = &mut ls.iter_mut().find(|(n, _)| *n == "be2").expect("be2").1;
     let e = next(be2, log)?;
     check!(
@@ -508,13 +504,9 @@ fn listeners(env: &Env, log: &mut Log) -> TestResult {
     let mut cluster = Cluster::new(false)?;
     let mut mine = listen("be1")?;
     let (mut client, server) = connect_via_topology(false, PORT, None)?;
-    let (mut owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
+    let (owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
     let imported = expect_imported(&mut mine, log, &client, Some(1))?;
-    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-    drop(owned);
-    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    close_client_first(&mut client, owned)?;
     let e = next(&mut mine, log)?;
     check!(e.kind == EventKind::Released, "{e:?}");
     let text = ynl_output(ynl, log)?;
@@ -563,16 +555,12 @@ fn releases_group(env: &Env, log: &mut Log) -> TestResult {
     };
     let (mut client, server) = connect_via_topology(false, PORT, None)?;
     let (owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
-    let (mut owned, _, _) = cluster.hop(log, owned, "be1", "be2", b"")?;
+    let (owned, _, _) = cluster.hop(log, owned, "be1", "be2", b"")?;
     // Two imports and an export with listeners on `releases` only: no event built.
     check!(sent(&mut cluster)? == 0, "the hops sent events");
     // The release goes to both groups, one event with one number.
     let mut be2_events = join("be2", Group::Events)?;
-    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-    drop(owned);
-    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    close_client_first(&mut client, owned)?;
     let released = next(&mut be2_events, log)?;
     check!(
         released.kind == EventKind::Released && released.seq == 1,
@@ -652,11 +640,7 @@ fn prismctl_monitor(env: &Env, log: &mut Log) -> TestResult {
     let (mut owned, _, _) = cluster.hop(log, server, "fe", "be1", b"")?;
     send_stream(&mut owned, 5, 20_000)?;
     expect_stream(&mut client, 5, 20_000)?;
-    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    let mut rest = Vec::new();
-    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-    drop(owned);
-    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    close_client_first(&mut client, owned)?;
     let out = monitor.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     log.line(format!(
@@ -703,6 +687,17 @@ fn prismctl_monitor(env: &Env, log: &mut Log) -> TestResult {
 }
 
 /// Child side of the unprivileged listener check: prints how joining failed.
+/// The client ends the connection: `owned` reads to its end and closes, then the
+/// client reads to the end too (the FIN handshake completes).
+fn close_client_first(client: &mut TcpStream, mut owned: TcpStream) -> TestResult {
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = Vec::new();
+    owned.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    drop(owned);
+    client.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 pub fn listen_probe() -> String {
     let try_join = |group| match EventListener::join(group) {
         Ok(_) => "joined".to_string(),
