@@ -216,10 +216,14 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
     // owner); without the module nothing would, so l4 holds the flow first.
     let hold = node.backend == BackendChoice::Repair;
     if hold {
+        // From the hold on, the flow is not this node's to steer: a new session with
+        // prism-steerd would steer it here again, and that steer ends the hold.
+        node.steer.disown(flow);
         if let Err(e) = node.steer.call(Request::Hold { flow }, STEER_WAIT).await {
-            // The hold stays queued: cancel it behind, or it would cut the flow off later.
+            // The hold stays queued: a steer of the flow's generation behind it ends
+            // it, or it would cut the flow off later, and makes the flow ours again.
             eprintln!("{name}: {flow}: no hand-off to {owner_name}: hold: {e}");
-            node.steer.post(Request::Unhold { flow });
+            drop(node.steer.steer(flow, conn.generation, STEER_WAIT));
             return Some(conn);
         }
     }
@@ -256,8 +260,9 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             eprintln!("{name}: {flow}: export for {owner_name} refused: {e}");
             let stream = TcpStream::from_std(std_stream).ok()?;
             if hold {
-                if let Err(e) = node.steer.call(Request::Unhold { flow }, STEER_WAIT).await {
-                    eprintln!("{name}: {flow}: unhold: {e} (kept queued)");
+                // Ends the hold, and the flow is ours again.
+                if let Err(e) = node.steer.steer(flow, generation, STEER_WAIT).await {
+                    eprintln!("{name}: {flow}: ending the hold: {e} (kept queued)");
                 }
             }
             return Some(Conn {

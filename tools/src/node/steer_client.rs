@@ -132,7 +132,10 @@ struct Pending {
 }
 
 /// Drops the queued steers of flows this node no longer owns in that generation, and
-/// queues a steer for every owned flow without one.
+/// puts a steer for every owned flow without one at the head of the queue: such a
+/// flow's steer was applied before anything still queued (a hold of it for a hand-off
+/// in particular, which the steer would otherwise end too early and so send the
+/// client's packets to a node that no longer has the socket).
 fn resteer(unacked: &mut VecDeque<Pending>, owned: &Owned) {
     let owned = owned.lock().expect("not poisoned").clone();
     unacked.retain_mut(|p| match p.request {
@@ -153,7 +156,7 @@ fn resteer(unacked: &mut VecDeque<Pending>, owned: &Owned) {
         .collect();
     for (flow, generation) in owned {
         if !queued.contains(&flow) {
-            unacked.push_back(Pending {
+            unacked.push_front(Pending {
                 seq: 0,
                 request: Request::Steer { flow, generation },
                 done: None,
@@ -325,10 +328,13 @@ mod tests {
             linger_ms: 0,
             generation: gen(1),
         };
+        // d is being handed on: its hold was queued after its steer was applied.
+        let hold = Request::Hold { flow: d };
         let mut unacked: VecDeque<Pending> = [
             pending(steer(a, 1), Some(done)),
             pending(release.clone(), None),
             pending(steer(c, 2), None),
+            pending(hold.clone(), None),
         ]
         .into();
         // a came back in a later generation; d was steered and acknowledged before.
@@ -339,9 +345,10 @@ mod tests {
             .extend([(a, gen(3)), (c, gen(2)), (d, gen(4))]);
         resteer(&mut unacked, &owned);
         let mut requests: Vec<Request> = unacked.into_iter().map(|p| p.request).collect();
-        // The owned flows without a queued steer follow the queue, in any order.
-        requests[2..].sort_by_key(|r| format!("{r:?}"));
-        assert_eq!(requests, [release, steer(c, 2), steer(a, 3), steer(d, 4)]);
+        // The owned flows without a queued steer go first, in any order: d's steer
+        // must not end its hold.
+        requests[..2].sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(requests, [steer(a, 3), steer(d, 4), release, steer(c, 2), hold]);
         assert!(matches!(superseded.try_recv(), Ok(Err(_))), "its caller hears");
     }
 }

@@ -363,6 +363,7 @@ fn owner_dies(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
 /// kept, the nodes' queued requests are applied, and no request fails.
 fn steerd_restart(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
     let mut stack = Stack::up_with(env, log, &[], backend)?;
+    let before = resets()?;
     let load = stack
         .load_command("10.100.0.1:80", 20, 12)
         .stdout(Stdio::piped())
@@ -387,6 +388,11 @@ fn steerd_restart(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
         .and_then(|n| n.parse::<usize>().ok())
         .ok_or_else(|| format!("no second start in the log:\n{steerd}"))?;
     log.line(format!("the restarted prism-steerd adopted {adopted} flows"));
+    let after = resets()?;
+    log.line(format!(
+        "RSTs sent: before {:?}, after {:?}",
+        before.sent, after.sent
+    ));
     check!(
         live > 0 && adopted > 0,
         "nothing to adopt (live {live}, adopted {adopted}): the test proved nothing"
