@@ -11,8 +11,9 @@ setup:
 kernel: setup
 	@echo "kernel tree: $(KDIR)"
 
+# CLIPPY=1: the kernel's clippy lints (undocumented unsafe blocks and more) on every build.
 module: setup
-	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 modules
+	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 CLIPPY=1 modules
 
 tools: setup
 	cargo build --release --workspace --bins

@@ -446,14 +446,14 @@ impl<'a> Blob<'a> {
         )?;
         let snd_cwnd = at.u32(a::SND_CWND)?;
         check(
-            snd_cwnd >= 1 && snd_cwnd <= b::PRISM_TCP_INFINITE_SSTHRESH,
+            (1..=b::PRISM_TCP_INFINITE_SSTHRESH).contains(&snd_cwnd),
             einval,
             c_str!("snd-cwnd must be at least 1"),
             at.nla(a::SND_CWND),
         )?;
         let snd_ssthresh = at.u32(a::SND_SSTHRESH)?;
         check(
-            snd_ssthresh >= 2 && snd_ssthresh <= b::PRISM_TCP_INFINITE_SSTHRESH,
+            (2..=b::PRISM_TCP_INFINITE_SSTHRESH).contains(&snd_ssthresh),
             einval,
             c_str!("snd-ssthresh must be within 2..TCP_INFINITE_SSTHRESH"),
             at.nla(a::SND_SSTHRESH),
@@ -548,8 +548,8 @@ impl<'a> Blob<'a> {
         )?;
         let migration_id = u64::from_ne_bytes(at.bytes(a::MIGRATION_ID)?);
 
-        let send_queue = core::mem::replace(&mut at.send, KVec::new());
-        let recv_queue = core::mem::replace(&mut at.recv, KVec::new());
+        let send_queue = core::mem::take(&mut at.send);
+        let recv_queue = core::mem::take(&mut at.recv);
         Ok(Self {
             family,
             saddr,

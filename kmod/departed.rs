@@ -10,13 +10,17 @@
 //! in the same namespace, when the peer opens a new connection on it (a SYN), when it
 //! expires (found expired by a lookup, or by the reaper, a work item that sweeps the
 //! table once a second while it holds entries), or when its namespace goes away. No
-//! request walks the table. The table is bounded, and so is each namespace's share of
+//! request walks the table, and the packet hook finds entries under RCU without taking
+//! the table's lock (only to remove one). The table is bounded, and so is each namespace's share of
 //! it (`departed_netns_quota`), so one tenant's detaches cannot starve another's: a
 //! DETACH that finds either full is refused, leaving the socket untouched.
 
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::guard::NetData;
+use crate::stats::Stats;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -92,43 +96,70 @@ impl Tuple {
     }
 }
 
-#[derive(Clone, Copy)]
+/// One slot of the table. The packet hook reads chains without the lock, under RCU:
+/// it follows `next` and reads `tuple`, `expires` and `forward`. Every write is made
+/// under the lock, and a slot taken out of its chain rests in limbo for an RCU grace
+/// period before it is reused, so a reader still on it sees its old values and walks
+/// on to the end of a chain.
 struct Entry {
-    tuple: Tuple,
-    expires: usize,
-    /// The new owner's IPv4 address (network byte order), or zero: drop.
-    forward: [u8; 4],
-    /// The entry count of its namespace's quota (`*const AtomicU32`), or zero.
-    used: usize,
-    next: u32,
+    /// Written only while the slot is free (unreachable by readers), then published
+    /// by the release store that links it.
+    tuple: UnsafeCell<Tuple>,
+    expires: AtomicUsize,
+    /// The new owner's IPv4 address (network byte order, as stored), or zero: drop.
+    forward: AtomicU32,
+    /// Its namespace's data (`*const NetData`: quota count, counters), or zero.
+    data: AtomicUsize,
+    /// The next slot of its chain.
+    next: AtomicU32,
+    /// The next slot of the free list or of limbo (under the lock).
+    spare: AtomicU32,
 }
 
-/// Chained hash table in two flat arrays; free entries are chained through `next`.
-struct Slots {
-    heads: KVVec<u32>,
-    entries: KVVec<Entry>,
-    free: u32,
-}
-
-impl Slots {
-    /// Takes entry `i` (after `prev`, or first) out of `bucket`'s chain onto the free list.
-    fn unlink(&mut self, bucket: usize, prev: u32, i: u32) {
-        let used = self.entries[i as usize].used as *const AtomicU32;
-        // SAFETY: a non-null `used` is the count in the entry's namespace data, which is
-        // freed only after the namespace's exit callback flushed its entries (through
-        // here).
-        if let Some(used) = unsafe { used.as_ref() } {
-            used.fetch_sub(1, Ordering::Relaxed);
+impl Entry {
+    fn new(spare: u32) -> Self {
+        Self {
+            tuple: UnsafeCell::new(Tuple::default()),
+            expires: AtomicUsize::new(0),
+            forward: AtomicU32::new(0),
+            data: AtomicUsize::new(0),
+            next: AtomicU32::new(NIL),
+            spare: AtomicU32::new(spare),
         }
-        let next = self.entries[i as usize].next;
-        if prev == NIL {
-            self.heads[bucket] = next;
-        } else {
-            self.entries[prev as usize].next = next;
-        }
-        self.entries[i as usize].next = self.free;
-        self.free = i;
     }
+
+    fn tuple(&self) -> Tuple {
+        // SAFETY: the tuple is written only while the slot is free, which is after an
+        // RCU grace period since it left its chain (no reader can be on it) and before
+        // the release store that links it again; readers load that link with acquire.
+        unsafe { *self.tuple.get() }
+    }
+
+    fn forward(&self) -> [u8; 4] {
+        self.forward.load(Ordering::Relaxed).to_ne_bytes()
+    }
+
+    /// The data of the entry's namespace, while the entry is in the table.
+    fn net_data(&self) -> Option<&NetData> {
+        let data = self.data.load(Ordering::Relaxed) as *const NetData;
+        // SAFETY: a non-null `data` of a linked entry is its namespace's data, which is
+        // freed only after the namespace's exit callback unlinked its entries.
+        unsafe { data.as_ref() }
+    }
+
+    /// Counts the entry's expiry in its namespace.
+    fn count_expired(&self) {
+        if let Some(d) = self.net_data() {
+            Stats::bump(&d.stats.departed_expired);
+        }
+    }
+}
+
+/// The writers' side, under the table's lock: the free list, and limbo (slots out of
+/// their chains, waiting for a grace period).
+struct Spare {
+    free: u32,
+    limbo: u32,
 }
 
 /// What the guard does with a packet.
@@ -148,9 +179,10 @@ pub(crate) enum Full {
     Namespace,
 }
 
-/// A namespace's share of the table: its entry count, and the most it may hold.
+/// A namespace's share of the table: its data (entry count, counters), and the most
+/// entries it may hold.
 pub(crate) struct Quota<'a> {
-    pub(crate) used: &'a AtomicU32,
+    pub(crate) data: &'a NetData,
     pub(crate) limit: u32,
 }
 
@@ -167,26 +199,21 @@ pub(crate) fn netns_quota(capacity: usize) -> u32 {
 }
 
 pub(crate) struct Departed {
-    slots: BhLock<Slots>,
+    /// First slot of each bucket's chain.
+    heads: KVVec<AtomicU32>,
+    entries: KVVec<Entry>,
+    /// Taken for every change of a chain or a slot.
+    spare: BhLock<Spare>,
     seed: u32,
     capacity: usize,
     /// Live entries; read without the lock by the packet path to skip an empty table.
     count: AtomicUsize,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) expired: AtomicU64,
-    pub(crate) full: AtomicU64,
-    /// Packets, and their bytes, sent on to a new owner; and those that could not be.
-    pub(crate) forwarded: AtomicU64,
-    pub(crate) forwarded_bytes: AtomicU64,
-    pub(crate) forward_failed: AtomicU64,
-    /// Packets another host forwarded here for a connection with no socket here
-    /// (not imported yet, or gone), dropped instead of answered with RST.
-    pub(crate) unowned: AtomicU64,
-    /// Sweeps expired entries while the table is not empty.
+    /// Sweeps expired entries and recycles limbo while either is not empty.
     reaper: Opaque<b::delayed_work>,
 }
 
-// SAFETY: `slots` is only reached through `Locked`, which holds the spinlock.
+// SAFETY: slots change only under `spare`'s lock; lock-free readers read atomics, and
+// tuples only of slots that no writer touches (see `Entry`).
 unsafe impl Sync for Departed {}
 // SAFETY: as above; nothing in it is tied to a thread.
 unsafe impl Send for Departed {}
@@ -203,25 +230,24 @@ fn now() -> usize {
 
 struct Locked<'a> {
     t: &'a Departed,
-    g: BhGuard<'a, Slots>,
+    g: BhGuard<'a, Spare>,
 }
 
 impl Locked<'_> {
-    fn slots(&mut self) -> &mut Slots {
-        &mut self.g
+    fn entry(&self, i: u32) -> &Entry {
+        &self.t.entries[i as usize]
     }
 
     /// Unlinks every entry for which `gone` says so; returns how many.
     fn remove_where(&mut self, mut gone: impl FnMut(&Entry) -> bool) -> usize {
-        let s = self.slots();
         let mut removed = 0;
         for bucket in 0..BUCKETS {
             let mut prev = NIL;
-            let mut i = s.heads[bucket];
+            let mut i = self.t.heads[bucket].load(Ordering::Relaxed);
             while i != NIL {
-                let next = s.entries[i as usize].next;
-                if gone(&s.entries[i as usize]) {
-                    s.unlink(bucket, prev, i);
+                let next = self.entry(i).next.load(Ordering::Relaxed);
+                if gone(self.entry(i)) {
+                    self.unlink((bucket, prev, i));
                     removed += 1;
                 } else {
                     prev = i;
@@ -229,27 +255,50 @@ impl Locked<'_> {
                 i = next;
             }
         }
-        self.t.count.fetch_sub(removed, Ordering::Release);
         removed
     }
 
-    fn find(&mut self, tuple: &Tuple) -> Option<(usize, u32, u32)> {
+    /// Unlinks the expired entries, each counted in its namespace.
+    fn remove_expired(&mut self) {
+        let t = now();
+        self.remove_where(|e| {
+            let gone = expired(e.expires.load(Ordering::Relaxed), t);
+            if gone {
+                e.count_expired();
+            }
+            gone
+        });
+    }
+
+    fn find(&self, tuple: &Tuple) -> Option<(usize, u32, u32)> {
         let bucket = tuple.hash(self.t.seed);
-        let s = self.slots();
         let mut prev = NIL;
-        let mut i = s.heads[bucket];
+        let mut i = self.t.heads[bucket].load(Ordering::Relaxed);
         while i != NIL {
-            if s.entries[i as usize].tuple == *tuple {
+            if self.entry(i).tuple() == *tuple {
                 return Some((bucket, prev, i));
             }
             prev = i;
-            i = s.entries[i as usize].next;
+            i = self.entry(i).next.load(Ordering::Relaxed);
         }
         None
     }
 
+    /// Takes entry `i` (after `prev`, or first) out of `bucket`'s chain into limbo. Its
+    /// own `next` stays as it is for readers still on it.
     fn unlink(&mut self, (bucket, prev, i): (usize, u32, u32)) {
-        self.slots().unlink(bucket, prev, i);
+        let e = self.entry(i);
+        if let Some(d) = e.net_data() {
+            d.departed.fetch_sub(1, Ordering::Relaxed);
+        }
+        e.data.store(0, Ordering::Relaxed);
+        let next = e.next.load(Ordering::Relaxed);
+        match prev {
+            NIL => self.t.heads[bucket].store(next, Ordering::Release),
+            p => self.entry(p).next.store(next, Ordering::Release),
+        }
+        e.spare.store(self.g.limbo, Ordering::Relaxed);
+        self.g.limbo = i;
         self.t.count.fetch_sub(1, Ordering::Release);
     }
 }
@@ -265,40 +314,25 @@ impl Departed {
         let capacity = capacity as usize;
         let mut heads = KVVec::with_capacity(BUCKETS, GFP_KERNEL)?;
         for _ in 0..BUCKETS {
-            heads.push(NIL, GFP_KERNEL)?;
+            heads.push(AtomicU32::new(NIL), GFP_KERNEL)?;
         }
         let mut entries = KVVec::with_capacity(capacity, GFP_KERNEL)?;
         for i in 0..capacity {
-            let next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
-            entries.push(
-                Entry {
-                    tuple: Tuple::default(),
-                    expires: 0,
-                    forward: [0; 4],
-                    used: 0,
-                    next,
-                },
-                GFP_KERNEL,
-            )?;
+            let spare = if i + 1 < capacity { i as u32 + 1 } else { NIL };
+            entries.push(Entry::new(spare), GFP_KERNEL)?;
         }
         let t = KBox::new(
             Self {
-                slots: BhLock::new(Slots {
-                    heads,
-                    entries,
+                heads,
+                entries,
+                spare: BhLock::new(Spare {
                     free: 0,
+                    limbo: NIL,
                 }),
                 // SAFETY: plain call into the random pool.
                 seed: unsafe { b::get_random_u32() },
                 capacity,
                 count: AtomicUsize::new(0),
-                dropped: AtomicU64::new(0),
-                expired: AtomicU64::new(0),
-                full: AtomicU64::new(0),
-                forwarded: AtomicU64::new(0),
-                forwarded_bytes: AtomicU64::new(0),
-                forward_failed: AtomicU64::new(0),
-                unowned: AtomicU64::new(0),
                 reaper: Opaque::uninit(),
             },
             GFP_KERNEL,
@@ -306,7 +340,7 @@ impl Departed {
         // SAFETY: the lock and the work live in the box, whose address does not change
         // until it is freed; `drop` cancels the work first.
         unsafe {
-            t.slots.init();
+            t.spare.init();
             b::prism_init_delayed_work(t.reaper.get(), Some(reap));
         }
         Ok(t)
@@ -321,7 +355,7 @@ impl Departed {
     fn lock(&self) -> Locked<'_> {
         Locked {
             t: self,
-            g: self.slots.lock(),
+            g: self.spare.lock(),
         }
     }
 
@@ -334,10 +368,31 @@ impl Departed {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Moves the slots in limbo to the free list once no reader can be on them any
+    /// more. Process context: waits for an RCU grace period.
+    fn recycle(&self) {
+        let limbo = core::mem::replace(&mut self.lock().g.limbo, NIL);
+        if limbo == NIL {
+            return;
+        }
+        // SAFETY: plain call; process context, no lock held.
+        unsafe { b::synchronize_rcu() };
+        let mut l = self.lock();
+        let mut i = limbo;
+        while i != NIL {
+            let e = l.entry(i);
+            let next = e.spare.load(Ordering::Relaxed);
+            e.spare.store(l.g.free, Ordering::Relaxed);
+            l.g.free = i;
+            i = next;
+        }
+    }
+
     /// Protects `tuple` for `TIMEOUT_MS` from now (again, if it already is); its
     /// packets go to `forward` (an IPv4 address), or are dropped until `set_forward`
-    /// names a new owner. A new entry counts against `quota`, which must be the count
-    /// in the data of the tuple's namespace (it goes down as the entry leaves).
+    /// names a new owner. A new entry counts against `quota`, which must be that of the
+    /// tuple's namespace (its count goes down as the entry leaves). Process context: a
+    /// full table waits for the slots in limbo.
     pub(crate) fn insert(
         &self,
         tuple: &Tuple,
@@ -346,42 +401,58 @@ impl Departed {
     ) -> Result<(), Full> {
         // SAFETY: converts a constant.
         let expires = now().wrapping_add(unsafe { b::prism_msecs_to_jiffies(TIMEOUT_MS) } as usize);
-        let forward = forward.unwrap_or([0; 4]);
+        let forward = u32::from_ne_bytes(forward.unwrap_or([0; 4]));
         let mut l = self.lock();
         if let Some((_, _, i)) = l.find(tuple) {
-            let e = &mut l.slots().entries[i as usize];
-            e.expires = expires;
-            e.forward = forward;
+            let e = l.entry(i);
+            e.expires.store(expires, Ordering::Relaxed);
+            e.forward.store(forward, Ordering::Relaxed);
             return Ok(());
         }
-        if l.slots().free == NIL {
-            let t = now();
-            let n = l.remove_where(|e| expired(e.expires, t));
-            self.expired.fetch_add(n as u64, Ordering::Relaxed);
+        if l.g.free == NIL {
+            l.remove_expired();
+            if l.g.free == NIL && l.g.limbo != NIL {
+                drop(l);
+                self.recycle();
+                l = self.lock();
+                // Another insert may have guarded the tuple meanwhile.
+                if let Some((_, _, i)) = l.find(tuple) {
+                    let e = l.entry(i);
+                    e.expires.store(expires, Ordering::Relaxed);
+                    e.forward.store(forward, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
         }
-        let bucket = tuple.hash(self.seed);
-        let s = l.slots();
-        let i = s.free;
+        let i = l.g.free;
+        let full = &quota.data.stats.departed_full;
         if i == NIL {
-            self.full.fetch_add(1, Ordering::Relaxed);
+            Stats::bump(full);
             return Err(Full::Table);
         }
         // Counted under the table's lock, so count and entries agree.
-        if quota.used.load(Ordering::Relaxed) >= quota.limit {
-            self.full.fetch_add(1, Ordering::Relaxed);
+        let used = &quota.data.departed;
+        if used.load(Ordering::Relaxed) >= quota.limit {
+            Stats::bump(full);
             return Err(Full::Namespace);
         }
-        quota.used.fetch_add(1, Ordering::Relaxed);
-        let e = &mut s.entries[i as usize];
-        s.free = e.next;
-        *e = Entry {
-            tuple: *tuple,
-            expires,
-            forward,
-            used: core::ptr::from_ref(quota.used) as usize,
-            next: s.heads[bucket],
-        };
-        s.heads[bucket] = i;
+        used.fetch_add(1, Ordering::Relaxed);
+        let bucket = tuple.hash(self.seed);
+        let e = &self.entries[i as usize];
+        l.g.free = e.spare.load(Ordering::Relaxed);
+        // SAFETY: a free slot: a grace period has passed since it left its chain (or
+        // it never was in one), so no reader can be on it, and the lock keeps writers
+        // out; the release store below publishes the tuple.
+        unsafe { *e.tuple.get() = *tuple };
+        e.expires.store(expires, Ordering::Relaxed);
+        e.forward.store(forward, Ordering::Relaxed);
+        e.data
+            .store(core::ptr::from_ref(quota.data) as usize, Ordering::Relaxed);
+        e.next.store(
+            self.heads[bucket].load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.heads[bucket].store(i, Ordering::Release);
         self.count.fetch_add(1, Ordering::Release);
         drop(l);
         self.kick_reaper();
@@ -391,15 +462,15 @@ impl Departed {
     /// Sends the packets of departed `tuple` to `to` (an IPv4 address) from now on;
     /// false if the tuple is not (or no longer) departed.
     pub(crate) fn set_forward(&self, tuple: &Tuple, to: [u8; 4]) -> bool {
-        let mut l = self.lock();
-        let Some(at) = l.find(tuple) else {
+        let l = self.lock();
+        let Some((_, _, i)) = l.find(tuple) else {
             return false;
         };
-        let e = &mut l.slots().entries[at.2 as usize];
-        if expired(e.expires, now()) {
+        let e = l.entry(i);
+        if expired(e.expires.load(Ordering::Relaxed), now()) {
             return false;
         }
-        e.forward = to;
+        e.forward.store(u32::from_ne_bytes(to), Ordering::Relaxed);
         true
     }
 
@@ -420,39 +491,70 @@ impl Departed {
 
     /// Forgets every tuple of the namespace `net`, which is going away.
     pub(crate) fn flush_net(&self, net: usize) {
-        self.lock().remove_where(|e| e.tuple.net == net);
+        if self.lock().remove_where(|e| e.tuple().net == net) > 0 {
+            self.kick_reaper();
+        }
     }
 
-    /// Drops expired entries (the reaper's walk); again in a second while any are left.
+    /// Drops expired entries and recycles limbo (the reaper's walk); again in a second
+    /// while any entry is left.
     fn sweep(&self) {
-        let t = now();
-        let n = self.lock().remove_where(|e| expired(e.expires, t));
-        self.expired.fetch_add(n as u64, Ordering::Relaxed);
+        self.lock().remove_expired();
+        self.recycle();
         if self.active() > 0 {
             self.kick_reaper();
         }
     }
 
+    /// The slot of `tuple`, found without the lock.
+    ///
+    /// # Safety
+    ///
+    /// The caller is inside an RCU read-side critical section.
+    unsafe fn lookup(&self, tuple: &Tuple) -> Option<&Entry> {
+        let mut i = self.heads[tuple.hash(self.seed)].load(Ordering::Acquire);
+        // A chain is never longer than the table; the bound only guards the walk.
+        for _ in 0..self.capacity {
+            let e = self.entries.get(i as usize)?;
+            if e.tuple() == *tuple {
+                return Some(e);
+            }
+            i = e.next.load(Ordering::Acquire);
+        }
+        None
+    }
+
     /// Decides the fate of a packet of `tuple`; `new_connection` is a SYN without ACK.
-    pub(crate) fn check(&self, tuple: &Tuple, new_connection: bool) -> Verdict {
+    /// Takes no lock unless the entry must go.
+    ///
+    /// # Safety
+    ///
+    /// The caller is inside an RCU read-side critical section (netfilter hooks are).
+    pub(crate) unsafe fn check(&self, tuple: &Tuple, new_connection: bool) -> Verdict {
         if self.count.load(Ordering::Acquire) == 0 {
             return Verdict::Accept;
         }
-        let mut l = self.lock();
-        let Some(at) = l.find(tuple) else {
+        // SAFETY: the caller holds the RCU read lock.
+        let Some(e) = (unsafe { self.lookup(tuple) }) else {
             return Verdict::Accept;
         };
-        if expired(l.slots().entries[at.2 as usize].expires, now()) {
-            l.unlink(at);
-            self.expired.fetch_add(1, Ordering::Relaxed);
+        let stale = expired(e.expires.load(Ordering::Relaxed), now());
+        if stale || new_connection {
+            // Expired, or the peer starts over on this tuple (the migrated connection is
+            // over for it): the entry goes, if it is still there.
+            let mut l = self.lock();
+            if let Some(at) = l.find(tuple) {
+                let e = l.entry(at.2);
+                if expired(e.expires.load(Ordering::Relaxed), now()) {
+                    e.count_expired();
+                    l.unlink(at);
+                } else if new_connection {
+                    l.unlink(at);
+                }
+            }
             return Verdict::Accept;
         }
-        if new_connection {
-            // The peer starts over on this tuple: the migrated connection is over for it.
-            l.unlink(at);
-            return Verdict::Accept;
-        }
-        match l.slots().entries[at.2 as usize].forward {
+        match e.forward() {
             [0, 0, 0, 0] => Verdict::Drop,
             to => Verdict::Forward(to),
         }
@@ -467,6 +569,11 @@ impl Drop for Departed {
     }
 }
 
+/// The reaper's work function.
+///
+/// # Safety
+///
+/// Called by the workqueue only.
 unsafe extern "C" fn reap(_work: *mut b::work_struct) {
     // The table outlives its reaper (`drop` cancels it), and while the module is loaded
     // `table()` is that table.

@@ -9,7 +9,7 @@ use crate::departed::{Full, Tuple};
 use crate::genl::{errno, AttrSink, AttrSize, Request};
 use crate::guard;
 use crate::socket::{FdSocket, SockLock};
-use crate::stats::{Stats, STATS};
+use crate::stats;
 use crate::tcp_state::TcpState;
 use crate::tracker;
 use crate::uapi::{cmd, state as a, BLOB_VERSION, QUEUE_CHUNK};
@@ -106,7 +106,8 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     if !detach {
         drop(lock);
         msg.send_reply()?;
-        Stats::bump(&STATS.exports);
+        // SAFETY: the request's namespace lives while it is handled.
+        unsafe { stats::bump(req.net(), |s| &s.exports) };
         return Ok(());
     }
 
@@ -154,7 +155,8 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         unsafe { t.exported(lock.sk()) };
     }
     lock.detach();
-    Stats::bump(&STATS.exports);
+    // SAFETY: as above.
+    unsafe { stats::bump(req.net(), |s| &s.exports) };
     Ok(())
 }
 

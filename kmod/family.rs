@@ -59,6 +59,9 @@ fn copy_name(dst: &mut [core::ffi::c_char], name: &CStr) {
 /// A `doit` callback for `handler`, validated against a policy of `MAXATTR + 1` entries.
 macro_rules! doit {
     ($handler:path, $maxattr:expr) => {{
+        /// # Safety
+        ///
+        /// Called by genetlink only, for a request validated against the policy.
         unsafe extern "C" fn doit(_skb: *mut b::sk_buff, info: *mut b::genl_info) -> c_int {
             const H: Handler = $handler;
             // SAFETY: genetlink calls this with the request's `genl_info`, parsed with the

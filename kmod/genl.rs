@@ -4,7 +4,7 @@
 //! request's attributes, answering with an extended-ack message, building a reply.
 
 use crate::bindings as b;
-use crate::stats::{Stats, STATS};
+use crate::stats;
 use core::ffi::{c_int, c_void};
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -35,8 +35,10 @@ pub(crate) unsafe fn dispatch(info: *mut b::genl_info, maxattr: u16, handler: Ha
     // SAFETY: genetlink points `genlhdr` at the request's header, which it checked is
     // there before calling an operation.
     let version = unsafe { info.genlhdr.as_ref() }.map_or(0, |h| h.version);
+    // SAFETY: the request's namespace lives while it is handled.
+    let count_error = || unsafe { stats::bump(req.net(), |s| &s.errors) };
     if u32::from(version) != crate::uapi::PROTO_VERSION {
-        Stats::bump(&STATS.errors);
+        count_error();
         req.set_err(
             None,
             c_str!("unsupported protocol version in the generic netlink header: send 1"),
@@ -46,7 +48,7 @@ pub(crate) unsafe fn dispatch(info: *mut b::genl_info, maxattr: u16, handler: Ha
     match handler(&req) {
         Ok(()) => 0,
         Err(e) => {
-            Stats::bump(&STATS.errors);
+            count_error();
             e.to_errno()
         }
     }

@@ -8,6 +8,7 @@
 
 use crate::bindings as b;
 use crate::departed::{netns_quota, Departed, Quota, Tuple, Verdict};
+use crate::stats::Stats;
 use crate::tunnel;
 use core::ffi::{c_int, c_uint, c_void};
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -45,13 +46,18 @@ pub(crate) fn table() -> Option<&'static Departed> {
     unsafe { p.as_ref() }.map(|i| &*i.table)
 }
 
-/// What the module keeps per network namespace (zeroed at its creation).
+/// What the module keeps per network namespace (zeroed at its creation, freed after
+/// the namespace's exit callbacks).
 #[derive(Default)]
-struct NetData {
+pub(crate) struct NetData {
     /// The namespace's last event sequence number.
     seq: AtomicU64,
     /// Its entries in the departed table.
-    departed: AtomicU32,
+    pub(crate) departed: AtomicU32,
+    /// Its tracked migrated sockets.
+    pub(crate) tracked: AtomicU32,
+    /// Its counters, for `GET_INFO`.
+    pub(crate) stats: Stats,
 }
 
 /// The module's data of namespace `net`, while the guard is registered.
@@ -59,7 +65,7 @@ struct NetData {
 /// # Safety
 ///
 /// `net` must be alive for `'a`.
-unsafe fn net_data<'a>(net: *mut b::net) -> Option<&'a NetData> {
+pub(crate) unsafe fn net_data<'a>(net: *mut b::net) -> Option<&'a NetData> {
     let p = CURRENT.load(Ordering::Acquire);
     // SAFETY: as in `table`.
     let inner = unsafe { p.as_ref() }?;
@@ -101,7 +107,7 @@ pub(crate) unsafe fn departed_quota<'a>(net: *mut b::net) -> Option<Quota<'a>> {
     // SAFETY: the caller keeps `net` alive for `'a`.
     let data = unsafe { net_data(net) }?;
     Some(Quota {
-        used: &data.departed,
+        data,
         limit: netns_quota(table.capacity()),
     })
 }
@@ -171,6 +177,11 @@ unsafe fn parse(skb: *const b::sk_buff, state: &b::nf_hook_state) -> Option<(Tup
     Some((t, tcp[13]))
 }
 
+/// The LOCAL_IN hook.
+///
+/// # Safety
+///
+/// Called by netfilter only: `priv_` is the departed table, `skb` and `state` valid.
 unsafe extern "C" fn hook(
     priv_: *mut c_void,
     skb: *mut b::sk_buff,
@@ -203,40 +214,53 @@ unsafe extern "C" fn hook(
         return b::NF_ACCEPT;
     }
     let syn = syn && !ack;
-    match table.check(&tuple, syn) {
+    // SAFETY: the hook's namespace is alive.
+    let stats = unsafe { net_data(state.net) }.map(|d| &d.stats);
+    let count = |pick: fn(&Stats) -> &AtomicU64, n: u64| {
+        if let Some(s) = stats {
+            Stats::add(pick(s), n);
+        }
+    };
+    // SAFETY: netfilter runs hooks inside an RCU read-side critical section.
+    match unsafe { table.check(&tuple, syn) } {
         // Another host forwarded it here ahead of the import (or after the socket
         // went): without a socket TCP would answer with RST.
-        // SAFETY: the hook's namespace is alive.
         Verdict::Accept
-            if tunneled && !syn && !unsafe { tunnel::has_socket(state.net, &tuple) } =>
+            if tunneled
+                && !syn
+                // SAFETY: the hook's namespace is alive.
+                && !unsafe { tunnel::has_socket(state.net, &tuple) } =>
         {
-            table.unowned.fetch_add(1, Ordering::Relaxed);
+            count(|s| &s.unowned, 1);
             b::NF_DROP
         }
         Verdict::Accept => b::NF_ACCEPT,
         Verdict::Drop => {
-            table.dropped.fetch_add(1, Ordering::Relaxed);
+            count(|s| &s.departed_dropped, 1);
             b::NF_DROP
         }
         // SAFETY: the packet and namespace of this LOCAL_IN call; on success the packet
         // is consumed and reported stolen.
         Verdict::Forward(to) => match unsafe { tunnel::forward(skb, state.net, to, tuple.v6) } {
             Ok(len) => {
-                table.forwarded.fetch_add(1, Ordering::Relaxed);
-                table
-                    .forwarded_bytes
-                    .fetch_add(len.into(), Ordering::Relaxed);
+                count(|s| &s.forwarded, 1);
+                count(|s| &s.forwarded_bytes, len.into());
                 b::NF_STOLEN
             }
             Err(_) => {
-                table.forward_failed.fetch_add(1, Ordering::Relaxed);
-                table.dropped.fetch_add(1, Ordering::Relaxed);
+                count(|s| &s.forward_failed, 1);
+                count(|s| &s.departed_dropped, 1);
                 b::NF_DROP
             }
         },
     }
 }
 
+/// Hooks a new namespace.
+///
+/// # Safety
+///
+/// Called by the pernet core only, with a namespace being set up.
 unsafe extern "C" fn net_init(net: *mut b::net) -> c_int {
     let p = CURRENT.load(Ordering::Acquire);
     // SAFETY: pernet callbacks run between register and unregister, while `CURRENT`
@@ -248,6 +272,11 @@ unsafe extern "C" fn net_init(net: *mut b::net) -> c_int {
     unsafe { b::nf_register_net_hooks(net, inner.hooks.as_ptr(), inner.hooks.len() as c_uint) }
 }
 
+/// Unhooks a namespace that goes away and forgets its departed tuples.
+///
+/// # Safety
+///
+/// Called by the pernet core only, with a namespace being dismantled.
 unsafe extern "C" fn net_exit(net: *mut b::net) {
     let p = CURRENT.load(Ordering::Acquire);
     // SAFETY: as in `net_init`.

@@ -24,7 +24,7 @@ use crate::export::put_cc_name;
 use crate::genl::{errno, to_result, AttrSink, Request};
 use crate::guard;
 use crate::socket::SockLock;
-use crate::stats::{Stats, STATS};
+use crate::stats;
 use crate::tcp_state::cc_name;
 use crate::tracker;
 use crate::uapi::{cmd, state as a, BUF_LOCK_RCV, BUF_LOCK_SND};
@@ -111,7 +111,7 @@ impl Building {
         // SAFETY: `sock` is ours; on failure `sock_alloc_file` releases it (nothing
         // was sent: the socket is not connected yet).
         let file = unsafe { b::sock_alloc_file(sock.as_ptr(), flags as c_int, core::ptr::null()) };
-        // SAFETY: `IS_ERR` encoding: error pointers are the top 4095 addresses.
+        // `IS_ERR` encoding: error pointers are the top 4095 addresses.
         if (file as usize) >= (-4095isize) as usize {
             return Err(fail(
                 Error::from_errno(file as isize as c_int),
@@ -216,7 +216,7 @@ impl Building {
             t.repair_queue = b::TCP_NO_QUEUE as u8;
             (*self.sk.as_ptr())
                 .__sk_common
-                .set_skc_reuse(b::PRISM_SK_FORCE_REUSE.into());
+                .set_skc_reuse(b::PRISM_SK_FORCE_REUSE);
             t.rcv_nxt = blob.recv_start();
             t.copied_seq = blob.recv_start();
             t.write_seq = blob.snd_una;
@@ -546,22 +546,18 @@ impl Building {
             let mut done = 0;
             while done < chunk.len() {
                 let rest = &chunk[done..];
-                let mut iov = b::kvec {
+                let iov = b::kvec {
                     iov_base: rest.as_ptr().cast_mut().cast(),
                     iov_len: rest.len(),
                 };
-                let mut msg = b::msghdr::default();
-                msg.msg_flags = b::PRISM_MSG_DONTWAIT as u32;
+                let mut msg = b::msghdr {
+                    msg_flags: b::PRISM_MSG_DONTWAIT,
+                    ..Default::default()
+                };
                 // SAFETY: `iov` describes `rest`, which outlives the call; the socket
                 // lock is held, as `tcp_sendmsg_locked` requires.
                 let ret = unsafe {
-                    b::iov_iter_kvec(
-                        &mut msg.msg_iter,
-                        b::PRISM_ITER_SOURCE,
-                        &mut iov,
-                        1,
-                        rest.len(),
-                    );
+                    b::iov_iter_kvec(&mut msg.msg_iter, b::PRISM_ITER_SOURCE, &iov, 1, rest.len());
                     b::tcp_sendmsg_locked(lock.sk(), &mut msg, rest.len())
                 };
                 if ret <= 0 {
@@ -709,6 +705,7 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         unsafe { tracker.track(lock.sk(), prepared) };
     }
     building.commit();
-    Stats::bump(&STATS.imports);
+    // SAFETY: the request's namespace lives while it is handled.
+    unsafe { stats::bump(req.net(), |s| &s.imports) };
     Ok(())
 }

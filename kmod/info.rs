@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `GET_INFO`: module version, protocol version and counters.
+//! `GET_INFO`: module version, protocol version, limits, and the caller's namespace's
+//! counters.
 
 use crate::bindings as b;
-use crate::departed;
+use crate::departed::{self, netns_quota};
 use crate::genl::{errno, AttrSink, Request};
 use crate::guard;
-use crate::stats::{Stats, STATS};
-use crate::tracker;
+use crate::stats::Stats;
 use crate::uapi::{self, attr, cmd};
+use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::prelude::*;
 
@@ -26,43 +27,43 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
             return Err(errno(b::EPROTONOSUPPORT));
         }
     }
+    // SAFETY: the request's namespace lives while it is handled.
+    let data = unsafe { guard::net_data(req.net()) }.ok_or(ENODEV)?;
+    let table = guard::table().ok_or(ENODEV)?;
+    let s = &data.stats;
     // Sized to what it holds: a default-size reply is copied to trim it on the way out.
     let mut msg = req.reply_sized(cmd::GET_INFO, 512)?;
     msg.put_str(attr::MODULE_VERSION, uapi::MODULE_VERSION)?;
     msg.put_u32(attr::PROTO_VERSION, uapi::PROTO_VERSION)?;
-    msg.put_u64(attr::EXPORTS, Stats::get(&STATS.exports), attr::PAD)?;
-    msg.put_u64(attr::IMPORTS, Stats::get(&STATS.imports), attr::PAD)?;
-    msg.put_u64(attr::RELEASES, Stats::get(&STATS.releases), attr::PAD)?;
-    msg.put_u64(attr::ERRORS, Stats::get(&STATS.errors), attr::PAD)?;
     msg.put_u32(attr::MAX_QUEUE_BYTES, uapi::MAX_QUEUE_BYTES)?;
-    if let Some(t) = guard::table() {
-        msg.put_u32(attr::DEPARTED_ACTIVE, t.active() as u32)?;
-        msg.put_u32(attr::DEPARTED_CAPACITY, t.capacity() as u32)?;
-        msg.put_u32(attr::DEPARTED_TIMEOUT_MS, departed::TIMEOUT_MS)?;
-        msg.put_u64(attr::DEPARTED_DROPPED, Stats::get(&t.dropped), attr::PAD)?;
-        msg.put_u64(attr::DEPARTED_EXPIRED, Stats::get(&t.expired), attr::PAD)?;
-        msg.put_u64(attr::DEPARTED_FULL, Stats::get(&t.full), attr::PAD)?;
-        msg.put_u64(
-            attr::DEPARTED_FORWARDED,
-            Stats::get(&t.forwarded),
-            attr::PAD,
-        )?;
-        msg.put_u64(
-            attr::DEPARTED_FORWARDED_BYTES,
-            Stats::get(&t.forwarded_bytes),
-            attr::PAD,
-        )?;
-        msg.put_u64(
-            attr::DEPARTED_FORWARD_FAILED,
-            Stats::get(&t.forward_failed),
-            attr::PAD,
-        )?;
-        msg.put_u64(attr::FORWARDED_UNOWNED, Stats::get(&t.unowned), attr::PAD)?;
+    msg.put_u32(attr::DEPARTED_CAPACITY, table.capacity() as u32)?;
+    msg.put_u32(attr::DEPARTED_QUOTA, netns_quota(table.capacity()))?;
+    msg.put_u32(attr::DEPARTED_TIMEOUT_MS, departed::TIMEOUT_MS)?;
+    // The caller's namespace only.
+    let gauges = [
+        (attr::DEPARTED_ACTIVE, &data.departed),
+        (attr::TRACKED, &data.tracked),
+    ];
+    for (kind, gauge) in gauges {
+        msg.put_u32(kind, gauge.load(Ordering::Relaxed))?;
     }
-    if let Some(t) = tracker::get() {
-        msg.put_u32(attr::TRACKED, t.tracked() as u32)?;
-        msg.put_u64(attr::EVENTS_SENT, Stats::get(&t.sent), attr::PAD)?;
-        msg.put_u64(attr::EVENTS_LOST, Stats::get(&t.lost), attr::PAD)?;
+    let counters = [
+        (attr::EXPORTS, &s.exports),
+        (attr::IMPORTS, &s.imports),
+        (attr::RELEASES, &s.releases),
+        (attr::ERRORS, &s.errors),
+        (attr::DEPARTED_DROPPED, &s.departed_dropped),
+        (attr::DEPARTED_EXPIRED, &s.departed_expired),
+        (attr::DEPARTED_FULL, &s.departed_full),
+        (attr::DEPARTED_FORWARDED, &s.forwarded),
+        (attr::DEPARTED_FORWARDED_BYTES, &s.forwarded_bytes),
+        (attr::DEPARTED_FORWARD_FAILED, &s.forward_failed),
+        (attr::FORWARDED_UNOWNED, &s.unowned),
+        (attr::EVENTS_SENT, &s.events_sent),
+        (attr::EVENTS_LOST, &s.events_lost),
+    ];
+    for (kind, counter) in counters {
+        msg.put_u64(kind, Stats::get(counter), attr::PAD)?;
     }
     msg.send_reply()
 }

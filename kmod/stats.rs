@@ -1,31 +1,69 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Module-wide counters reported by `GET_INFO`.
+//! The counters `GET_INFO` reports, one set per network namespace (in the module's
+//! per-namespace data, `guard.rs`), so that a namespace's GET_INFO shows its own
+//! activity and nothing of another's. Requests count in the namespace of the netlink
+//! socket that sent them; the guard's packets and the tracked sockets' events in the
+//! namespace of the connection.
 
+use crate::bindings as b;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters; relaxed ordering is enough, they are statistics with no ordering duty.
+/// Zero bytes are a valid `Stats` (the pernet data is zeroed at its creation).
+#[derive(Default)]
 pub(crate) struct Stats {
     pub(crate) exports: AtomicU64,
     pub(crate) imports: AtomicU64,
     pub(crate) releases: AtomicU64,
     /// Requests that reached a command handler and failed there.
     pub(crate) errors: AtomicU64,
+    pub(crate) departed_dropped: AtomicU64,
+    pub(crate) departed_expired: AtomicU64,
+    pub(crate) departed_full: AtomicU64,
+    /// Packets, and their bytes, sent on to a new owner; and those that could not be.
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) forwarded_bytes: AtomicU64,
+    pub(crate) forward_failed: AtomicU64,
+    /// Packets another host forwarded here for a connection with no socket here
+    /// (not imported yet, or gone), dropped instead of answered with RST.
+    pub(crate) unowned: AtomicU64,
+    pub(crate) events_sent: AtomicU64,
+    pub(crate) events_lost: AtomicU64,
 }
-
-pub(crate) static STATS: Stats = Stats {
-    exports: AtomicU64::new(0),
-    imports: AtomicU64::new(0),
-    releases: AtomicU64::new(0),
-    errors: AtomicU64::new(0),
-};
 
 impl Stats {
     pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        Self::add(counter, 1);
+    }
+}
+
+/// The counters of namespace `net`; `None` outside the module's lifetime.
+///
+/// # Safety
+///
+/// `net` must be alive for `'a`.
+pub(crate) unsafe fn of<'a>(net: *mut b::net) -> Option<&'a Stats> {
+    // SAFETY: the caller keeps `net` alive for `'a`.
+    unsafe { crate::guard::net_data(net) }.map(|d| &d.stats)
+}
+
+/// Adds one to the counter `pick` chooses in namespace `net`'s set.
+///
+/// # Safety
+///
+/// `net` must be alive.
+pub(crate) unsafe fn bump(net: *mut b::net, pick: impl FnOnce(&Stats) -> &AtomicU64) {
+    // SAFETY: the caller keeps `net` alive.
+    if let Some(s) = unsafe { of(net) } {
+        Stats::bump(pick(s));
     }
 }

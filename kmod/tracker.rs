@@ -15,10 +15,10 @@ use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
 use crate::events::{self, classify, Event, NetRef, SocketId};
 use crate::guard;
-use crate::stats::{Stats, STATS};
+use crate::stats;
 use crate::uapi::{cmd, reason};
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -51,8 +51,6 @@ pub(crate) struct Tracker {
     work: Opaque<b::work_struct>,
     family: AtomicPtr<b::genl_family>,
     tracepoint: AtomicPtr<b::tracepoint>,
-    pub(crate) sent: AtomicU64,
-    pub(crate) lost: AtomicU64,
 }
 
 // SAFETY: `slots` is only reached with the spinlock held; the rest is atomic or set
@@ -103,7 +101,12 @@ impl Locked<'_> {
                 if (*e).sk == sk {
                     *link = (*e).next;
                     self.t.count.fetch_sub(1, Ordering::Release);
-                    return Some(KBox::from_raw(e));
+                    let t = KBox::from_raw(e);
+                    // The event holds a reference on the namespace.
+                    if let Some(d) = guard::net_data(t.event.net.as_ptr()) {
+                        d.tracked.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return Some(t);
                 }
                 link = &mut (*e).next;
             }
@@ -155,8 +158,6 @@ impl Tracker {
                 work: Opaque::uninit(),
                 family: AtomicPtr::new(core::ptr::null_mut()),
                 tracepoint: AtomicPtr::new(core::ptr::null_mut()),
-                sent: AtomicU64::new(0),
-                lost: AtomicU64::new(0),
             },
             GFP_KERNEL,
         )?;
@@ -229,10 +230,6 @@ impl Tracker {
             t: self,
             g: self.slots.lock(),
         }
-    }
-
-    pub(crate) fn tracked(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
     }
 
     /// Allocates what tracking `sk` (built from a blob with `migration_id` and this
@@ -331,6 +328,10 @@ impl Tracker {
         } else if !l.slots().stopped {
             let head = &mut l.slots().heads[bucket(sk as usize)];
             tracked.next = *head;
+            // SAFETY: the event holds a reference on the namespace.
+            if let Some(d) = unsafe { guard::net_data(tracked.event.net.as_ptr()) } {
+                d.tracked.fetch_add(1, Ordering::Relaxed);
+            }
             *head = KBox::into_raw(tracked);
             self.count.fetch_add(1, Ordering::Release);
             drop(l);
@@ -370,7 +371,8 @@ impl Tracker {
     /// built and sent only for listeners, so a hop nobody watches schedules no work.
     fn queue(&self, ev: KBox<Event>) {
         if ev.cmd == cmd::SOCK_RELEASED {
-            Stats::bump(&STATS.releases);
+            // SAFETY: the event holds a reference on its namespace.
+            unsafe { stats::bump(ev.net.as_ptr(), |s| &s.releases) };
         }
         // SAFETY: the event holds a reference on its namespace.
         if unsafe { self.listening(ev.net.as_ptr(), ev.cmd) } && self.lock().push(ev) {
@@ -424,11 +426,17 @@ impl Tracker {
                     // drains before it returns.
                     unsafe { e.send(family, seq) }
                 };
-                if ret == 0 || ret == -(b::ESRCH as c_int) {
-                    Stats::bump(&self.sent);
-                } else {
-                    Stats::bump(&self.lost);
-                }
+                let delivered = ret == 0 || ret == -(b::ESRCH as c_int);
+                // SAFETY: the event holds a reference on its namespace.
+                unsafe {
+                    stats::bump(e.net.as_ptr(), |s| {
+                        if delivered {
+                            &s.events_sent
+                        } else {
+                            &s.events_lost
+                        }
+                    })
+                };
             }
         }
     }
@@ -496,7 +504,7 @@ impl Drop for Tracker {
         CURRENT.store(core::ptr::null_mut(), Ordering::Release);
         let s = self.slots.get_mut();
         for head in s.heads.iter_mut() {
-            let mut e = core::mem::replace(head, core::ptr::null_mut());
+            let mut e = core::mem::take(head);
             while !e.is_null() {
                 // SAFETY: chains hold leaked boxes; the probe is gone, nobody else
                 // reaches them.
@@ -536,6 +544,11 @@ unsafe fn finish(t: KBox<Tracked>, sk: *const b::sock, old: c_int) -> KBox<Event
     event
 }
 
+/// Looks for `inet_sock_set_state` among the kernel's tracepoints.
+///
+/// # Safety
+///
+/// Called by `for_each_kernel_tracepoint` only, with the `found` pointer `start` gave.
 unsafe extern "C" fn find(tp: *mut b::tracepoint, found: *mut c_void) {
     // SAFETY: `for_each_kernel_tracepoint` passes live tracepoints with C-string names.
     let name = unsafe { kernel::str::CStr::from_char_ptr(b::prism_tracepoint_name(tp).cast()) };
@@ -547,6 +560,10 @@ unsafe extern "C" fn find(tp: *mut b::tracepoint, found: *mut c_void) {
 
 /// The tracepoint probe: `sk` moves from `old` to `new`. Runs for every inet socket's
 /// state change on the host, so the common case is two compares.
+///
+/// # Safety
+///
+/// Called by the tracepoint only, with the tracker registered as `data`.
 unsafe extern "C" fn probe(data: *mut c_void, sk: *const b::sock, old: c_int, new: c_int) {
     if new != b::TCP_CLOSE as c_int {
         return;
@@ -565,6 +582,11 @@ unsafe extern "C" fn probe(data: *mut c_void, sk: *const b::sock, old: c_int, ne
     t.queue(ev);
 }
 
+/// The event work function.
+///
+/// # Safety
+///
+/// Called by the workqueue only.
 unsafe extern "C" fn run(_work: *mut b::work_struct) {
     if let Some(t) = get() {
         t.drain();

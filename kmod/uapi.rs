@@ -62,6 +62,7 @@ pub(crate) mod attr {
     pub(crate) const DEPARTED_FORWARDED_BYTES: u16 = 19;
     pub(crate) const DEPARTED_FORWARD_FAILED: u16 = 20;
     pub(crate) const FORWARDED_UNOWNED: u16 = 21;
+    pub(crate) const DEPARTED_QUOTA: u16 = 22;
 }
 
 /// Attributes of the `event` attribute set (the `events` group's messages).

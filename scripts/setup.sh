@@ -27,10 +27,12 @@ if ((${#missing[@]})); then
   [[ -n $guard ]] && rm -f /usr/sbin/policy-rc.d
 fi
 
-if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
-  echo "setup: adding rust-src"
-  rustup component add rust-src
-fi
+for component in rust-src clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    echo "setup: adding $component"
+    rustup component add "$component"
+  fi
+done
 
 if ! command -v bindgen >/dev/null || ! bindgen --version 2>/dev/null | grep -q " $BINDGEN_VERSION"; then
   echo "setup: installing bindgen-cli $BINDGEN_VERSION"

@@ -35,7 +35,9 @@ const GENL_HEADER: usize = 4;
 /// A request this size always fits a netlink socket's default send buffer.
 const DEFAULT_SNDBUF: usize = 128 << 10;
 
-/// What `GET_INFO` reports about the loaded module.
+/// What `GET_INFO` reports about the loaded module. Counters and gauges are those of
+/// the caller's network namespace: requests count where the netlink socket that sent
+/// them lives, guarded tuples and tracked sockets where their connection does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ModuleInfo {
     /// Version of the loaded module.
@@ -67,8 +69,10 @@ pub struct ModuleInfo {
 pub struct DepartedInfo {
     /// Tuples whose packets are dropped now.
     pub active: u32,
-    /// Most tuples the guard holds.
+    /// Most tuples the guard holds, all namespaces together.
     pub capacity: u32,
+    /// Most tuples one namespace may hold (0 from modules without a quota).
+    pub quota: u32,
     /// How long a tuple is guarded, in milliseconds.
     pub timeout_ms: u32,
     /// Packets dropped instead of answered with RST.
@@ -522,6 +526,7 @@ impl Client {
                 InfoAttr::DepartedForwardedBytes => u64v().map(|v| d.forwarded_bytes = v),
                 InfoAttr::DepartedForwardFailed => u64v().map(|v| d.forward_failed = v),
                 InfoAttr::ForwardedUnowned => u64v().map(|v| d.forwarded_unowned = v),
+                InfoAttr::DepartedQuota => u32v().map(|v| d.quota = v),
                 // Padding, and attributes of newer modules.
                 _ => continue,
             };

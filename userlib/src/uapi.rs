@@ -85,6 +85,8 @@ pub enum InfoAttr {
     DepartedForwardFailed = 20,
     /// Packets forwarded here for a connection with no socket here, dropped.
     ForwardedUnowned = 21,
+    /// Most departed tuples one network namespace may hold.
+    DepartedQuota = 22,
 }
 impl neli::consts::genl::NlAttrType for InfoAttr {}
 

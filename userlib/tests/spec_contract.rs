@@ -144,6 +144,7 @@ fn info_attributes_match() {
         ("departed-forwarded-bytes", InfoAttr::DepartedForwardedBytes),
         ("departed-forward-failed", InfoAttr::DepartedForwardFailed),
         ("forwarded-unowned", InfoAttr::ForwardedUnowned),
+        ("departed-quota", InfoAttr::DepartedQuota),
     ];
     assert_eq!(lib.len(), attrs.len());
     for (name, a) in lib {

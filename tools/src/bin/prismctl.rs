@@ -217,8 +217,8 @@ fn status(json: bool) -> Result<(), prism_sock::Error> {
         println!("events lost    {}", info.events_lost);
         let d = &info.departed;
         println!(
-            "rst guard      {} of {} tuples, {} ms; dropped {}, expired {}, full {}",
-            d.active, d.capacity, d.timeout_ms, d.dropped, d.expired, d.full
+            "rst guard      {} tuples (namespace quota {}, host capacity {}), {} ms; dropped {}, expired {}, full {}",
+            d.active, d.quota, d.capacity, d.timeout_ms, d.dropped, d.expired, d.full
         );
     }
     Ok(())

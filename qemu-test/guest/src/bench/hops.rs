@@ -589,7 +589,8 @@ impl Bench {
             .collect::<Result<Vec<_>, _>>()?;
         let mut kept: Vec<(TcpStream, OwnedFd)> = Vec::new();
         let mut out = Vec::new();
-        let info = Client::connect().map_err(|e| e.to_string())?;
+        // Tracked sockets count in their own namespace, be1's.
+        let info = crate::topology::in_ns("be1", Client::connect)?.map_err(|e| e.to_string())?;
         let tracked_before = info.info().map_err(|e| e.to_string())?.tracked as usize;
         for &live in checkpoints {
             while kept.len() < live {

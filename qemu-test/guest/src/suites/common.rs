@@ -15,6 +15,9 @@ pub const WITHOUT_NET_ADMIN: [&str; 6] = [
     "--",
 ];
 
+/// Generic netlink command number of GET_INFO, for raw requests.
+pub const GET_INFO: u8 = 1;
+
 /// Loads the module and connects to its family.
 pub fn loaded(env: &Env, log: &mut Log) -> Result<Client, String> {
     module::load(log, &env.module)?;

@@ -1,14 +1,14 @@
 //! SOCK_EXPORT: the snapshot matches the live socket byte for byte, leaves it working,
 //! and every kind of wrong fd or caller is refused with a meaningful errno and message.
 
-use super::common::{expect_refusal, loaded, WITHOUT_NET_ADMIN};
+use super::common::{expect_refusal, loaded, GET_INFO, WITHOUT_NET_ADMIN};
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::module;
 use crate::sockopt::{linger_zero, queued, set_int, tcp_info};
 use crate::topology::{self, in_ns, Topology};
-use prism_sock::uapi::StateAttr;
-use prism_sock::{Client, DecodedState};
+use prism_sock::uapi::{InfoAttr, StateAttr};
+use prism_sock::{Client, DecodedState, ImportOptions};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd};
@@ -51,6 +51,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "export_detach_refused_when_guard_table_full",
             run: guard_full,
+        },
+        Test {
+            name: "get_info_counts_per_namespace",
+            run: info_per_namespace,
         },
         Test {
             name: "export_detach_refused_when_namespace_quota_full",
@@ -597,7 +601,8 @@ pub fn quota_probe() -> Result<String, String> {
 }
 
 /// With room for two departed tuples, a third DETACH is refused with ENOSPC and leaves its
-/// socket exactly as it was; a bad table size is refused at load time.
+/// socket exactly as it was; once a tuple is imported back its slot serves that DETACH
+/// (after an RCU grace period); a bad table size is refused at load time.
 fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     for bad in ["departed_capacity=0", "departed_capacity=2000000"] {
         check!(
@@ -614,9 +619,10 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     let c = Client::connect().map_err(|e| e.to_string())?;
     let _t = Topology::up()?;
     let mut kept = Vec::new();
+    let mut states = Vec::new();
     for port in [8095, 8096] {
         let (client, server) = connect_via_topology(false, port, None)?;
-        c.export_detach(server.as_fd()).map_err(|e| e.to_string())?;
+        states.push(c.export_detach(server.as_fd()).map_err(|e| e.to_string())?);
         kept.push((client, server));
     }
     let (mut client, mut server) = connect_via_topology(false, 8097, None)?;
@@ -628,13 +634,16 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
         "departed-tuple table is full",
         log,
     )?;
-    let info = c.info().map_err(|e| e.to_string())?;
-    log.line(format!("guard: {:?}", info.departed));
+    // The guard's figures are those of the connections' namespace, fe; the exports
+    // count where the requests came from.
+    let fe = in_ns("fe", Client::connect)?.map_err(|e| e.to_string())?;
+    let guard = fe.info().map_err(|e| e.to_string())?.departed;
+    log.line(format!("guard in fe: {guard:?}"));
     check!(
-        info.departed.capacity == 2 && info.departed.active == 2 && info.departed.full == 1,
-        "guard counters {:?}",
-        info.departed
+        guard.capacity == 2 && guard.quota == 2 && guard.active == 2 && guard.full == 1,
+        "guard counters {guard:?}"
     );
+    let info = c.info().map_err(|e| e.to_string())?;
     check!(info.exports == 2, "exports {}", info.exports);
     // The refused socket still owns its connection, with its queue, both ways.
     let mut buf = [0u8; 6];
@@ -644,6 +653,23 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     let mut buf = [0u8; 10];
     client.read_exact(&mut buf).map_err(|e| e.to_string())?;
     check!(&buf == b"still here", "client read {buf:?}");
+    // The first connection comes back to fe: its slot leaves the table, and the DETACH
+    // that was refused now gets that slot once readers are done with it.
+    let back = fe
+        .import(&states[0], &ImportOptions::default())
+        .map_err(|e| format!("import back: {e}"))?;
+    let mut back = TcpStream::from(back.fd);
+    back.write_all(b"back").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    kept[0].0.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"back", "client read {buf:?}");
+    c.export_detach(server.as_fd())
+        .map_err(|e| format!("detach after a slot was freed: {e}"))?;
+    let guard = fe.info().map_err(|e| e.to_string())?.departed;
+    check!(
+        guard.active == 2 && guard.full == 1,
+        "guard counters after the slot was reused {guard:?}"
+    );
     Ok(())
 }
 
@@ -692,8 +718,9 @@ fn guard_syn_ack(env: &Env, log: &mut Log) -> TestResult {
     );
     c.export_detach(server.as_fd()).map_err(|e| e.to_string())?;
     drop(server);
+    let fe = in_ns("fe", Client::connect)?.map_err(|e| e.to_string())?;
     check!(
-        c.info().map_err(|e| e.to_string())?.departed.active == 1,
+        fe.info().map_err(|e| e.to_string())?.departed.active == 1,
         "no guard entry"
     );
     // The client aborts (its RST is dropped at fe) and listens on the same port.
@@ -714,8 +741,56 @@ fn guard_syn_ack(env: &Env, log: &mut Log) -> TestResult {
     let mut buf = [0u8; 14];
     accepted.read_exact(&mut buf).map_err(|e| e.to_string())?;
     check!(&buf == b"new connection", "client read {buf:?}");
-    let info = c.info().map_err(|e| e.to_string())?;
+    let info = fe.info().map_err(|e| e.to_string())?;
     check!(info.departed.active == 0, "guard entry left: {:?}", info.departed);
+    Ok(())
+}
+
+/// GET_INFO shows the caller's namespace only: requests count where the netlink
+/// socket that sent them lives, guarded tuples where their connection does, and
+/// another namespace sees none of it.
+fn info_per_namespace(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let host = loaded(env, log)?;
+    let connect = |ns: &'static str| in_ns(ns, Client::connect)?.map_err(|e| format!("connect in {ns}: {e}"));
+    let (fe, be1) = (connect("fe")?, connect("be1")?);
+    let info = |c: &Client| c.info().map_err(|e| e.to_string());
+    let be1_before = info(&be1)?;
+    // fe: one refused request and one detach of its own connection.
+    let zero = 0u32.to_ne_bytes().to_vec();
+    check!(
+        fe.raw_request(GET_INFO, &[(InfoAttr::ProtoVersion.into(), zero)])
+            .is_err(),
+        "proto-version 0 accepted"
+    );
+    let (_client, server) = connect_via_topology(false, 8099, None)?;
+    fe.export_detach(server.as_fd()).map_err(|e| e.to_string())?;
+    // Host root detaches another of fe's connections from its own namespace.
+    let (_client2, server2) = connect_via_topology(false, 8100, None)?;
+    host.export_detach(server2.as_fd()).map_err(|e| e.to_string())?;
+    let (f, h, b) = (info(&fe)?, info(&host)?, info(&be1)?);
+    log.line(format!("fe: {f:?}"));
+    log.line(format!("host: {h:?}"));
+    check!(
+        f.exports == 1 && f.errors == 1 && f.departed.active == 2,
+        "fe's counters: {f:?}"
+    );
+    check!(
+        h.exports == 1 && h.errors == 0 && h.departed.active == 0,
+        "the host's counters: {h:?}"
+    );
+    check!(
+        f.departed.capacity == h.departed.capacity
+            && f.departed.quota == f.departed.capacity / 2
+            && f.departed.quota > 0,
+        "limits: {:?}",
+        f.departed
+    );
+    check!(b == be1_before, "be1 saw fe's activity: {be1_before:?} -> {b:?}");
+    check!(
+        b.exports == 0 && b.errors == 0 && b.departed.active == 0,
+        "be1's counters: {b:?}"
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Foundation: module lifecycle, GET_INFO over userlib and YNL, policy validation with
 //! extended acks, and the multi-host topology.
 
-use super::common::{expect_refusal, loaded, WITHOUT_NET_ADMIN};
+use super::common::{expect_refusal, loaded, GET_INFO, WITHOUT_NET_ADMIN};
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::module;
@@ -70,7 +70,6 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-const GET_INFO: u8 = 1;
 const SOCK_EXPORT_CMD: u8 = 2;
 const SOCK_IMPORT_CMD: u8 = 3;
 const EINVAL: i32 = libc::EINVAL;
