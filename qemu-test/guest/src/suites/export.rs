@@ -72,6 +72,10 @@ pub fn tests() -> Vec<Test> {
             name: "export_refuses_md5_and_ao_signed_sockets",
             run: signed_sockets,
         },
+        Test {
+            name: "export_refuses_sockmap_and_mptcp_sockets",
+            run: sockmap_and_mptcp,
+        },
     ]
 }
 
@@ -851,6 +855,133 @@ fn urgent_pending(env: &Env, log: &mut Log) -> TestResult {
 }
 
 /// A loopback connection in the test's namespace: (client, server).
+/// A BPF sockmap of one socket (`bpf(2)` with no library: three commands).
+struct Sockmap(std::os::fd::OwnedFd);
+
+impl Sockmap {
+    const MAP_CREATE: libc::c_long = 0;
+    const MAP_UPDATE_ELEM: libc::c_long = 2;
+    const MAP_DELETE_ELEM: libc::c_long = 3;
+    const TYPE_SOCKMAP: u64 = 15;
+
+    /// `bpf(cmd)` with `attr` as the leading words of a zeroed `union bpf_attr`.
+    fn bpf(cmd: libc::c_long, attr: &[u64]) -> std::io::Result<libc::c_long> {
+        let mut buf = [0u64; 16];
+        buf[..attr.len()].copy_from_slice(attr);
+        // SAFETY: `buf` is a valid, fully initialised `bpf_attr` of the size passed;
+        // the pointers in it point to live values of the caller.
+        let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, buf.as_mut_ptr(), 128) };
+        if ret < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    fn new() -> Result<Self, String> {
+        // map_type, key_size | value_size, max_entries (little-endian words).
+        let fd = Self::bpf(Self::MAP_CREATE, &[Self::TYPE_SOCKMAP | 4 << 32, 4 | 1 << 32])
+            .map_err(|e| format!("BPF_MAP_CREATE sockmap: {e}"))?;
+        // SAFETY: a new fd that nothing else owns.
+        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Puts `sock` in slot 0 (the kernel attaches a psock to it).
+    fn insert(&self, sock: &impl AsRawFd) -> Result<(), String> {
+        let (key, value) = (0u32, sock.as_raw_fd() as u32);
+        let attr = [
+            self.0.as_raw_fd() as u64,
+            &key as *const u32 as u64,
+            &value as *const u32 as u64,
+        ];
+        Self::bpf(Self::MAP_UPDATE_ELEM, &attr)
+            .map(drop)
+            .map_err(|e| format!("BPF_MAP_UPDATE_ELEM: {e}"))
+    }
+
+    /// Empties slot 0.
+    fn remove(&self) -> Result<(), String> {
+        let key = 0u32;
+        let attr = [self.0.as_raw_fd() as u64, &key as *const u32 as u64];
+        Self::bpf(Self::MAP_DELETE_ELEM, &attr)
+            .map(drop)
+            .map_err(|e| format!("BPF_MAP_DELETE_ELEM: {e}"))
+    }
+}
+
+/// A connected pair of MPTCP sockets over loopback; (client, accepted).
+fn mptcp_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    let socket = || {
+        // SAFETY: plain socket creation; the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+        if fd < 0 {
+            return Err(format!("MPTCP socket: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a new fd that nothing else owns.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    };
+    let addr = |port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (listener, client) = (socket()?, socket()?);
+    let at = addr(8199);
+    // SAFETY: valid address and length for each call on our own sockets.
+    let ok = unsafe {
+        libc::bind(
+            listener.as_raw_fd(),
+            (&at as *const libc::sockaddr_in).cast(),
+            len,
+        ) == 0
+            && libc::listen(listener.as_raw_fd(), 1) == 0
+            && libc::connect(client.as_raw_fd(), (&at as *const libc::sockaddr_in).cast(), len) == 0
+    };
+    check!(ok, "MPTCP connect: {}", std::io::Error::last_os_error());
+    // SAFETY: accept on our listener; the new fd is owned right away.
+    let fd = unsafe { libc::accept(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+    check!(fd >= 0, "MPTCP accept: {}", std::io::Error::last_os_error());
+    // SAFETY: a new fd that nothing else owns.
+    Ok((client, unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+}
+
+/// A socket in a BPF sockmap carries a psock that diverts its data: refused, and
+/// exported again once it left the map, its stream intact. An MPTCP socket is not TCP:
+/// refused too.
+fn sockmap_and_mptcp(env: &Env, log: &mut Log) -> TestResult {
+    let c = loaded(env, log)?;
+    let (mut client, mut server) = loopback_pair()?;
+    let map = Sockmap::new()?;
+    map.insert(&server)?;
+    expect_refusal(
+        c.export_snapshot(server.as_fd()),
+        libc::EOPNOTSUPP,
+        "attached to an in-kernel user (sockmap/psock)",
+        log,
+    )?;
+    map.remove()?;
+    // The psock lets go of the socket after an RCU grace period.
+    wait_for("the socket to export once out of the map", || {
+        c.export_snapshot(server.as_fd()).is_ok()
+    })?;
+    client.write_all(b"still one stream").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    server.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    check!(&buf == b"still one stream", "server read {buf:?}");
+    let (_mptcp_client, mptcp) = mptcp_pair()?;
+    expect_refusal(
+        c.export_snapshot(mptcp.as_fd()),
+        libc::EOPNOTSUPP,
+        "not a TCP socket",
+        log,
+    )?;
+    Ok(())
+}
+
 fn loopback_pair() -> Result<(TcpStream, TcpStream), String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let client = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
