@@ -10,8 +10,7 @@
 //! in the same namespace, when the peer opens a new connection on it (a SYN), when it
 //! expires (found expired by a lookup, or by the reaper, a work item that sweeps the
 //! table once a second while it holds entries), or when its namespace goes away. No
-//! request walks the table, and the packet hook finds entries under RCU without taking
-//! the table's lock (only to remove one). The table is bounded, and so is each namespace's share of
+//! request walks the table. The table is bounded, and so is each namespace's share of
 //! it (`departed_netns_quota`), so one tenant's detaches cannot starve another's: a
 //! DETACH that finds either full is refused, leaving the socket untouched.
 
@@ -19,8 +18,7 @@ use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
 use crate::guard::NetData;
 use crate::stats::Stats;
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
 use kernel::prelude::*;
 use kernel::types::Opaque;
@@ -96,55 +94,30 @@ impl Tuple {
     }
 }
 
-/// One slot of the table. The packet hook reads chains without the lock, under RCU:
-/// it follows `next` and reads `tuple`, `expires` and `forward`. Every write is made
-/// under the lock, and a slot taken out of its chain rests in limbo for an RCU grace
-/// period before it is reused, so a reader still on it sees its old values and walks
-/// on to the end of a chain.
+#[derive(Clone, Copy)]
 struct Entry {
-    /// Written only while the slot is free (unreachable by readers), then published
-    /// by the release store that links it.
-    tuple: UnsafeCell<Tuple>,
-    expires: AtomicUsize,
-    /// The new owner's IPv4 address (network byte order, as stored), or zero: drop.
-    forward: AtomicU32,
+    tuple: Tuple,
+    expires: usize,
+    /// The new owner's IPv4 address (network byte order), or zero: drop.
+    forward: [u8; 4],
     /// Its namespace's data (`*const NetData`: quota count, counters), or zero.
-    data: AtomicUsize,
-    /// The next slot of its chain.
-    next: AtomicU32,
-    /// The next slot of the free list or of limbo (under the lock).
-    spare: AtomicU32,
+    data: usize,
+    next: u32,
+}
+
+/// Chained hash table in two flat arrays; free entries are chained through `next`.
+struct Slots {
+    heads: KVVec<u32>,
+    entries: KVVec<Entry>,
+    free: u32,
 }
 
 impl Entry {
-    fn new(spare: u32) -> Self {
-        Self {
-            tuple: UnsafeCell::new(Tuple::default()),
-            expires: AtomicUsize::new(0),
-            forward: AtomicU32::new(0),
-            data: AtomicUsize::new(0),
-            next: AtomicU32::new(NIL),
-            spare: AtomicU32::new(spare),
-        }
-    }
-
-    fn tuple(&self) -> Tuple {
-        // SAFETY: the tuple is written only while the slot is free, which is after an
-        // RCU grace period since it left its chain (no reader can be on it) and before
-        // the release store that links it again; readers load that link with acquire.
-        unsafe { *self.tuple.get() }
-    }
-
-    fn forward(&self) -> [u8; 4] {
-        self.forward.load(Ordering::Relaxed).to_ne_bytes()
-    }
-
     /// The data of the entry's namespace, while the entry is in the table.
     fn net_data(&self) -> Option<&NetData> {
-        let data = self.data.load(Ordering::Relaxed) as *const NetData;
-        // SAFETY: a non-null `data` of a linked entry is its namespace's data, which is
-        // freed only after the namespace's exit callback unlinked its entries.
-        unsafe { data.as_ref() }
+        // SAFETY: a non-null `data` is the entry's namespace data, which is freed only
+        // after the namespace's exit callback flushed its entries from the table.
+        unsafe { (self.data as *const NetData).as_ref() }
     }
 
     /// Counts the entry's expiry in its namespace.
@@ -155,11 +128,21 @@ impl Entry {
     }
 }
 
-/// The writers' side, under the table's lock: the free list, and limbo (slots out of
-/// their chains, waiting for a grace period).
-struct Spare {
-    free: u32,
-    limbo: u32,
+impl Slots {
+    /// Takes entry `i` (after `prev`, or first) out of `bucket`'s chain onto the free list.
+    fn unlink(&mut self, bucket: usize, prev: u32, i: u32) {
+        if let Some(d) = self.entries[i as usize].net_data() {
+            d.departed.fetch_sub(1, Ordering::Relaxed);
+        }
+        let next = self.entries[i as usize].next;
+        if prev == NIL {
+            self.heads[bucket] = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        self.entries[i as usize].next = self.free;
+        self.free = i;
+    }
 }
 
 /// What the guard does with a packet.
@@ -199,21 +182,16 @@ pub(crate) fn netns_quota(capacity: usize) -> u32 {
 }
 
 pub(crate) struct Departed {
-    /// First slot of each bucket's chain.
-    heads: KVVec<AtomicU32>,
-    entries: KVVec<Entry>,
-    /// Taken for every change of a chain or a slot.
-    spare: BhLock<Spare>,
+    slots: BhLock<Slots>,
     seed: u32,
     capacity: usize,
     /// Live entries; read without the lock by the packet path to skip an empty table.
     count: AtomicUsize,
-    /// Sweeps expired entries and recycles limbo while either is not empty.
+    /// Sweeps expired entries while the table is not empty.
     reaper: Opaque<b::delayed_work>,
 }
 
-// SAFETY: slots change only under `spare`'s lock; lock-free readers read atomics, and
-// tuples only of slots that no writer touches (see `Entry`).
+// SAFETY: `slots` is only reached through `Locked`, which holds the spinlock.
 unsafe impl Sync for Departed {}
 // SAFETY: as above; nothing in it is tied to a thread.
 unsafe impl Send for Departed {}
@@ -230,24 +208,25 @@ fn now() -> usize {
 
 struct Locked<'a> {
     t: &'a Departed,
-    g: BhGuard<'a, Spare>,
+    g: BhGuard<'a, Slots>,
 }
 
 impl Locked<'_> {
-    fn entry(&self, i: u32) -> &Entry {
-        &self.t.entries[i as usize]
+    fn slots(&mut self) -> &mut Slots {
+        &mut self.g
     }
 
     /// Unlinks every entry for which `gone` says so; returns how many.
     fn remove_where(&mut self, mut gone: impl FnMut(&Entry) -> bool) -> usize {
+        let s = self.slots();
         let mut removed = 0;
         for bucket in 0..BUCKETS {
             let mut prev = NIL;
-            let mut i = self.t.heads[bucket].load(Ordering::Relaxed);
+            let mut i = s.heads[bucket];
             while i != NIL {
-                let next = self.entry(i).next.load(Ordering::Relaxed);
-                if gone(self.entry(i)) {
-                    self.unlink((bucket, prev, i));
+                let next = s.entries[i as usize].next;
+                if gone(&s.entries[i as usize]) {
+                    s.unlink(bucket, prev, i);
                     removed += 1;
                 } else {
                     prev = i;
@@ -255,6 +234,7 @@ impl Locked<'_> {
                 i = next;
             }
         }
+        self.t.count.fetch_sub(removed, Ordering::Release);
         removed
     }
 
@@ -262,7 +242,7 @@ impl Locked<'_> {
     fn remove_expired(&mut self) {
         let t = now();
         self.remove_where(|e| {
-            let gone = expired(e.expires.load(Ordering::Relaxed), t);
+            let gone = expired(e.expires, t);
             if gone {
                 e.count_expired();
             }
@@ -270,35 +250,23 @@ impl Locked<'_> {
         });
     }
 
-    fn find(&self, tuple: &Tuple) -> Option<(usize, u32, u32)> {
+    fn find(&mut self, tuple: &Tuple) -> Option<(usize, u32, u32)> {
         let bucket = tuple.hash(self.t.seed);
+        let s = self.slots();
         let mut prev = NIL;
-        let mut i = self.t.heads[bucket].load(Ordering::Relaxed);
+        let mut i = s.heads[bucket];
         while i != NIL {
-            if self.entry(i).tuple() == *tuple {
+            if s.entries[i as usize].tuple == *tuple {
                 return Some((bucket, prev, i));
             }
             prev = i;
-            i = self.entry(i).next.load(Ordering::Relaxed);
+            i = s.entries[i as usize].next;
         }
         None
     }
 
-    /// Takes entry `i` (after `prev`, or first) out of `bucket`'s chain into limbo. Its
-    /// own `next` stays as it is for readers still on it.
     fn unlink(&mut self, (bucket, prev, i): (usize, u32, u32)) {
-        let e = self.entry(i);
-        if let Some(d) = e.net_data() {
-            d.departed.fetch_sub(1, Ordering::Relaxed);
-        }
-        e.data.store(0, Ordering::Relaxed);
-        let next = e.next.load(Ordering::Relaxed);
-        match prev {
-            NIL => self.t.heads[bucket].store(next, Ordering::Release),
-            p => self.entry(p).next.store(next, Ordering::Release),
-        }
-        e.spare.store(self.g.limbo, Ordering::Relaxed);
-        self.g.limbo = i;
+        self.slots().unlink(bucket, prev, i);
         self.t.count.fetch_sub(1, Ordering::Release);
     }
 }
@@ -314,20 +282,28 @@ impl Departed {
         let capacity = capacity as usize;
         let mut heads = KVVec::with_capacity(BUCKETS, GFP_KERNEL)?;
         for _ in 0..BUCKETS {
-            heads.push(AtomicU32::new(NIL), GFP_KERNEL)?;
+            heads.push(NIL, GFP_KERNEL)?;
         }
         let mut entries = KVVec::with_capacity(capacity, GFP_KERNEL)?;
         for i in 0..capacity {
-            let spare = if i + 1 < capacity { i as u32 + 1 } else { NIL };
-            entries.push(Entry::new(spare), GFP_KERNEL)?;
+            let next = if i + 1 < capacity { i as u32 + 1 } else { NIL };
+            entries.push(
+                Entry {
+                    tuple: Tuple::default(),
+                    expires: 0,
+                    forward: [0; 4],
+                    data: 0,
+                    next,
+                },
+                GFP_KERNEL,
+            )?;
         }
         let t = KBox::new(
             Self {
-                heads,
-                entries,
-                spare: BhLock::new(Spare {
+                slots: BhLock::new(Slots {
+                    heads,
+                    entries,
                     free: 0,
-                    limbo: NIL,
                 }),
                 // SAFETY: plain call into the random pool.
                 seed: unsafe { b::get_random_u32() },
@@ -340,7 +316,7 @@ impl Departed {
         // SAFETY: the lock and the work live in the box, whose address does not change
         // until it is freed; `drop` cancels the work first.
         unsafe {
-            t.spare.init();
+            t.slots.init();
             b::prism_init_delayed_work(t.reaper.get(), Some(reap));
         }
         Ok(t)
@@ -355,7 +331,7 @@ impl Departed {
     fn lock(&self) -> Locked<'_> {
         Locked {
             t: self,
-            g: self.spare.lock(),
+            g: self.slots.lock(),
         }
     }
 
@@ -368,31 +344,10 @@ impl Departed {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Moves the slots in limbo to the free list once no reader can be on them any
-    /// more. Process context: waits for an RCU grace period.
-    fn recycle(&self) {
-        let limbo = core::mem::replace(&mut self.lock().g.limbo, NIL);
-        if limbo == NIL {
-            return;
-        }
-        // SAFETY: plain call; process context, no lock held.
-        unsafe { b::synchronize_rcu() };
-        let mut l = self.lock();
-        let mut i = limbo;
-        while i != NIL {
-            let e = l.entry(i);
-            let next = e.spare.load(Ordering::Relaxed);
-            e.spare.store(l.g.free, Ordering::Relaxed);
-            l.g.free = i;
-            i = next;
-        }
-    }
-
     /// Protects `tuple` for `TIMEOUT_MS` from now (again, if it already is); its
     /// packets go to `forward` (an IPv4 address), or are dropped until `set_forward`
     /// names a new owner. A new entry counts against `quota`, which must be that of the
-    /// tuple's namespace (its count goes down as the entry leaves). Process context: a
-    /// full table waits for the slots in limbo.
+    /// tuple's namespace (its count goes down as the entry leaves).
     pub(crate) fn insert(
         &self,
         tuple: &Tuple,
@@ -401,30 +356,20 @@ impl Departed {
     ) -> Result<(), Full> {
         // SAFETY: converts a constant.
         let expires = now().wrapping_add(unsafe { b::prism_msecs_to_jiffies(TIMEOUT_MS) } as usize);
-        let forward = u32::from_ne_bytes(forward.unwrap_or([0; 4]));
+        let forward = forward.unwrap_or([0; 4]);
         let mut l = self.lock();
         if let Some((_, _, i)) = l.find(tuple) {
-            let e = l.entry(i);
-            e.expires.store(expires, Ordering::Relaxed);
-            e.forward.store(forward, Ordering::Relaxed);
+            let e = &mut l.slots().entries[i as usize];
+            e.expires = expires;
+            e.forward = forward;
             return Ok(());
         }
-        if l.g.free == NIL {
+        if l.slots().free == NIL {
             l.remove_expired();
-            if l.g.free == NIL && l.g.limbo != NIL {
-                drop(l);
-                self.recycle();
-                l = self.lock();
-                // Another insert may have guarded the tuple meanwhile.
-                if let Some((_, _, i)) = l.find(tuple) {
-                    let e = l.entry(i);
-                    e.expires.store(expires, Ordering::Relaxed);
-                    e.forward.store(forward, Ordering::Relaxed);
-                    return Ok(());
-                }
-            }
         }
-        let i = l.g.free;
+        let bucket = tuple.hash(self.seed);
+        let s = l.slots();
+        let i = s.free;
         let full = &quota.data.stats.departed_full;
         if i == NIL {
             Stats::bump(full);
@@ -437,22 +382,16 @@ impl Departed {
             return Err(Full::Namespace);
         }
         used.fetch_add(1, Ordering::Relaxed);
-        let bucket = tuple.hash(self.seed);
-        let e = &self.entries[i as usize];
-        l.g.free = e.spare.load(Ordering::Relaxed);
-        // SAFETY: a free slot: a grace period has passed since it left its chain (or
-        // it never was in one), so no reader can be on it, and the lock keeps writers
-        // out; the release store below publishes the tuple.
-        unsafe { *e.tuple.get() = *tuple };
-        e.expires.store(expires, Ordering::Relaxed);
-        e.forward.store(forward, Ordering::Relaxed);
-        e.data
-            .store(core::ptr::from_ref(quota.data) as usize, Ordering::Relaxed);
-        e.next.store(
-            self.heads[bucket].load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        self.heads[bucket].store(i, Ordering::Release);
+        let e = &mut s.entries[i as usize];
+        s.free = e.next;
+        *e = Entry {
+            tuple: *tuple,
+            expires,
+            forward,
+            data: core::ptr::from_ref(quota.data) as usize,
+            next: s.heads[bucket],
+        };
+        s.heads[bucket] = i;
         self.count.fetch_add(1, Ordering::Release);
         drop(l);
         self.kick_reaper();
@@ -462,15 +401,15 @@ impl Departed {
     /// Sends the packets of departed `tuple` to `to` (an IPv4 address) from now on;
     /// false if the tuple is not (or no longer) departed.
     pub(crate) fn set_forward(&self, tuple: &Tuple, to: [u8; 4]) -> bool {
-        let l = self.lock();
-        let Some((_, _, i)) = l.find(tuple) else {
+        let mut l = self.lock();
+        let Some(at) = l.find(tuple) else {
             return false;
         };
-        let e = l.entry(i);
-        if expired(e.expires.load(Ordering::Relaxed), now()) {
+        let e = &mut l.slots().entries[at.2 as usize];
+        if expired(e.expires, now()) {
             return false;
         }
-        e.forward.store(u32::from_ne_bytes(to), Ordering::Relaxed);
+        e.forward = to;
         true
     }
 
@@ -491,70 +430,38 @@ impl Departed {
 
     /// Forgets every tuple of the namespace `net`, which is going away.
     pub(crate) fn flush_net(&self, net: usize) {
-        if self.lock().remove_where(|e| e.tuple().net == net) > 0 {
-            self.kick_reaper();
-        }
+        self.lock().remove_where(|e| e.tuple.net == net);
     }
 
-    /// Drops expired entries and recycles limbo (the reaper's walk); again in a second
-    /// while any entry is left.
+    /// Drops expired entries (the reaper's walk); again in a second while any are left.
     fn sweep(&self) {
         self.lock().remove_expired();
-        self.recycle();
         if self.active() > 0 {
             self.kick_reaper();
         }
     }
 
-    /// The slot of `tuple`, found without the lock.
-    ///
-    /// # Safety
-    ///
-    /// The caller is inside an RCU read-side critical section.
-    unsafe fn lookup(&self, tuple: &Tuple) -> Option<&Entry> {
-        let mut i = self.heads[tuple.hash(self.seed)].load(Ordering::Acquire);
-        // A chain is never longer than the table; the bound only guards the walk.
-        for _ in 0..self.capacity {
-            let e = self.entries.get(i as usize)?;
-            if e.tuple() == *tuple {
-                return Some(e);
-            }
-            i = e.next.load(Ordering::Acquire);
-        }
-        None
-    }
-
     /// Decides the fate of a packet of `tuple`; `new_connection` is a SYN without ACK.
-    /// Takes no lock unless the entry must go.
-    ///
-    /// # Safety
-    ///
-    /// The caller is inside an RCU read-side critical section (netfilter hooks are).
-    pub(crate) unsafe fn check(&self, tuple: &Tuple, new_connection: bool) -> Verdict {
+    pub(crate) fn check(&self, tuple: &Tuple, new_connection: bool) -> Verdict {
         if self.count.load(Ordering::Acquire) == 0 {
             return Verdict::Accept;
         }
-        // SAFETY: the caller holds the RCU read lock.
-        let Some(e) = (unsafe { self.lookup(tuple) }) else {
+        let mut l = self.lock();
+        let Some(at) = l.find(tuple) else {
             return Verdict::Accept;
         };
-        let stale = expired(e.expires.load(Ordering::Relaxed), now());
-        if stale || new_connection {
-            // Expired, or the peer starts over on this tuple (the migrated connection is
-            // over for it): the entry goes, if it is still there.
-            let mut l = self.lock();
-            if let Some(at) = l.find(tuple) {
-                let e = l.entry(at.2);
-                if expired(e.expires.load(Ordering::Relaxed), now()) {
-                    e.count_expired();
-                    l.unlink(at);
-                } else if new_connection {
-                    l.unlink(at);
-                }
-            }
+        let e = l.slots().entries[at.2 as usize];
+        if expired(e.expires, now()) {
+            e.count_expired();
+            l.unlink(at);
             return Verdict::Accept;
         }
-        match e.forward() {
+        if new_connection {
+            // The peer starts over on this tuple: the migrated connection is over for it.
+            l.unlink(at);
+            return Verdict::Accept;
+        }
+        match l.slots().entries[at.2 as usize].forward {
             [0, 0, 0, 0] => Verdict::Drop,
             to => Verdict::Forward(to),
         }

@@ -221,8 +221,7 @@ unsafe extern "C" fn hook(
             Stats::add(pick(s), n);
         }
     };
-    // SAFETY: netfilter runs hooks inside an RCU read-side critical section.
-    match unsafe { table.check(&tuple, syn) } {
+    match table.check(&tuple, syn) {
         // Another host forwarded it here ahead of the import (or after the socket
         // went): without a socket TCP would answer with RST.
         Verdict::Accept

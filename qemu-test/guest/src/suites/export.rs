@@ -605,8 +605,8 @@ pub fn quota_probe() -> Result<String, String> {
 }
 
 /// With room for two departed tuples, a third DETACH is refused with ENOSPC and leaves its
-/// socket exactly as it was; once a tuple is imported back its slot serves that DETACH
-/// (after an RCU grace period); a bad table size is refused at load time.
+/// socket exactly as it was; once a tuple is imported back its slot serves that DETACH;
+/// a bad table size is refused at load time.
 fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     for bad in ["departed_capacity=0", "departed_capacity=2000000"] {
         check!(
@@ -658,7 +658,7 @@ fn guard_full(env: &Env, log: &mut Log) -> TestResult {
     client.read_exact(&mut buf).map_err(|e| e.to_string())?;
     check!(&buf == b"still here", "client read {buf:?}");
     // The first connection comes back to fe: its slot leaves the table, and the DETACH
-    // that was refused now gets that slot once readers are done with it.
+    // that was refused now gets that slot.
     let back = fe
         .import(&states[0], &ImportOptions::default())
         .map_err(|e| format!("import back: {e}"))?;
