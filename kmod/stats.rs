@@ -46,24 +46,15 @@ impl Stats {
     }
 }
 
-/// The counters of namespace `net`; `None` outside the module's lifetime.
-///
-/// # Safety
-///
-/// `net` must be alive for `'a`.
-pub(crate) unsafe fn of<'a>(net: *mut b::net) -> Option<&'a Stats> {
-    // SAFETY: the caller keeps `net` alive for `'a`.
-    unsafe { crate::guard::net_data(net) }.map(|d| &d.stats)
-}
-
-/// Adds one to the counter `pick` chooses in namespace `net`'s set.
+/// Adds one to the counter `pick` chooses in namespace `net`'s set (none outside the
+/// module's lifetime).
 ///
 /// # Safety
 ///
 /// `net` must be alive.
 pub(crate) unsafe fn bump(net: *mut b::net, pick: impl FnOnce(&Stats) -> &AtomicU64) {
     // SAFETY: the caller keeps `net` alive.
-    if let Some(s) = unsafe { of(net) } {
-        Stats::bump(pick(s));
+    if let Some(d) = unsafe { crate::guard::net_data(net) } {
+        Stats::bump(pick(&d.stats));
     }
 }

@@ -854,7 +854,6 @@ fn urgent_pending(env: &Env, log: &mut Log) -> TestResult {
     Ok(())
 }
 
-/// A loopback connection in the test's namespace: (client, server).
 /// A BPF sockmap of one socket (`bpf(2)` with no library: three commands).
 struct Sockmap(std::os::fd::OwnedFd);
 
@@ -920,9 +919,9 @@ fn mptcp_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> 
         // SAFETY: a new fd that nothing else owns.
         Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
     };
-    let addr = |port: u16| libc::sockaddr_in {
+    let at = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
+        sin_port: 8199u16.to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
         },
@@ -930,7 +929,6 @@ fn mptcp_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> 
     };
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     let (listener, client) = (socket()?, socket()?);
-    let at = addr(8199);
     // SAFETY: valid address and length for each call on our own sockets.
     let ok = unsafe {
         libc::bind(
@@ -982,6 +980,7 @@ fn sockmap_and_mptcp(env: &Env, log: &mut Log) -> TestResult {
     Ok(())
 }
 
+/// A loopback connection in the test's namespace: (client, server).
 fn loopback_pair() -> Result<(TcpStream, TcpStream), String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let client = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
