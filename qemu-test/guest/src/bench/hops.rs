@@ -45,14 +45,8 @@ impl Mech {
         }
     }
 
-    /// The job of a floor: `n` round trips on a worker.
-    fn floor_job(self) -> Option<fn(usize) -> Job> {
-        match self {
-            Mech::GetInfo => Some(Job::Info),
-            Mech::RawGetInfo => Some(Job::RawInfo),
-            Mech::RawGenl => Some(Job::RawCtrl),
-            Mech::Module | Mech::Repair => None,
-        }
+    fn is_floor(self) -> bool {
+        matches!(self, Mech::GetInfo | Mech::RawGetInfo | Mech::RawGenl)
     }
 }
 
@@ -66,12 +60,8 @@ enum Job {
     /// Export each socket with DETACH, in order.
     Export(Vec<OwnedFd>),
     Import(Vec<Exported>),
-    /// GET_INFO through userlib, this many times.
-    Info(usize),
-    /// The same GET_INFO request over a raw netlink socket, this many times.
-    RawInfo(usize),
-    /// nlctrl CTRL_CMD_GETFAMILY over a raw netlink socket: the genl floor.
-    RawCtrl(usize),
+    /// `n` rounds of one round trip of each floor in turn (see [`floor_rounds`]).
+    Floors(Vec<Mech>, usize),
     /// Count this worker's system calls from now on (or stop).
     Count(bool),
 }
@@ -84,7 +74,8 @@ type Calls = Vec<Timed<()>>;
 enum Outcome {
     Exported(Vec<Timed<Exported>>),
     Imported(Vec<Timed<OwnedFd>>),
-    Calls(Calls),
+    /// Per floor asked for, its round trips.
+    Floors(Vec<Calls>),
     Done,
 }
 
@@ -115,18 +106,34 @@ fn measure<T>(counter: Option<&SyscallCounter>, f: impl FnOnce() -> T) -> Result
     }
 }
 
-/// `n` timed calls of `f` in a loop.
-fn repeat(
+/// `n` rounds of one timed round trip of each floor in `mechs`, in turn. Side by side
+/// call by call: the emulated guest runs a while fast, then a while slow (the same
+/// call takes 12 or 23 us), and rounds of thousands of calls would put the floors in
+/// different phases of that.
+fn floor_rounds(
+    client: Option<&Client>,
     counter: Option<&SyscallCounter>,
+    mechs: &[Mech],
     n: usize,
-    mut f: impl FnMut() -> Result<(), String>,
-) -> Result<Calls, String> {
-    (0..n)
-        .map(|_| {
-            let (r, t, c) = measure(counter, &mut f)?;
-            r.map(|()| ((), t, c))
-        })
-        .collect()
+) -> Result<Vec<Calls>, String> {
+    let client = client.ok_or("the floors need the module")?;
+    let info = raw::get_info_request(client.family_id());
+    let ctrl = raw::get_family_request();
+    let mut sock = raw::Socket::open()?;
+    let mut out = vec![Vec::with_capacity(n); mechs.len()];
+    for _ in 0..n {
+        for (mech, calls) in mechs.iter().zip(&mut out) {
+            let (r, t, k) = measure(counter, || match mech {
+                Mech::GetInfo => client.info().map(drop).map_err(|e| format!("GET_INFO: {e}")),
+                Mech::RawGetInfo => sock.round_trip(&info),
+                Mech::RawGenl => sock.round_trip(&ctrl),
+                Mech::Module | Mech::Repair => Err(format!("{} is not a floor", mech.name())),
+            })?;
+            r?;
+            calls.push(((), t, k));
+        }
+    }
+    Ok(out)
 }
 
 impl Worker {
@@ -181,28 +188,7 @@ impl Worker {
                         })
                         .collect::<Result<_, String>>()
                         .map(Outcome::Imported),
-                    Job::Info(n) => match client {
-                        Some(client) => repeat(c, n, || {
-                            client.info().map(drop).map_err(|e| format!("GET_INFO: {e}"))
-                        })
-                        .map(Outcome::Calls),
-                        None => Err("GET_INFO needs the module".into()),
-                    },
-                    Job::RawInfo(n) => match client {
-                        Some(client) => {
-                            let req = raw::get_info_request(client.family_id());
-                            raw::Socket::open()
-                                .and_then(|mut s| repeat(c, n, || s.round_trip(&req)))
-                                .map(Outcome::Calls)
-                        }
-                        None => Err("GET_INFO needs the module".into()),
-                    },
-                    Job::RawCtrl(n) => {
-                        let req = raw::get_family_request();
-                        raw::Socket::open()
-                            .and_then(|mut s| repeat(c, n, || s.round_trip(&req)))
-                            .map(Outcome::Calls)
-                    }
+                    Job::Floors(mechs, n) => floor_rounds(client, c, &mechs, n).map(Outcome::Floors),
                     Job::Count(on) => {
                         counter = None;
                         if on {
@@ -252,10 +238,10 @@ impl Worker {
         }
     }
 
-    fn calls(&self, job: Job) -> Result<Calls, String> {
-        match self.run(job)? {
-            Outcome::Calls(v) => Ok(v),
-            _ => Err("calls: unexpected reply".into()),
+    fn floors(&self, mechs: &[Mech], n: usize) -> Result<Vec<Calls>, String> {
+        match self.run(Job::Floors(mechs.to_vec(), n))? {
+            Outcome::Floors(v) => Ok(v),
+            _ => Err("floors: unexpected reply".into()),
         }
     }
 }
@@ -275,7 +261,7 @@ pub struct Bench {
 static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
 
 /// A held connection and where its server side is.
-struct Probe {
+pub struct Probe {
     client: TcpStream,
     /// The server side (taken while it is between nodes).
     server: Option<OwnedFd>,
@@ -403,7 +389,7 @@ impl Bench {
     /// queued byte and a fresh exchange both ways. All flows are let go first: a probe
     /// held while the others are checked would back its retransmission timer off for
     /// longer than a check waits.
-    fn finish(&mut self, log: &mut Log, probes: Vec<Probe>) -> Result<(), String> {
+    pub fn finish(&mut self, log: &mut Log, probes: Vec<Probe>) -> Result<(), String> {
         for p in &probes {
             Topology::steer_flow(log, false, p.port, p.at, true)?;
             Topology::hold_flow(log, p.port, false)?;
@@ -489,9 +475,33 @@ impl Bench {
         Ok(hops)
     }
 
-    /// Round trips of `job` on both workers; (fe's, be1's) calls.
-    fn floor(&self, job: impl Fn() -> Job) -> Result<(Calls, Calls), String> {
-        Ok((self.fe.calls(job())?, self.be.calls(job())?))
+    /// `n` round trips of each floor in `mechs` on fe, then on be1, call by call side
+    /// by side (see [`floor_rounds`]), added to `into` (one per floor).
+    pub fn floor_samples(
+        &mut self,
+        mechs: &[Mech],
+        n: usize,
+        counted: usize,
+        into: &mut [Samples],
+    ) -> Result<(), String> {
+        let both = |n| Ok::<_, String>((self.fe.floors(mechs, n)?, self.be.floors(mechs, n)?));
+        let (fe, be) = both(n)?;
+        for ((fe, be), s) in fe.into_iter().zip(be).zip(into.iter_mut()) {
+            for ((_, e, _), (_, m, _)) in fe.into_iter().zip(be) {
+                s.export.push(e);
+                s.import.push(m);
+                s.hop.push(e + m);
+            }
+        }
+        self.count(true)?;
+        let counted = both(counted);
+        self.count(false)?;
+        let (fe, be) = counted?;
+        for ((fe, be), s) in fe.into_iter().zip(be).zip(into.iter_mut()) {
+            s.sys_ex.extend(fe.into_iter().filter_map(|c| c.2));
+            s.sys_im.extend(be.into_iter().filter_map(|c| c.2));
+        }
+        Ok(())
     }
 
     /// `hops` timed hops then `counted` hops with system calls counted, made by
@@ -519,57 +529,54 @@ impl Bench {
         counted: usize,
         into: &mut Samples,
     ) -> Result<(), String> {
-        let Samples {
-            export,
-            import,
-            hop,
-            sys_ex,
-            sys_im,
-            state_bytes,
-        } = into;
-        let target = hop.len() + hops;
-        if let Some(job) = mech.floor_job() {
-            let (fe, be) = self.floor(|| job(hops))?;
-            for ((_, e, _), (_, m, _)) in fe.into_iter().zip(be) {
-                export.push(e);
-                import.push(m);
-                hop.push(e + m);
-            }
-            self.count(true)?;
-            let (fe, be) = self.floor(|| job(counted))?;
-            self.count(false)?;
-            sys_ex.extend(fe.into_iter().filter_map(|c| c.2));
-            sys_im.extend(be.into_iter().filter_map(|c| c.2));
-        } else {
-            let mut probes = (0..self.batch.min(hops.max(1)))
-                .map(|_| self.probe(log, queued))
-                .collect::<Result<Vec<_>, _>>()?;
-            while hop.len() < target {
-                let take = probes.len().min(target - hop.len());
-                let first = *state_bytes == 0;
-                for h in self.hop(&mut probes[..take], first.then_some(&mut *state_bytes))? {
-                    export.push(h.export);
-                    import.push(h.import);
-                    hop.push(h.export + h.import);
-                }
-            }
-            self.count(true)?;
-            let mut done = 0;
-            while done < counted {
-                let take = probes.len().min(counted - done);
-                for h in self.hop(&mut probes[..take], None)? {
-                    sys_ex.extend(h.syscalls.0);
-                    sys_im.extend(h.syscalls.1);
-                    done += 1;
-                }
-            }
-            self.count(false)?;
-            self.finish(log, probes)?;
+        if mech.is_floor() {
+            return self.floor_samples(&[mech], hops, counted, std::slice::from_mut(into));
         }
-        Ok(())
+        let mut probes = self.probes(log, queued, hops)?;
+        let target = into.hop.len() + hops;
+        while into.hop.len() < target {
+            let take = probes.len().min(target - into.hop.len());
+            self.step(&mut probes[..take], false, into)?;
+        }
+        self.count(true)?;
+        let mut done = 0;
+        while done < counted {
+            let take = probes.len().min(counted - done);
+            done += self.step(&mut probes[..take], true, into)?;
+        }
+        self.count(false)?;
+        self.finish(log, probes)
     }
 
-    fn count(&self, on: bool) -> Result<(), String> {
+    /// Held connections for hops with `queued` bytes each way: one batch, or `hops`
+    /// connections if that is fewer.
+    pub fn probes(&mut self, log: &mut Log, queued: usize, hops: usize) -> Result<Vec<Probe>, String> {
+        (0..self.batch.min(hops.max(1)))
+            .map(|_| self.probe(log, queued))
+            .collect()
+    }
+
+    /// One hop of each of `probes`, timed into `into` or, with `counted`, its system
+    /// calls counted into it; how many hops that was.
+    pub fn step(&self, probes: &mut [Probe], counted: bool, into: &mut Samples) -> Result<usize, String> {
+        let first = !counted && into.state_bytes == 0;
+        let hops = self.hop(probes, first.then_some(&mut into.state_bytes))?;
+        let n = hops.len();
+        for h in hops {
+            if counted {
+                into.sys_ex.extend(h.syscalls.0);
+                into.sys_im.extend(h.syscalls.1);
+            } else {
+                into.export.push(h.export);
+                into.import.push(h.import);
+                into.hop.push(h.export + h.import);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Counts the workers' system calls from now on (or stops).
+    pub fn count(&self, on: bool) -> Result<(), String> {
         self.fe.run(Job::Count(on))?;
         self.be.run(Job::Count(on))?;
         Ok(())

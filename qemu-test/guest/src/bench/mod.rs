@@ -24,8 +24,6 @@ pub struct Options {
     pub counted: usize,
     /// Connections that hop together (one export loop, then one import loop).
     pub batch: usize,
-    /// Alternating module/repair rounds the hops of each case are split into.
-    pub rounds: usize,
     /// Timed hops of each other queue size.
     pub sweep_hops: usize,
     /// Bytes queued in each direction: the main cases first.
@@ -46,7 +44,6 @@ impl Options {
             hops: 10_000,
             counted: 100,
             batch: 16,
-            rounds: 10,
             sweep_hops: 1_000,
             main_queues: vec![0, 64 << 10],
             // 512 KiB each way is 1 MiB queued: the module's limit per socket.
@@ -69,7 +66,6 @@ impl Options {
             hops: 40,
             counted: 5,
             batch: 2,
-            rounds: 2,
             sweep_hops: 10,
             main_queues: vec![0, 64 << 10],
             sweep_queues: vec![512 << 10],
@@ -148,8 +144,9 @@ pub fn run_parts(
     Ok(results)
 }
 
-/// The module and repair cases in alternating rounds: the guest's speed drifts over a
-/// run (TCG, a shared host), and rounds side by side keep that drift out of the ratio.
+/// The module and repair cases side by side, batch by batch: one batch of module hops,
+/// one of repair hops, and so on. The emulated guest runs a while fast, then a while
+/// slow, and whole rounds of one mechanism would catch different phases of that.
 fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, String> {
     let mut benches = [
         (Mech::Module, Bench::new(Mech::Module, opts.batch)?),
@@ -162,14 +159,30 @@ fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, S
         .chain(opts.sweep_queues.iter().map(|&q| (q, opts.sweep_hops)));
     let mut out = Vec::new();
     for (queued, hops) in cases {
-        let rounds = opts.rounds.clamp(1, hops.max(1));
         let mut samples = [hops::Samples::default(), hops::Samples::default()];
-        for round in 0..rounds {
-            let share = hops / rounds + usize::from(round < hops % rounds);
-            let counted = opts.counted / rounds + usize::from(round < opts.counted % rounds);
-            for ((mech, bench), into) in benches.iter_mut().zip(&mut samples) {
-                bench.sample(log, *mech, queued, share, counted, into)?;
+        let mut probes = Vec::new();
+        for (_, bench) in &mut benches {
+            probes.push(bench.probes(log, queued, hops)?);
+        }
+        for (total, counted) in [(hops, false), (opts.counted, true)] {
+            for (_, bench) in &benches {
+                bench.count(counted)?;
             }
+            let mut done = 0;
+            while done < total {
+                let mut made = 0;
+                for (((_, bench), p), s) in benches.iter().zip(&mut probes).zip(&mut samples) {
+                    let take = p.len().min(total - done);
+                    made = bench.step(&mut p[..take], counted, s)?;
+                }
+                done += made;
+            }
+        }
+        for (_, bench) in &benches {
+            bench.count(false)?;
+        }
+        for ((_, bench), p) in benches.iter_mut().zip(probes) {
+            bench.finish(log, p)?;
         }
         for ((mech, _), s) in benches.iter().zip(samples) {
             out.push(s.summary(log, *mech, queued));
@@ -180,20 +193,13 @@ fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, S
     Ok(out)
 }
 
-/// The floors in alternating rounds, for the same reason as [`interleaved`]: the
-/// userlib / raw ratio compares figures taken side by side.
+/// The floors call by call side by side (see [`hops::Bench::floor_samples`]): the
+/// userlib / raw ratio compares figures taken at the same moments.
 fn floors(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, String> {
     let mechs = [Mech::GetInfo, Mech::RawGetInfo, Mech::RawGenl];
     let mut bench = Bench::new(Mech::GetInfo, opts.batch)?;
     let mut samples: [hops::Samples; 3] = Default::default();
-    let rounds = opts.rounds.clamp(1, opts.hops.max(1));
-    for round in 0..rounds {
-        let share = opts.hops / rounds + usize::from(round < opts.hops % rounds);
-        let counted = opts.counted / rounds + usize::from(round < opts.counted % rounds);
-        for (mech, into) in mechs.iter().zip(&mut samples) {
-            bench.sample(log, *mech, 0, share, counted, into)?;
-        }
-    }
+    bench.floor_samples(&mechs, opts.hops, opts.counted, &mut samples)?;
     Ok(mechs
         .iter()
         .zip(samples)
