@@ -1,9 +1,14 @@
 # prism-sock: top-level entry points. `make test` and `make demo` install what is missing.
-KDIR ?= $(shell KERNEL_FLAVOR=$(KERNEL_FLAVOR) qemu-test/build-kernel.sh)
+# KERNEL=6.12 (default) or 7.3 picks the test kernel's source (qemu-test/build-kernel.sh).
+KERNEL ?= 6.12
 KERNEL_FLAVOR ?= default
-export KERNEL_FLAVOR
+export KERNEL KERNEL_FLAVOR
+KDIR ?= $(shell qemu-test/build-kernel.sh)
+# The compiler, bindgen and libclang the tree was built with (a tree that predates the
+# file was built with the default LLVM).
+KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))
 
-.PHONY: setup kernel module tools test test-host test-guest demo bench profile lint clean
+.PHONY: setup kernel module tools test test-host test-guest demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
 
 setup:
 	@scripts/setup.sh
@@ -13,7 +18,7 @@ kernel: setup
 
 # CLIPPY=1: the kernel's clippy lints (undocumented unsafe blocks and more) on every build.
 module: setup
-	$(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 CLIPPY=1 modules
+	$(MAKE) -C $(KDIR) M=$(CURDIR) $(KMAKEFLAGS) CLIPPY=1 modules
 
 tools: setup
 	cargo build --release --workspace --bins
@@ -43,6 +48,33 @@ bench: module tools
 profile: module tools
 	qemu-test/run-guest.sh profile "$(PROFILE_RUNS)"
 
+# Debian's stock 7.3 kernel, unmodified, and a module built for it with Debian's own
+# configuration and toolchain (qemu-test/stock-kernel.sh); the guest suite runs on it.
+stock-kernel-test: tools
+	@eval "$$(qemu-test/stock-kernel.sh $(CURDIR))" && \
+	  PRISM_KDIR=$$KDIR PRISM_KIMG=$$KIMG PRISM_MODULE=$$MODULE qemu-test/run-guest.sh suite
+
+# DKMS: the module's sources go to /usr/src/prism-sock-VERSION and DKMS builds them for
+# the running kernel (or DKMS_KERNEL, whose build tree is DKMS_KERNEL_SOURCE) and for
+# every kernel installed later. `dkms-build` builds without installing (the test).
+DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
+DKMS_SRC := /usr/src/prism-sock-$(DKMS_VERSION)
+DKMS_TARGET = $(if $(DKMS_KERNEL),-k $(DKMS_KERNEL) $(if $(DKMS_KERNEL_SOURCE),--kernelsourcedir $(DKMS_KERNEL_SOURCE)))
+
+dkms-add:
+	@command -v dkms >/dev/null || { echo "dkms is not installed (apt-get install dkms)"; exit 1; }
+	-dkms remove prism-sock/$(DKMS_VERSION) --all >/dev/null 2>&1
+	rm -rf $(DKMS_SRC) && mkdir -p $(DKMS_SRC)/kmod
+	cp Kbuild dkms.conf $(DKMS_SRC)/
+	cp $(filter-out %_generated.rs,$(wildcard kmod/*.rs)) kmod/*.c kmod/*.h kmod/bindgen_parameters $(DKMS_SRC)/kmod/
+	dkms add prism-sock/$(DKMS_VERSION)
+
+dkms-build: dkms-add
+	dkms build prism-sock/$(DKMS_VERSION) $(DKMS_TARGET)
+
+dkms-install: dkms-add
+	dkms install prism-sock/$(DKMS_VERSION) $(DKMS_TARGET)
+
 clean:
-	-[ -d "$(KDIR)" ] && $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 clean
+	-[ -d "$(KDIR)" ] && $(MAKE) -C $(KDIR) M=$(CURDIR) $(KMAKEFLAGS) clean
 	cargo clean

@@ -19,6 +19,7 @@
 
 use crate::bindings as b;
 use crate::blob::Blob;
+use crate::compat;
 use crate::departed::Tuple;
 use crate::export::put_cc_name;
 use crate::genl::{errno, to_result, AttrSink, Request};
@@ -65,7 +66,7 @@ impl SockAddr {
         s
     }
 
-    fn as_ptr(&mut self) -> *mut b::sockaddr {
+    fn as_ptr(&mut self) -> *mut compat::SockAddr {
         self.bytes.as_mut_ptr().cast()
     }
 }

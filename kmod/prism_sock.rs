@@ -8,6 +8,7 @@ use kernel::prelude::*;
 mod bh_lock;
 mod bindings;
 mod blob;
+mod compat;
 mod departed;
 mod events;
 mod export;
@@ -25,10 +26,21 @@ mod tracker;
 mod tunnel;
 mod uapi;
 
+// 6.12's `module!` takes one `author`, later series a list of `authors`.
+#[cfg(prism_kernel = "6.12")]
 module! {
     type: PrismSock,
     name: "prism_sock",
     author: "prism-sock developers",
+    description: "Atomic TCP socket export/import over generic netlink",
+    license: "GPL",
+}
+
+#[cfg(not(prism_kernel = "6.12"))]
+module! {
+    type: PrismSock,
+    name: "prism_sock",
+    authors: ["prism-sock developers"],
     description: "Atomic TCP socket export/import over generic netlink",
     license: "GPL",
 }

@@ -8,6 +8,7 @@
 //! one hop later instead of being dropped, so the owner may answer at once.
 
 use crate::bindings as b;
+use crate::compat;
 use crate::departed::Tuple;
 use core::ffi::c_int;
 
@@ -190,35 +191,28 @@ pub(crate) unsafe fn arrived_tunneled(dev: *const b::net_device) -> bool {
 ///
 /// `net` must be alive; call under RCU (a netfilter hook is).
 pub(crate) unsafe fn has_socket(net: *mut b::net, t: &Tuple) -> bool {
-    // SAFETY: `net` is alive (caller); its TCP hash table lives as long.
-    let hashinfo = unsafe { b::prism_tcp_hashinfo(net) };
     let sk = if t.v6 {
-        // SAFETY: 16-byte addresses; the lookup takes a reference on what it finds.
+        // SAFETY: `net` is alive under RCU (caller); 16-byte addresses; the lookup takes
+        // a reference on what it finds.
         unsafe {
-            b::__inet6_lookup_established(
+            compat::lookup_established6(
                 net,
-                hashinfo,
                 t.remote.as_ptr().cast(),
                 t.rport.to_be(),
                 t.local.as_ptr().cast(),
                 t.lport,
-                0,
-                0,
             )
         }
     } else {
         let addr = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
         // SAFETY: as above.
         unsafe {
-            b::__inet_lookup_established(
+            compat::lookup_established4(
                 net,
-                hashinfo,
                 addr(&t.remote),
                 t.rport.to_be(),
                 addr(&t.local),
                 t.lport,
-                0,
-                0,
             )
         }
     };

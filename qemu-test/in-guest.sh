@@ -11,8 +11,11 @@ echo "guest: $(uname -r), $(nproc) cpus"
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null
 mkdir -p /run/netns
 bin=$repo/target/release
-env_args=(--module "$repo/prism_sock.ko" --spec "$repo/docs/netlink/prism_sock.yaml"
-  --ynl "$kdir/tools/net/ynl/cli.py" --schema "$kdir/Documentation/netlink/genetlink.yaml")
+# The YNL command line moved to pyynl/ after 6.12.
+ynl=$kdir/tools/net/ynl/cli.py
+[[ -f $ynl ]] || ynl=$kdir/tools/net/ynl/pyynl/cli.py
+env_args=(--module "${PRISM_MODULE:-$repo/prism_sock.ko}" --spec "$repo/docs/netlink/prism_sock.yaml"
+  --ynl "$ynl" --schema "$kdir/Documentation/netlink/genetlink.yaml")
 rc=0
 case "$mode" in
   suite)

@@ -10,7 +10,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 mode=${1:?usage: run-guest.sh suite|demo|bench|profile [FILTER]}
 filter=${2:-${PRISM_TEST_FILTER:-}}
-kdir=$("$here/build-kernel.sh") || exit 1
+# PRISM_KDIR, PRISM_KIMG and PRISM_MODULE run another kernel than the test kernel
+# (`make stock-kernel-test`): its source tree (for YNL), image and module.
+kdir=${PRISM_KDIR:-$("$here/build-kernel.sh")} || exit 1
+kimg=${PRISM_KIMG:-$kdir/arch/x86/boot/bzImage}
+module=${PRISM_MODULE:-$repo/prism_sock.ko}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
 out=$(mktemp -d /tmp/prism-guest.XXXXXX)
 # KASAN and lockdep under TCG run several times slower.
@@ -24,7 +28,7 @@ accel=(--disable-kvm)
 probe=$cache/kvm-probe
 if [[ ! -f $probe ]]; then
   echo "run-guest: probing KVM (once)"
-  if [[ -w /dev/kvm ]] && timeout 60 vng --run "$kdir/arch/x86/boot/bzImage" --user root \
+  if [[ -w /dev/kvm ]] && timeout 60 vng --run "$kimg" --user root \
       --memory 512M --exec "true" </dev/null >/dev/null 2>&1; then
     echo kvm >"$probe"
   else
@@ -36,9 +40,9 @@ fi
 echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 
 start=$SECONDS
-timeout "$timeout_s" vng --run "$kdir/arch/x86/boot/bzImage" "${accel[@]}" --user root \
+timeout "$timeout_s" vng --run "$kimg" "${accel[@]}" --user root \
   --memory 2G --cpus 2 --rwdir "$out" \
-  --exec "$here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
+  --exec "PRISM_MODULE=$module $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
 vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 

@@ -8,6 +8,11 @@ APT_PKGS=(linux-source-6.12 clang lld llvm libclang-dev qemu-system-x86 bc flex 
   python3-jsonschema kmod xz-utils make busybox-static wrk
   nginx-light linux-perf)
 BINDGEN_VERSION=0.69.5
+# KERNEL=7.3 needs LLVM >= 17 and bindgen >= 0.71.1 (its scripts/min-tool-version.sh);
+# they are installed beside the defaults, which the 6.12 kernel keeps using.
+if [[ ${KERNEL:-6.12} == 7.3 ]]; then
+  APT_PKGS+=(clang-19 lld-19 llvm-19 libclang-19-dev)
+fi
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -37,6 +42,12 @@ done
 if ! command -v bindgen >/dev/null || ! bindgen --version 2>/dev/null | grep -q " $BINDGEN_VERSION"; then
   echo "setup: installing bindgen-cli $BINDGEN_VERSION"
   cargo install bindgen-cli --version "$BINDGEN_VERSION" --locked --quiet
+fi
+
+new_bindgen=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock/bindgen-0.71.1
+if [[ ${KERNEL:-6.12} == 7.3 && ! -x $new_bindgen/bin/bindgen ]]; then
+  echo "setup: installing bindgen-cli 0.71.1 for the 7.3 kernel into $new_bindgen"
+  cargo install bindgen-cli --version 0.71.1 --locked --quiet --root "$new_bindgen"
 fi
 
 if ! command -v vng >/dev/null; then

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Debian's stock 7.3 kernel, unmodified: fetches its image, modules and base packages
+# and the matching linux-source-7.3 from trixie-backports (scripts/debian-fetch.sh,
+# the host's apt configuration untouched), prepares the kernel crate that the headers
+# package lacks with Debian's own .config and toolchain (a trixie build root made with
+# debootstrap: its rustc 1.85.1 is the one the kernel was built with, which Rust symbol
+# names depend on, and gcc-14), and builds prism_sock.ko against it there.
+# Prints KEY=VALUE lines: the prepared source tree, the kernel image and the module.
+# Usage: stock-kernel.sh REPO
+set -euo pipefail
+repo=${1:?usage: stock-kernel.sh REPO}
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/prism-sock
+release=7.3.4+deb13-amd64
+debs=$cache/debian
+root=$cache/trixie-root
+log=$cache/stock-$release.log
+say() { echo "stock-kernel: $*" >&2; }
+
+"$repo/scripts/debian-fetch.sh" "$debs" linux-source-7.3 "linux-binary-$release" \
+  "linux-modules-$release" "linux-base-$release" >&2
+# One tree as virtme-ng expects an installed kernel: image and modules side by side.
+boot=$cache/stock-$release/usr/lib/modules/$release
+if [[ ! -f $boot/vmlinuz ]]; then
+  mkdir -p "$boot"
+  for p in binary modules base; do
+    cp -a "$debs/linux-$p-$release/usr/lib/modules/$release/." "$boot/"
+  done
+fi
+
+if [[ ! -f $root/.prism-ready ]]; then
+  command -v debootstrap >/dev/null || apt-get install -y -qq --no-install-recommends debootstrap >&2
+  say "creating the trixie build root $root (debootstrap, a few minutes)"
+  rm -rf "$root"
+  debootstrap --variant=minbase --include=rustc,rust-src,libstd-rust-dev,bindgen,gcc-14,gcc,make,bc,flex,bison,libelf-dev,libssl-dev,python3,kmod,cpio,dwarves,xz-utils,libclang-dev,clang \
+    trixie "$root" http://deb.debian.org/debian >"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
+  touch "$root/.prism-ready"
+fi
+
+# Debian's headers name the compiler they were built with.
+config=$debs/linux-base-$release/usr/lib/modules/$release/config
+tree=/build/linux-$release
+kflags=(-C "$tree" "KERNELRELEASE=$release" CROSS_COMPILE=x86_64-linux-gnu- CC=x86_64-linux-gnu-gcc-14)
+if [[ ! -f $root$tree/.prism-prepared ]]; then
+  say "preparing $release's kernel crate with Debian's config and rustc (a few minutes)"
+  rm -rf "$root$tree" && mkdir -p "$root$tree"
+  tar -xf "$debs/linux-source-7.3/usr/src/linux-source-7.3.tar.xz" -C "$root$tree" --strip-components=1
+  cp "$config" "$root$tree/.config"
+  chroot "$root" make "${kflags[@]}" olddefconfig >>"$log" 2>&1
+  # olddefconfig must change nothing: the same compilers, so the same configuration.
+  if ! diff <(grep -v '^#' "$config" | sort) <(grep -v '^#' "$root$tree/.config" | sort) >"$log.configdiff"; then
+    say "Debian's config changed under olddefconfig:"; head -20 "$log.configdiff" >&2; exit 1
+  fi
+  chroot "$root" make "${kflags[@]}" -j"$(nproc)" modules_prepare >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+  touch "$root$tree/.prism-prepared"
+fi
+
+# The module's sources, as DKMS would take them.
+src=/build/prism-sock
+rm -rf "$root$src" && mkdir -p "$root$src/kmod"
+cp "$repo/Kbuild" "$root$src/"
+cp "$repo"/kmod/*.c "$repo"/kmod/*.h "$repo/kmod/bindgen_parameters" "$root$src/kmod/"
+for f in "$repo"/kmod/*.rs; do [[ $f == *_generated.rs ]] || cp "$f" "$root$src/kmod/"; done
+chroot "$root" make "${kflags[@]}" M="$src" modules >>"$log" 2>&1 || { grep -E "error|warning" -A6 "$log" | tail -60 >&2; exit 1; }
+echo "KDIR=$root$tree"
+echo "KIMG=$boot/vmlinuz"
+echo "MODULE=$root$src/prism_sock.ko"
