@@ -11,6 +11,7 @@
     unreachable_pub,
     missing_docs,
     improper_ctypes,
+    unknown_lints,
     unnecessary_transmutes,
     unsafe_op_in_unsafe_fn,
     clippy::all,

@@ -4,6 +4,31 @@
 //! set by `Kbuild` from the tree's version). Everything else calls one API.
 
 use crate::bindings as b;
+use kernel::str::CStr;
+
+/// `tcp_skb_cb.tcp_flags`: 7.x widened it to 16 bits (AccECN's flag beside the TCP
+/// header's eight).
+#[cfg(prism_kernel = "6.12")]
+pub(crate) type TcpFlags = u8;
+#[cfg(not(prism_kernel = "6.12"))]
+pub(crate) type TcpFlags = u16;
+
+/// The bytes of `s`, without its NUL: 6.12's own `CStr` type calls this `as_bytes`,
+/// later series use `core::ffi::CStr`'s `to_bytes`.
+pub(crate) fn cstr_bytes(s: &CStr) -> &[u8] {
+    #[cfg(prism_kernel = "6.12")]
+    return s.as_bytes();
+    #[cfg(not(prism_kernel = "6.12"))]
+    return s.to_bytes();
+}
+
+/// The bytes of `s` with its NUL (see [`cstr_bytes`]).
+pub(crate) fn cstr_bytes_with_nul(s: &CStr) -> &[u8] {
+    #[cfg(prism_kernel = "6.12")]
+    return s.as_bytes_with_nul();
+    #[cfg(not(prism_kernel = "6.12"))]
+    return s.to_bytes_with_nul();
+}
 
 /// The address type of `kernel_bind` and `__inet_stream_connect`: 7.x passes a
 /// `struct sockaddr_unsized`, whose length travels beside it as before.
@@ -74,4 +99,58 @@ pub(crate) unsafe fn lookup_established6(
     #[cfg(not(prism_kernel = "6.12"))]
     // SAFETY: as above.
     return unsafe { b::__inet6_lookup_established(net, saddr, sport, daddr, hnum, 0, 0) };
+}
+
+/// Moves a just-restored ESTABLISHED socket to CLOSE_WAIT (its peer's FIN was in the
+/// blob). 7.x no longer exports `tcp_set_state`; for this transition it changes no
+/// counter, and the socket, created by the import, has no BPF sock_ops callbacks, so
+/// the state store (with its `inet_sock_set_state` tracepoint) is all it does.
+///
+/// # Safety
+///
+/// `sk` must be a locked, established TCP socket.
+pub(crate) unsafe fn enter_close_wait(sk: *mut b::sock) {
+    #[cfg(prism_kernel = "6.12")]
+    // SAFETY: a locked TCP socket (caller).
+    unsafe {
+        b::tcp_set_state(sk, b::TCP_CLOSE_WAIT as core::ffi::c_int)
+    };
+    #[cfg(not(prism_kernel = "6.12"))]
+    // SAFETY: as above.
+    unsafe {
+        b::inet_sk_set_state(sk, b::TCP_CLOSE_WAIT as core::ffi::c_int)
+    };
+}
+
+/// `tcp_mtup_init`: the MTU probing range from the socket's (restored) MSS clamp and
+/// the namespace's sysctls. 7.x no longer exports it; this is its body, on the
+/// exported `tcp_mss_to_mtu`.
+///
+/// # Safety
+///
+/// `sk` must be a locked TCP socket.
+pub(crate) unsafe fn mtup_init(sk: *mut b::sock) {
+    #[cfg(prism_kernel = "6.12")]
+    // SAFETY: a locked TCP socket (caller).
+    unsafe {
+        b::tcp_mtup_init(sk)
+    };
+    #[cfg(not(prism_kernel = "6.12"))]
+    // SAFETY: a locked TCP socket (caller): a `tcp_sock`, whose connection-socket part
+    // and address-family operations are set; its namespace lives as long.
+    unsafe {
+        let tp = sk.cast::<b::tcp_sock>();
+        let icsk = &mut (*tp).inet_conn;
+        let net = b::prism_sock_net(sk);
+        let enabled = b::prism_tcp_mtu_probing(net) > 1;
+        let header = (*icsk.icsk_af_ops).net_header_len as i32;
+        let mtup = &mut icsk.icsk_mtup;
+        mtup.set_enabled(enabled.into());
+        mtup.search_high = i32::from((*tp).rx_opt.mss_clamp) + 20 + header;
+        mtup.search_low = b::tcp_mss_to_mtu(sk, b::prism_tcp_base_mss(net));
+        mtup.set_probe_size(0);
+        if enabled {
+            mtup.probe_timestamp = b::prism_jiffies() as u32;
+        }
+    }
 }

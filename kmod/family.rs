@@ -4,6 +4,7 @@
 //! `events` and `releases` multicast groups, registered for the module's lifetime.
 
 use crate::bindings as b;
+use crate::compat;
 use crate::export;
 use crate::forward;
 use crate::genl::{self, Handler};
@@ -51,7 +52,7 @@ unsafe impl Send for Family {}
 unsafe impl Sync for Family {}
 
 fn copy_name(dst: &mut [core::ffi::c_char], name: &CStr) {
-    for (d, s) in dst.iter_mut().zip(name.as_bytes()) {
+    for (d, s) in dst.iter_mut().zip(compat::cstr_bytes(name)) {
         *d = *s as core::ffi::c_char;
     }
 }

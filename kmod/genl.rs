@@ -4,6 +4,7 @@
 //! request's attributes, answering with an extended-ack message, building a reply.
 
 use crate::bindings as b;
+use crate::compat;
 use crate::stats;
 use core::ffi::{c_int, c_void};
 use core::marker::PhantomData;
@@ -213,7 +214,7 @@ impl<'a> Message<'a> {
     }
 
     pub(crate) fn put_str(&mut self, kind: u16, value: &CStr) -> Result {
-        self.put(kind, value.as_bytes_with_nul())
+        self.put(kind, compat::cstr_bytes_with_nul(value))
     }
 
     /// Starts a notification `cmd` of `family` with room for `size` bytes of

@@ -161,6 +161,16 @@ void prism_sock_set_flag_done(struct sock *sk)
 	sock_set_flag(sk, SOCK_DONE);
 }
 
+int prism_tcp_mtu_probing(const struct net *net)
+{
+	return READ_ONCE(net->ipv4.sysctl_tcp_mtu_probing);
+}
+
+int prism_tcp_base_mss(const struct net *net)
+{
+	return READ_ONCE(net->ipv4.sysctl_tcp_base_mss);
+}
+
 bool prism_sock_flag_done(const struct sock *sk)
 {
 	return sock_flag(sk, SOCK_DONE);

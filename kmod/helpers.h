@@ -65,6 +65,8 @@ int prism_skb_network_offset(const struct sk_buff *skb);
 sockptr_t prism_kernel_sockptr(void *p);
 struct socket *prism_sk_socket(const struct sock *sk);
 void prism_sock_set_flag_done(struct sock *sk);
+int prism_tcp_mtu_probing(const struct net *net);
+int prism_tcp_base_mss(const struct net *net);
 bool prism_sock_flag_done(const struct sock *sk);
 void prism_inet_csk_enter_pingpong_mode(struct sock *sk);
 struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list);

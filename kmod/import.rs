@@ -397,7 +397,7 @@ impl Building {
                 } else {
                     0
                 }) as u16;
-            b::tcp_mtup_init(sk);
+            compat::mtup_init(sk);
             if let Some(sync) = t.inet_conn.icsk_sync_mss {
                 sync(sk, t.inet_conn.icsk_pmtu_cookie);
             }
@@ -432,13 +432,13 @@ impl Building {
                     t.copied_seq = t.copied_seq.wrapping_add(1);
                 } else {
                     let cb = &mut *b::prism_tcp_skb_cb(tail);
-                    cb.tcp_flags |= b::PRISM_TCPHDR_FIN;
+                    cb.tcp_flags |= compat::TcpFlags::from(b::PRISM_TCPHDR_FIN);
                     cb.end_seq = cb.end_seq.wrapping_add(1);
                 }
                 t.rcv_nxt = t.rcv_nxt.wrapping_add(1);
                 (*sk).sk_shutdown |= b::RCV_SHUTDOWN as u8;
                 b::prism_sock_set_flag_done(sk);
-                b::tcp_set_state(sk, b::TCP_CLOSE_WAIT as c_int);
+                compat::enter_close_wait(sk);
                 b::prism_inet_csk_enter_pingpong_mode(sk);
             }
             if t.rcv_nxt != blob.rcv_nxt {
@@ -583,7 +583,7 @@ impl Building {
             let lock = SockLock::lock_raw(self.sk);
             (*self.tp()).set_repair(1);
             if u32::from((*self.sk.as_ptr()).__sk_common.skc_state) != b::TCP_CLOSE {
-                b::tcp_disconnect(lock.sk(), 0);
+                crate::socket::disconnect(lock.sk());
             }
             drop(lock);
             if self.fd >= 0 {

@@ -81,6 +81,22 @@ impl Drop for SockLock<'_> {
     }
 }
 
+/// `tcp_disconnect(sk, 0)`, through the socket's protocol as `tcp_close` calls it:
+/// 7.x no longer exports it.
+///
+/// # Safety
+///
+/// `sk` must be a locked TCP socket.
+pub(crate) unsafe fn disconnect(sk: *mut b::sock) {
+    // SAFETY: a TCP socket's protocol is `tcp_prot` or `tcpv6_prot`, whose `disconnect`
+    // is `tcp_disconnect`; the socket is locked (caller).
+    unsafe {
+        if let Some(disconnect) = (*(*sk).__sk_common.skc_prot).disconnect {
+            disconnect(sk, 0);
+        }
+    }
+}
+
 impl SockLock<'_> {
     /// Ends the connection on this host without sending anything: in repair mode
     /// `tcp_disconnect` neither sends FIN nor RST, and unhashes the socket. The
@@ -93,7 +109,7 @@ impl SockLock<'_> {
         // precedes every detach).
         unsafe {
             (*tp).set_repair(1);
-            b::tcp_disconnect(sk, 0);
+            disconnect(sk);
             (*tp).set_repair(0);
             (*tp).repair_queue = b::TCP_NO_QUEUE as u8;
             let sock = b::prism_sk_socket(sk);

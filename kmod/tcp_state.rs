@@ -93,8 +93,9 @@ unsafe fn copy_payload(
 ) -> Result<bool, Refusal> {
     // SAFETY: TCP queue skbs carry a `tcp_skb_cb` in their control buffer.
     let cb = unsafe { &*b::prism_tcp_skb_cb(skb) };
-    let fin = cb.tcp_flags & b::PRISM_TCPHDR_FIN != 0;
-    if cb.tcp_flags & b::PRISM_TCPHDR_SYN != 0 {
+    let flags = u16::from(cb.tcp_flags);
+    let fin = flags & u16::from(b::PRISM_TCPHDR_FIN) != 0;
+    if flags & u16::from(b::PRISM_TCPHDR_SYN) != 0 {
         return Err(refuse(
             b::EBUSY,
             c_str!("a SYN is still queued: handshake not finished"),
@@ -280,7 +281,9 @@ impl TcpState {
             // is not data (`fin_received` and `rcv_nxt` carry it).
             let tail = b::prism_skb_peek_tail(&mut (*sk).sk_receive_queue);
             let fin_unread = !tail.is_null()
-                && (*b::prism_tcp_skb_cb(tail)).tcp_flags & b::PRISM_TCPHDR_FIN != 0;
+                && u16::from((*b::prism_tcp_skb_cb(tail)).tcp_flags)
+                    & u16::from(b::PRISM_TCPHDR_FIN)
+                    != 0;
             let recv_len = recv_max.wrapping_sub(u32::from(fin_unread));
 
             let icsk = &t.inet_conn;

@@ -13,6 +13,7 @@
 
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
+use crate::compat;
 use crate::events::{self, classify, Event, NetRef, SocketId};
 use crate::guard;
 use crate::stats;
@@ -504,7 +505,10 @@ impl Drop for Tracker {
         CURRENT.store(core::ptr::null_mut(), Ordering::Release);
         let s = self.slots.get_mut();
         for head in s.heads.iter_mut() {
-            let mut e = core::mem::take(head);
+            // Not `mem::take`: raw pointers implement `Default` only from Rust 1.88 on,
+            // and Debian's kernel is built with 1.85.
+            let mut e = *head;
+            *head = core::ptr::null_mut();
             while !e.is_null() {
                 // SAFETY: chains hold leaked boxes; the probe is gone, nobody else
                 // reaches them.
@@ -552,7 +556,7 @@ unsafe fn finish(t: KBox<Tracked>, sk: *const b::sock, old: c_int) -> KBox<Event
 unsafe extern "C" fn find(tp: *mut b::tracepoint, found: *mut c_void) {
     // SAFETY: `for_each_kernel_tracepoint` passes live tracepoints with C-string names.
     let name = unsafe { kernel::str::CStr::from_char_ptr(b::prism_tracepoint_name(tp).cast()) };
-    if name.as_bytes() == b"inet_sock_set_state" {
+    if compat::cstr_bytes(name) == b"inet_sock_set_state" {
         // SAFETY: `found` is the `*mut *mut tracepoint` given by `start`.
         unsafe { *found.cast::<*mut b::tracepoint>() = tp };
     }

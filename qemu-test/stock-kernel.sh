@@ -17,7 +17,7 @@ log=$cache/stock-$release.log
 say() { echo "stock-kernel: $*" >&2; }
 
 "$repo/scripts/debian-fetch.sh" "$debs" linux-source-7.3 "linux-binary-$release" \
-  "linux-modules-$release" "linux-base-$release" >&2
+  "linux-modules-$release" "linux-base-$release" "linux-headers-$release" >&2
 # One tree as virtme-ng expects an installed kernel: image and modules side by side.
 boot=$cache/stock-$release/usr/lib/modules/$release
 if [[ ! -f $boot/vmlinuz ]]; then
@@ -36,6 +36,13 @@ if [[ ! -f $root/.prism-ready ]]; then
   touch "$root/.prism-ready"
 fi
 
+# Runs a command in the build root, with /proc (objtool reads its own limits there).
+in_root() {
+  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  chroot "$root" "$@"
+}
+trap 'mountpoint -q "$root/proc" && umount "$root/proc"' EXIT
+
 # Debian's headers name the compiler they were built with.
 config=$debs/linux-base-$release/usr/lib/modules/$release/config
 tree=/build/linux-$release
@@ -45,12 +52,18 @@ if [[ ! -f $root$tree/.prism-prepared ]]; then
   rm -rf "$root$tree" && mkdir -p "$root$tree"
   tar -xf "$debs/linux-source-7.3/usr/src/linux-source-7.3.tar.xz" -C "$root$tree" --strip-components=1
   cp "$config" "$root$tree/.config"
-  chroot "$root" make "${kflags[@]}" olddefconfig >>"$log" 2>&1
-  # olddefconfig must change nothing: the same compilers, so the same configuration.
-  if ! diff <(grep -v '^#' "$config" | sort) <(grep -v '^#' "$root$tree/.config" | sort) >"$log.configdiff"; then
+  in_root make "${kflags[@]}" olddefconfig >>"$log" 2>&1
+  # olddefconfig must change nothing but what Debian's packaging blanks out (signing
+  # keys, build salt) or derives from the build host's OpenSSL: the same compilers, so
+  # the same configuration.
+  packaging='^CONFIG_(MODULE_SIG_(ALL|KEY)|SYSTEM_(TRUSTED|REVOCATION)_KEYS|BUILD_SALT|OPENSSL_SUPPORTS_[A-Z_]+)='
+  if ! diff <(grep -v '^#' "$config" | grep -Ev "$packaging" | sort) \
+      <(grep -v '^#' "$root$tree/.config" | grep -Ev "$packaging" | sort) >"$log.configdiff"; then
     say "Debian's config changed under olddefconfig:"; head -20 "$log.configdiff" >&2; exit 1
   fi
-  chroot "$root" make "${kflags[@]}" -j"$(nproc)" modules_prepare >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+  in_root make "${kflags[@]}" -j"$(nproc)" modules_prepare >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+  # The symbols (and their namespaces) the stock kernel exports, for modpost.
+  cp "$debs/linux-headers-$release/usr/src/linux-headers-$release/Module.symvers" "$root$tree/"
   touch "$root$tree/.prism-prepared"
 fi
 
@@ -60,7 +73,7 @@ rm -rf "$root$src" && mkdir -p "$root$src/kmod"
 cp "$repo/Kbuild" "$root$src/"
 cp "$repo"/kmod/*.c "$repo"/kmod/*.h "$repo/kmod/bindgen_parameters" "$root$src/kmod/"
 for f in "$repo"/kmod/*.rs; do [[ $f == *_generated.rs ]] || cp "$f" "$root$src/kmod/"; done
-chroot "$root" make "${kflags[@]}" M="$src" modules >>"$log" 2>&1 || { grep -E "error|warning" -A6 "$log" | tail -60 >&2; exit 1; }
+in_root make "${kflags[@]}" M="$src" modules >>"$log" 2>&1 || { grep -E "error|warning" -A6 "$log" | tail -60 >&2; exit 1; }
 echo "KDIR=$root$tree"
 echo "KIMG=$boot/vmlinuz"
 echo "MODULE=$root$src/prism_sock.ko"
