@@ -4,7 +4,7 @@
 # the host's apt configuration untouched), prepares the kernel crate that the headers
 # package lacks with Debian's own .config and toolchain (a trixie build root made with
 # debootstrap: its rustc 1.85.1 is the one the kernel was built with, which Rust symbol
-# names depend on, and gcc-14), and builds prism_sock.ko against it there.
+# names depend on, and gcc-14), and builds prism_sock.ko against it there with DKMS.
 # Prints KEY=VALUE lines: the prepared source tree, the kernel image and the module.
 # Usage: stock-kernel.sh REPO
 set -euo pipefail
@@ -31,7 +31,7 @@ if [[ ! -f $root/.prism-ready ]]; then
   command -v debootstrap >/dev/null || apt-get install -y -qq --no-install-recommends debootstrap >&2
   say "creating the trixie build root $root (debootstrap, a few minutes)"
   rm -rf "$root"
-  debootstrap --variant=minbase --include=rustc,rust-src,libstd-rust-dev,bindgen,gcc-14,gcc,make,bc,flex,bison,libelf-dev,libssl-dev,python3,kmod,cpio,dwarves,xz-utils,libclang-dev,clang \
+  debootstrap --variant=minbase --include=rustc,rust-src,libstd-rust-dev,bindgen,gcc-14,gcc,make,bc,flex,bison,libelf-dev,libssl-dev,python3,kmod,cpio,dwarves,xz-utils,libclang-dev,clang,dkms \
     trixie "$root" http://deb.debian.org/debian >"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
   touch "$root/.prism-ready"
 fi
@@ -67,13 +67,25 @@ if [[ ! -f $root$tree/.prism-prepared ]]; then
   touch "$root$tree/.prism-prepared"
 fi
 
-# The module's sources, as DKMS would take them.
-src=/build/prism-sock
+# The module, built by DKMS as on a Debian 13 host: `make dkms-build` against the
+# prepared tree, whose .prism-make-flags names Debian's compiler and release.
+echo "KERNELRELEASE=$release CROSS_COMPILE=x86_64-linux-gnu- CC=x86_64-linux-gnu-gcc-14" >"$root$tree/.prism-make-flags"
+in_root sh -c 'command -v dkms >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dkms' >>"$log" 2>&1
+src=/build/prism-sock-dkms
 rm -rf "$root$src" && mkdir -p "$root$src/kmod"
-cp "$repo/Kbuild" "$root$src/"
+cp "$repo/Makefile" "$repo/Kbuild" "$repo/dkms.conf" "$root$src/"
 cp "$repo"/kmod/*.c "$repo"/kmod/*.h "$repo/kmod/bindgen_parameters" "$root$src/kmod/"
 for f in "$repo"/kmod/*.rs; do [[ $f == *_generated.rs ]] || cp "$f" "$root$src/kmod/"; done
-in_root make "${kflags[@]}" M="$src" modules >>"$log" 2>&1 || { grep -E "error|warning" -A6 "$log" | tail -60 >&2; exit 1; }
+in_root make -C "$src" dkms-build DKMS_KERNEL="$release" DKMS_KERNEL_SOURCE="$tree" >>"$log" 2>&1 ||
+  { grep -E "error|warning" -A6 "$log" | tail -40 >&2; cat "$root"/var/lib/dkms/prism-sock/*/build/make.log 2>/dev/null | tail -30 >&2; exit 1; }
+built=$(find "$root/var/lib/dkms/prism-sock" -path "*$release*" -name 'prism_sock.ko*' | head -1)
+[[ -n $built ]] || { say "DKMS built no module"; exit 1; }
+# insmod takes the module uncompressed.
+case $built in
+  *.xz) xz -dc "$built" >"$root$src/prism_sock.ko" ;;
+  *.zst) zstd -qdc "$built" >"$root$src/prism_sock.ko" ;;
+  *) cp "$built" "$root$src/prism_sock.ko" ;;
+esac
 echo "KDIR=$root$tree"
 echo "KIMG=$boot/vmlinuz"
 echo "MODULE=$root$src/prism_sock.ko"
