@@ -6,12 +6,26 @@
 use crate::bindings as b;
 use kernel::str::CStr;
 
-/// `tcp_skb_cb.tcp_flags`: 7.x widened it to 16 bits (AccECN's flag beside the TCP
-/// header's eight).
-#[cfg(prism_kernel = "6.12")]
-pub(crate) type TcpFlags = u8;
-#[cfg(not(prism_kernel = "6.12"))]
-pub(crate) type TcpFlags = u16;
+/// The TCP flags of a queued skb: 7.x widened `tcp_skb_cb.tcp_flags` to 16 bits
+/// (AccECN's flag beside the TCP header's eight).
+pub(crate) fn tcp_flags(cb: &b::tcp_skb_cb) -> u16 {
+    #[cfg(prism_kernel = "6.12")]
+    return u16::from(cb.tcp_flags);
+    #[cfg(not(prism_kernel = "6.12"))]
+    return cb.tcp_flags;
+}
+
+/// Sets TCP header flag `flag` (one of the eight) on a queued skb.
+pub(crate) fn set_tcp_flag(cb: &mut b::tcp_skb_cb, flag: u8) {
+    #[cfg(prism_kernel = "6.12")]
+    {
+        cb.tcp_flags |= flag;
+    }
+    #[cfg(not(prism_kernel = "6.12"))]
+    {
+        cb.tcp_flags |= u16::from(flag);
+    }
+}
 
 /// The bytes of `s`, without its NUL: 6.12's own `CStr` type calls this `as_bytes`,
 /// later series use `core::ffi::CStr`'s `to_bytes`.
@@ -143,7 +157,7 @@ pub(crate) unsafe fn mtup_init(sk: *mut b::sock) {
         let icsk = &mut (*tp).inet_conn;
         let net = b::prism_sock_net(sk);
         let enabled = b::prism_tcp_mtu_probing(net) > 1;
-        let header = (*icsk.icsk_af_ops).net_header_len as i32;
+        let header = i32::from((*icsk.icsk_af_ops).net_header_len);
         let mtup = &mut icsk.icsk_mtup;
         mtup.set_enabled(enabled.into());
         mtup.search_high = i32::from((*tp).rx_opt.mss_clamp) + 20 + header;

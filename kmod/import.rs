@@ -90,7 +90,7 @@ impl Building {
             b::__sock_create(
                 net,
                 c_int::from(blob.family),
-                b::PRISM_SOCK_STREAM as c_int,
+                c_int::from(b::PRISM_SOCK_STREAM),
                 b::IPPROTO_TCP as c_int,
                 &mut sock,
                 0,
@@ -432,7 +432,7 @@ impl Building {
                     t.copied_seq = t.copied_seq.wrapping_add(1);
                 } else {
                     let cb = &mut *b::prism_tcp_skb_cb(tail);
-                    cb.tcp_flags |= compat::TcpFlags::from(b::PRISM_TCPHDR_FIN);
+                    compat::set_tcp_flag(cb, b::PRISM_TCPHDR_FIN);
                     cb.end_seq = cb.end_seq.wrapping_add(1);
                 }
                 t.rcv_nxt = t.rcv_nxt.wrapping_add(1);

@@ -9,7 +9,7 @@ use crate::genl::{errno, DumpMsg, SkbAttrs};
 use crate::guard;
 use crate::tracker::{self, Listed, BUCKETS};
 use crate::uapi::{cmd, event as a};
-use core::ffi::c_int;
+use core::ffi::{c_int, c_long};
 use kernel::prelude::*;
 
 /// Entries copied out of the tracker per pass over a bucket.
@@ -44,8 +44,8 @@ pub(crate) unsafe extern "C" fn sock_list(
             // SAFETY: the arguments of this dump call.
             let fits = unsafe { put(skb, cb, entry, net, seq) };
             if fits.is_err() {
-                args[0] = bucket as _;
-                args[1] = (skip + i) as _;
+                args[0] = bucket as c_long;
+                args[1] = (skip + i) as c_long;
                 return if written > 0 {
                     written
                 } else {
@@ -61,7 +61,7 @@ pub(crate) unsafe extern "C" fn sock_list(
             skip = 0;
         }
     }
-    args[0] = BUCKETS as _;
+    args[0] = BUCKETS as c_long;
     args[1] = 0;
     0
 }

@@ -3,6 +3,7 @@
 //! Capture of a TCP socket's whole state, queues included, under its socket lock.
 
 use crate::bindings as b;
+use crate::compat;
 use crate::genl::{errno, ChunkedAttr, Message};
 use crate::socket::SockLock;
 use crate::uapi::{BUF_LOCK_RCV, BUF_LOCK_SND, MAX_QUEUE_BYTES};
@@ -93,7 +94,7 @@ unsafe fn copy_payload(
 ) -> Result<bool, Refusal> {
     // SAFETY: TCP queue skbs carry a `tcp_skb_cb` in their control buffer.
     let cb = unsafe { &*b::prism_tcp_skb_cb(skb) };
-    let flags = u16::from(cb.tcp_flags);
+    let flags = compat::tcp_flags(cb);
     let fin = flags & u16::from(b::PRISM_TCPHDR_FIN) != 0;
     if flags & u16::from(b::PRISM_TCPHDR_SYN) != 0 {
         return Err(refuse(
@@ -281,8 +282,7 @@ impl TcpState {
             // is not data (`fin_received` and `rcv_nxt` carry it).
             let tail = b::prism_skb_peek_tail(&mut (*sk).sk_receive_queue);
             let fin_unread = !tail.is_null()
-                && u16::from((*b::prism_tcp_skb_cb(tail)).tcp_flags)
-                    & u16::from(b::PRISM_TCPHDR_FIN)
+                && compat::tcp_flags(&*b::prism_tcp_skb_cb(tail)) & u16::from(b::PRISM_TCPHDR_FIN)
                     != 0;
             let recv_len = recv_max.wrapping_sub(u32::from(fin_unread));
 

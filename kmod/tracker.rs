@@ -178,10 +178,7 @@ impl Tracker {
         let mut found: *mut b::tracepoint = core::ptr::null_mut();
         // SAFETY: `find` only compares names and writes `found`, which outlives the call.
         unsafe {
-            b::for_each_kernel_tracepoint(
-                Some(find),
-                (&mut found as *mut *mut b::tracepoint).cast(),
-            )
+            b::for_each_kernel_tracepoint(Some(find), core::ptr::from_mut(&mut found).cast())
         };
         if found.is_null() {
             pr_err!("tracepoint inet_sock_set_state not found\n");
