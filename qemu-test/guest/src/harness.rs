@@ -29,6 +29,17 @@ pub struct Env {
 }
 
 impl Env {
+    /// The repository: the spec is its `docs/netlink/prism_sock.yaml`. (Not the
+    /// module's folder: a module built elsewhere, as for Debian's stock kernel, lives
+    /// in another tree.)
+    pub fn repo(&self) -> Result<PathBuf, String> {
+        self.spec
+            .ancestors()
+            .nth(3)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{} is not in a repository's docs/netlink", self.spec.display()))
+    }
+
     fn args(&self) -> Vec<String> {
         let mut v = Vec::new();
         for (k, p) in [

@@ -98,11 +98,7 @@ impl Stack {
             Backend::Repair => crate::module::unload_if_loaded()?,
         }
         let topology = Topology::up()?;
-        let repo = env
-            .module
-            .parent()
-            .ok_or("module path has no folder")?
-            .to_path_buf();
+        let repo = env.repo()?;
         let dir = std::env::temp_dir().join(format!("prism-dsr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let secret = hex(&steer_proto::new_nonce().map_err(|e| e.to_string())?);

@@ -548,11 +548,7 @@ fn prismctl_hop(env: &Env, log: &mut Log) -> TestResult {
     use std::process::{Command, Stdio};
     loaded(env, log)?;
     let _t = Topology::up()?;
-    let bin = env
-        .module
-        .parent()
-        .ok_or("module path")?
-        .join("target/release/prismctl");
+    let bin = env.repo()?.join("target/release/prismctl");
     let bin = bin.to_string_lossy().into_owned();
     let server = "import socket, time\n\
 s = socket.socket(); s.bind(('10.100.0.1', 9400)); s.listen()\n\
