@@ -43,7 +43,8 @@ in_root() {
 }
 trap 'mountpoint -q "$root/proc" && umount "$root/proc"' EXIT
 
-# Debian's headers name the compiler they were built with.
+# Debian built the kernel with gcc-14 (CONFIG_CC_VERSION_TEXT): the tree is prepared
+# and the module built with the same compiler and release name.
 config=$debs/linux-base-$release/usr/lib/modules/$release/config
 tree=/build/linux-$release
 kflags=(-C "$tree" "KERNELRELEASE=$release" CROSS_COMPILE=x86_64-linux-gnu- CC=x86_64-linux-gnu-gcc-14)
