@@ -3,7 +3,8 @@
 KERNEL ?= 6.12
 KERNEL_FLAVOR ?= default
 export KERNEL KERNEL_FLAVOR
-KDIR ?= $(shell qemu-test/build-kernel.sh)
+# Built (or found in the cache) on first use, once per make run.
+KDIR ?= $(eval KDIR := $$(shell qemu-test/build-kernel.sh))$(KDIR)
 # The compiler, bindgen and libclang the tree was built with (a tree that predates the
 # file was built with the default LLVM).
 KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))

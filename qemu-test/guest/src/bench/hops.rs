@@ -136,6 +136,45 @@ fn floor_rounds(
     Ok(out)
 }
 
+/// `hops` timed hops then `counted` counted ones on each of `benches`, batch by batch in
+/// turn (a batch of the first, a batch of the second, ...), into its samples. Side by
+/// side: the emulated guest runs a while fast, then a while slow, and whole rounds of
+/// one mechanism would catch different phases of that.
+pub fn side_by_side(
+    log: &mut Log,
+    benches: &mut [&mut Bench],
+    queued: usize,
+    hops: usize,
+    counted: usize,
+    into: &mut [Samples],
+) -> Result<(), String> {
+    let mut probes = Vec::new();
+    for bench in benches.iter_mut() {
+        probes.push(bench.probes(log, queued, hops)?);
+    }
+    for (total, counting) in [(hops, false), (counted, true)] {
+        for bench in benches.iter() {
+            bench.count(counting)?;
+        }
+        let mut done = 0;
+        while done < total {
+            let mut made = 0;
+            for ((bench, p), s) in benches.iter().zip(&mut probes).zip(into.iter_mut()) {
+                let take = p.len().min(total - done);
+                made = bench.step(&mut p[..take], counting, s)?;
+            }
+            done += made;
+        }
+    }
+    for bench in benches.iter() {
+        bench.count(false)?;
+    }
+    for (bench, p) in benches.iter_mut().zip(probes) {
+        bench.finish(log, p)?;
+    }
+    Ok(())
+}
+
 impl Worker {
     fn start(ns: &'static str, mech: Mech) -> Result<Self, String> {
         let (jobs, rx) = channel::<Job>();
@@ -261,7 +300,7 @@ pub struct Bench {
 static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
 
 /// A held connection and where its server side is.
-pub struct Probe {
+struct Probe {
     client: TcpStream,
     /// The server side (taken while it is between nodes).
     server: Option<OwnedFd>,
@@ -389,7 +428,7 @@ impl Bench {
     /// queued byte and a fresh exchange both ways. All flows are let go first: a probe
     /// held while the others are checked would back its retransmission timer off for
     /// longer than a check waits.
-    pub fn finish(&mut self, log: &mut Log, probes: Vec<Probe>) -> Result<(), String> {
+    fn finish(&mut self, log: &mut Log, probes: Vec<Probe>) -> Result<(), String> {
         for p in &probes {
             Topology::steer_flow(log, false, p.port, p.at, true)?;
             Topology::hold_flow(log, p.port, false)?;
@@ -532,25 +571,19 @@ impl Bench {
         if mech.is_floor() {
             return self.floor_samples(&[mech], hops, counted, std::slice::from_mut(into));
         }
-        let mut probes = self.probes(log, queued, hops)?;
-        let target = into.hop.len() + hops;
-        while into.hop.len() < target {
-            let take = probes.len().min(target - into.hop.len());
-            self.step(&mut probes[..take], false, into)?;
-        }
-        self.count(true)?;
-        let mut done = 0;
-        while done < counted {
-            let take = probes.len().min(counted - done);
-            done += self.step(&mut probes[..take], true, into)?;
-        }
-        self.count(false)?;
-        self.finish(log, probes)
+        side_by_side(
+            log,
+            &mut [self],
+            queued,
+            hops,
+            counted,
+            std::slice::from_mut(into),
+        )
     }
 
     /// Held connections for hops with `queued` bytes each way: one batch, or `hops`
     /// connections if that is fewer.
-    pub fn probes(&mut self, log: &mut Log, queued: usize, hops: usize) -> Result<Vec<Probe>, String> {
+    fn probes(&mut self, log: &mut Log, queued: usize, hops: usize) -> Result<Vec<Probe>, String> {
         (0..self.batch.min(hops.max(1)))
             .map(|_| self.probe(log, queued))
             .collect()
@@ -558,7 +591,7 @@ impl Bench {
 
     /// One hop of each of `probes`, timed into `into` or, with `counted`, its system
     /// calls counted into it; how many hops that was.
-    pub fn step(&self, probes: &mut [Probe], counted: bool, into: &mut Samples) -> Result<usize, String> {
+    fn step(&self, probes: &mut [Probe], counted: bool, into: &mut Samples) -> Result<usize, String> {
         let first = !counted && into.state_bytes == 0;
         let hops = self.hop(probes, first.then_some(&mut into.state_bytes))?;
         let n = hops.len();
@@ -576,7 +609,7 @@ impl Bench {
     }
 
     /// Counts the workers' system calls from now on (or stops).
-    pub fn count(&self, on: bool) -> Result<(), String> {
+    fn count(&self, on: bool) -> Result<(), String> {
         self.fe.run(Job::Count(on))?;
         self.be.run(Job::Count(on))?;
         Ok(())

@@ -144,14 +144,11 @@ pub fn run_parts(
     Ok(results)
 }
 
-/// The module and repair cases side by side, batch by batch: one batch of module hops,
-/// one of repair hops, and so on. The emulated guest runs a while fast, then a while
-/// slow, and whole rounds of one mechanism would catch different phases of that.
+/// The module and repair cases side by side, batch by batch (see
+/// [`hops::side_by_side`]).
 fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, String> {
-    let mut benches = [
-        (Mech::Module, Bench::new(Mech::Module, opts.batch)?),
-        (Mech::Repair, Bench::new(Mech::Repair, opts.batch)?),
-    ];
+    let mut module = Bench::new(Mech::Module, opts.batch)?;
+    let mut repair = Bench::new(Mech::Repair, opts.batch)?;
     let cases = opts
         .main_queues
         .iter()
@@ -160,32 +157,10 @@ fn interleaved(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, S
     let mut out = Vec::new();
     for (queued, hops) in cases {
         let mut samples = [hops::Samples::default(), hops::Samples::default()];
-        let mut probes = Vec::new();
-        for (_, bench) in &mut benches {
-            probes.push(bench.probes(log, queued, hops)?);
-        }
-        for (total, counted) in [(hops, false), (opts.counted, true)] {
-            for (_, bench) in &benches {
-                bench.count(counted)?;
-            }
-            let mut done = 0;
-            while done < total {
-                let mut made = 0;
-                for (((_, bench), p), s) in benches.iter().zip(&mut probes).zip(&mut samples) {
-                    let take = p.len().min(total - done);
-                    made = bench.step(&mut p[..take], counted, s)?;
-                }
-                done += made;
-            }
-        }
-        for (_, bench) in &benches {
-            bench.count(false)?;
-        }
-        for ((_, bench), p) in benches.iter_mut().zip(probes) {
-            bench.finish(log, p)?;
-        }
-        for ((mech, _), s) in benches.iter().zip(samples) {
-            out.push(s.summary(log, *mech, queued));
+        let benches = &mut [&mut module, &mut repair];
+        hops::side_by_side(log, benches, queued, hops, opts.counted, &mut samples)?;
+        for (mech, s) in [Mech::Module, Mech::Repair].into_iter().zip(samples) {
+            out.push(s.summary(log, mech, queued));
         }
     }
     // The report lists each mechanism's cases together.
