@@ -25,7 +25,8 @@ env_args=(--module "${PRISM_MODULE:-$repo/prism_sock.ko}" --spec "$repo/docs/net
 rc=0
 case "$mode" in
   suite)
-    "$bin/prism-guest-suite" suite "${env_args[@]}" --out "$out" --test-timeout "$test_timeout" ${filter:+--filter "$filter"}
+    "$bin/prism-guest-suite" suite "${env_args[@]}" --out "$out" --test-timeout "$test_timeout" ${filter:+--filter "$filter"} \
+      --repeat "${PRISM_TEST_REPEAT:-1}"
     rc=$?
     ;;
   demo)

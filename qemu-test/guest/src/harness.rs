@@ -56,6 +56,7 @@ impl Env {
 }
 
 /// A named test.
+#[derive(Clone, Copy)]
 pub struct Test {
     pub name: &'static str,
     pub run: fn(&Env, &mut Log) -> TestResult,
@@ -102,9 +103,9 @@ macro_rules! check {
 }
 
 /// Runs every test (or those whose name contains one of the comma-separated parts of
-/// `filter`), each in its own child process that
-/// may run `timeout` at most.
-pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> ExitCode {
+/// `filter`) `repeat` times, each run in its own child process that may run `timeout`
+/// at most.
+pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration, repeat: u32) -> ExitCode {
     let logs = out.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
         eprintln!("cannot create {}: {e}", logs.display());
@@ -119,22 +120,32 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> Ex
     };
     let me = std::env::current_exe().expect("own path");
     let mut failed = 0;
-    for t in crate::suites::all()
+    let runs = crate::suites::all()
         .into_iter()
         .filter(|t| filter.is_none_or(|f| f.split(',').any(|alt| t.name.contains(alt))))
-    {
-        let log_path = logs.join(format!("{}.log", t.name));
+        .flat_map(|t| (1..=repeat.max(1)).map(move |k| (t, k)));
+    for (t, k) in runs {
+        // A repeated test's runs keep their own logs: name, name.2, name.3, ...
+        let file = match k {
+            1 => t.name.to_string(),
+            k => format!("{}.{k}", t.name),
+        };
+        let log_path = logs.join(format!("{file}.log"));
         let start = Instant::now();
+        rst_trace::restart();
         let res = run_child(&me, env, t.name, &log_path, timeout);
+        if res.is_err() {
+            rst_trace::append_to(&log_path);
+        }
         // Whatever the test did, the next one starts from a clean guest.
         crate::topology::Topology::teardown_all();
         let _ = crate::module::unload_if_loaded();
         let ms = start.elapsed().as_millis();
         let line = match &res {
-            Ok(()) => format!("PASS {} {ms}ms", t.name),
+            Ok(()) => format!("PASS {file} {ms}ms"),
             Err(e) => {
                 failed += 1;
-                format!("FAIL {} {ms}ms {}", t.name, e.replace('\n', " | "))
+                format!("FAIL {file} {ms}ms {}", e.replace('\n', " | "))
             }
         };
         println!("{line}");
@@ -145,6 +156,52 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration) -> Ex
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Every RST the guest's kernel sends during a test, with its reason and the stack that
+/// sent it, kept in a tracefs instance of its own: a failing test's log ends with them,
+/// so a reset seen once in a long run can be traced to its code path.
+mod rst_trace {
+    use std::io::Write as _;
+    use std::path::{Path, PathBuf};
+
+    fn dir() -> Option<PathBuf> {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.join("instances").is_dir())
+            .map(|p| p.join("instances/prism-rst"))
+    }
+
+    /// Creates the instance once and empties it: tracing is best effort, a kernel
+    /// without tracefs runs the tests all the same.
+    pub fn restart() {
+        let Some(dir) = dir() else { return };
+        if !dir.is_dir() {
+            let _ = std::fs::create_dir(&dir);
+            let _ = std::fs::write(dir.join("buffer_size_kb"), "2048");
+            for ev in ["tcp_send_reset", "tcp_receive_reset"] {
+                let ev = dir.join("events/tcp").join(ev);
+                let _ = std::fs::write(ev.join("trigger"), "stacktrace");
+                let _ = std::fs::write(ev.join("enable"), "1");
+            }
+        }
+        let _ = std::fs::write(dir.join("trace"), "");
+    }
+
+    /// Appends what the instance holds to `log`.
+    pub fn append_to(log: &Path) {
+        let Some(text) = dir().and_then(|d| std::fs::read_to_string(d.join("trace")).ok()) else {
+            return;
+        };
+        let events: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+            let _ = writeln!(f, "---- RSTs sent and received in the guest during the test");
+            for l in events {
+                let _ = writeln!(f, "{l}");
+            }
+        }
     }
 }
 

@@ -37,6 +37,9 @@ enum Cmd {
         /// Longest one test may run, in seconds.
         #[arg(long, default_value_t = 180)]
         test_timeout: u64,
+        /// Runs of each test (more than one to catch a rare failure).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// Run one test (the suite runs each test this way, in its own process).
     #[command(hide = true)]
@@ -130,11 +133,13 @@ fn main() -> ExitCode {
             out,
             filter,
             test_timeout,
+            repeat,
         } => harness::run(
             &env,
             &out,
             filter.as_deref(),
             std::time::Duration::from_secs(test_timeout),
+            repeat,
         ),
         Cmd::RunOne { env, name, log } => harness::run_one(&env, &name, &log),
         Cmd::Bench {
