@@ -9,7 +9,7 @@ KDIR ?= $(eval KDIR := $$(shell qemu-test/build-kernel.sh))$(KDIR)
 # file was built with the default LLVM).
 KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))
 
-.PHONY: setup kernel module tools test test-host test-guest demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
+.PHONY: setup uapi kernel module tools test test-host test-guest demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
 
 setup:
 	@scripts/setup.sh
@@ -17,11 +17,15 @@ setup:
 kernel: setup
 	@echo "kernel tree: $(KDIR)"
 
+# The family's constants and request policies for kmod/ and userlib/, from its YNL spec.
+uapi: setup
+	cargo run -q -p prism-uapi-gen -- --root $(CURDIR)
+
 # CLIPPY=1: the kernel's clippy lints (undocumented unsafe blocks and more) on every build.
-module: setup
+module: setup uapi
 	$(MAKE) -C $(KDIR) M=$(CURDIR) $(KMAKEFLAGS) CLIPPY=1 modules
 
-tools: setup
+tools: setup uapi
 	cargo build --release --workspace --bins
 
 KMOD_RS := $(filter-out %_generated.rs,$(wildcard kmod/*.rs))
@@ -67,7 +71,7 @@ dkms-add:
 	-dkms remove prism-sock/$(DKMS_VERSION) --all >/dev/null 2>&1
 	rm -rf $(DKMS_SRC) && mkdir -p $(DKMS_SRC)/kmod
 	cp Kbuild dkms.conf $(DKMS_SRC)/
-	cp $(filter-out %_generated.rs,$(wildcard kmod/*.rs)) kmod/*.c kmod/*.h kmod/bindgen_parameters $(DKMS_SRC)/kmod/
+	cp $(filter-out kmod/bindings_generated.rs,$(wildcard kmod/*.rs)) kmod/*.c kmod/*.h kmod/bindgen_parameters $(DKMS_SRC)/kmod/
 	dkms add prism-sock/$(DKMS_VERSION)
 
 dkms-build: dkms-add

@@ -6,6 +6,7 @@
 
 use crate::bindings as b;
 use crate::genl::{errno, Request};
+use crate::uapi::policy::SOCK_IMPORT_MAXATTR as IMPORT_MAXATTR;
 use crate::uapi::{state as a, BLOB_VERSION, MAX_QUEUE_BYTES};
 use kernel::alloc::KVec;
 use kernel::c_str;
@@ -148,7 +149,7 @@ struct Attr<'a> {
 
 /// The request's attributes by type; queue chunks kept apart, in order.
 struct Attrs<'a> {
-    by_kind: [Option<Attr<'a>>; a::MAX as usize + 1],
+    by_kind: [Option<Attr<'a>>; IMPORT_MAXATTR as usize + 1],
     send: KVec<&'a [u8]>,
     recv: KVec<&'a [u8]>,
 }
@@ -160,7 +161,7 @@ fn nomem<'a>() -> Invalid<'a> {
 impl<'a> Attrs<'a> {
     fn collect(req: &'a Request<'a>) -> Result<Self, Invalid<'a>> {
         let mut out = Self {
-            by_kind: [const { None }; a::MAX as usize + 1],
+            by_kind: [const { None }; IMPORT_MAXATTR as usize + 1],
             send: KVec::new(),
             recv: KVec::new(),
         };
@@ -297,12 +298,6 @@ impl<'a> Blob<'a> {
             errno(b::EPROTONOSUPPORT),
             c_str!("blob-version is newer than this module understands"),
             at.nla(a::BLOB_VERSION),
-        )?;
-        check(
-            !at.present(a::FD) && !at.present(a::DETACH),
-            einval,
-            c_str!("fd and detach belong to SOCK_EXPORT, not SOCK_IMPORT"),
-            at.nla(a::FD).or(at.nla(a::DETACH)),
         )?;
         let family = at.u16(a::FAMILY)?;
         let alen = match u32::from(family) {

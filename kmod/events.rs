@@ -6,9 +6,9 @@
 //! tracker's (`tracker.rs`).
 
 use crate::bindings as b;
-use crate::family::{GROUP_EVENTS, GROUP_RELEASES};
 use crate::genl::{AttrSink, Message, SkbAttrs};
 use crate::uapi::{cmd, event as a, reason};
+use crate::uapi::{GROUP_EVENTS, GROUP_RELEASES};
 use core::ffi::c_int;
 use kernel::prelude::*;
 

@@ -12,7 +12,7 @@ use crate::socket::{FdSocket, SockLock};
 use crate::stats;
 use crate::tcp_state::TcpState;
 use crate::tracker;
-use crate::uapi::{cmd, state as a, BLOB_VERSION, QUEUE_CHUNK};
+use crate::uapi::{cmd, state as a, BLOB_VERSION};
 use kernel::c_str;
 use kernel::prelude::*;
 
@@ -20,6 +20,9 @@ use kernel::prelude::*;
 /// bytes plus headers, two 16-byte addresses, the congestion control name and the
 /// 64-bit migration id with its pad.
 const REPLY_FIXED: usize = 47 * 12 + 2 * 20 + 24 + 16;
+
+/// The spec's `queue-chunk`: most bytes one queue attribute carries.
+const QUEUE_CHUNK: usize = crate::uapi::QUEUE_CHUNK as usize;
 
 /// Reply attribute bytes for `queued` bytes of queues in chunks of `QUEUE_CHUNK`.
 fn reply_size(queued: usize) -> usize {

@@ -11,29 +11,23 @@ use crate::genl::{self, Handler};
 use crate::import;
 use crate::info;
 use crate::list;
-use crate::uapi::{self, attr, cmd, state, QUEUE_CHUNK};
+use crate::uapi::{self, cmd, policy, GROUP_EVENTS, GROUP_RELEASES, N_GROUPS};
 use core::ffi::c_int;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
-/// Index of the `events` group (every event) in the family's group array.
-pub(crate) const GROUP_EVENTS: u32 = 0;
-/// Index of the `releases` group (`SOCK_RELEASED` only): what a proxy that only
-/// removes steering entries needs, without a wake-up for every import and export.
-pub(crate) const GROUP_RELEASES: u32 = 1;
-
 const N_OPS: usize = 5;
-const INFO_MAXATTR: u16 = attr::PROTO_VERSION;
-const EXPORT_MAXATTR: u16 = state::FORWARD_TO;
-const FORWARD_MAXATTR: u16 = state::FORWARD_TO;
-const IMPORT_MAXATTR: u16 = state::MAX;
+const INFO_MAXATTR: u16 = policy::GET_INFO_MAXATTR;
+const EXPORT_MAXATTR: u16 = policy::SOCK_EXPORT_MAXATTR;
+const IMPORT_MAXATTR: u16 = policy::SOCK_IMPORT_MAXATTR;
+const FORWARD_MAXATTR: u16 = policy::SOCK_FORWARD_MAXATTR;
 
 /// Everything genetlink keeps pointers to, in one allocation whose address is stable
 /// from registration to unregistration.
 struct Definition {
     family: b::genl_family,
     ops: [b::genl_ops; N_OPS],
-    groups: [b::genl_multicast_group; 2],
+    groups: [b::genl_multicast_group; N_GROUPS],
     info_policy: [b::nla_policy; INFO_MAXATTR as usize + 1],
     export_policy: [b::nla_policy; EXPORT_MAXATTR as usize + 1],
     import_policy: [b::nla_policy; IMPORT_MAXATTR as usize + 1],
@@ -73,82 +67,6 @@ macro_rules! doit {
     }};
 }
 
-/// The `state` set as `SOCK_IMPORT` takes it: the blob's attributes and the importer's.
-/// Lengths are checked here; values in `blob.rs`.
-fn import_policy(p: &mut [b::nla_policy; IMPORT_MAXATTR as usize + 1]) {
-    use state::*;
-    let mut set = |kinds: &[u16], ty: u32, len: u16| {
-        for k in kinds {
-            p[usize::from(*k)].type_ = ty as u8;
-            p[usize::from(*k)].len = len;
-        }
-    };
-    set(
-        &[
-            FD,
-            BLOB_VERSION,
-            SND_UNA,
-            SND_NXT,
-            WRITE_SEQ,
-            RCV_NXT,
-            TS_NOW,
-            TS_RECENT,
-            SND_WL1,
-            SND_WND,
-            MAX_WINDOW,
-            RCV_WND,
-            RCV_WUP,
-            SND_CWND,
-            SND_SSTHRESH,
-            SRTT_US,
-            MDEV_US,
-            MARK,
-            USER_TIMEOUT,
-            NOTSENT_LOWAT,
-            KEEPIDLE,
-            KEEPINTVL,
-            KEEPCNT,
-            SNDBUF,
-            RCVBUF,
-            WINDOW_CLAMP,
-            RCV_SSTHRESH,
-        ],
-        b::NLA_U32,
-        0,
-    );
-    set(&[FAMILY, SPORT, DPORT, MSS_CLAMP], b::NLA_U16, 0);
-    set(
-        &[
-            TCP_STATE,
-            FIN_RECEIVED,
-            SND_WSCALE,
-            RCV_WSCALE,
-            TIMESTAMPS,
-            SACK,
-            WSCALE_OK,
-            NODELAY,
-            CORK,
-            KEEPALIVE,
-            BUF_LOCKS,
-            TOS,
-            REUSEADDR,
-        ],
-        b::NLA_U8,
-        0,
-    );
-    set(&[SADDR, DADDR, BIND_ADDR], b::NLA_BINARY, 16);
-    set(&[SEND_QUEUE, RECV_QUEUE], b::NLA_BINARY, QUEUE_CHUNK as u16);
-    // Checked in blob.rs, whose messages name the attribute.
-    set(&[CC_NAME], b::NLA_BINARY, 16);
-    set(&[MIGRATION_ID], b::NLA_U64, 0);
-    // `pad` may sit before the 64-bit migration id; the others are the importer's flags.
-    set(
-        &[PAD, DETACH, FREEBIND, TRANSPARENT, NONBLOCK],
-        b::NLA_FLAG,
-        0,
-    );
-}
-
 impl Family {
     /// Registers the family; the module is pinned while any request runs in it.
     pub(crate) fn register(module: &'static ThisModule) -> Result<Self> {
@@ -157,33 +75,28 @@ impl Family {
                 family: Default::default(),
                 ops: Default::default(),
                 groups: Default::default(),
-                info_policy: Default::default(),
-                export_policy: [b::nla_policy::default(); EXPORT_MAXATTR as usize + 1],
-                import_policy: [b::nla_policy::default(); IMPORT_MAXATTR as usize + 1],
-                forward_policy: [b::nla_policy::default(); FORWARD_MAXATTR as usize + 1],
+                // The spec's request attributes and their types (`make uapi`).
+                info_policy: policy::GET_INFO,
+                export_policy: policy::SOCK_EXPORT,
+                import_policy: policy::SOCK_IMPORT,
+                forward_policy: policy::SOCK_FORWARD,
             },
             GFP_KERNEL,
         )?;
 
         let d = &mut *def;
-        d.info_policy[attr::PROTO_VERSION as usize].type_ = b::NLA_U32 as u8;
-
         d.ops[0].cmd = cmd::GET_INFO;
         d.ops[0].doit = Some(doit!(info::get_info, INFO_MAXATTR));
         d.ops[0].policy = d.info_policy.as_ptr();
         d.ops[0].maxattr = INFO_MAXATTR.into();
 
         // Touches sockets: CAP_NET_ADMIN in the caller's user namespace.
-        d.export_policy[state::FD as usize].type_ = b::NLA_U32 as u8;
-        d.export_policy[state::DETACH as usize].type_ = b::NLA_FLAG as u8;
-        d.export_policy[state::FORWARD_TO as usize].type_ = b::NLA_U32 as u8;
         d.ops[1].cmd = cmd::SOCK_EXPORT;
         d.ops[1].doit = Some(doit!(export::sock_export, EXPORT_MAXATTR));
         d.ops[1].policy = d.export_policy.as_ptr();
         d.ops[1].maxattr = EXPORT_MAXATTR.into();
         d.ops[1].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
-        import_policy(&mut d.import_policy);
         d.ops[2].cmd = cmd::SOCK_IMPORT;
         d.ops[2].doit = Some(doit!(import::sock_import, IMPORT_MAXATTR));
         d.ops[2].policy = d.import_policy.as_ptr();
@@ -191,18 +104,6 @@ impl Family {
         d.ops[2].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
         // The departed tuple as the blob names it, and the new owner.
-        let p = &mut d.forward_policy;
-        for (kind, type_, len) in [
-            (state::FAMILY, b::NLA_U16, 0),
-            (state::SADDR, b::NLA_BINARY, 16),
-            (state::DADDR, b::NLA_BINARY, 16),
-            (state::SPORT, b::NLA_U16, 0),
-            (state::DPORT, b::NLA_U16, 0),
-            (state::FORWARD_TO, b::NLA_U32, 0),
-        ] {
-            p[kind as usize].type_ = type_ as u8;
-            p[kind as usize].len = len;
-        }
         d.ops[3].cmd = cmd::SOCK_FORWARD;
         d.ops[3].doit = Some(doit!(forward::sock_forward, FORWARD_MAXATTR));
         d.ops[3].policy = d.forward_policy.as_ptr();
@@ -214,6 +115,8 @@ impl Family {
         d.ops[4].dumpit = Some(list::sock_list);
         d.ops[4].flags = b::GENL_UNS_ADMIN_PERM as u8;
 
+        // `releases` carries SOCK_RELEASED only: what a proxy that only removes steering
+        // entries needs, without a wake-up for every import and export.
         for (group, name) in [
             (GROUP_EVENTS, uapi::MCGRP_EVENTS),
             (GROUP_RELEASES, uapi::MCGRP_RELEASES),

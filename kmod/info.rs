@@ -8,7 +8,7 @@ use crate::departed::{self, netns_quota};
 use crate::genl::{errno, AttrSink, Request};
 use crate::guard;
 use crate::stats::Stats;
-use crate::uapi::{self, attr, cmd};
+use crate::uapi::{self, cmd, info as attr};
 use core::sync::atomic::Ordering;
 use kernel::c_str;
 use kernel::prelude::*;

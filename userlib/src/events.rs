@@ -51,12 +51,13 @@ pub enum Reason {
 
 impl From<u8> for Reason {
     fn from(v: u8) -> Self {
+        use crate::uapi::reason;
         match v {
-            1 => Reason::Fin,
-            2 => Reason::Rst,
-            3 => Reason::Timeout,
-            4 => Reason::Abort,
-            5 => Reason::Exported,
+            reason::FIN => Reason::Fin,
+            reason::RST => Reason::Rst,
+            reason::TIMEOUT => Reason::Timeout,
+            reason::ABORT => Reason::Abort,
+            reason::EXPORTED => Reason::Exported,
             o => Reason::Other(o),
         }
     }
