@@ -7,7 +7,37 @@
 use crate::bindings as b;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
+use kernel::str::CStr;
 use kernel::types::Opaque;
+
+/// A lockdep class. Each `BhLock` gets its own through [`init_bh_lock!`], so lockdep
+/// tells the module's locks apart (a lock taken under another is not "recursive").
+pub(crate) struct LockClass(Opaque<b::lock_class_key>);
+
+// SAFETY: only lockdep reads or writes the key, under its own locking; Rust code never
+// looks inside.
+unsafe impl Sync for LockClass {}
+
+impl LockClass {
+    /// A class for a `static`: lockdep registers static keys itself.
+    pub(crate) const fn new() -> Self {
+        Self(Opaque::uninit())
+    }
+}
+
+/// Initialises `$lock` (a `BhLock` at its final address) in a lockdep class of its own,
+/// named `$name`.
+///
+/// # Safety
+///
+/// As [`BhLock::init`]; the macro expands to that unsafe call.
+macro_rules! init_bh_lock {
+    ($lock:expr, $name:literal) => {{
+        static CLASS: $crate::bh_lock::LockClass = $crate::bh_lock::LockClass::new();
+        $lock.init(kernel::c_str!($name), &CLASS)
+    }};
+}
+pub(crate) use init_bh_lock;
 
 pub(crate) struct BhLock<T> {
     lock: Opaque<b::spinlock_t>,
@@ -28,15 +58,18 @@ impl<T> BhLock<T> {
         }
     }
 
-    /// Initialises the spinlock where it will stay.
+    /// Initialises the spinlock where it will stay, in lockdep class `class`; use
+    /// [`init_bh_lock!`], which gives each call site its own class.
     ///
     /// # Safety
     ///
     /// Called once, before `lock`, and the lock must not move afterwards (it lives in a
     /// heap allocation).
-    pub(crate) unsafe fn init(&self) {
-        // SAFETY: the caller guarantees a single initialisation at the final address.
-        unsafe { b::prism_spin_lock_init(self.lock.get()) };
+    pub(crate) unsafe fn init(&self, name: &'static CStr, class: &'static LockClass) {
+        let name = crate::compat::cstr_bytes_with_nul(name).as_ptr().cast();
+        // SAFETY: the caller guarantees a single initialisation at the final address;
+        // the name and the key are static, as lockdep keeps pointers to both.
+        unsafe { b::prism_spin_lock_init(self.lock.get(), name, class.0.get()) };
     }
 
     /// Takes the lock; safe from process context and softirq alike.

@@ -316,7 +316,7 @@ impl Departed {
         // SAFETY: the lock and the work live in the box, whose address does not change
         // until it is freed; `drop` cancels the work first.
         unsafe {
-            t.slots.init();
+            crate::bh_lock::init_bh_lock!(t.slots, "prism_sock_departed");
             b::prism_init_delayed_work(t.reaper.get(), Some(reap));
         }
         Ok(t)

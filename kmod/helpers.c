@@ -100,9 +100,23 @@ bool prism_sock_flag_keepopen(const struct sock *sk)
 	return sock_flag(sk, SOCK_KEEPOPEN);
 }
 
-void prism_spin_lock_init(spinlock_t *lock)
+/*
+ * spin_lock_init() gives each of its call sites a lockdep class: called through one
+ * wrapper, every lock would share it. The caller passes a class of its own (a static
+ * key per lock), as the kernel's Rust helper does.
+ */
+void prism_spin_lock_init(spinlock_t *lock, const char *name,
+			  struct lock_class_key *key)
 {
+#ifdef CONFIG_DEBUG_SPINLOCK
+# if defined(CONFIG_PREEMPT_RT)
+	__spin_lock_init(lock, name, key, false);
+# else
+	__raw_spin_lock_init(spinlock_check(lock), name, key, LD_WAIT_CONFIG);
+# endif
+#else
 	spin_lock_init(lock);
+#endif
 }
 
 void prism_spin_lock_bh(spinlock_t *lock)

@@ -40,7 +40,8 @@ struct sk_buff *prism_skb_rb_next(struct sk_buff *skb);
 u32 prism_tcp_time_stamp_ts(const struct tcp_sock *tp);
 bool prism_sock_flag_keepopen(const struct sock *sk);
 
-void prism_spin_lock_init(spinlock_t *lock);
+void prism_spin_lock_init(spinlock_t *lock, const char *name,
+			  struct lock_class_key *key);
 void prism_spin_lock_bh(spinlock_t *lock);
 void prism_spin_unlock_bh(spinlock_t *lock);
 unsigned long prism_jiffies(void);

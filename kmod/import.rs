@@ -112,13 +112,8 @@ impl Building {
         // SAFETY: `sock` is ours; on failure `sock_alloc_file` releases it (nothing
         // was sent: the socket is not connected yet).
         let file = unsafe { b::sock_alloc_file(sock.as_ptr(), flags as c_int, core::ptr::null()) };
-        // `IS_ERR` encoding: error pointers are the top 4095 addresses.
-        if (file as usize) >= (-4095isize) as usize {
-            return Err(fail(
-                Error::from_errno(file as isize as c_int),
-                c_str!("cannot allocate a file"),
-            ));
-        }
+        let file = kernel::error::from_err_ptr(file)
+            .map_err(|e| fail(e, c_str!("cannot allocate a file")))?;
         // SAFETY: plain call; the fd is reserved, not visible until `fd_install`.
         let fd = unsafe { b::get_unused_fd_flags(b::PRISM_O_CLOEXEC) };
         let this = Self { sock, sk, file, fd };

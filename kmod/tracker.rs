@@ -164,7 +164,7 @@ impl Tracker {
         )?;
         // SAFETY: both live in the box, whose address is stable until it is freed.
         unsafe {
-            t.slots.init();
+            crate::bh_lock::init_bh_lock!(t.slots, "prism_sock_tracker");
             b::prism_init_work(t.work.get(), Some(run));
         }
         CURRENT.store(core::ptr::from_ref(&*t).cast_mut(), Ordering::Release);
