@@ -51,6 +51,19 @@ fn copy_name(dst: &mut [core::ffi::c_char], name: &CStr) {
     }
 }
 
+/// A policy of `N` entries with the `(attribute, type, max length)` rows set, the
+/// others `NLA_UNSPEC`.
+fn table<const N: usize>(rows: &[(u16, u32, u16)]) -> [b::nla_policy; N] {
+    let mut p = [b::nla_policy::default(); N];
+    for &(attr, type_, len) in rows {
+        if let Some(e) = p.get_mut(usize::from(attr)) {
+            e.type_ = type_ as u8;
+            e.len = len;
+        }
+    }
+    p
+}
+
 /// A `doit` callback for `handler`, validated against a policy of `MAXATTR + 1` entries.
 macro_rules! doit {
     ($handler:path, $maxattr:expr) => {{
@@ -76,10 +89,10 @@ impl Family {
                 ops: Default::default(),
                 groups: Default::default(),
                 // The spec's request attributes and their types (`make uapi`).
-                info_policy: policy::GET_INFO,
-                export_policy: policy::SOCK_EXPORT,
-                import_policy: policy::SOCK_IMPORT,
-                forward_policy: policy::SOCK_FORWARD,
+                info_policy: table(policy::GET_INFO),
+                export_policy: table(policy::SOCK_EXPORT),
+                import_policy: table(policy::SOCK_IMPORT),
+                forward_policy: table(policy::SOCK_FORWARD),
             },
             GFP_KERNEL,
         )?;

@@ -268,51 +268,31 @@ pub(crate) mod state {
 }
 
 /// Request policies: for each operation that takes attributes, the highest one
-/// (`MAXATTR`) and the type of each, indexed by attribute; what the request does
-/// not list stays `NLA_UNSPEC` and the handlers refuse it.
+/// (`MAXATTR`) and `(attribute, type, max length)` of each; what a request does
+/// not list stays `NLA_UNSPEC`, which genetlink's strict validation refuses.
 pub(crate) mod policy {
     use super::b;
-
-    /// An `nla_policy` that checks nothing (`NLA_UNSPEC`).
-    const UNSPEC: b::nla_policy = {
-        // SAFETY: `nla_policy` is plain data (integers, and a union of integers and
-        // pointers that NLA_UNSPEC does not read): all zeroes is a valid value.
-        unsafe { core::mem::zeroed() }
-    };
-
-    /// A policy of `N` entries with `(attribute, type, len)` set.
-    const fn table<const N: usize>(set: &[(u16, u32, u16)]) -> [b::nla_policy; N] {
-        let mut p = [UNSPEC; N];
-        let mut i = 0;
-        while i < set.len() {
-            let (attr, type_, len) = set[i];
-            p[attr as usize].type_ = type_ as u8;
-            p[attr as usize].len = len;
-            i += 1;
-        }
-        p
-    }
 
     /// Highest attribute of a `get-info` request.
     pub(crate) const GET_INFO_MAXATTR: u16 = 3;
     /// Policy of a `get-info` request.
-    pub(crate) const GET_INFO: [b::nla_policy; GET_INFO_MAXATTR as usize + 1] = table(&[
+    pub(crate) const GET_INFO: &[(u16, u32, u16)] = &[
         (super::info::PROTO_VERSION, b::NLA_U32, 0),
-    ]);
+    ];
 
     /// Highest attribute of a `sock-export` request.
     pub(crate) const SOCK_EXPORT_MAXATTR: u16 = 57;
     /// Policy of a `sock-export` request.
-    pub(crate) const SOCK_EXPORT: [b::nla_policy; SOCK_EXPORT_MAXATTR as usize + 1] = table(&[
+    pub(crate) const SOCK_EXPORT: &[(u16, u32, u16)] = &[
         (super::state::FD, b::NLA_U32, 0),
         (super::state::DETACH, b::NLA_FLAG, 0),
         (super::state::FORWARD_TO, b::NLA_U32, 0),
-    ]);
+    ];
 
     /// Highest attribute of a `sock-import` request.
     pub(crate) const SOCK_IMPORT_MAXATTR: u16 = 56;
     /// Policy of a `sock-import` request.
-    pub(crate) const SOCK_IMPORT: [b::nla_policy; SOCK_IMPORT_MAXATTR as usize + 1] = table(&[
+    pub(crate) const SOCK_IMPORT: &[(u16, u32, u16)] = &[
         (super::state::BLOB_VERSION, b::NLA_U32, 0),
         (super::state::FAMILY, b::NLA_U16, 0),
         (super::state::SADDR, b::NLA_BINARY, 16),
@@ -367,17 +347,17 @@ pub(crate) mod policy {
         (super::state::FREEBIND, b::NLA_FLAG, 0),
         (super::state::TRANSPARENT, b::NLA_FLAG, 0),
         (super::state::NONBLOCK, b::NLA_FLAG, 0),
-    ]);
+    ];
 
     /// Highest attribute of a `sock-forward` request.
     pub(crate) const SOCK_FORWARD_MAXATTR: u16 = 57;
     /// Policy of a `sock-forward` request.
-    pub(crate) const SOCK_FORWARD: [b::nla_policy; SOCK_FORWARD_MAXATTR as usize + 1] = table(&[
+    pub(crate) const SOCK_FORWARD: &[(u16, u32, u16)] = &[
         (super::state::FAMILY, b::NLA_U16, 0),
         (super::state::SADDR, b::NLA_BINARY, 16),
         (super::state::DADDR, b::NLA_BINARY, 16),
         (super::state::SPORT, b::NLA_U16, 0),
         (super::state::DPORT, b::NLA_U16, 0),
         (super::state::FORWARD_TO, b::NLA_U32, 0),
-    ]);
+    ];
 }

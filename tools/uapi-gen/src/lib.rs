@@ -362,25 +362,9 @@ pub fn kmod(spec: &Spec) -> Result<String, String> {
         o += "}\n";
     }
     o += "\n/// Request policies: for each operation that takes attributes, the highest one\n\
-          /// (`MAXATTR`) and the type of each, indexed by attribute; what the request does\n\
-          /// not list stays `NLA_UNSPEC` and the handlers refuse it.\n\
-          pub(crate) mod policy {\n    use super::b;\n\n";
-    o += "    /// An `nla_policy` that checks nothing (`NLA_UNSPEC`).\n\
-          \x20   const UNSPEC: b::nla_policy = {\n\
-          \x20       // SAFETY: `nla_policy` is plain data (integers, and a union of integers and\n\
-          \x20       // pointers that NLA_UNSPEC does not read): all zeroes is a valid value.\n\
-          \x20       unsafe { core::mem::zeroed() }\n    };\n\n";
-    o += "    /// A policy of `N` entries with `(attribute, type, len)` set.\n\
-          \x20   const fn table<const N: usize>(set: &[(u16, u32, u16)]) -> [b::nla_policy; N] {\n\
-          \x20       let mut p = [UNSPEC; N];\n\
-          \x20       let mut i = 0;\n\
-          \x20       while i < set.len() {\n\
-          \x20           let (attr, type_, len) = set[i];\n\
-          \x20           p[attr as usize].type_ = type_ as u8;\n\
-          \x20           p[attr as usize].len = len;\n\
-          \x20           i += 1;\n\
-          \x20       }\n\
-          \x20       p\n    }\n";
+          /// (`MAXATTR`) and `(attribute, type, max length)` of each; what a request does\n\
+          /// not list stays `NLA_UNSPEC`, which genetlink's strict validation refuses.\n\
+          pub(crate) mod policy {\n    use super::b;\n";
     for op in &spec.ops {
         let (Some(request), Some(set)) = (&op.request, &op.set) else {
             continue;
@@ -405,14 +389,11 @@ pub fn kmod(spec: &Spec) -> Result<String, String> {
         let _ = writeln!(o, "\n    /// Highest attribute of a `{}` request.", op.entry.name);
         let _ = writeln!(o, "    pub(crate) const {op_name}_MAXATTR: u16 = {max};");
         let _ = writeln!(o, "    /// Policy of a `{}` request.", op.entry.name);
-        let _ = writeln!(
-            o,
-            "    pub(crate) const {op_name}: [b::nla_policy; {op_name}_MAXATTR as usize + 1] = table(&["
-        );
+        let _ = writeln!(o, "    pub(crate) const {op_name}: &[(u16, u32, u16)] = &[");
         for (_, attr, ty, len) in rows {
             let _ = writeln!(o, "        (super::{module}::{attr}, b::{ty}, {len}),");
         }
-        o += "    ]);\n";
+        o += "    ];\n";
     }
     o += "}\n";
     Ok(o)
