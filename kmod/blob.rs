@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Decoding and validation of a `SOCK_IMPORT` request: the state blob `SOCK_EXPORT`
-//! returned, plus the importer's own attributes. Everything is checked here, before a
-//! socket exists, so a refusal leaves nothing behind.
+//! The state blob both ways: `encode` writes a captured state's fixed attributes into
+//! a `SOCK_EXPORT` reply (the queues follow from `tcp_state.rs`), and `Blob::decode`
+//! reads and validates a `SOCK_IMPORT` request: the blob, plus the importer's own
+//! attributes. Everything is checked there, before a socket exists, so a refusal leaves
+//! nothing behind.
 
 use crate::bindings as b;
-use crate::genl::{errno, Request};
+use crate::genl::{errno, AttrSink, Request};
+use crate::tcp_state::TcpState;
 use crate::uapi::policy::SOCK_IMPORT_MAXATTR as IMPORT_MAXATTR;
 use crate::uapi::{state as a, BLOB_VERSION, MAX_QUEUE_BYTES};
 use kernel::alloc::KVec;
@@ -613,4 +616,67 @@ impl<'a> Blob<'a> {
             .wrapping_sub(u32::from(self.fin_received))
             .wrapping_sub(self.recv_len)
     }
+}
+
+/// Puts a congestion control name as the NUL-terminated string `cc-name` carries.
+pub(crate) fn put_cc_name(msg: &mut impl AttrSink, cc_name: &[u8; 16]) -> Result {
+    let len = cc_name
+        .iter()
+        .position(|c| *c == 0)
+        .unwrap_or(cc_name.len() - 1);
+    let mut name = [0u8; 17];
+    name[..len].copy_from_slice(&cc_name[..len]);
+    msg.put(a::CC_NAME, &name[..=len])
+}
+
+/// The attributes of the state but its queues and migration id: the blob's fixed
+/// part, as `Blob::decode` reads it back.
+pub(crate) fn encode(st: &TcpState, msg: &mut impl AttrSink) -> Result {
+    msg.put_u32(a::BLOB_VERSION, BLOB_VERSION)?;
+    msg.put_u16(a::FAMILY, st.family)?;
+    msg.put(a::SADDR, &st.saddr[..st.addr_len()])?;
+    msg.put(a::DADDR, &st.daddr[..st.addr_len()])?;
+    msg.put_u16(a::SPORT, st.sport)?;
+    msg.put_u16(a::DPORT, st.dport)?;
+    msg.put_u8(a::TCP_STATE, st.state)?;
+    msg.put_u32(a::SND_UNA, st.snd_una)?;
+    msg.put_u32(a::SND_NXT, st.snd_nxt)?;
+    msg.put_u32(a::WRITE_SEQ, st.write_seq)?;
+    msg.put_u32(a::RCV_NXT, st.rcv_nxt)?;
+    msg.put_u8(a::FIN_RECEIVED, st.fin_received.into())?;
+    msg.put_u16(a::MSS_CLAMP, st.mss_clamp)?;
+    msg.put_u8(a::SND_WSCALE, st.snd_wscale)?;
+    msg.put_u8(a::RCV_WSCALE, st.rcv_wscale)?;
+    msg.put_u8(a::TIMESTAMPS, st.timestamps.into())?;
+    msg.put_u8(a::SACK, st.sack.into())?;
+    msg.put_u8(a::WSCALE_OK, st.wscale_ok.into())?;
+    msg.put_u32(a::TS_NOW, st.ts_now)?;
+    msg.put_u32(a::TS_RECENT, st.ts_recent)?;
+    msg.put_u32(a::SND_WL1, st.snd_wl1)?;
+    msg.put_u32(a::SND_WND, st.snd_wnd)?;
+    msg.put_u32(a::MAX_WINDOW, st.max_window)?;
+    msg.put_u32(a::RCV_WND, st.rcv_wnd)?;
+    msg.put_u32(a::RCV_WUP, st.rcv_wup)?;
+    msg.put_u32(a::SND_CWND, st.snd_cwnd)?;
+    msg.put_u32(a::SND_SSTHRESH, st.snd_ssthresh)?;
+    msg.put_u32(a::SRTT_US, st.srtt_us)?;
+    msg.put_u32(a::MDEV_US, st.mdev_us)?;
+    put_cc_name(msg, &st.cc_name)?;
+    msg.put_u8(a::NODELAY, st.nodelay.into())?;
+    msg.put_u8(a::CORK, st.cork.into())?;
+    msg.put_u8(a::KEEPALIVE, st.keepalive.into())?;
+    msg.put_u32(a::MARK, st.mark)?;
+    msg.put_u32(a::USER_TIMEOUT, st.user_timeout)?;
+    msg.put_u32(a::NOTSENT_LOWAT, st.notsent_lowat)?;
+    msg.put_u32(a::KEEPIDLE, st.keepidle)?;
+    msg.put_u32(a::KEEPINTVL, st.keepintvl)?;
+    msg.put_u32(a::KEEPCNT, st.keepcnt)?;
+    msg.put_u32(a::SNDBUF, st.sndbuf)?;
+    msg.put_u32(a::RCVBUF, st.rcvbuf)?;
+    msg.put_u8(a::BUF_LOCKS, st.buf_locks)?;
+    msg.put_u8(a::TOS, st.tos)?;
+    msg.put_u32(a::WINDOW_CLAMP, st.window_clamp)?;
+    msg.put_u32(a::RCV_SSTHRESH, st.rcv_ssthresh)?;
+    msg.put_u8(a::REUSEADDR, st.reuseaddr.into())?;
+    Ok(())
 }

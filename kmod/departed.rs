@@ -16,7 +16,7 @@
 
 use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
-use crate::guard::NetData;
+use crate::pernet::{self, NetData};
 use crate::stats::Stats;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::alloc::KVVec;
@@ -340,6 +340,21 @@ impl Departed {
         self.capacity
     }
 
+    /// Namespace `net`'s share of the table, for [`Departed::insert`]; `None` outside
+    /// the module's lifetime.
+    ///
+    /// # Safety
+    ///
+    /// `net` must be alive for `'a`.
+    pub(crate) unsafe fn quota<'a>(&self, net: *mut b::net) -> Option<Quota<'a>> {
+        // SAFETY: the caller keeps `net` alive for `'a`.
+        let data = unsafe { pernet::net_data(net) }?;
+        Some(Quota {
+            data,
+            limit: netns_quota(self.capacity),
+        })
+    }
+
     pub(crate) fn active(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
@@ -481,10 +496,12 @@ impl Drop for Departed {
 /// # Safety
 ///
 /// Called by the workqueue only.
-unsafe extern "C" fn reap(_work: *mut b::work_struct) {
-    // The table outlives its reaper (`drop` cancels it), and while the module is loaded
-    // `table()` is that table.
-    if let Some(t) = crate::guard::table() {
-        t.sweep();
-    }
+unsafe extern "C" fn reap(work: *mut b::work_struct) {
+    // A `delayed_work` starts with its `work_struct`, and `Opaque` has its content's
+    // address: `work` is the table's `reaper`.
+    let offset = core::mem::offset_of!(Departed, reaper);
+    // SAFETY: the work is only queued by a `Departed`, which cancels it before it is
+    // freed, so the table around it is alive while this runs.
+    let table = unsafe { &*work.cast::<u8>().sub(offset).cast::<Departed>() };
+    table.sweep();
 }

@@ -5,14 +5,15 @@
 //! with DETACH, finished on this host without a packet to the peer.
 
 use crate::bindings as b;
+use crate::blob;
 use crate::departed::{Full, Tuple};
-use crate::genl::{errno, AttrSink, AttrSize, Request};
+use crate::genl::{errno, AttrSize, Request};
 use crate::guard;
+use crate::pernet;
 use crate::socket::{FdSocket, SockLock};
-use crate::stats;
 use crate::tcp_state::TcpState;
 use crate::tracker;
-use crate::uapi::{cmd, state as a, BLOB_VERSION};
+use crate::uapi::{cmd, state as a};
 use kernel::c_str;
 use kernel::prelude::*;
 
@@ -43,7 +44,7 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         }
         Some((to, at)) => {
             let to = to.to_ne_bytes();
-            if !crate::forward::is_unicast_v4(to) {
+            if !crate::tunnel::is_unicast_v4(to) {
                 req.set_err(
                     Some(at),
                     c_str!("forward-to must be a unicast IPv4 address, not loopback"),
@@ -90,9 +91,9 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     let migration_id = unsafe { b::get_random_u64() };
     // The fixed attributes go into one reservation, sized by a dry run.
     let mut size = AttrSize::default();
-    encode(&st, &mut size)?;
+    blob::encode(&st, &mut size)?;
     let fits = msg.block(size.0).and_then(|mut blk| {
-        encode(&st, &mut blk)?;
+        blob::encode(&st, &mut blk)?;
         if blk.full() {
             Ok(())
         } else {
@@ -110,7 +111,7 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         drop(lock);
         msg.send_reply()?;
         // SAFETY: the request's namespace lives while it is handled.
-        unsafe { stats::bump(req.net(), |s| &s.exports) };
+        unsafe { pernet::bump(req.net(), |s| &s.exports) };
         return Ok(());
     }
 
@@ -129,7 +130,7 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
         st.dport,
     );
     // SAFETY: the socket holds its namespace for the duration of the call.
-    let quota = unsafe { guard::departed_quota(net) }.ok_or(ENODEV)?;
+    let quota = unsafe { table.quota(net) }.ok_or(ENODEV)?;
     match table.insert(&tuple, forward, quota) {
         Ok(()) => {}
         Err(Full::Table) => {
@@ -159,68 +160,6 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     }
     lock.detach();
     // SAFETY: as above.
-    unsafe { stats::bump(req.net(), |s| &s.exports) };
-    Ok(())
-}
-
-/// Puts a congestion control name as the NUL-terminated string `cc-name` carries.
-pub(crate) fn put_cc_name(msg: &mut impl AttrSink, cc_name: &[u8; 16]) -> Result {
-    let len = cc_name
-        .iter()
-        .position(|c| *c == 0)
-        .unwrap_or(cc_name.len() - 1);
-    let mut name = [0u8; 17];
-    name[..len].copy_from_slice(&cc_name[..len]);
-    msg.put(a::CC_NAME, &name[..=len])
-}
-
-/// The attributes of the state but its queues and migration id.
-fn encode(st: &TcpState, msg: &mut impl AttrSink) -> Result {
-    msg.put_u32(a::BLOB_VERSION, BLOB_VERSION)?;
-    msg.put_u16(a::FAMILY, st.family)?;
-    msg.put(a::SADDR, &st.saddr[..st.addr_len()])?;
-    msg.put(a::DADDR, &st.daddr[..st.addr_len()])?;
-    msg.put_u16(a::SPORT, st.sport)?;
-    msg.put_u16(a::DPORT, st.dport)?;
-    msg.put_u8(a::TCP_STATE, st.state)?;
-    msg.put_u32(a::SND_UNA, st.snd_una)?;
-    msg.put_u32(a::SND_NXT, st.snd_nxt)?;
-    msg.put_u32(a::WRITE_SEQ, st.write_seq)?;
-    msg.put_u32(a::RCV_NXT, st.rcv_nxt)?;
-    msg.put_u8(a::FIN_RECEIVED, st.fin_received.into())?;
-    msg.put_u16(a::MSS_CLAMP, st.mss_clamp)?;
-    msg.put_u8(a::SND_WSCALE, st.snd_wscale)?;
-    msg.put_u8(a::RCV_WSCALE, st.rcv_wscale)?;
-    msg.put_u8(a::TIMESTAMPS, st.timestamps.into())?;
-    msg.put_u8(a::SACK, st.sack.into())?;
-    msg.put_u8(a::WSCALE_OK, st.wscale_ok.into())?;
-    msg.put_u32(a::TS_NOW, st.ts_now)?;
-    msg.put_u32(a::TS_RECENT, st.ts_recent)?;
-    msg.put_u32(a::SND_WL1, st.snd_wl1)?;
-    msg.put_u32(a::SND_WND, st.snd_wnd)?;
-    msg.put_u32(a::MAX_WINDOW, st.max_window)?;
-    msg.put_u32(a::RCV_WND, st.rcv_wnd)?;
-    msg.put_u32(a::RCV_WUP, st.rcv_wup)?;
-    msg.put_u32(a::SND_CWND, st.snd_cwnd)?;
-    msg.put_u32(a::SND_SSTHRESH, st.snd_ssthresh)?;
-    msg.put_u32(a::SRTT_US, st.srtt_us)?;
-    msg.put_u32(a::MDEV_US, st.mdev_us)?;
-    put_cc_name(msg, &st.cc_name)?;
-    msg.put_u8(a::NODELAY, st.nodelay.into())?;
-    msg.put_u8(a::CORK, st.cork.into())?;
-    msg.put_u8(a::KEEPALIVE, st.keepalive.into())?;
-    msg.put_u32(a::MARK, st.mark)?;
-    msg.put_u32(a::USER_TIMEOUT, st.user_timeout)?;
-    msg.put_u32(a::NOTSENT_LOWAT, st.notsent_lowat)?;
-    msg.put_u32(a::KEEPIDLE, st.keepidle)?;
-    msg.put_u32(a::KEEPINTVL, st.keepintvl)?;
-    msg.put_u32(a::KEEPCNT, st.keepcnt)?;
-    msg.put_u32(a::SNDBUF, st.sndbuf)?;
-    msg.put_u32(a::RCVBUF, st.rcvbuf)?;
-    msg.put_u8(a::BUF_LOCKS, st.buf_locks)?;
-    msg.put_u8(a::TOS, st.tos)?;
-    msg.put_u32(a::WINDOW_CLAMP, st.window_clamp)?;
-    msg.put_u32(a::RCV_SSTHRESH, st.rcv_ssthresh)?;
-    msg.put_u8(a::REUSEADDR, st.reuseaddr.into())?;
+    unsafe { pernet::bump(req.net(), |s| &s.exports) };
     Ok(())
 }

@@ -9,16 +9,11 @@ use crate::bindings as b;
 use crate::departed::Tuple;
 use crate::genl::{errno, Request};
 use crate::guard;
+use crate::tunnel;
 use crate::uapi::state as a;
 use kernel::c_str;
 use kernel::prelude::*;
 use kernel::str::CStr;
-
-/// Whether `a` (network byte order) can name another host: not unspecified, loopback,
-/// multicast or limited broadcast. A route to it is looked up per packet.
-pub(crate) fn is_unicast_v4(a: [u8; 4]) -> bool {
-    a != [0; 4] && a[0] != 127 && a[0] < 224
-}
 
 /// The payload of a required attribute, or the extack message naming it.
 fn required<'r>(
@@ -79,7 +74,7 @@ pub(crate) fn sock_forward(req: &Request<'_>) -> Result {
         return Err(EINVAL);
     };
     let to = to.to_ne_bytes();
-    if !is_unicast_v4(to) {
+    if !tunnel::is_unicast_v4(to) {
         req.set_err(
             Some(to_attr),
             c_str!("forward-to must be a unicast IPv4 address, not loopback"),

@@ -5,7 +5,7 @@
 
 use crate::bindings as b;
 use crate::compat;
-use crate::stats;
+use crate::pernet;
 use core::ffi::{c_int, c_void};
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -37,7 +37,7 @@ pub(crate) unsafe fn dispatch(info: *mut b::genl_info, maxattr: u16, handler: Ha
     // there before calling an operation.
     let version = unsafe { info.genlhdr.as_ref() }.map_or(0, |h| h.version);
     // SAFETY: the request's namespace lives while it is handled.
-    let count_error = || unsafe { stats::bump(req.net(), |s| &s.errors) };
+    let count_error = || unsafe { pernet::bump(req.net(), |s| &s.errors) };
     if u32::from(version) != crate::uapi::PROTO_VERSION {
         count_error();
         req.set_err(

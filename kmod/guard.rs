@@ -7,11 +7,12 @@
 //! (yet, or any more), for the same reason.
 
 use crate::bindings as b;
-use crate::departed::{netns_quota, Departed, Quota, Tuple, Verdict};
+use crate::departed::{Departed, Tuple, Verdict};
+use crate::pernet;
 use crate::stats::Stats;
 use crate::tunnel;
 use core::ffi::{c_int, c_uint, c_void};
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use kernel::prelude::*;
 
 /// Everything the hooks and the pernet callbacks reach, at a stable address.
@@ -19,8 +20,6 @@ struct Inner {
     table: KBox<Departed>,
     hooks: [b::nf_hook_ops; 2],
     pernet: b::pernet_operations,
-    /// Id of the per-namespace data ([`NetData`]).
-    net_id: c_uint,
 }
 
 /// The guard of this module instance: registered in `new`, unregistered on drop.
@@ -44,72 +43,6 @@ pub(crate) fn table() -> Option<&'static Departed> {
     // SAFETY: a non-null pointer is the registered `Inner`, which is freed only after
     // the family (whose handlers call this) and the hooks are gone.
     unsafe { p.as_ref() }.map(|i| &*i.table)
-}
-
-/// What the module keeps per network namespace (zeroed at its creation, freed after
-/// the namespace's exit callbacks).
-#[derive(Default)]
-pub(crate) struct NetData {
-    /// The namespace's last event sequence number.
-    seq: AtomicU64,
-    /// Its entries in the departed table.
-    pub(crate) departed: AtomicU32,
-    /// Its tracked migrated sockets.
-    pub(crate) tracked: AtomicU32,
-    /// Its counters, for `GET_INFO`.
-    pub(crate) stats: Stats,
-}
-
-/// The module's data of namespace `net`, while the guard is registered.
-///
-/// # Safety
-///
-/// `net` must be alive for `'a`.
-pub(crate) unsafe fn net_data<'a>(net: *mut b::net) -> Option<&'a NetData> {
-    let p = CURRENT.load(Ordering::Acquire);
-    // SAFETY: as in `table`.
-    let inner = unsafe { p.as_ref() }?;
-    // SAFETY: `net` is alive and the pernet ops are registered, so its data (zeroed,
-    // sized for a `NetData`, freed after the namespace) exists.
-    let data = unsafe { b::prism_net_generic(net, inner.net_id) };
-    // SAFETY: as above; zero bytes are a valid `NetData` (atomics only).
-    unsafe { data.cast::<NetData>().as_ref() }
-}
-
-/// Takes the next event sequence number of namespace `net` (from 1).
-///
-/// # Safety
-///
-/// `net` must be alive.
-pub(crate) unsafe fn next_seq(net: *mut b::net) -> u64 {
-    // SAFETY: the caller keeps `net` alive.
-    unsafe { net_data(net) }.map_or(0, |d| d.seq.fetch_add(1, Ordering::Relaxed) + 1)
-}
-
-/// The last event sequence number namespace `net` gave (0: none yet).
-///
-/// # Safety
-///
-/// `net` must be alive.
-pub(crate) unsafe fn current_seq(net: *mut b::net) -> u64 {
-    // SAFETY: the caller keeps `net` alive.
-    unsafe { net_data(net) }.map_or(0, |d| d.seq.load(Ordering::Relaxed))
-}
-
-/// Namespace `net`'s share of the departed table, for [`Departed::insert`]; `None`
-/// outside the module's lifetime.
-///
-/// # Safety
-///
-/// `net` must be alive for `'a`.
-pub(crate) unsafe fn departed_quota<'a>(net: *mut b::net) -> Option<Quota<'a>> {
-    let table = table()?;
-    // SAFETY: the caller keeps `net` alive for `'a`.
-    let data = unsafe { net_data(net) }?;
-    Some(Quota {
-        data,
-        limit: netns_quota(table.capacity()),
-    })
 }
 
 /// Reads `N` bytes at `offset` of the packet, linear or not.
@@ -215,7 +148,7 @@ unsafe extern "C" fn hook(
     }
     let syn = syn && !ack;
     // SAFETY: the hook's namespace is alive.
-    let stats = unsafe { net_data(state.net) }.map(|d| &d.stats);
+    let stats = unsafe { pernet::net_data(state.net) }.map(|d| &d.stats);
     let count = |pick: fn(&Stats) -> &AtomicU64, n: u64| {
         if let Some(s) = stats {
             Stats::add(pick(s), n);
@@ -295,7 +228,6 @@ impl Guard {
                 table: Departed::new()?,
                 hooks: Default::default(),
                 pernet: Default::default(),
-                net_id: 0,
             },
             GFP_KERNEL,
         )?;
@@ -316,13 +248,15 @@ impl Guard {
         }
         inner.pernet.init = Some(net_init);
         inner.pernet.exit = Some(net_exit);
-        inner.pernet.id = &mut inner.net_id;
-        inner.pernet.size = core::mem::size_of::<NetData>();
+        // The namespaces' data (`pernet.rs`) comes with the hooks.
+        inner.pernet.id = pernet::id_slot();
+        inner.pernet.size = pernet::SIZE;
         let p: *mut Inner = &mut *inner;
         CURRENT.store(p, Ordering::Release);
         // SAFETY: `pernet` lives in the box until `drop` unregisters it.
         let ret = unsafe { b::register_pernet_subsys(&mut inner.pernet) };
         if ret < 0 {
+            pernet::forget();
             CURRENT.store(core::ptr::null_mut(), Ordering::Release);
             return Err(Error::from_errno(ret));
         }
@@ -337,6 +271,7 @@ impl Drop for Guard {
         // A hook may still run on another CPU: wait for the RCU readers before freeing.
         // SAFETY: plain call; process context.
         unsafe { b::synchronize_rcu() };
+        pernet::forget();
         CURRENT.store(core::ptr::null_mut(), Ordering::Release);
     }
 }

@@ -18,14 +18,14 @@
 //! failure before tears the socket down in repair mode.
 
 use crate::bindings as b;
+use crate::blob::put_cc_name;
 use crate::blob::Blob;
 use crate::compat;
 use crate::departed::Tuple;
-use crate::export::put_cc_name;
 use crate::genl::{errno, to_result, AttrSink, Request};
 use crate::guard;
+use crate::pernet;
 use crate::socket::SockLock;
-use crate::stats;
 use crate::tcp_state::cc_name;
 use crate::tracker;
 use crate::uapi::{cmd, state as a, BUF_LOCK_RCV, BUF_LOCK_SND};
@@ -702,6 +702,6 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
     }
     building.commit();
     // SAFETY: the request's namespace lives while it is handled.
-    unsafe { stats::bump(req.net(), |s| &s.imports) };
+    unsafe { pernet::bump(req.net(), |s| &s.imports) };
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::bindings as b;
 use crate::departed::{self, netns_quota};
 use crate::genl::{errno, AttrSink, Request};
 use crate::guard;
+use crate::pernet;
 use crate::stats::Stats;
 use crate::uapi::{self, cmd, info as attr};
 use core::sync::atomic::Ordering;
@@ -28,7 +29,7 @@ pub(crate) fn get_info(req: &Request<'_>) -> Result {
         }
     }
     // SAFETY: the request's namespace lives while it is handled.
-    let data = unsafe { guard::net_data(req.net()) }.ok_or(ENODEV)?;
+    let data = unsafe { pernet::net_data(req.net()) }.ok_or(ENODEV)?;
     let table = guard::table().ok_or(ENODEV)?;
     let s = &data.stats;
     // Sized to what it holds: a default-size reply is copied to trim it on the way out.

@@ -6,7 +6,7 @@
 
 use crate::bindings as b;
 use crate::genl::{errno, DumpMsg, SkbAttrs};
-use crate::guard;
+use crate::pernet;
 use crate::tracker::{self, Listed, BUCKETS};
 use crate::uapi::{cmd, event as a};
 use core::ffi::{c_int, c_long};
@@ -40,7 +40,7 @@ pub(crate) unsafe extern "C" fn sock_list(
         let (n, more) = tracker.list_bucket(net, bucket, skip, &mut batch);
         for (i, entry) in batch[..n].iter().enumerate() {
             // SAFETY: `net` is alive (above).
-            let seq = unsafe { guard::current_seq(net) };
+            let seq = unsafe { pernet::current_seq(net) };
             // SAFETY: the arguments of this dump call.
             let fits = unsafe { put(skb, cb, entry, net, seq) };
             if fits.is_err() {

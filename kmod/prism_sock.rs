@@ -19,6 +19,7 @@ mod guard;
 mod import;
 mod info;
 mod list;
+mod pernet;
 mod socket;
 mod stats;
 mod tcp_state;

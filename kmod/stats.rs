@@ -1,12 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The counters `GET_INFO` reports, one set per network namespace (in the module's
-//! per-namespace data, `guard.rs`), so that a namespace's GET_INFO shows its own
+//! per-namespace data, `pernet.rs`), so that a namespace's GET_INFO shows its own
 //! activity and nothing of another's. Requests count in the namespace of the netlink
 //! socket that sent them; the guard's packets and the tracked sockets' events in the
 //! namespace of the connection.
 
-use crate::bindings as b;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters; relaxed ordering is enough, they are statistics with no ordering duty.
@@ -43,18 +42,5 @@ impl Stats {
 
     pub(crate) fn bump(counter: &AtomicU64) {
         Self::add(counter, 1);
-    }
-}
-
-/// Adds one to the counter `pick` chooses in namespace `net`'s set (none outside the
-/// module's lifetime).
-///
-/// # Safety
-///
-/// `net` must be alive.
-pub(crate) unsafe fn bump(net: *mut b::net, pick: impl FnOnce(&Stats) -> &AtomicU64) {
-    // SAFETY: the caller keeps `net` alive.
-    if let Some(d) = unsafe { crate::guard::net_data(net) } {
-        Stats::bump(pick(&d.stats));
     }
 }

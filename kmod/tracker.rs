@@ -15,8 +15,7 @@ use crate::bh_lock::{BhGuard, BhLock};
 use crate::bindings as b;
 use crate::compat;
 use crate::events::{self, classify, Event, NetRef, SocketId};
-use crate::guard;
-use crate::stats;
+use crate::pernet;
 use crate::uapi::{cmd, reason};
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -104,7 +103,7 @@ impl Locked<'_> {
                     self.t.count.fetch_sub(1, Ordering::Release);
                     let t = KBox::from_raw(e);
                     // The event holds a reference on the namespace.
-                    if let Some(d) = guard::net_data(t.event.net.as_ptr()) {
+                    if let Some(d) = pernet::net_data(t.event.net.as_ptr()) {
                         d.tracked.fetch_sub(1, Ordering::Relaxed);
                     }
                     return Some(t);
@@ -327,7 +326,7 @@ impl Tracker {
             let head = &mut l.slots().heads[bucket(sk as usize)];
             tracked.next = *head;
             // SAFETY: the event holds a reference on the namespace.
-            if let Some(d) = unsafe { guard::net_data(tracked.event.net.as_ptr()) } {
+            if let Some(d) = unsafe { pernet::net_data(tracked.event.net.as_ptr()) } {
                 d.tracked.fetch_add(1, Ordering::Relaxed);
             }
             *head = KBox::into_raw(tracked);
@@ -370,7 +369,7 @@ impl Tracker {
     fn queue(&self, ev: KBox<Event>) {
         if ev.cmd == cmd::SOCK_RELEASED {
             // SAFETY: the event holds a reference on its namespace.
-            unsafe { stats::bump(ev.net.as_ptr(), |s| &s.releases) };
+            unsafe { pernet::bump(ev.net.as_ptr(), |s| &s.releases) };
         }
         // SAFETY: the event holds a reference on its namespace.
         if unsafe { self.listening(ev.net.as_ptr(), ev.cmd) } && self.lock().push(ev) {
@@ -416,7 +415,7 @@ impl Tracker {
                 let e = unsafe { KBox::from_raw(ev) };
                 ev = e.next;
                 // SAFETY: the event holds a reference on its namespace.
-                let seq = unsafe { guard::next_seq(e.net.as_ptr()) };
+                let seq = unsafe { pernet::next_seq(e.net.as_ptr()) };
                 let ret = if family.is_null() {
                     -(b::ENODEV as c_int)
                 } else {
@@ -427,7 +426,7 @@ impl Tracker {
                 let delivered = ret == 0 || ret == -(b::ESRCH as c_int);
                 // SAFETY: the event holds a reference on its namespace.
                 unsafe {
-                    stats::bump(e.net.as_ptr(), |s| {
+                    pernet::bump(e.net.as_ptr(), |s| {
                         if delivered {
                             &s.events_sent
                         } else {

@@ -12,6 +12,12 @@ use crate::compat;
 use crate::departed::Tuple;
 use core::ffi::c_int;
 
+/// Whether `a` (network byte order) can name another host: not unspecified, loopback,
+/// multicast or limited broadcast. A route to it is looked up per packet.
+pub(crate) fn is_unicast_v4(a: [u8; 4]) -> bool {
+    a != [0; 4] && a[0] != 127 && a[0] < 224
+}
+
 /// Outer header: IPv4 without options.
 const OUTER: usize = 20;
 /// Headroom asked for: the outer header and a link-layer header in front of it.
