@@ -8,7 +8,7 @@
 
 use crate::bindings as b;
 use crate::genl::{errno, AttrSink, Request};
-use crate::tcp_state::TcpState;
+use crate::tcp_state::{Conn, TcpState};
 use crate::uapi::policy::SOCK_IMPORT_MAXATTR as IMPORT_MAXATTR;
 use crate::uapi::{state as a, BLOB_VERSION, MAX_QUEUE_BYTES};
 use kernel::alloc::KVec;
@@ -85,63 +85,26 @@ pub(crate) fn after(x: u32, y: u32) -> bool {
     (y.wrapping_sub(x) as i32) < 0
 }
 
-/// A decoded, validated import request. Queue chunks point into the request skb.
+/// A decoded, validated import request: the connection's state, its queues (chunks
+/// pointing into the request skb) and the importer's own choices.
 pub(crate) struct Blob<'a> {
-    pub(crate) family: u16,
-    pub(crate) saddr: [u8; 16],
-    pub(crate) daddr: [u8; 16],
-    pub(crate) sport: u16,
-    pub(crate) dport: u16,
-    pub(crate) fin_received: bool,
-    pub(crate) snd_una: u32,
-    pub(crate) snd_nxt: u32,
-    pub(crate) write_seq: u32,
-    pub(crate) rcv_nxt: u32,
-    pub(crate) mss_clamp: u16,
-    pub(crate) snd_wscale: u8,
-    pub(crate) rcv_wscale: u8,
-    pub(crate) timestamps: bool,
-    pub(crate) sack: bool,
-    pub(crate) wscale_ok: bool,
-    pub(crate) ts_now: u32,
-    pub(crate) ts_recent: u32,
-    pub(crate) snd_wl1: u32,
-    pub(crate) snd_wnd: u32,
-    pub(crate) max_window: u32,
-    pub(crate) rcv_wnd: u32,
-    pub(crate) rcv_wup: u32,
-    pub(crate) snd_cwnd: u32,
-    pub(crate) snd_ssthresh: u32,
-    pub(crate) srtt_us: u32,
-    pub(crate) mdev_us: u32,
-    /// NUL-terminated.
-    pub(crate) cc_name: &'a [u8],
-    pub(crate) nodelay: bool,
-    pub(crate) cork: bool,
-    pub(crate) keepalive: bool,
-    pub(crate) mark: u32,
-    pub(crate) user_timeout: u32,
-    pub(crate) notsent_lowat: u32,
-    pub(crate) keepidle: u32,
-    pub(crate) keepintvl: u32,
-    pub(crate) keepcnt: u32,
-    pub(crate) sndbuf: u32,
-    pub(crate) rcvbuf: u32,
-    pub(crate) buf_locks: u8,
-    pub(crate) tos: u8,
-    pub(crate) window_clamp: u32,
-    pub(crate) rcv_ssthresh: u32,
-    pub(crate) reuseaddr: bool,
+    pub(crate) conn: Conn,
     pub(crate) migration_id: u64,
     pub(crate) send_queue: KVec<&'a [u8]>,
     pub(crate) recv_queue: KVec<&'a [u8]>,
-    pub(crate) send_len: u32,
-    pub(crate) recv_len: u32,
     /// Local address to bind instead of the exported one.
     pub(crate) bind_addr: Option<[u8; 16]>,
     pub(crate) freebind: bool,
     pub(crate) transparent: bool,
     pub(crate) nonblock: bool,
+}
+
+impl core::ops::Deref for Blob<'_> {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
 }
 
 /// One attribute of the request: its header (for extack) and payload.
@@ -471,15 +434,16 @@ impl<'a> Blob<'a> {
             at.nla(a::MDEV_US),
         )?;
         let cc = at.get(a::CC_NAME)?;
-        let cc_name: &'a [u8] = cc.data;
         check(
-            cc_name.len() >= 2
-                && cc_name.len() <= 16
-                && cc_name.iter().position(|c| *c == 0) == Some(cc_name.len() - 1),
+            cc.data.len() >= 2
+                && cc.data.len() <= 16
+                && cc.data.iter().position(|c| *c == 0) == Some(cc.data.len() - 1),
             einval,
             c_str!("cc-name must be a NUL-terminated name of 1 to 15 bytes"),
             Some(cc.nla),
         )?;
+        let mut cc_name = [0u8; 16];
+        cc_name[..cc.data.len()].copy_from_slice(cc.data);
 
         let user_timeout = at.u32(a::USER_TIMEOUT)?;
         check(
@@ -549,55 +513,57 @@ impl<'a> Blob<'a> {
         let send_queue = core::mem::take(&mut at.send);
         let recv_queue = core::mem::take(&mut at.recv);
         Ok(Self {
-            family,
-            saddr,
-            daddr,
-            sport,
-            dport,
-            fin_received,
-            snd_una,
-            snd_nxt,
-            write_seq,
-            rcv_nxt,
-            mss_clamp,
-            snd_wscale,
-            rcv_wscale,
-            timestamps: at.flag(a::TIMESTAMPS)?,
-            sack: at.flag(a::SACK)?,
-            wscale_ok,
-            ts_now: at.u32(a::TS_NOW)?,
-            ts_recent: at.u32(a::TS_RECENT)?,
-            snd_wl1,
-            snd_wnd,
-            max_window,
-            rcv_wnd,
-            rcv_wup,
-            snd_cwnd,
-            snd_ssthresh,
-            srtt_us,
-            mdev_us,
-            cc_name,
-            nodelay: at.flag(a::NODELAY)?,
-            cork: at.flag(a::CORK)?,
-            keepalive: at.flag(a::KEEPALIVE)?,
-            mark: at.u32(a::MARK)?,
-            user_timeout,
-            notsent_lowat,
-            keepidle,
-            keepintvl,
-            keepcnt,
-            sndbuf,
-            rcvbuf,
-            buf_locks,
-            tos: at.u8(a::TOS)?,
-            window_clamp,
-            rcv_ssthresh: at.u32(a::RCV_SSTHRESH)?,
-            reuseaddr: at.flag(a::REUSEADDR)?,
+            conn: Conn {
+                family,
+                saddr,
+                daddr,
+                sport,
+                dport,
+                fin_received,
+                snd_una,
+                snd_nxt,
+                write_seq,
+                rcv_nxt,
+                mss_clamp,
+                snd_wscale,
+                rcv_wscale,
+                timestamps: at.flag(a::TIMESTAMPS)?,
+                sack: at.flag(a::SACK)?,
+                wscale_ok,
+                ts_now: at.u32(a::TS_NOW)?,
+                ts_recent: at.u32(a::TS_RECENT)?,
+                snd_wl1,
+                snd_wnd,
+                max_window,
+                rcv_wnd,
+                rcv_wup,
+                snd_cwnd,
+                snd_ssthresh,
+                srtt_us,
+                mdev_us,
+                cc_name,
+                nodelay: at.flag(a::NODELAY)?,
+                cork: at.flag(a::CORK)?,
+                keepalive: at.flag(a::KEEPALIVE)?,
+                mark: at.u32(a::MARK)?,
+                user_timeout,
+                notsent_lowat,
+                keepidle,
+                keepintvl,
+                keepcnt,
+                sndbuf,
+                rcvbuf,
+                buf_locks,
+                tos: at.u8(a::TOS)?,
+                window_clamp,
+                rcv_ssthresh: at.u32(a::RCV_SSTHRESH)?,
+                reuseaddr: at.flag(a::REUSEADDR)?,
+                send_len: send_len as u32,
+                recv_len: recv_len as u32,
+            },
             migration_id,
             send_queue,
             recv_queue,
-            send_len: send_len as u32,
-            recv_len: recv_len as u32,
             bind_addr,
             freebind: at.present(a::FREEBIND),
             transparent: at.present(a::TRANSPARENT),

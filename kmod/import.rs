@@ -219,7 +219,8 @@ impl Building {
         }
         // An algorithm this host lacks falls back to the namespace default; the reply
         // names the one in effect.
-        let name = &blob.cc_name[..blob.cc_name.len() - 1];
+        let name_len = blob.cc_name.iter().position(|c| *c == 0).unwrap_or(0);
+        let name = &blob.cc_name[..name_len];
         // SAFETY: the socket is not reachable by anyone but us yet.
         let current = unsafe { cc_name(&*self.tp()) };
         let current_len = current

@@ -15,15 +15,15 @@ use kernel::str::CStr;
 /// Why a socket cannot be exported: errno and the extended-ack message.
 pub(crate) type Refusal = (Error, &'static CStr);
 
-/// Everything SOCK_EXPORT reports about a connection.
-pub(crate) struct TcpState {
+/// The state of a connection as the blob carries it: what `capture` reads from a socket
+/// and `Blob::decode` reads back from a request, one definition for both sides.
+pub(crate) struct Conn {
     pub(crate) family: u16,
     /// Local and peer address: 4 bytes for AF_INET, 16 for AF_INET6.
     pub(crate) saddr: [u8; 16],
     pub(crate) daddr: [u8; 16],
     pub(crate) sport: u16,
     pub(crate) dport: u16,
-    pub(crate) state: u8,
     pub(crate) snd_una: u32,
     pub(crate) snd_nxt: u32,
     pub(crate) write_seq: u32,
@@ -73,8 +73,33 @@ pub(crate) struct TcpState {
     pub(crate) send_len: u32,
     /// Bytes received, not yet read by the application, from `copied_seq` on.
     pub(crate) recv_len: u32,
+}
+
+impl Conn {
+    pub(crate) fn addr_len(&self) -> usize {
+        if u32::from(self.family) == b::AF_INET {
+            4
+        } else {
+            16
+        }
+    }
+}
+
+/// Everything SOCK_EXPORT reports about a connection: its state, and where in the
+/// socket that state was read.
+pub(crate) struct TcpState {
+    pub(crate) conn: Conn,
+    pub(crate) state: u8,
     /// Where the unread data starts.
     copied_seq: u32,
+}
+
+impl core::ops::Deref for TcpState {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
 }
 
 fn refuse(code: u32, msg: &'static CStr) -> Refusal {
@@ -309,74 +334,76 @@ impl TcpState {
                 icsk.icsk_inet.tos
             };
             Ok(Self {
-                family,
-                saddr,
-                daddr,
-                sport: ports.skc_num,
-                dport: u16::from_be(ports.skc_dport),
                 state,
-                snd_una: t.snd_una,
-                snd_nxt: t.snd_nxt,
-                write_seq: t.write_seq,
-                rcv_nxt: t.rcv_nxt,
-                fin_received: u32::from(state) == b::TCP_CLOSE_WAIT,
-                mss_clamp: rx.mss_clamp,
-                snd_wscale: rx.snd_wscale() as u8,
-                rcv_wscale: rx.rcv_wscale() as u8,
-                timestamps: rx.tstamp_ok() != 0,
-                sack: rx.sack_ok() != 0,
-                wscale_ok: rx.wscale_ok() != 0,
-                // As TCP_TIMESTAMP reports it: the clock read now, as the socket's
-                // cached one lags by the time since its last packet event and the
-                // imported clock would run that far behind (never below the cached
-                // value, which segments carried); the low bit says the clock counts
-                // microseconds, which TCP_TIMESTAMP's setter takes back.
-                ts_now: {
-                    let usec = t.tcp_usec_ts() != 0;
-                    let cached = b::prism_tcp_time_stamp_ts(tp);
-                    let now = b::prism_tcp_clock_ts(usec);
-                    let clock = if (now.wrapping_sub(cached) as i32) > 0 {
-                        now
-                    } else {
-                        cached
-                    };
-                    let ts = clock.wrapping_add(t.tsoffset);
-                    if usec {
-                        ts | 1
-                    } else {
-                        ts & !1
-                    }
-                },
-                ts_recent: rx.ts_recent,
-                snd_wl1: t.snd_wl1,
-                snd_wnd: t.snd_wnd,
-                max_window: t.max_window,
-                rcv_wnd: t.rcv_wnd,
-                rcv_wup: t.rcv_wup,
-                snd_cwnd: t.snd_cwnd,
-                snd_ssthresh: t.snd_ssthresh,
-                srtt_us: t.srtt_us,
-                mdev_us: t.mdev_us,
-                cc_name,
-                nodelay: nonagle & b::TCP_NAGLE_OFF != 0,
-                cork: nonagle & b::TCP_NAGLE_CORK != 0,
-                keepalive: b::prism_sock_flag_keepopen(sk),
-                mark: (*sk).sk_mark,
-                user_timeout: icsk.icsk_user_timeout,
-                notsent_lowat: t.notsent_lowat,
-                keepidle: t.keepalive_time / b::PRISM_HZ,
-                keepintvl: t.keepalive_intvl / b::PRISM_HZ,
-                keepcnt: u32::from(t.keepalive_probes),
-                sndbuf: (*sk).sk_sndbuf as u32,
-                rcvbuf: (*sk).sk_rcvbuf as u32,
-                buf_locks,
-                tos,
-                window_clamp: t.window_clamp,
-                rcv_ssthresh: t.rcv_ssthresh,
-                reuseaddr: common.skc_reuse() != 0,
-                send_len,
-                recv_len,
                 copied_seq: t.copied_seq,
+                conn: Conn {
+                    family,
+                    saddr,
+                    daddr,
+                    sport: ports.skc_num,
+                    dport: u16::from_be(ports.skc_dport),
+                    snd_una: t.snd_una,
+                    snd_nxt: t.snd_nxt,
+                    write_seq: t.write_seq,
+                    rcv_nxt: t.rcv_nxt,
+                    fin_received: u32::from(state) == b::TCP_CLOSE_WAIT,
+                    mss_clamp: rx.mss_clamp,
+                    snd_wscale: rx.snd_wscale() as u8,
+                    rcv_wscale: rx.rcv_wscale() as u8,
+                    timestamps: rx.tstamp_ok() != 0,
+                    sack: rx.sack_ok() != 0,
+                    wscale_ok: rx.wscale_ok() != 0,
+                    // As TCP_TIMESTAMP reports it: the clock read now, as the socket's
+                    // cached one lags by the time since its last packet event and the
+                    // imported clock would run that far behind (never below the cached
+                    // value, which segments carried); the low bit says the clock counts
+                    // microseconds, which TCP_TIMESTAMP's setter takes back.
+                    ts_now: {
+                        let usec = t.tcp_usec_ts() != 0;
+                        let cached = b::prism_tcp_time_stamp_ts(tp);
+                        let now = b::prism_tcp_clock_ts(usec);
+                        let clock = if (now.wrapping_sub(cached) as i32) > 0 {
+                            now
+                        } else {
+                            cached
+                        };
+                        let ts = clock.wrapping_add(t.tsoffset);
+                        if usec {
+                            ts | 1
+                        } else {
+                            ts & !1
+                        }
+                    },
+                    ts_recent: rx.ts_recent,
+                    snd_wl1: t.snd_wl1,
+                    snd_wnd: t.snd_wnd,
+                    max_window: t.max_window,
+                    rcv_wnd: t.rcv_wnd,
+                    rcv_wup: t.rcv_wup,
+                    snd_cwnd: t.snd_cwnd,
+                    snd_ssthresh: t.snd_ssthresh,
+                    srtt_us: t.srtt_us,
+                    mdev_us: t.mdev_us,
+                    cc_name,
+                    nodelay: nonagle & b::TCP_NAGLE_OFF != 0,
+                    cork: nonagle & b::TCP_NAGLE_CORK != 0,
+                    keepalive: b::prism_sock_flag_keepopen(sk),
+                    mark: (*sk).sk_mark,
+                    user_timeout: icsk.icsk_user_timeout,
+                    notsent_lowat: t.notsent_lowat,
+                    keepidle: t.keepalive_time / b::PRISM_HZ,
+                    keepintvl: t.keepalive_intvl / b::PRISM_HZ,
+                    keepcnt: u32::from(t.keepalive_probes),
+                    sndbuf: (*sk).sk_sndbuf as u32,
+                    rcvbuf: (*sk).sk_rcvbuf as u32,
+                    buf_locks,
+                    tos,
+                    window_clamp: t.window_clamp,
+                    rcv_ssthresh: t.rcv_ssthresh,
+                    reuseaddr: common.skc_reuse() != 0,
+                    send_len,
+                    recv_len,
+                },
             })
         }
     }
@@ -438,13 +465,5 @@ impl TcpState {
             }
         }
         Ok(())
-    }
-
-    pub(crate) fn addr_len(&self) -> usize {
-        if u32::from(self.family) == b::AF_INET {
-            4
-        } else {
-            16
-        }
     }
 }
