@@ -208,8 +208,15 @@ fn raw_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// Captures the ESTABLISHED socket `fd` and finishes it here without a packet to the
-/// peer (repair-mode disconnect); `fd` stays open on a closed socket. If the capture
-/// fails, repair mode is left and the socket goes on untouched.
+/// peer. From the capture on, the socket drops every packet that reaches it (a socket
+/// filter, attached first, so nothing arrives that the state misses, and nothing is
+/// acknowledged) and stays in repair mode, so closing `fd` sends nothing. Keep `fd`
+/// open until L4 has moved the flow: the peer's packets that were already on their way
+/// here then meet this socket, which drops them (the peer retransmits them to the new
+/// owner), instead of the listener, which would answer them with RST. The module's RST
+/// guard does this in the kernel; here the socket itself holds the tuple. Close `fd`
+/// before importing the state back on this host. If the capture fails, the filter and
+/// repair mode go and the socket goes on untouched.
 pub fn export_detach(fd: impl AsFd) -> Result<RepairState> {
     let fd = fd.as_fd().as_raw_fd();
     let info: libc::tcp_info = get_info(fd)?;
@@ -219,28 +226,64 @@ pub fn export_detach(fd: impl AsFd) -> Result<RepairState> {
             info.tcpi_state
         )));
     }
-    tcp_set(fd, TCP_REPAIR, 1, "TCP_REPAIR on (needs CAP_NET_ADMIN)")?;
-    let captured = capture(fd, &info);
-    match captured {
-        Ok(state) => {
-            // connect(AF_UNSPEC) is tcp_disconnect, silent in repair mode.
-            let unspec = libc::sockaddr {
-                sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-                sa_data: [0; 14],
-            };
-            // SAFETY: a valid sockaddr of the size passed.
-            if unsafe { libc::connect(fd, &unspec, size_of::<libc::sockaddr>() as libc::socklen_t) } != 0 {
-                let e = os("disconnect");
-                let _ = tcp_set(fd, TCP_REPAIR, -1, "TCP_REPAIR off");
-                return Err(e);
-            }
-            Ok(state)
-        }
-        Err(e) => {
-            let _ = tcp_set(fd, TCP_REPAIR, -1, "TCP_REPAIR off");
-            Err(e)
-        }
+    drop_incoming(fd)?;
+    if let Err(e) = tcp_set(fd, TCP_REPAIR, 1, "TCP_REPAIR on (needs CAP_NET_ADMIN)") {
+        accept_incoming(fd);
+        return Err(e);
     }
+    let captured = capture(fd, &info);
+    if captured.is_err() {
+        let _ = tcp_set(fd, TCP_REPAIR, -1, "TCP_REPAIR off");
+        accept_incoming(fd);
+    }
+    captured
+}
+
+/// Attaches a socket filter that drops every packet: TCP checks it before it takes a
+/// segment, so the socket's state stops changing (packets already queued behind the
+/// socket lock are taken when this call releases it).
+fn drop_incoming(fd: RawFd) -> Result<()> {
+    // BPF_RET | BPF_K with 0: keep 0 bytes, that is, drop.
+    let mut drop_all = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points to one valid instruction for the duration of the call; the
+    // kernel copies it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(os("SO_ATTACH_FILTER"));
+    }
+    Ok(())
+}
+
+/// Removes the filter of [`drop_incoming`] (the socket goes on as before).
+fn accept_incoming(fd: RawFd) {
+    let zero: libc::c_int = 0;
+    // SAFETY: a valid int option value of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_FILTER,
+            (&zero as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 fn get_info(fd: RawFd) -> Result<libc::tcp_info> {

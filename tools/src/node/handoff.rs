@@ -48,6 +48,10 @@ pub const ANSWER: &[u8] = b"prism-node answer v3";
 const READ_BUFFER: usize = 64 * 1024;
 /// Request flag: the sender forwards the client's packets to the owner.
 const FORWARDS: u8 = 1;
+/// How long a socket exported with the repair backend stays open after the owner took
+/// the connection: the client's packets that passed l4 before its hold are on their
+/// way here for microseconds, or milliseconds when a CPU is descheduled.
+const EXPORTED_LINGER: Duration = Duration::from_secs(1);
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
@@ -276,7 +280,10 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             });
         }
     };
-    drop(std_stream);
+    // With the module the kernel guards the tuple; the repair backend's socket guards
+    // it itself (it drops every packet now) for as long as it stays open: until the
+    // packets l4 sent here before the hold have arrived.
+    let guard = (!forwards).then_some(std_stream);
     node.steer.disown(flow);
     let exported_at = super::stats::mono_ns();
     let handoff = Handoff { state, request: buf };
@@ -296,8 +303,16 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
         if forwards {
             super::Stats::bump(&node.stats.forwards);
         }
+        if let Some(socket) = guard {
+            tokio::spawn(async move {
+                tokio::time::sleep(EXPORTED_LINGER).await;
+                drop(socket);
+            });
+        }
         return None;
     };
+    // The copy taken back needs the tuple.
+    drop(guard);
     eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
     super::Stats::bump(&node.stats.handoffs_back);
     let Handoff { state, request } = handoff;
