@@ -68,6 +68,38 @@ fn context(label: &[u8], nonce: &[u8]) -> Vec<u8> {
     [label, nonce].concat()
 }
 
+/// Sockets this node exported with the repair backend, each kept open (dropping every
+/// packet, see `prism_sock::repair::export_detach`) for [`EXPORTED_LINGER`] after the
+/// owner took its connection, by flow.
+#[derive(Default)]
+pub struct Lingering {
+    next: AtomicU64,
+    sockets: Mutex<HashMap<SocketAddr, (u64, std::net::TcpStream)>>,
+}
+
+impl Lingering {
+    /// Keeps `socket` of `flow` open; returns its id for [`Lingering::close`].
+    fn keep(&self, flow: SocketAddr, socket: std::net::TcpStream) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.sockets
+            .lock()
+            .expect("not poisoned")
+            .insert(flow, (id, socket));
+        id
+    }
+
+    /// Closes the lingering socket of `flow` (only if it is `id`, when given).
+    fn close(&self, flow: SocketAddr, id: Option<u64>) {
+        let mut sockets = self.sockets.lock().expect("not poisoned");
+        if sockets
+            .get(&flow)
+            .is_some_and(|(i, _)| id.is_none_or(|id| id == *i))
+        {
+            sockets.remove(&flow);
+        }
+    }
+}
+
 /// The outgoing hand-off connection to one node, opened on first use and again after
 /// it breaks; requests on it are answered by id, so hand-offs do not queue behind
 /// each other.
@@ -304,9 +336,11 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             super::Stats::bump(&node.stats.forwards);
         }
         if let Some(socket) = guard {
+            let id = node.lingering.keep(flow, socket);
+            let node = node.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(EXPORTED_LINGER).await;
-                drop(socket);
+                node.lingering.close(flow, Some(id));
             });
         }
         return None;
@@ -502,6 +536,11 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
         return;
     }
     let Handoff { state, request } = handoff;
+    // A flow coming back while its socket from the last time lingers here: the import
+    // needs the tuple, and the new socket takes over the late packets.
+    if let Exported::Repair(r) = &state {
+        node.lingering.close(r.peer, None);
+    }
     let imported = import_here(&node, state).await;
     let imported = match imported {
         Ok(i) => i,

@@ -69,6 +69,8 @@ pub struct Node {
     pub fault: Option<Fault>,
     /// `Module` or `Repair` (resolved at start).
     pub backend: BackendChoice,
+    /// Sockets exported with the repair backend that still guard their tuple.
+    pub lingering: handoff::Lingering,
 }
 
 impl Node {
@@ -196,6 +198,7 @@ pub async fn run(
         peers,
         fault,
         backend,
+        lingering: handoff::Lingering::default(),
         me,
         cluster,
     });
