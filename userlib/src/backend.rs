@@ -63,7 +63,9 @@ impl Backend {
         }
     }
 
-    /// Exports `fd` and finishes it here without a packet to the peer.
+    /// Exports `fd` and finishes it here without a packet to the peer. With the
+    /// repair backend the socket then drops every packet and still holds its tuple:
+    /// keep `fd` open until L4 has moved the flow (see [`repair::export_detach`]).
     pub fn export_detach(&self, fd: impl AsFd) -> Result<Exported> {
         match self {
             Backend::Module(c) => c.export_detach(fd).map(Exported::Module),
