@@ -254,36 +254,25 @@ fn drop_incoming(fd: RawFd) -> Result<()> {
         len: 1,
         filter: drop_all.as_mut_ptr(),
     };
-    // SAFETY: `prog` points to one valid instruction for the duration of the call; the
-    // kernel copies it.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(os("SO_ATTACH_FILTER"));
-    }
-    Ok(())
+    // `prog` points to one valid instruction while `set` runs; the kernel copies it.
+    set(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &prog,
+        "SO_ATTACH_FILTER",
+    )
 }
 
 /// Removes the filter of [`drop_incoming`] (the socket goes on as before).
 fn accept_incoming(fd: RawFd) {
-    let zero: libc::c_int = 0;
-    // SAFETY: a valid int option value of the size passed.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DETACH_FILTER,
-            (&zero as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    let _ = set(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_DETACH_FILTER,
+        &0 as &libc::c_int,
+        "SO_DETACH_FILTER",
+    );
 }
 
 fn get_info(fd: RawFd) -> Result<libc::tcp_info> {
