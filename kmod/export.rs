@@ -7,6 +7,7 @@
 use crate::bindings as b;
 use crate::blob;
 use crate::departed::{Full, Tuple};
+use crate::fault;
 use crate::genl::{errno, AttrSize, Request};
 use crate::guard;
 use crate::pernet;
@@ -150,7 +151,13 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
             return Err(errno(b::ENOSPC));
         }
     }
-    if let Err(e) = msg.send_reply() {
+    let sent = if fault::injected() {
+        req.set_err(None, c_str!("the reply cannot be queued (fault injected)"));
+        Err(errno(b::ENOBUFS))
+    } else {
+        msg.send_reply()
+    };
+    if let Err(e) = sent {
         table.remove(&tuple);
         return Err(e);
     }

@@ -291,6 +291,32 @@ unsigned int prism_departed_netns_quota(void)
 	return departed_netns_quota;
 }
 
+/*
+ * A failure point that no allocation stands for (a reply the caller's socket has no room
+ * for). It counts in the calling task's fail-nth like every allocation, so the fault
+ * tests reach it; silent, because they inject hundreds of failures.
+ */
+#ifdef CONFIG_FAULT_INJECTION
+static struct fault_attr prism_fault = {
+	.interval = 1,
+	.times = ATOMIC_INIT(1),
+	.require_end = ULONG_MAX,
+	.stacktrace_depth = 32,
+	.ratelimit_state = RATELIMIT_STATE_INIT_DISABLED,
+	.verbose = 0,
+};
+
+bool prism_should_fail(void)
+{
+	return should_fail(&prism_fault, 1);
+}
+#else
+bool prism_should_fail(void)
+{
+	return false;
+}
+#endif
+
 /* The socket's TCP-MD5 keys: the field exists only with CONFIG_TCP_MD5SIG. The caller
  * holds the socket lock, under which keys are added and removed.
  */

@@ -16,6 +16,7 @@
 #include <net/ip.h>
 #include <net/route.h>
 #include <net/ip_tunnels.h>
+#include <linux/fault-inject.h>
 
 struct sk_buff *prism_genlmsg_new(size_t payload, gfp_t flags);
 void prism_genlmsg_end(struct sk_buff *skb, void *hdr);
@@ -30,6 +31,7 @@ int prism_genlmsg_multicast_netns(const struct genl_family *family, struct net *
 				  gfp_t flags);
 struct net *prism_genl_info_net(const struct genl_info *info);
 u32 prism_nla_get_u32(const struct nlattr *nla);
+bool prism_should_fail(void);
 
 void prism_sockfd_put(struct socket *sock);
 void prism_lock_sock(struct sock *sk);

@@ -12,16 +12,20 @@
 //! half-restored socket. After connect, because connect derives them from the route:
 //! timestamp clock and offset, MSS clamp and the other negotiated options, window; then
 //! the receive queue, the round-trip estimate, the sent data, congestion state. Repair
-//! mode ends through the kernel's own `TCP_REPAIR_OFF` (which sends a window probe) when
-//! sent data is unacknowledged or the peer's window was closed, and otherwise silently
-//! under the same lock; then the unsent data is queued. The fd is installed last; any
-//! failure before tears the socket down in repair mode.
+//! mode ends under the same lock, the unsent data is queued (and may go out) and the
+//! reply is queued to the caller: until then a failure puts the socket back into repair
+//! mode and tears it down before the lock is released, so the peer has seen nothing but
+//! segments of the exported state and the blob imports again with no gap. Only then is
+//! the lock released (the peer's packets are processed from here on) and, when sent data
+//! is unacknowledged or the peer's window was closed, a window probe sent through the
+//! kernel's own `TCP_REPAIR_OFF`. The fd is installed last.
 
 use crate::bindings as b;
 use crate::blob::put_cc_name;
 use crate::blob::Blob;
 use crate::compat;
 use crate::departed::Tuple;
+use crate::fault;
 use crate::genl::{errno, to_result, AttrSink, Request};
 use crate::guard;
 use crate::pernet;
@@ -490,11 +494,20 @@ impl Building {
         blob.sent_len() != 0 || blob.snd_wnd == 0
     }
 
-    /// Leaves repair mode the way `TCP_REPAIR_OFF` does, window probe included. The
-    /// kernel's own path takes the socket lock, so it runs between `restore` and
-    /// `finish`.
-    fn repair_off_probing(&self) -> Result<(), Failure> {
-        self.setsockopt(b::SOL_TCP, b::TCP_REPAIR, b::TCP_REPAIR_OFF)
+    /// Sends the window probe of `TCP_REPAIR_OFF` through the kernel's own path (the
+    /// probe's sender is not exported), on the live socket, unlocked: that path takes
+    /// the lock. It also resets SO_REUSEADDR, which the connection's value then
+    /// replaces. A failure costs only the quicker recovery the probe buys: the
+    /// connection is whole either way, so it is not an import failure.
+    fn send_window_probe(&self, reuseaddr: bool) {
+        if self
+            .setsockopt(b::SOL_TCP, b::TCP_REPAIR, b::TCP_REPAIR_OFF)
+            .is_ok()
+            && reuseaddr
+        {
+            // SAFETY: the socket is alive (its file holds it); the setter locks it.
+            unsafe { b::sock_set_reuseaddr(self.sk.as_ptr()) };
+        }
     }
 
     /// Leaves repair mode as `TCP_REPAIR_OFF_NO_WP` does (`finish` then restores the
@@ -502,6 +515,19 @@ impl Building {
     fn repair_off_silent(&self, _lock: &SockLock<'_>) {
         // SAFETY: the socket lock is held.
         unsafe { (*self.tp()).set_repair(0) };
+    }
+
+    /// Puts a socket that failed to go live back into repair mode and disconnects it,
+    /// under the lock it was restored under: the peer's packets waiting in the backlog
+    /// then meet a closed socket, and nothing they carry is acknowledged.
+    fn silence(&self, lock: &SockLock<'_>) {
+        // SAFETY: the socket lock is held; repair mode makes the disconnect silent.
+        unsafe {
+            (*self.tp()).set_repair(1);
+            if u32::from((*lock.sk()).__sk_common.skc_state) != b::TCP_CLOSE {
+                crate::socket::disconnect(lock.sk());
+            }
+        }
     }
 
     /// Queues the unsent data as new data and restores what leaving repair mode reset.
@@ -667,25 +693,6 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         )
     }
     .inspect_err(|_| req.set_err(None, c_str!("cannot allocate the release tracking")))?;
-    let probe = Building::needs_probe(&blob);
-    {
-        // SAFETY: the socket lives as long as `building`, which outlives the lock.
-        let lock = unsafe { SockLock::lock_raw(building.sk) };
-        building.restore(&lock, &blob).map_err(report)?;
-        if !probe {
-            building.repair_off_silent(&lock);
-            building.finish(&lock, &blob).map_err(report)?;
-        }
-    }
-    if probe {
-        building.repair_off_probing().map_err(report)?;
-        // SAFETY: as above.
-        let lock = unsafe { SockLock::lock_raw(building.sk) };
-        building.finish(&lock, &blob).map_err(report)?;
-    }
-
-    // The reply is queued before the fd exists: if it cannot be, nothing is left behind.
-    msg.send_reply()?;
     let tuple = Tuple::of_socket(
         net as usize,
         blob.family,
@@ -694,12 +701,35 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         blob.sport,
         blob.dport,
     );
-    table.remove(&tuple);
     {
         // SAFETY: the socket lives as long as `building`, which outlives the lock.
         let lock = unsafe { SockLock::lock_raw(building.sk) };
+        let live = building
+            .restore(&lock, &blob)
+            .and_then(|()| {
+                building.repair_off_silent(&lock);
+                building.finish(&lock, &blob)
+            })
+            .map_err(report)
+            .and_then(|()| {
+                // The reply is queued before the lock goes: if it cannot be, the peer
+                // has seen nothing the blob does not hold.
+                if fault::injected() {
+                    req.set_err(None, c_str!("the reply cannot be queued (fault injected)"));
+                    return Err(errno(b::ENOBUFS));
+                }
+                msg.send_reply()
+            });
+        if let Err(e) = live {
+            building.silence(&lock);
+            return Err(e);
+        }
+        table.remove(&tuple);
         // SAFETY: prepared for this socket, which is locked; nothing fails after this.
         unsafe { tracker.track(lock.sk(), prepared) };
+    }
+    if Building::needs_probe(&blob) {
+        building.send_window_probe(blob.reuseaddr);
     }
     building.commit();
     // SAFETY: the request's namespace lives while it is handled.

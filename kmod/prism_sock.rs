@@ -13,6 +13,7 @@ mod departed;
 mod events;
 mod export;
 mod family;
+mod fault;
 mod forward;
 mod genl;
 mod guard;
