@@ -9,7 +9,7 @@ KDIR ?= $(eval KDIR := $$(shell qemu-test/build-kernel.sh))$(KDIR)
 # file was built with the default LLVM).
 KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))
 
-.PHONY: setup uapi kernel module tools test test-host test-guest demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
+.PHONY: setup uapi kernel module tools test test-host test-guest fuzz demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +42,12 @@ test-guest: module tools
 	qemu-test/run-guest.sh suite
 
 test: lint test-host test-guest
+
+# The spec-driven fuzz test alone, with more requests (KERNEL_FLAVOR=debug for KASAN,
+# lockdep and kmemleak).
+FUZZ_REQUESTS ?= 100000
+fuzz: module tools
+	PRISM_TEST_FILTER=fuzz_requests_from_spec PRISM_FUZZ_REQUESTS=$(FUZZ_REQUESTS) qemu-test/run-guest.sh suite
 
 demo: module tools
 	qemu-test/run-guest.sh demo

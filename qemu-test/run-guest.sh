@@ -5,7 +5,8 @@
 # failed, the guest did not boot, the suite did not run, or dmesg shows a kernel splat.
 # `bench` writes docs/benchmarks.{md,svg,json} from the guest's results.
 # Usage: run-guest.sh suite|demo|bench|profile [FILTER]
-# PRISM_TEST_FILTER picks tests by name; PRISM_TEST_REPEAT=N runs each of them N times.
+# PRISM_TEST_FILTER picks tests by name; PRISM_TEST_REPEAT=N runs each of them N times;
+# PRISM_FUZZ_REQUESTS sets the fuzz test's request count (`make fuzz`).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -43,7 +44,7 @@ echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 start=$SECONDS
 timeout "$timeout_s" vng --run "$kimg" "${accel[@]}" --user root \
   --memory 2G --cpus 2 --rwdir "$out" \
-  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
+  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
 vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 

@@ -3,8 +3,10 @@
 mod bench_smoke;
 pub mod common;
 pub mod export;
+mod faults;
 mod forward;
 mod foundation;
+mod fuzz;
 pub mod hops;
 pub mod import_refusals;
 mod migration;
@@ -23,6 +25,8 @@ pub fn all() -> Vec<Test> {
     all.extend(forward::tests());
     all.extend(hops::tests());
     all.extend(import_refusals::tests());
+    all.extend(faults::tests());
+    all.extend(fuzz::tests());
     all.extend(release::tests());
     all.extend(objectstore::tests());
     all.extend(repair::tests());
