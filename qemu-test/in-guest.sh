@@ -39,7 +39,8 @@ case "$mode" in
     ;;
   profile)
     # Where a hop's time goes: perf samples every CPU while one mechanism hops; the
-    # report is flat (self time per symbol, kernel and module symbols from kallsyms).
+    # report is flat (self time per symbol, kernel and module symbols from kallsyms),
+    # in shares of the hop loop's own samples (idle CPUs sample too).
     runs=${filter:-module:0,repair:0,module:65536,repair:65536}
     for run in ${runs//,/ }; do
       mech=${run%%:*} queued=${run#*:}
@@ -49,9 +50,9 @@ case "$mode" in
         --hops 4000 || rc=1
       # The hop loop's threads only (set-up runs in ip and nft processes).
       perf report -q -i "$data" --stdio --comms prism-guest-sui --no-children \
-        --sort sym -g none --percent-limit 0.5 >"$out/profile-$mech-$queued.txt" 2>/dev/null
+        --percentage relative --sort sym -g none --percent-limit 0.5 >"$out/profile-$mech-$queued.txt" 2>/dev/null
       perf report -q -i "$data" --stdio --comms prism-guest-sui --children \
-        --sort sym -g none --percent-limit 2 >"$out/profile-$mech-$queued-children.txt" 2>/dev/null
+        --percentage relative --sort sym -g none --percent-limit 2 >"$out/profile-$mech-$queued-children.txt" 2>/dev/null
       echo "== $mech, $queued bytes queued each way: self time by symbol"
       head -45 "$out/profile-$mech-$queued.txt"
       echo "== $mech, $queued bytes queued each way: time including callees"

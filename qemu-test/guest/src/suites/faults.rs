@@ -1,5 +1,7 @@
-//! Fault injection: an export or an import that fails at any point leaves nothing
-//! broken. The calling thread's `fail-nth` (CONFIG_FAULT_INJECTION, with failslab and
+//! Faults and races. An export or an import that fails at any point leaves nothing
+//! broken, and two exports of one socket at once give its state to exactly one.
+//!
+//! The calling thread's `fail-nth` (CONFIG_FAULT_INJECTION, with failslab and
 //! fail_page_alloc counting GFP_KERNEL allocations) fails the n-th fault point of one
 //! call, for n = 1, 2, ... until a call passes all of them: every allocation on the
 //! way, in the kernel and in the module, and the module's own points (a reply that
@@ -14,7 +16,10 @@ use crate::harness::{Env, Log, Test, TestResult};
 use crate::migrate::{expect_stream, flow_sockets, rsts_all, send_stream, Cluster};
 use crate::sockopt::queued;
 use crate::topology::{Topology, NODES};
-use prism_sock::{ImportOptions, MigrationState};
+use crate::topology::in_ns;
+use prism_sock::{Client, ImportOptions, MigrationState};
+use std::collections::BTreeMap;
+use std::sync::Barrier;
 use std::fs::File;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
@@ -22,10 +27,16 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 pub fn tests() -> Vec<Test> {
-    vec![Test {
-        name: "fault_every_point_of_export_and_import",
-        run: every_point,
-    }]
+    vec![
+        Test {
+            name: "fault_every_point_of_export_and_import",
+            run: every_point,
+        },
+        Test {
+            name: "export_same_socket_from_two_threads",
+            run: two_exporters,
+        },
+    ]
 }
 
 const PORT: u16 = 8095;
@@ -282,5 +293,76 @@ fn every_point(env: &Env, log: &mut Log) -> TestResult {
             info.tracked, info.departed
         ));
     }
+    Ok(())
+}
+
+/// Two threads export the same socket with DETACH at the same moment, 30 times: one
+/// gets the state and the other a refusal, never both or neither, and the winner's
+/// state moves the connection whole.
+fn two_exporters(env: &Env, log: &mut Log) -> TestResult {
+    const ROUNDS: u64 = 30;
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let cluster = Cluster::new(false)?;
+    let mut racers = Vec::new();
+    for _ in 0..2 {
+        racers.push(in_ns("fe", Client::connect)?.map_err(|e| format!("netlink in fe: {e}"))?);
+    }
+    let rst_before = rsts_all()?;
+    let mut refusals: BTreeMap<String, u32> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        let seed = 7000 + 4 * round;
+        let (mut client, server) = connect_via_topology(false, PORT + 1, None)?;
+        let port = client.local_addr().map_err(|e| e.to_string())?.port();
+        send_stream(&mut client, seed, REQUEST)?;
+        wait_for("the request in fe's receive queue", || {
+            queued(server.as_fd(), false) == REQUEST as i32
+        })?;
+        let barrier = Barrier::new(2);
+        let results: Vec<Result<MigrationState, String>> = std::thread::scope(|s| {
+            let runs: Vec<_> = racers
+                .iter_mut()
+                .map(|c| {
+                    let (barrier, server) = (&barrier, &server);
+                    s.spawn(move || {
+                        barrier.wait();
+                        c.export_detach(server.as_fd()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("exporter panicked".into())))
+                .collect()
+        });
+        let mut states = Vec::new();
+        for r in results {
+            match r {
+                Ok(s) => states.push(s),
+                Err(e) => *refusals.entry(e).or_default() += 1,
+            }
+        }
+        check!(
+            states.len() == 1,
+            "round {round}: {} exports succeeded",
+            states.len()
+        );
+        drop(server);
+        let (mut owned, _) = cluster
+            .nl("be1")
+            .import_stream(&states[0], &ImportOptions::default())
+            .map_err(|e| format!("import of the winner's state: {e}"))?;
+        Topology::steer_flow(log, false, port, "be1", true)?;
+        expect_stream(&mut owned, seed, REQUEST)?;
+        send_stream(&mut owned, seed + 1, 3_000)?;
+        expect_stream(&mut client, seed + 1, 3_000)?;
+        client.shutdown(Shutdown::Both).map_err(|e| e.to_string())?;
+        owned.shutdown(Shutdown::Both).map_err(|e| e.to_string())?;
+    }
+    log.line(format!("{ROUNDS} rounds, one export each; the other got: {refusals:?}"));
+    let rst_after = rsts_all()?;
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
     Ok(())
 }
