@@ -9,7 +9,7 @@ KDIR ?= $(eval KDIR := $$(shell qemu-test/build-kernel.sh))$(KDIR)
 # file was built with the default LLVM).
 KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))
 
-.PHONY: setup uapi kernel module tools test test-host test-guest fuzz demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
+.PHONY: setup uapi kernel module tools test test-host test-guest test-long fuzz demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
 
 setup:
 	@scripts/setup.sh
@@ -48,6 +48,14 @@ test: lint test-host test-guest
 FUZZ_REQUESTS ?= 100000
 fuzz: module tools
 	PRISM_TEST_FILTER=fuzz_requests_from_spec PRISM_FUZZ_REQUESTS=$(FUZZ_REQUESTS) qemu-test/run-guest.sh suite
+
+# The long runs: 10,000 hops over a lossy, reordering, duplicating link, the fault
+# injection test, and the fuzz test with FUZZ_REQUESTS requests.
+NETEM_HOPS ?= 10000
+test-long: module tools
+	PRISM_TEST_FILTER=hops_v4_under_loss_reordering_duplication,fault_every_point_of_export_and_import,fuzz_requests_from_spec \
+	PRISM_NETEM_HOPS=$(NETEM_HOPS) PRISM_FUZZ_REQUESTS=$(FUZZ_REQUESTS) PRISM_TEST_TIMEOUT=5400 GUEST_TIMEOUT=7200 \
+	qemu-test/run-guest.sh suite
 
 demo: module tools
 	qemu-test/run-guest.sh demo

@@ -45,9 +45,13 @@ case "$mode" in
     for run in ${runs//,/ }; do
       mech=${run%%:*} queued=${run#*:}
       data=$out/perf-$mech-$queued.data
-      perf record -q -a -g -F 997 -e cpu-clock -o "$data" -- \
+      # Recording starts disabled; the hop loop enables it once its set-up is done.
+      ctl=$out/perf-ctl-$mech-$queued
+      mkfifo "$ctl"
+      perf record -q -a -g -F 997 -e cpu-clock -D -1 --control "fifo:$ctl" -o "$data" -- \
         "$bin/prism-guest-suite" hop-loop "${env_args[@]}" --mech "$mech" --queued "$queued" \
-        --hops 4000 || rc=1
+        --hops 4000 --perf-ctl "$ctl" || rc=1
+      rm -f "$ctl"
       # The hop loop's threads only (set-up runs in ip and nft processes).
       perf report -q -i "$data" --stdio --comms prism-guest-sui --no-children \
         --percentage relative --sort sym -g none --percent-limit 0.5 >"$out/profile-$mech-$queued.txt" 2>/dev/null

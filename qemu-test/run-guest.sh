@@ -6,7 +6,8 @@
 # `bench` writes docs/benchmarks.{md,svg,json} from the guest's results.
 # Usage: run-guest.sh suite|demo|bench|profile [FILTER]
 # PRISM_TEST_FILTER picks tests by name; PRISM_TEST_REPEAT=N runs each of them N times;
-# PRISM_FUZZ_REQUESTS sets the fuzz test's request count (`make fuzz`).
+# PRISM_FUZZ_REQUESTS and PRISM_NETEM_HOPS size the fuzz and lossy-hop tests, and
+# PRISM_TEST_TIMEOUT (seconds) each test's limit (`make fuzz`, `make test-long`).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -23,6 +24,7 @@ out=$(mktemp -d /tmp/prism-guest.XXXXXX)
 if [[ ${KERNEL_FLAVOR:-default} == debug ]]; then test_timeout=600 timeout_s=3600; else test_timeout=180 timeout_s=2700; fi
 [[ $mode == bench ]] && timeout_s=5400
 timeout_s=${GUEST_TIMEOUT:-$timeout_s}
+test_timeout=${PRISM_TEST_TIMEOUT:-$test_timeout}
 
 # KVM is used only when a probe boot on this machine showed that it works; the result is
 # cached (KVM hangs at boot on some hosts, see shared/TOOLCHAIN.md).
@@ -44,7 +46,7 @@ echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 start=$SECONDS
 timeout "$timeout_s" vng --run "$kimg" "${accel[@]}" --user root \
   --memory 2G --cpus 2 --rwdir "$out" \
-  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
+  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} PRISM_NETEM_HOPS=${PRISM_NETEM_HOPS:-60} $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
 vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 

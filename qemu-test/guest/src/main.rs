@@ -88,6 +88,10 @@ enum Cmd {
         /// Connections that hop together.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// perf's control fifo (`perf record -D -1 --control fifo:...`): recording is
+        /// enabled for the hops only, not for the set-up.
+        #[arg(long)]
+        perf_ctl: Option<PathBuf>,
     },
     /// Write docs/benchmarks.{md,svg,json} from a bench.json (runs on the host).
     BenchReport {
@@ -176,7 +180,8 @@ fn main() -> ExitCode {
             queued,
             hops,
             batch,
-        } => probe_exit(bench::hop_loop(&env, &mech, queued, hops, batch)),
+            perf_ctl,
+        } => probe_exit(bench::hop_loop(&env, &mech, queued, hops, batch, perf_ctl.as_deref())),
         Cmd::BenchReport { results, dir } => probe_exit(
             std::fs::read_to_string(&results)
                 .map_err(|e| format!("{}: {e}", results.display()))

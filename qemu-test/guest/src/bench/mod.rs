@@ -183,8 +183,16 @@ fn floors(log: &mut Log, opts: &Options) -> Result<Vec<results::HopCase>, String
 }
 
 /// `hops` hops (or floor round trips) of one mechanism named as in the report, for a
-/// profiler to record: topology and module set up first, figures printed after.
-pub fn hop_loop(env: &Env, mech: &str, queued: usize, hops: usize, batch: usize) -> Result<(), String> {
+/// profiler to record: topology and module set up first, figures printed after. With
+/// `perf_ctl`, perf records the hops alone.
+pub fn hop_loop(
+    env: &Env,
+    mech: &str,
+    queued: usize,
+    hops: usize,
+    batch: usize,
+    perf_ctl: Option<&std::path::Path>,
+) -> Result<(), String> {
     let mech = [
         Mech::Module,
         Mech::Repair,
@@ -201,7 +209,14 @@ pub fn hop_loop(env: &Env, mech: &str, queued: usize, hops: usize, batch: usize)
     }
     let _topology = Topology::up()?;
     let mut bench = Bench::new(mech, batch)?;
+    let perf = |cmd: &str| match perf_ctl {
+        Some(p) => std::fs::write(p, cmd).map_err(|e| format!("{}: {e}", p.display())),
+        None => Ok(()),
+    };
     println!("hop-loop: start");
-    bench.case(&mut log, mech, queued, hops, 0)?;
+    perf("enable\n")?;
+    let done = bench.case(&mut log, mech, queued, hops, 0);
+    perf("disable\n")?;
+    done?;
     Ok(())
 }

@@ -10,6 +10,7 @@ mod fuzz;
 pub mod hops;
 pub mod import_refusals;
 mod migration;
+mod netem;
 mod objectstore;
 pub mod release;
 mod repair;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Test> {
     all.extend(state::tests());
     all.extend(forward::tests());
     all.extend(hops::tests());
+    all.extend(netem::tests());
     all.extend(import_refusals::tests());
     all.extend(faults::tests());
     all.extend(fuzz::tests());

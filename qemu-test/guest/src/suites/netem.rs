@@ -1,0 +1,193 @@
+//! Hops over a bad link: `tc netem` drops, reorders and duplicates the client's packets
+//! both ways while one connection hops fe -> be1 -> be2 -> fe ... with data in flight
+//! in both directions at every hop, the client writing and reading all along. Every
+//! byte is checked and no host may send a RST. `PRISM_NETEM_HOPS` sets the hop count
+//! (`make test-long` runs 10,000).
+
+use super::common::loaded;
+use super::export::connect_via_topology;
+use crate::check;
+use crate::harness::{sh, Env, Log, Test, TestResult};
+use crate::migrate::{pattern_at, rsts_all, tcp_ext_counter, Cluster};
+use crate::topology::Topology;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn tests() -> Vec<Test> {
+    vec![Test {
+        name: "hops_v4_under_loss_reordering_duplication",
+        run: lossy_hops,
+    }]
+}
+
+/// Hops of the suite's run.
+const SUITE_HOPS: usize = 60;
+const PORT: u16 = 8096;
+const UP: u64 = 61;
+const DOWN: u64 = 62;
+/// What the link does to every packet, each way.
+const NETEM: &str = "loss 5% delay 2ms 1ms reorder 25% 50% duplicate 2%";
+
+/// Reads what `sock` has now (non-blocking), checking it as stream `seed` from `*off`.
+fn drain(sock: &mut TcpStream, seed: u64, off: &mut u64, buf: &mut [u8]) -> TestResult {
+    loop {
+        match sock.read(buf) {
+            Ok(0) => return Err(format!("end of stream at byte {off}")),
+            Ok(n) => {
+                check!(
+                    buf[..n] == pattern_at(seed, *off, n)[..],
+                    "stream {seed} corrupted after byte {off}"
+                );
+                *off += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(format!("read at byte {off}: {e}")),
+        }
+    }
+}
+
+/// Writes up to `len` bytes of stream `seed` from `*off` without blocking.
+fn feed(sock: &mut TcpStream, seed: u64, off: &mut u64, len: usize) -> TestResult {
+    let data = pattern_at(seed, *off, len);
+    match sock.write(&data) {
+        Ok(n) => *off += n as u64,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => return Err(format!("write at byte {off}: {e}")),
+    }
+    Ok(())
+}
+
+fn netem(log: &mut Log, ns: &str, dev: &str, on: bool) -> TestResult {
+    let mut args = vec!["netns", "exec", ns, "tc", "qdisc"];
+    if on {
+        args.extend(["add", "dev", dev, "root", "netem"]);
+        args.extend(NETEM.split_whitespace());
+    } else {
+        args.extend(["del", "dev", dev, "root"]);
+    }
+    sh(log, "ip", &args).map(|_| ())
+}
+
+fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
+    let hops = std::env::var("PRISM_NETEM_HOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SUITE_HOPS);
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let (client, server) = connect_via_topology(false, PORT, None)?;
+    let port = client.local_addr().map_err(|e| e.to_string())?.port();
+    netem(log, "client", "eth0", true)?;
+    netem(log, "l4", "l4-client", true)?;
+    let rst_before = rsts_all()?;
+
+    // The client writes its stream and reads the owners' all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = client.try_clone().map_err(|e| e.to_string())?;
+    let stop_w = stop.clone();
+    let writer = std::thread::spawn(move || -> Result<u64, String> {
+        let mut off = 0u64;
+        while !stop_w.load(Ordering::Relaxed) {
+            writer
+                .write_all(&pattern_at(UP, off, 700))
+                .map_err(|e| format!("client write at byte {off}: {e}"))?;
+            off += 700;
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        Ok(off)
+    });
+    let mut reader = client.try_clone().map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || -> Result<u64, String> {
+        let (mut off, mut buf) = (0u64, vec![0u8; 64 << 10]);
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(off),
+                Ok(n) => {
+                    if buf[..n] != pattern_at(DOWN, off, n)[..] {
+                        return Err(format!("client: stream corrupted after byte {off}"));
+                    }
+                    off += n as u64;
+                }
+                Err(e) => return Err(format!("client read at byte {off}: {e}")),
+            }
+        }
+    });
+
+    let route = ["fe", "be1", "be2"];
+    let (mut sock, mut up, mut down) = (server, 0u64, 0u64);
+    let mut buf = vec![0u8; 64 << 10];
+    let start = Instant::now();
+    for hop in 0..hops {
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Some of the client's stream is read here, the rest travels unread; some of
+        // this owner's answer goes out, the rest travels unacknowledged or unsent.
+        drain(&mut sock, UP, &mut up, &mut buf)?;
+        feed(&mut sock, DOWN, &mut down, 3_000)?;
+        let (from, to) = (route[hop % 3], route[(hop + 1) % 3]);
+        let (moved, _, _) = cluster.hop(log, sock, from, to, &[])?;
+        sock = moved;
+        if hop % 500 == 499 {
+            log.line(format!(
+                "{} hops in {:?}: {up} bytes up, {down} down",
+                hop + 1,
+                start.elapsed()
+            ));
+        }
+    }
+
+    // The end: the client stops writing, the last owner reads the rest and closes.
+    stop.store(true, Ordering::Relaxed);
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    // The owner keeps reading while the writer finishes: a full window blocks it.
+    while !writer.is_finished() {
+        drain(&mut sock, UP, &mut up, &mut buf)?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent_up = writer.join().map_err(|_| "client writer panicked".to_string())??;
+    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    while up < sent_up {
+        let want = ((sent_up - up) as usize).min(buf.len());
+        let n = sock
+            .read(&mut buf[..want])
+            .map_err(|e| format!("owner read at byte {up} of {sent_up}: {e}"))?;
+        check!(n > 0, "end of stream at byte {up} of {sent_up}");
+        check!(
+            buf[..n] == pattern_at(UP, up, n)[..],
+            "client's stream corrupted after byte {up}"
+        );
+        up += n as u64;
+    }
+    sock.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let got_down = reader.join().map_err(|_| "client reader panicked".to_string())??;
+    check!(
+        got_down == down,
+        "the client read {got_down} of the {down} bytes the owners wrote"
+    );
+    client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut rest = [0u8; 16];
+    let n = sock.read(&mut rest).map_err(|e| format!("owner read to EOF: {e}"))?;
+    check!(n == 0, "{n} stray bytes after the client's stream");
+    netem(log, "client", "eth0", false)?;
+    netem(log, "l4", "l4-client", false)?;
+    let mut seen = Vec::new();
+    for counter in ["TCPOFOQueue", "TCPDSACKOldSent", "TCPLossProbes"] {
+        seen.push((counter, tcp_ext_counter("client", counter)?));
+    }
+    log.line(format!("what the link did, as the client counted it: {seen:?}"));
+    let rst_after = rsts_all()?;
+    log.line(format!(
+        "{hops} hops in {:?} over a link with {NETEM}: {up} bytes up and {down} down, all intact (client port {port})",
+        start.elapsed()
+    ));
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
+    Ok(())
+}
