@@ -9,9 +9,11 @@ use super::export::connect_via_topology;
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::migrate::{pattern_at, rsts_all, tcp_ext_counter, Cluster};
+use crate::sockopt::queued;
 use crate::topology::Topology;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,10 +125,16 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
     let start = Instant::now();
     for hop in 0..hops {
         sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-        // Some of the client's stream is read here, the rest travels unread; some of
-        // this owner's answer goes out, the rest travels unacknowledged or unsent.
+        // The owner serves a moment; some of the client's stream is read here, the
+        // rest travels unread; some of this owner's answer goes out, the rest travels
+        // unacknowledged or unsent. Like a server with a bounded buffer, it writes only
+        // while little of its answer is queued: the lossy link and the ACKs each hop
+        // loses hold the flow to a few segments per hop.
+        std::thread::sleep(Duration::from_millis(5));
         drain(&mut sock, UP, &mut up, &mut buf)?;
-        feed(&mut sock, DOWN, &mut down, 3_000)?;
+        if queued(sock.as_fd(), true) < 32 << 10 {
+            feed(&mut sock, DOWN, &mut down, 3_000)?;
+        }
         let (from, to) = (route[hop % 3], route[(hop + 1) % 3]);
         let (moved, _, _) = cluster.hop(log, sock, from, to, &[])?;
         sock = moved;
