@@ -46,7 +46,7 @@ case "$mode" in
       mech=${run%%:*} queued=${run#*:}
       data=$out/perf-$mech-$queued.data
       # Recording starts disabled; the hop loop enables it once its set-up is done.
-      ctl=$out/perf-ctl-$mech-$queued
+      ctl=/run/prism-perf-ctl-$mech-$queued   # a fifo: the shared $out cannot hold one
       mkfifo "$ctl"
       perf record -q -a -g -F 997 -e cpu-clock -D -1 --control "fifo:$ctl" -o "$data" -- \
         "$bin/prism-guest-suite" hop-loop "${env_args[@]}" --mech "$mech" --queued "$queued" \
