@@ -181,7 +181,14 @@ fn main() -> ExitCode {
             hops,
             batch,
             perf_ctl,
-        } => probe_exit(bench::hop_loop(&env, &mech, queued, hops, batch, perf_ctl.as_deref())),
+        } => probe_exit(bench::hop_loop(
+            &env,
+            &mech,
+            queued,
+            hops,
+            batch,
+            perf_ctl.as_deref(),
+        )),
         Cmd::BenchReport { results, dir } => probe_exit(
             std::fs::read_to_string(&results)
                 .map_err(|e| format!("{}: {e}", results.display()))

@@ -15,15 +15,15 @@ use crate::check;
 use crate::harness::{Env, Log, Test, TestResult};
 use crate::migrate::{expect_stream, flow_sockets, rsts_all, send_stream, Cluster};
 use crate::sockopt::queued;
-use crate::topology::{Topology, NODES};
 use crate::topology::in_ns;
+use crate::topology::{Topology, NODES};
 use prism_sock::{Client, ImportOptions, MigrationState};
 use std::collections::BTreeMap;
-use std::sync::Barrier;
 use std::fs::File;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Barrier;
 use std::time::Duration;
 
 pub fn tests() -> Vec<Test> {
@@ -358,7 +358,9 @@ fn two_exporters(env: &Env, log: &mut Log) -> TestResult {
         client.shutdown(Shutdown::Both).map_err(|e| e.to_string())?;
         owned.shutdown(Shutdown::Both).map_err(|e| e.to_string())?;
     }
-    log.line(format!("{ROUNDS} rounds, one export each; the other got: {refusals:?}"));
+    log.line(format!(
+        "{ROUNDS} rounds, one export each; the other got: {refusals:?}"
+    ));
     let rst_after = rsts_all()?;
     check!(
         rst_after == rst_before,

@@ -155,7 +155,9 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
         drain(&mut sock, UP, &mut up, &mut buf)?;
         std::thread::sleep(Duration::from_millis(5));
     }
-    let sent_up = writer.join().map_err(|_| "client writer panicked".to_string())??;
+    let sent_up = writer
+        .join()
+        .map_err(|_| "client writer panicked".to_string())??;
     sock.set_nonblocking(false).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
@@ -172,14 +174,18 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
         up += n as u64;
     }
     sock.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    let got_down = reader.join().map_err(|_| "client reader panicked".to_string())??;
+    let got_down = reader
+        .join()
+        .map_err(|_| "client reader panicked".to_string())??;
     check!(
         got_down == down,
         "the client read {got_down} of the {down} bytes the owners wrote"
     );
     client.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
     let mut rest = [0u8; 16];
-    let n = sock.read(&mut rest).map_err(|e| format!("owner read to EOF: {e}"))?;
+    let n = sock
+        .read(&mut rest)
+        .map_err(|e| format!("owner read to EOF: {e}"))?;
     check!(n == 0, "{n} stray bytes after the client's stream");
     netem(log, "client", "eth0", false)?;
     netem(log, "l4", "l4-client", false)?;
