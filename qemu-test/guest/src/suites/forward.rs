@@ -354,6 +354,15 @@ fn over_ynl(env: &Env, log: &mut Log) -> TestResult {
     let be1 = u32::from(Ipv4Addr::new(10, 0, 2, 2));
     let ns = ["ip", "netns", "exec", "fe"];
     super::foundation::ynl(env, log, &ns, &["--do", "sock-forward", "--json", &request(be1)])?;
+    // The client's next bytes reach be1 through fe. At once: a CLI call takes seconds
+    // under TCG, and the departed entry expires 30 s after the export.
+    owned
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    send_stream(&mut client, 71, 3_000)?;
+    expect_stream(&mut owned, 71, 3_000)?;
+    let info = cluster.nl("fe").info().map_err(|e| e.to_string())?.departed;
+    check!(info.forwarded > 0, "nothing forwarded: {info:?}");
     // Another tuple is not departed: the CLI reports the module's reason.
     let other = request(be1).replace(&format!("\"dport\": {}", peer.port()), "\"dport\": 1");
     let refused = super::foundation::ynl(env, log, &ns, &["--do", "sock-forward", "--json", &other]);
@@ -363,14 +372,6 @@ fn over_ynl(env: &Env, log: &mut Log) -> TestResult {
         refused.is_err() && log.text().contains("no departed connection with this tuple here"),
         "sock-forward of an unknown tuple: {refused:?}"
     );
-    // The client's next bytes reach be1 through fe.
-    owned
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    send_stream(&mut client, 71, 3_000)?;
-    expect_stream(&mut owned, 71, 3_000)?;
-    let info = cluster.nl("fe").info().map_err(|e| e.to_string())?.departed;
-    check!(info.forwarded > 0, "nothing forwarded: {info:?}");
     Ok(())
 }
 
