@@ -106,15 +106,20 @@ fn refuse(code: u32, msg: &'static CStr) -> Refusal {
     (errno(code), msg)
 }
 
-/// Appends the payload of `skb` from sequence number `from` on to `out`; returns
-/// whether the segment carried a FIN.
+/// Appends the payload of `skb` from sequence number `*from` on to `out` and moves
+/// `*from` past it; returns whether the segment carried a FIN.
+///
+/// Segments of a receive queue may overlap: a retransmission that starts before
+/// `rcv_nxt` and ends after it is queued whole (`tcp_data_queue`, "partial packet"), and
+/// `tcp_recvmsg` skips what it already passed. The cursor does the same, so every byte is
+/// copied once.
 ///
 /// # Safety
 ///
 /// `skb` must be a TCP skb on a queue of a socket whose lock the caller holds.
 unsafe fn copy_payload(
     skb: *mut b::sk_buff,
-    from: u32,
+    from: &mut u32,
     out: &mut ChunkedAttr<'_, '_>,
 ) -> Result<bool, Refusal> {
     // SAFETY: TCP queue skbs carry a `tcp_skb_cb` in their control buffer.
@@ -129,13 +134,20 @@ unsafe fn copy_payload(
     }
     let end = cb.end_seq.wrapping_sub(u32::from(fin));
     // Sequence arithmetic is modulo 2^32: a positive distance from the segment's start
-    // to `from` is the part already acknowledged (or read) that is skipped.
+    // to `from` is the part already acknowledged, read or copied that is skipped.
     let before = from.wrapping_sub(cb.seq) as i32;
-    let skip = before.max(0) as u32;
     let span = end.wrapping_sub(cb.seq);
+    if before < 0 && span > 0 {
+        return Err(refuse(
+            b::EIO,
+            c_str!("queue has a hole in its sequence numbers"),
+        ));
+    }
+    let skip = before.max(0) as u32;
     if skip >= span {
         return Ok(fin);
     }
+    *from = end;
     let len = (span - skip) as usize;
     out.append(len, |dst, at| {
         // SAFETY: the skb holds `span` payload bytes; `dst` is the next part of the
@@ -174,12 +186,13 @@ unsafe fn copy_list(
     out: &mut ChunkedAttr<'_, '_>,
 ) -> Result<bool, Refusal> {
     let end = head.cast::<b::sk_buff>();
+    let mut from = from;
     let mut fin = false;
     // SAFETY: the queue is a circular list headed by `head`, stable under the lock.
     let mut skb = unsafe { (*head).__bindgen_anon_1.__bindgen_anon_1.next };
     while skb != end {
         // SAFETY: as above; each element is a TCP skb of this socket.
-        fin |= unsafe { copy_payload(skb, from, out)? };
+        fin |= unsafe { copy_payload(skb, &mut from, out)? };
         // SAFETY: as above; `next` is the first field of `struct sk_buff` (its list
         // linkage), which is why `sk_buff` can stay opaque in the bindings.
         skb = unsafe { *skb.cast::<*mut b::sk_buff>() };
@@ -443,12 +456,13 @@ impl TcpState {
         // queues are as `capture` measured them.
         unsafe {
             let mut out = ChunkedAttr::new(msg, send_kind, self.send_len as usize, chunk);
+            let mut from = self.snd_una;
             let mut skb = b::prism_skb_rb_first(&mut (*sk).__bindgen_anon_2.tcp_rtx_queue);
             while !skb.is_null() {
-                copy_payload(skb, self.snd_una, &mut out)?;
+                copy_payload(skb, &mut from, &mut out)?;
                 skb = b::prism_skb_rb_next(skb);
             }
-            copy_list(&mut (*sk).sk_write_queue, self.snd_una, &mut out)?;
+            copy_list(&mut (*sk).sk_write_queue, from, &mut out)?;
             if !out.complete() {
                 return Err(refuse(
                     b::EIO,

@@ -37,6 +37,10 @@ pub fn tests() -> Vec<Test> {
             run: close_wait,
         },
         Test {
+            name: "export_snapshot_recv_queue_with_overlapping_segments",
+            run: overlapping_segments,
+        },
+        Test {
             name: "export_refuses_wrong_fds",
             run: wrong_fds,
         },
@@ -362,6 +366,75 @@ fn in_flight(env: &Env, log: &mut Log) -> TestResult {
     // Retransmission delivers it all once the client listens again.
     let mut got = vec![0; data.len()];
     (&client).read_exact(&mut got).map_err(|e| e.to_string())?;
+    check!(got == data, "data corrupted after export");
+    Ok(())
+}
+
+/// A retransmission that starts before fe's `rcv_nxt` and ends after it is queued whole
+/// next to the segment it overlaps; the export must hand over each byte once. The client
+/// sends two small segments: fe takes the first (its ACKs dropped) and loses the second;
+/// the client's timeout then retransmits both collapsed into one segment. The rules go
+/// in before any data (an nft call can outlast an RTO here), told apart by IP length.
+fn overlapping_segments(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let c = loaded(env, log)?;
+    // No tail-loss probe: it would resend the second segment alone.
+    sh(
+        log,
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "client",
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_early_retrans=0",
+        ],
+    )?;
+    let (client, server) = connect_via_topology(false, 7004, None)?;
+    client.set_nodelay(true).map_err(|e| e.to_string())?;
+    // IP lengths with timestamps: 352 (first), 552 (second), 852 (both).
+    let data = pattern(800, 5);
+    let (first, second) = data.split_at(300);
+    let rules = "table inet hold {
+        counter both {}
+        chain out { type filter hook output priority 0; tcp sport 7004 drop; }
+        chain in {
+            type filter hook input priority 0;
+            tcp dport 7004 ip length 500-600 drop;
+            tcp dport 7004 ip length 800-900 counter name both;
+        }
+    }
+";
+    let path = "/tmp/prism-overlap.nft";
+    std::fs::write(path, rules).map_err(|e| e.to_string())?;
+    sh(log, "ip", &["netns", "exec", "fe", "nft", "-f", path])?;
+    (&client).write_all(first).map_err(|e| e.to_string())?;
+    (&client).write_all(second).map_err(|e| e.to_string())?;
+    wait_for("the retransmission on fe", || {
+        queued(server.as_fd(), false) == data.len() as i32
+    })?;
+    let counted = nft(log, "fe", "list counter inet hold both")?;
+    nft(log, "fe", "delete table inet hold")?;
+    let collapsed: u64 = counted
+        .split("packets ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no packet count in {counted:?}"))?;
+    check!(
+        collapsed > 0,
+        "no collapsed retransmission reached fe: the queue never overlapped"
+    );
+    let d = export(&c, server.as_fd(), log)?;
+    check!(
+        d.recv_queue == data,
+        "receive queue {} bytes, {} expected, or differs",
+        d.recv_queue.len(),
+        data.len()
+    );
+    let mut got = vec![0; data.len()];
+    (&server).read_exact(&mut got).map_err(|e| e.to_string())?;
     check!(got == data, "data corrupted after export");
     Ok(())
 }
