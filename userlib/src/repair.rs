@@ -219,13 +219,7 @@ fn raw_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// repair mode go and the socket goes on untouched.
 pub fn export_detach(fd: impl AsFd) -> Result<RepairState> {
     let fd = fd.as_fd().as_raw_fd();
-    let info: libc::tcp_info = get_info(fd)?;
-    if info.tcpi_state != 1 {
-        return Err(Error::Protocol(format!(
-            "TCP state {} is not ESTABLISHED",
-            info.tcpi_state
-        )));
-    }
+    let info = established_info(fd)?;
     drop_incoming(fd)?;
     if let Err(e) = tcp_set(fd, TCP_REPAIR, 1, "TCP_REPAIR on (needs CAP_NET_ADMIN)") {
         accept_incoming(fd);
@@ -235,6 +229,23 @@ pub fn export_detach(fd: impl AsFd) -> Result<RepairState> {
     if captured.is_err() {
         let _ = tcp_set(fd, TCP_REPAIR, -1, "TCP_REPAIR off");
         accept_incoming(fd);
+    }
+    captured
+}
+
+/// Captures the ESTABLISHED socket `fd` in CRIU libsoccr's order, for a caller that
+/// already keeps the peer's packets away from it (CRIU locks the network; an L4 layer
+/// can hold the flow): TCP_REPAIR on and the capture, no socket filter. The socket
+/// stays in repair mode, so closing `fd` sends nothing. Without such a hold, use
+/// [`export_detach`]: a segment taken during the capture would be missing from the
+/// state. If the capture fails, repair mode goes and the socket goes on untouched.
+pub fn export_held(fd: impl AsFd) -> Result<RepairState> {
+    let fd = fd.as_fd().as_raw_fd();
+    let info = established_info(fd)?;
+    tcp_set(fd, TCP_REPAIR, 1, "TCP_REPAIR on (needs CAP_NET_ADMIN)")?;
+    let captured = capture(fd, &info);
+    if captured.is_err() {
+        let _ = tcp_set(fd, TCP_REPAIR, -1, "TCP_REPAIR off");
     }
     captured
 }
@@ -273,6 +284,18 @@ fn accept_incoming(fd: RawFd) {
         &0 as &libc::c_int,
         "SO_DETACH_FILTER",
     );
+}
+
+/// TCP_INFO of `fd`, which must be ESTABLISHED (the only state taken here).
+fn established_info(fd: RawFd) -> Result<libc::tcp_info> {
+    let info = get_info(fd)?;
+    if info.tcpi_state != 1 {
+        return Err(Error::Protocol(format!(
+            "TCP state {} is not ESTABLISHED",
+            info.tcpi_state
+        )));
+    }
+    Ok(info)
 }
 
 fn get_info(fd: RawFd) -> Result<libc::tcp_info> {

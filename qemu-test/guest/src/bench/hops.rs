@@ -1,5 +1,5 @@
 //! What one hop costs: connections moved back and forth between fe and be1, export on
-//! one and import on the other, by the module, by user-space TCP_REPAIR, and as the
+//! one and import on the other, by the module, by user-space TCP_REPAIR (libsoccr's order), and as the
 //! floors a GET_INFO round trip on each side and raw generic netlink round trips with
 //! no library. Each node's worker thread runs a whole batch of calls in a loop and
 //! times each call where it runs, so no thread hand-off lands inside a figure. The
@@ -14,7 +14,7 @@ use crate::harness::Log;
 use crate::migrate::{expect_stream, send_stream};
 use crate::sockopt::{self, set_int};
 use crate::topology::{self, in_ns, Topology};
-use prism_sock::{Backend, Client, Exported, ImportOptions};
+use prism_sock::{repair, Backend, Client, Exported, ImportOptions};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -209,7 +209,12 @@ impl Worker {
                         .into_iter()
                         .map(|fd| {
                             let (r, t, n) = measure(c, || {
-                                let r = backend.export_detach(&fd);
+                                // l4 holds the flow, so the TCP_REPAIR baseline is
+                                // libsoccr's order, without the guard's socket filter.
+                                let r = match mech {
+                                    Mech::Repair => repair::export_held(&fd).map(Exported::Repair),
+                                    _ => backend.export_detach(&fd),
+                                };
                                 drop(fd);
                                 r
                             })?;

@@ -91,7 +91,9 @@ pub fn markdown(r: &Results) -> String {
         w,
         "One hop is an export with DETACH and close on `fe` plus an import on `be1`; the \
          connection goes back and forth while l4 holds the client's packets, and afterwards \
-         every queued byte is checked in both directions. *queued* is the bytes in each \
+         every queued byte is checked in both directions. The repair hop is CRIU libsoccr's \
+         order (`repair::export_held`: TCP_REPAIR, capture, close in repair mode; the l4 \
+         hold keeps packets away, as CRIU's network lock does). *queued* is the bytes in each \
          direction: unread by the server, and sent by it but unacknowledged. System calls are \
          counted with a perf counter on `raw_syscalls:sys_enter` for the worker thread of \
          each side, over separate hops from the timed ones.\n"

@@ -2,14 +2,15 @@
 //! both ways while one connection hops fe -> be1 -> be2 -> fe ... with data in flight
 //! in both directions at every hop, the client writing and reading all along. Every
 //! byte is checked and no host may send a RST. `PRISM_NETEM_HOPS` sets the hop count
-//! (`make test-long` runs 10,000).
+//! (`make test-long` runs 10,000). The same hops without netem, the client writing as
+//! fast as TCP takes it, carry full windows at every hop.
 
 use super::common::loaded;
 use super::export::connect_via_topology;
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::migrate::{pattern_at, rsts_all, tcp_ext_counter, Cluster};
-use crate::sockopt::queued;
+use crate::sockopt::{queued, set_int};
 use crate::topology::Topology;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -19,15 +20,45 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn tests() -> Vec<Test> {
-    vec![Test {
-        name: "hops_v4_under_loss_reordering_duplication",
-        run: lossy_hops,
-    }]
+    vec![
+        Test {
+            name: "hops_v4_under_loss_reordering_duplication",
+            run: |e, l| hops_over(e, l, LOSSY),
+        },
+        Test {
+            name: "hops_v4_while_client_sends_at_full_rate",
+            run: |e, l| hops_over(e, l, FULL_RATE),
+        },
+    ]
 }
 
-/// Hops of the suite's run.
-const SUITE_HOPS: usize = 60;
-const PORT: u16 = 8096;
+/// How the client and the link behave while the connection hops.
+#[derive(Clone, Copy)]
+struct Run {
+    /// `tc netem` on the client's link, both ways.
+    netem: bool,
+    /// The client writes as fast as TCP takes it, instead of 700 bytes every 3 ms.
+    full_rate: bool,
+    /// Hops of the suite's run (`PRISM_NETEM_HOPS` sets the lossy run's).
+    hops: usize,
+    port: u16,
+}
+
+const LOSSY: Run = Run {
+    netem: true,
+    full_rate: false,
+    hops: 60,
+    port: 8096,
+};
+const FULL_RATE: Run = Run {
+    netem: false,
+    full_rate: true,
+    hops: 150,
+    port: 8094,
+};
+/// The owner's receive buffer in the full-rate run: the window, not the owner's
+/// reading, bounds what each hop carries (the module takes up to 1 MiB).
+const FULL_RATE_RCVBUF: i32 = 128 << 10;
 const UP: u64 = 61;
 const DOWN: u64 = 62;
 /// What the link does to every packet, each way.
@@ -73,18 +104,29 @@ fn netem(log: &mut Log, ns: &str, dev: &str, on: bool) -> TestResult {
     sh(log, "ip", &args).map(|_| ())
 }
 
-fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
-    let hops = std::env::var("PRISM_NETEM_HOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(SUITE_HOPS);
+fn hops_over(env: &Env, log: &mut Log, run: Run) -> TestResult {
+    let hops = match std::env::var("PRISM_NETEM_HOPS") {
+        Ok(v) if run.netem => v.parse().unwrap_or(run.hops),
+        _ => run.hops,
+    };
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let mut cluster = Cluster::new(false)?;
-    let (client, server) = connect_via_topology(false, PORT, None)?;
+    let (client, server) = connect_via_topology(false, run.port, None)?;
     let port = client.local_addr().map_err(|e| e.to_string())?.port();
-    netem(log, "client", "eth0", true)?;
-    netem(log, "l4", "l4-client", true)?;
+    if run.full_rate {
+        set_int(
+            server.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            FULL_RATE_RCVBUF,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if run.netem {
+        netem(log, "client", "eth0", true)?;
+        netem(log, "l4", "l4-client", true)?;
+    }
     let rst_before = rsts_all()?;
 
     // The client writes its stream and reads the owners' all along.
@@ -93,12 +135,15 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
     let stop_w = stop.clone();
     let writer = std::thread::spawn(move || -> Result<u64, String> {
         let mut off = 0u64;
+        let chunk = if run.full_rate { 16 << 10 } else { 700 };
         while !stop_w.load(Ordering::Relaxed) {
             writer
-                .write_all(&pattern_at(UP, off, 700))
+                .write_all(&pattern_at(UP, off, chunk))
                 .map_err(|e| format!("client write at byte {off}: {e}"))?;
-            off += 700;
-            std::thread::sleep(Duration::from_millis(3));
+            off += chunk as u64;
+            if !run.full_rate {
+                std::thread::sleep(Duration::from_millis(3));
+            }
         }
         Ok(off)
     });
@@ -121,6 +166,8 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
 
     let route = ["fe", "be1", "be2"];
     let (mut sock, mut up, mut down) = (server, 0u64, 0u64);
+    // Unread bytes the hops carried: in all, and the most in one hop.
+    let mut carried = (0u64, 0u64);
     let mut buf = vec![0u8; 64 << 10];
     let start = Instant::now();
     for hop in 0..hops {
@@ -130,11 +177,20 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
         // unacknowledged or unsent. Like a server with a bounded buffer, it writes only
         // while little of its answer is queued: the lossy link and the ACKs each hop
         // loses hold the flow to a few segments per hop.
+        // The full-rate client refills the window while the owner sleeps, so the hop
+        // carries a full receive queue.
+        if run.full_rate {
+            drain(&mut sock, UP, &mut up, &mut buf)?;
+        }
         std::thread::sleep(Duration::from_millis(5));
-        drain(&mut sock, UP, &mut up, &mut buf)?;
+        if !run.full_rate {
+            drain(&mut sock, UP, &mut up, &mut buf)?;
+        }
         if queued(sock.as_fd(), true) < 32 << 10 {
             feed(&mut sock, DOWN, &mut down, 3_000)?;
         }
+        let unread = queued(sock.as_fd(), false).max(0) as u64;
+        carried = (carried.0 + unread, carried.1.max(unread));
         let (from, to) = (route[hop % 3], route[(hop + 1) % 3]);
         let (moved, _, _) = cluster.hop(log, sock, from, to, &[])?;
         sock = moved;
@@ -187,8 +243,10 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
         .read(&mut rest)
         .map_err(|e| format!("owner read to EOF: {e}"))?;
     check!(n == 0, "{n} stray bytes after the client's stream");
-    netem(log, "client", "eth0", false)?;
-    netem(log, "l4", "l4-client", false)?;
+    if run.netem {
+        netem(log, "client", "eth0", false)?;
+        netem(log, "l4", "l4-client", false)?;
+    }
     let mut seen = Vec::new();
     for counter in ["TCPOFOQueue", "TCPDSACKOldSent", "TCPLossProbes"] {
         seen.push((counter, tcp_ext_counter("client", counter)?));
@@ -196,8 +254,21 @@ fn lossy_hops(env: &Env, log: &mut Log) -> TestResult {
     log.line(format!("what the link did, as the client counted it: {seen:?}"));
     let rst_after = rsts_all()?;
     log.line(format!(
-        "{hops} hops in {:?} over a link with {NETEM}: {up} bytes up and {down} down, all intact (client port {port})",
-        start.elapsed()
+        "unread bytes carried: {} in all, {} at most in one hop",
+        carried.0, carried.1
+    ));
+    if run.full_rate {
+        check!(
+            carried.1 >= 16 << 10,
+            "no hop carried a full window ({} bytes at most)",
+            carried.1
+        );
+    }
+    let link = if run.netem { NETEM } else { "no loss" };
+    log.line(format!(
+        "{hops} hops in {:?} over a link with {link}, client at {}: {up} bytes up and {down} down, all intact (client port {port})",
+        start.elapsed(),
+        if run.full_rate { "full rate" } else { "700 B every 3 ms" },
     ));
     check!(
         rst_after == rst_before,
