@@ -160,6 +160,57 @@ impl Cluster {
         Ok((moved.stream, moved.request, moved.times))
     }
 
+    /// Moves `sock` from `from` to `to` as `hop` does (no request), with `arm(true)`
+    /// right before each export and import call and `arm(false)` right after it, so
+    /// that those calls alone meet what `arm` sets up (injected allocation failures). A
+    /// failed export leaves the socket as it was and a failed import leaves nothing, so
+    /// each is made again, up to `tries` times; `retries` counts them and their errors.
+    pub fn hop_retrying(
+        &mut self,
+        log: &mut Log,
+        sock: TcpStream,
+        (from, to): (&'static str, &'static str),
+        tries: u32,
+        arm: &dyn Fn(bool) -> Result<(), String>,
+        retries: &mut Retries,
+    ) -> Result<TcpStream, String> {
+        let peer = sock.peer_addr().map_err(|e| e.to_string())?;
+        let mut attempt = |what: &str, call: &mut dyn FnMut() -> Result<(), String>| {
+            for _ in 0..tries {
+                arm(true)?;
+                let r = call();
+                arm(false)?;
+                match r {
+                    Ok(()) => return Ok(()),
+                    Err(e) => *retries.errors.entry(format!("{what}: {e}")).or_default() += 1,
+                }
+            }
+            Err(format!("{what} failed {tries} times: {:?}", retries.errors))
+        };
+        let mut state = None;
+        let nl_from = &self.nl[from];
+        attempt("export", &mut || {
+            state = Some(nl_from.export_detach(sock.as_fd()).map_err(|e| e.to_string())?);
+            Ok(())
+        })?;
+        let state = state.ok_or("no state")?;
+        drop(sock);
+        let mut frames = self.link(from, to)?.carry(&[state.as_bytes()])?;
+        let carried = MigrationState::from_bytes(frames.pop().ok_or("no state frame")?);
+        let mut stream = None;
+        let nl_to = &self.nl[to];
+        attempt("import", &mut || {
+            let (s, _) = nl_to
+                .import_stream(&carried, &ImportOptions::default())
+                .map_err(|e| e.to_string())?;
+            stream = Some(s);
+            Ok(())
+        })?;
+        retries.hops += 1;
+        Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;
+        stream.ok_or_else(|| "no stream".to_string())
+    }
+
     /// Export with DETACH on `from`, the state and `request` over the control
     /// connection, import on `to`; l4 is not touched.
     fn move_socket(
@@ -193,6 +244,25 @@ impl Cluster {
             id,
             times: HopTimes { export, import },
         })
+    }
+}
+
+/// What [`Cluster::hop_retrying`] met: hops made, and each error with how often a call
+/// failed with it and was made again.
+#[derive(Default, Debug)]
+pub struct Retries {
+    pub hops: u32,
+    pub errors: std::collections::BTreeMap<String, u32>,
+}
+
+impl Retries {
+    /// Calls that failed and were made again.
+    pub fn failed(&self, what: &str) -> u32 {
+        self.errors
+            .iter()
+            .filter(|(e, _)| e.starts_with(what))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 

@@ -84,11 +84,13 @@ impl FailNth {
     }
 }
 
-/// failslab and fail_page_alloc set to count the allocations that may sleep, silently;
-/// their defaults come back on drop.
-struct Knobs;
+/// Fault-injection knobs under debugfs, each set to a value for a test and back to the
+/// kernel's default when dropped.
+pub(super) struct Knobs(&'static [(&'static str, &'static str, &'static str)]);
 
-const KNOBS: [(&str, &str, &str); 5] = [
+/// failslab and fail_page_alloc set to count the allocations that may sleep, silently
+/// (for `fail-nth`).
+const FAIL_NTH: [(&str, &str, &str); 5] = [
     ("failslab/ignore-gfp-wait", "N", "Y"),
     ("failslab/verbose", "0", "2"),
     ("fail_page_alloc/ignore-gfp-wait", "N", "Y"),
@@ -97,21 +99,27 @@ const KNOBS: [(&str, &str, &str); 5] = [
 ];
 
 impl Knobs {
-    fn set(log: &mut Log) -> Result<Self, String> {
+    /// Sets `knobs` (path under /sys/kernel/debug, value, default).
+    pub(super) fn set(
+        log: &mut Log,
+        knobs: &'static [(&'static str, &'static str, &'static str)],
+    ) -> Result<Self, String> {
         let root = std::path::Path::new("/sys/kernel/debug");
         if !root.join("failslab").exists() {
             crate::harness::sh(log, "mount", &["-t", "debugfs", "none", "/sys/kernel/debug"])?;
         }
-        for (knob, on, _) in KNOBS {
+        // Set before checking, so that a failure still restores what was set.
+        let set = Self(knobs);
+        for (knob, on, _) in knobs {
             std::fs::write(root.join(knob), on).map_err(|e| format!("{knob}: {e}"))?;
         }
-        Ok(Self)
+        Ok(set)
     }
 }
 
 impl Drop for Knobs {
     fn drop(&mut self) {
-        for (knob, _, off) in KNOBS {
+        for (knob, _, off) in self.0 {
             let _ = std::fs::write(std::path::Path::new("/sys/kernel/debug").join(knob), off);
         }
     }
@@ -176,7 +184,7 @@ fn every_point(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
     let cluster = Cluster::new(false)?;
-    let knobs = Knobs::set(log)?;
+    let knobs = Knobs::set(log, &FAIL_NTH)?;
     let fail = FailNth::open()?;
     let rst_before = rsts_all()?;
     let (mut export, mut import) = (Tally::default(), Tally::default());

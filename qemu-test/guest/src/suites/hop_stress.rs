@@ -1,15 +1,19 @@
-//! Hops over a bad link: `tc netem` drops, reorders and duplicates the client's packets
-//! both ways while one connection hops fe -> be1 -> be2 -> fe ... with data in flight
-//! in both directions at every hop, the client writing and reading all along. Every
-//! byte is checked and no host may send a RST. `PRISM_NETEM_HOPS` sets the hop count
-//! (`make test-long` runs 10,000). The same hops without netem, the client writing as
-//! fast as TCP takes it, carry full windows at every hop.
+//! Hops under stress, one connection moving fe -> be1 -> be2 -> fe ... with the client
+//! writing and reading all along and data unread and unacknowledged at every hop; every
+//! byte is checked and no host may send a RST:
+//! - over a bad link: `tc netem` drops, reorders and duplicates the client's packets
+//!   both ways (`PRISM_NETEM_HOPS` sets the hop count; `make test-long` runs 10,000);
+//! - with the client writing as fast as TCP takes it, so hops carry full windows;
+//! - with failing allocations: failslab fails 3% of the kernel's slab allocations in
+//!   the hop's export and import calls, which are made again until they pass (a failed
+//!   export leaves the socket as it was, a failed import leaves nothing).
 
 use super::common::loaded;
 use super::export::connect_via_topology;
+use super::faults::Knobs;
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
-use crate::migrate::{pattern_at, rsts_all, tcp_ext_counter, Cluster};
+use crate::migrate::{pattern_at, rsts_all, tcp_ext_counter, Cluster, Retries};
 use crate::sockopt::{queued, set_int};
 use crate::topology::Topology;
 use std::io::{ErrorKind, Read, Write};
@@ -29,6 +33,10 @@ pub fn tests() -> Vec<Test> {
             name: "hops_v4_while_client_sends_at_full_rate",
             run: |e, l| hops_over(e, l, FULL_RATE),
         },
+        Test {
+            name: "hops_v4_under_failing_allocations",
+            run: |e, l| hops_over(e, l, FAILING_ALLOCATIONS),
+        },
     ]
 }
 
@@ -39,6 +47,8 @@ struct Run {
     netem: bool,
     /// The client writes as fast as TCP takes it, instead of 700 bytes every 3 ms.
     full_rate: bool,
+    /// failslab fails some of the export's and import's allocations.
+    failing_allocations: bool,
     /// Hops of the suite's run (`PRISM_NETEM_HOPS` sets the lossy run's).
     hops: usize,
     port: u16,
@@ -47,15 +57,38 @@ struct Run {
 const LOSSY: Run = Run {
     netem: true,
     full_rate: false,
+    failing_allocations: false,
     hops: 60,
     port: 8096,
 };
 const FULL_RATE: Run = Run {
     netem: false,
     full_rate: true,
+    failing_allocations: false,
     hops: 150,
     port: 8094,
 };
+const FAILING_ALLOCATIONS: Run = Run {
+    netem: false,
+    full_rate: false,
+    failing_allocations: true,
+    hops: 1_000,
+    port: 8093,
+};
+/// failslab failing 3% of the slab allocations that may sleep of the tasks marked with
+/// `make-it-fail`, silently. Page allocations are left alone: a failed page-table
+/// allocation in a page fault would call the OOM killer. Queues stay small enough that
+/// a netlink request never needs vmalloc, whose failure prints a warning.
+const FAILSLAB: [(&str, &str, &str); 6] = [
+    ("failslab/ignore-gfp-wait", "N", "Y"),
+    ("failslab/verbose", "0", "2"),
+    ("failslab/task-filter", "Y", "N"),
+    ("failslab/interval", "1", "1"),
+    ("failslab/times", "-1", "1"),
+    ("failslab/probability", "3", "0"),
+];
+/// Calls that may fail in a row before the hop is given up.
+const TRIES: u32 = 100;
 /// The owner's receive buffer in the full-rate run: the window, not the owner's
 /// reading, bounds what each hop carries (the module takes up to 1 MiB).
 const FULL_RATE_RCVBUF: i32 = 128 << 10;
@@ -127,6 +160,12 @@ fn hops_over(env: &Env, log: &mut Log, run: Run) -> TestResult {
         netem(log, "client", "eth0", true)?;
         netem(log, "l4", "l4-client", true)?;
     }
+    let failing = if run.failing_allocations {
+        Some((Knobs::set(log, &FAILSLAB)?, MakeItFail::open()?))
+    } else {
+        None
+    };
+    let mut retries = Retries::default();
     let rst_before = rsts_all()?;
 
     // The client writes its stream and reads the owners' all along.
@@ -186,14 +225,25 @@ fn hops_over(env: &Env, log: &mut Log, run: Run) -> TestResult {
         if !run.full_rate {
             drain(&mut sock, UP, &mut up, &mut buf)?;
         }
-        if queued(sock.as_fd(), true) < 32 << 10 {
-            feed(&mut sock, DOWN, &mut down, 3_000)?;
+        // Under failing allocations an import request must stay within a page.
+        let (most, each) = if run.failing_allocations {
+            (1_000, 500)
+        } else {
+            (32 << 10, 3_000)
+        };
+        if queued(sock.as_fd(), true) < most {
+            feed(&mut sock, DOWN, &mut down, each)?;
         }
         let unread = queued(sock.as_fd(), false).max(0) as u64;
         carried = (carried.0 + unread, carried.1.max(unread));
         let (from, to) = (route[hop % 3], route[(hop + 1) % 3]);
-        let (moved, _, _) = cluster.hop(log, sock, from, to, &[])?;
-        sock = moved;
+        sock = match &failing {
+            Some((_, fail)) => {
+                let arm = |on| fail.set(on);
+                cluster.hop_retrying(log, sock, (from, to), TRIES, &arm, &mut retries)?
+            }
+            None => cluster.hop(log, sock, from, to, &[])?.0,
+        };
         if hop % 500 == 499 {
             log.line(format!(
                 "{} hops in {:?}: {up} bytes up, {down} down",
@@ -252,6 +302,18 @@ fn hops_over(env: &Env, log: &mut Log, run: Run) -> TestResult {
         seen.push((counter, tcp_ext_counter("client", counter)?));
     }
     log.line(format!("what the link did, as the client counted it: {seen:?}"));
+    if let Some((knobs, _)) = failing {
+        drop(knobs);
+        let (exports, imports) = (retries.failed("export"), retries.failed("import"));
+        log.line(format!(
+            "{} hops with failing allocations: {exports} exports and {imports} imports failed and were made again; errors: {:?}",
+            retries.hops, retries.errors
+        ));
+        check!(
+            exports > 0 && imports > 0,
+            "no injected failure made an export and an import fail"
+        );
+    }
     let rst_after = rsts_all()?;
     log.line(format!(
         "unread bytes carried: {} in all, {} at most in one hop",
@@ -275,4 +337,32 @@ fn hops_over(env: &Env, log: &mut Log, run: Run) -> TestResult {
         "a host sent RST: {rst_before:?} -> {rst_after:?}"
     );
     Ok(())
+}
+
+/// The calling thread's `make-it-fail`: while set, the fault-injection knobs with
+/// `task-filter` apply to it.
+struct MakeItFail(std::fs::File);
+
+impl MakeItFail {
+    fn open() -> Result<Self, String> {
+        std::fs::File::options()
+            .write(true)
+            .open("/proc/thread-self/make-it-fail")
+            .map(Self)
+            .map_err(|e| format!("make-it-fail (CONFIG_FAULT_INJECTION): {e}"))
+    }
+
+    fn set(&self, on: bool) -> TestResult {
+        use std::os::unix::fs::FileExt;
+        self.0
+            .write_at(if on { b"1" } else { b"0" }, 0)
+            .map(|_| ())
+            .map_err(|e| format!("make-it-fail: {e}"))
+    }
+}
+
+impl Drop for MakeItFail {
+    fn drop(&mut self) {
+        let _ = self.set(false);
+    }
 }
