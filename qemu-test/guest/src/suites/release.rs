@@ -67,6 +67,10 @@ pub fn tests() -> Vec<Test> {
             name: "release_rmmod_with_100_live_migrated",
             run: rmmod_live,
         },
+        Test {
+            name: "release_rmmod_during_a_stream_of_imports",
+            run: rmmod_during_imports,
+        },
     ]
 }
 
@@ -745,6 +749,126 @@ fn rmmod_live(env: &Env, log: &mut Log) -> TestResult {
             .map(|c| c.tcp_inuse == 0)
             .unwrap_or(false)
     })?;
+    Ok(())
+}
+
+/// The module is removed while a thread imports 150 exported connections on be1 one
+/// after another (`delete_module` from a second thread once 20 are in): each import
+/// gives a working socket or fails leaving nothing on be1. After insmod the failed ones
+/// import from the same states, and every connection carries bytes both ways and
+/// closes with no RST.
+fn rmmod_during_imports(env: &Env, log: &mut Log) -> TestResult {
+    const N: u16 = 150;
+    const RMMOD_AFTER: usize = 20;
+    let _t = Topology::up()?;
+    module::load(log, &env.module)?;
+    raise_fd_limit()?;
+    let vip = SocketAddr::new(topology::vip(false), PORT);
+    let listener = in_ns("fe", move || std::net::TcpListener::bind(vip))?.map_err(|e| e.to_string())?;
+    let fe = in_ns("fe", Client::connect)?.map_err(|e| e.to_string())?;
+    let (mut clients, mut states) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        let c = in_ns("client", move || connect_from(44000 + i, vip))?
+            .map_err(|e| format!("connect {i}: {e}"))?;
+        let (s, _) = listener.accept().map_err(|e| e.to_string())?;
+        states.push(
+            fe.export_detach(s.as_fd())
+                .map_err(|e| format!("export {i}: {e}"))?,
+        );
+        clients.push(c);
+    }
+    drop(fe);
+    Topology::route_vip(log, "be1")?;
+    let rst_before = crate::migrate::rsts_all()?;
+    let be1 = in_ns("be1", Client::connect)?.map_err(|e| e.to_string())?;
+    let imported = std::sync::atomic::AtomicUsize::new(0);
+    let (results, removed) = std::thread::scope(|scope| {
+        let remover = scope.spawn(|| {
+            while imported.load(std::sync::atomic::Ordering::Relaxed) < RMMOD_AFTER {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // SAFETY: a NUL-terminated module name; O_NONBLOCK fails rather than waits
+            // if the module is in use.
+            let r =
+                unsafe { libc::syscall(libc::SYS_delete_module, c"prism_sock".as_ptr(), libc::O_NONBLOCK) };
+            let done = imported.load(std::sync::atomic::Ordering::Relaxed);
+            (r == 0)
+                .then_some(done)
+                .ok_or_else(|| std::io::Error::last_os_error().to_string())
+        });
+        let results: Vec<_> = states
+            .iter()
+            .map(|st| {
+                let r = be1.import_stream(st, &ImportOptions::default());
+                imported.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                r.map(|(t, _)| t).map_err(|e| e.to_string())
+            })
+            .collect();
+        (results, remover.join())
+    });
+    drop(be1);
+    let removed_at = removed
+        .map_err(|_| "remover panicked".to_string())?
+        .map_err(|e| format!("delete_module: {e}"))?;
+    check!(!module::is_loaded(), "module still loaded after delete_module");
+    let mut errors: std::collections::BTreeMap<String, u32> = Default::default();
+    for (i, r) in results.iter().enumerate() {
+        if let Err(e) = r {
+            *errors.entry(e.clone()).or_default() += 1;
+            let port = 44000 + i as u16;
+            let left = flow_sockets("be1", port)?;
+            check!(left.is_empty(), "failed import {i} left sockets on be1: {left:?}");
+        }
+    }
+    let failed = errors.values().sum::<u32>();
+    log.line(format!(
+        "delete_module returned after {removed_at} of {N} imports; {} succeeded, {failed} failed: {errors:?}",
+        N as u32 - failed
+    ));
+    check!(
+        results[..RMMOD_AFTER].iter().all(Result::is_ok),
+        "an import before the removal failed"
+    );
+    check!(
+        failed > 0,
+        "every import finished before the module went: no race"
+    );
+
+    module::load(log, &env.module)?;
+    let be1 = in_ns("be1", Client::connect)?.map_err(|e| e.to_string())?;
+    let mut owned = Vec::new();
+    for (i, (r, st)) in results.into_iter().zip(&states).enumerate() {
+        owned.push(match r {
+            Ok(t) => t,
+            Err(_) => {
+                be1.import_stream(st, &ImportOptions::default())
+                    .map_err(|e| format!("import {i} again after insmod: {e}"))?
+                    .0
+            }
+        });
+    }
+    for (i, (c, s)) in clients.iter_mut().zip(owned.iter_mut()).enumerate() {
+        send_stream(c, i as u64, 1_000)?;
+        expect_stream(s, i as u64, 1_000)?;
+        send_stream(s, 1000 + i as u64, 1_000)?;
+        expect_stream(c, 1000 + i as u64, 1_000)?;
+    }
+    for (mut c, s) in clients.into_iter().zip(owned) {
+        c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        drop(s);
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    }
+    wait_for("be1's migrated sockets to close", || {
+        crate::migrate::counters("be1")
+            .map(|c| c.tcp_inuse == 0)
+            .unwrap_or(false)
+    })?;
+    let rst_after = crate::migrate::rsts_all()?;
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
     Ok(())
 }
 
