@@ -148,7 +148,7 @@ impl Cluster {
         opts: &ImportOptions,
     ) -> Result<(TcpStream, Vec<u8>, HopTimes), String> {
         let peer = sock.peer_addr().map_err(|e| e.to_string())?;
-        let moved = self.move_socket(sock, from, to, request, opts)?;
+        let moved = self.move_socket(sock, from, to, request, opts, &mut once)?;
         Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;
         log.line(format!(
             "hop {from} -> {to}: migration {:#x}, blob {} bytes, export {:?}, import {:?}",
@@ -187,32 +187,16 @@ impl Cluster {
             }
             Err(format!("{what} failed {tries} times: {:?}", retries.errors))
         };
-        let mut state = None;
-        let nl_from = &self.nl[from];
-        attempt("export", &mut || {
-            state = Some(nl_from.export_detach(sock.as_fd()).map_err(|e| e.to_string())?);
-            Ok(())
-        })?;
-        let state = state.ok_or("no state")?;
-        drop(sock);
-        let mut frames = self.link(from, to)?.carry(&[state.as_bytes()])?;
-        let carried = MigrationState::from_bytes(frames.pop().ok_or("no state frame")?);
-        let mut stream = None;
-        let nl_to = &self.nl[to];
-        attempt("import", &mut || {
-            let (s, _) = nl_to
-                .import_stream(&carried, &ImportOptions::default())
-                .map_err(|e| e.to_string())?;
-            stream = Some(s);
-            Ok(())
-        })?;
+        let moved = self.move_socket(sock, from, to, &[], &ImportOptions::default(), &mut attempt)?;
         retries.hops += 1;
         Topology::steer_flow(log, self.v6, peer.port(), to, self.steered.insert(peer.port()))?;
-        stream.ok_or_else(|| "no stream".to_string())
+        Ok(moved.stream)
     }
 
     /// Export with DETACH on `from`, the state and `request` over the control
-    /// connection, import on `to`; l4 is not touched.
+    /// connection, import on `to`; l4 is not touched. `attempt` makes the export call
+    /// and the import call (named "export on fe", ...): [`once`], or again after a
+    /// failure.
     fn move_socket(
         &mut self,
         sock: TcpStream,
@@ -220,22 +204,29 @@ impl Cluster {
         to: &'static str,
         request: &[u8],
         opts: &ImportOptions,
+        attempt: Attempt<'_>,
     ) -> Result<Moved, String> {
         let t0 = Instant::now();
-        let state = self
-            .nl(from)
-            .export_detach(sock.as_fd())
-            .map_err(|e| format!("export on {from}: {e}"))?;
+        let mut state = None;
+        let nl_from = &self.nl[from];
+        attempt(&format!("export on {from}"), &mut || {
+            state = Some(nl_from.export_detach(sock.as_fd()).map_err(|e| e.to_string())?);
+            Ok(())
+        })?;
+        let state = state.ok_or("no state")?;
         let export = t0.elapsed();
         drop(sock);
         let mut frames = self.link(from, to)?.carry(&[state.as_bytes(), request])?;
         let request = frames.pop().ok_or("no request frame")?;
         let carried = MigrationState::from_bytes(frames.pop().ok_or("no state frame")?);
         let t1 = Instant::now();
-        let (stream, id) = self
-            .nl(to)
-            .import_stream(&carried, opts)
-            .map_err(|e| format!("import on {to}: {e}"))?;
+        let mut imported = None;
+        let nl_to = &self.nl[to];
+        attempt(&format!("import on {to}"), &mut || {
+            imported = Some(nl_to.import_stream(&carried, opts).map_err(|e| e.to_string())?);
+            Ok(())
+        })?;
+        let (stream, id) = imported.ok_or("no stream")?;
         let import = t1.elapsed();
         Ok(Moved {
             stream,
@@ -245,6 +236,14 @@ impl Cluster {
             times: HopTimes { export, import },
         })
     }
+}
+
+/// How [`Cluster::move_socket`] makes a call: given the call's name and the call.
+type Attempt<'a> = &'a mut dyn FnMut(&str, &mut dyn FnMut() -> Result<(), String>) -> Result<(), String>;
+
+/// Makes the call once; its error names it.
+fn once(what: &str, call: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+    call().map_err(|e| format!("{what}: {e}"))
 }
 
 /// What [`Cluster::hop_retrying`] met: hops made, and each error with how often a call
@@ -290,7 +289,7 @@ impl Cluster {
         to: &'static str,
         request: &[u8],
     ) -> Result<(TcpStream, Vec<u8>, MigrationState), String> {
-        let moved = self.move_socket(sock, from, to, request, &ImportOptions::default())?;
+        let moved = self.move_socket(sock, from, to, request, &ImportOptions::default(), &mut once)?;
         let IpAddr::V4(owner) = topology::addr(to, false) else {
             return Err("an IPv4 node address".into());
         };

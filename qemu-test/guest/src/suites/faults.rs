@@ -48,17 +48,21 @@ const RESPONSE: usize = 2_200;
 /// More points than an export or import has; reaching it is a failure.
 const MAX_POINTS: u32 = 400;
 
+/// The calling thread's fault-injection file `name` (fail-nth, make-it-fail).
+fn thread_fault_file(name: &str) -> Result<File, String> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/thread-self/{name}"))
+        .map_err(|e| format!("{name} (CONFIG_FAULT_INJECTION): {e}"))
+}
+
 /// The calling thread's `fail-nth`: armed with n, the thread's n-th fault point fails.
 struct FailNth(File);
 
 impl FailNth {
     fn open() -> Result<Self, String> {
-        File::options()
-            .read(true)
-            .write(true)
-            .open("/proc/thread-self/fail-nth")
-            .map(Self)
-            .map_err(|e| format!("fail-nth (CONFIG_FAULT_INJECTION): {e}"))
+        thread_fault_file("fail-nth").map(Self)
     }
 
     fn arm(&self, n: u32) -> TestResult {
@@ -81,6 +85,29 @@ impl FailNth {
             .ok_or("fail-nth unreadable")?;
         self.arm(0)?;
         Ok(left == 0)
+    }
+}
+
+/// The calling thread's `make-it-fail`: while set, the fault-injection knobs with
+/// `task-filter` apply to it.
+pub(super) struct MakeItFail(File);
+
+impl MakeItFail {
+    pub(super) fn open() -> Result<Self, String> {
+        thread_fault_file("make-it-fail").map(Self)
+    }
+
+    pub(super) fn set(&self, on: bool) -> TestResult {
+        self.0
+            .write_at(if on { b"1" } else { b"0" }, 0)
+            .map(|_| ())
+            .map_err(|e| format!("make-it-fail: {e}"))
+    }
+}
+
+impl Drop for MakeItFail {
+    fn drop(&mut self) {
+        let _ = self.set(false);
     }
 }
 

@@ -10,7 +10,7 @@
 
 use super::common::loaded;
 use super::export::connect_via_topology;
-use super::faults::Knobs;
+use super::faults::{Knobs, MakeItFail};
 use crate::check;
 use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::migrate::{pattern_at, rsts_all, tcp_ext_counter, Cluster, Retries};
@@ -337,32 +337,4 @@ fn hops_over(env: &Env, log: &mut Log, run: Run) -> TestResult {
         "a host sent RST: {rst_before:?} -> {rst_after:?}"
     );
     Ok(())
-}
-
-/// The calling thread's `make-it-fail`: while set, the fault-injection knobs with
-/// `task-filter` apply to it.
-struct MakeItFail(std::fs::File);
-
-impl MakeItFail {
-    fn open() -> Result<Self, String> {
-        std::fs::File::options()
-            .write(true)
-            .open("/proc/thread-self/make-it-fail")
-            .map(Self)
-            .map_err(|e| format!("make-it-fail (CONFIG_FAULT_INJECTION): {e}"))
-    }
-
-    fn set(&self, on: bool) -> TestResult {
-        use std::os::unix::fs::FileExt;
-        self.0
-            .write_at(if on { b"1" } else { b"0" }, 0)
-            .map(|_| ())
-            .map_err(|e| format!("make-it-fail: {e}"))
-    }
-}
-
-impl Drop for MakeItFail {
-    fn drop(&mut self) {
-        let _ = self.set(false);
-    }
 }

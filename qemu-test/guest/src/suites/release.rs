@@ -724,7 +724,7 @@ pub fn listen_probe() -> String {
 fn rmmod_live(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     module::load(log, &env.module)?;
-    let (mut clients, mut owned) = migrate_many(log, 100, 42000)?;
+    let (clients, owned) = migrate_many(log, 100, 42000)?;
     let info = in_ns("be1", Client::connect)?
         .map_err(|e| e.to_string())?
         .info()
@@ -732,11 +732,18 @@ fn rmmod_live(env: &Env, log: &mut Log) -> TestResult {
     check!(info.tracked == 100, "tracked {}", info.tracked);
     module::unload(log)?;
     check!(!module::is_loaded(), "module still loaded");
+    exchange_and_close(clients, owned, 2_000)?;
+    Ok(())
+}
+
+/// `len` bytes each way over every client/owner pair on be1, then the clients close
+/// their side, the owners close, and be1 is left with no TCP socket.
+fn exchange_and_close(mut clients: Vec<TcpStream>, mut owned: Vec<TcpStream>, len: usize) -> TestResult {
     for (i, (c, s)) in clients.iter_mut().zip(owned.iter_mut()).enumerate() {
-        send_stream(c, i as u64, 2_000)?;
-        expect_stream(s, i as u64, 2_000)?;
-        send_stream(s, 1000 + i as u64, 2_000)?;
-        expect_stream(c, 1000 + i as u64, 2_000)?;
+        send_stream(c, i as u64, len)?;
+        expect_stream(s, i as u64, len)?;
+        send_stream(s, 1000 + i as u64, len)?;
+        expect_stream(c, 1000 + i as u64, len)?;
     }
     for (mut c, s) in clients.into_iter().zip(owned) {
         c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
@@ -748,8 +755,7 @@ fn rmmod_live(env: &Env, log: &mut Log) -> TestResult {
         crate::migrate::counters("be1")
             .map(|c| c.tcp_inuse == 0)
             .unwrap_or(false)
-    })?;
-    Ok(())
+    })
 }
 
 /// The module is removed while a thread imports 150 exported connections on be1 one
@@ -847,23 +853,7 @@ fn rmmod_during_imports(env: &Env, log: &mut Log) -> TestResult {
             }
         });
     }
-    for (i, (c, s)) in clients.iter_mut().zip(owned.iter_mut()).enumerate() {
-        send_stream(c, i as u64, 1_000)?;
-        expect_stream(s, i as u64, 1_000)?;
-        send_stream(s, 1000 + i as u64, 1_000)?;
-        expect_stream(c, 1000 + i as u64, 1_000)?;
-    }
-    for (mut c, s) in clients.into_iter().zip(owned) {
-        c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-        drop(s);
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest).map_err(|e| e.to_string())?;
-    }
-    wait_for("be1's migrated sockets to close", || {
-        crate::migrate::counters("be1")
-            .map(|c| c.tcp_inuse == 0)
-            .unwrap_or(false)
-    })?;
+    exchange_and_close(clients, owned, 1_000)?;
     let rst_after = crate::migrate::rsts_all()?;
     check!(
         rst_after == rst_before,
