@@ -224,6 +224,32 @@ impl Stack {
                 .is_ok_and(|o| o.lines().count() >= 3)
             },
         )?;
+        // Each node opens its hand-off connections at start: the first hand-off to a
+        // peer must not wait for one behind that peer's busy accept loop.
+        wait(
+            "every node's hand-off connections from the two others",
+            Duration::from_secs(20),
+            || {
+                NODES.iter().all(|n| {
+                    sh(
+                        &mut Log::default(),
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            n,
+                            "ss",
+                            "-Htn",
+                            "state",
+                            "established",
+                            "sport",
+                            "= :7100",
+                        ],
+                    )
+                    .is_ok_and(|o| o.lines().count() >= NODES.len() - 1)
+                })
+            },
+        )?;
         let want = match self.backend {
             Backend::Module => "backend Module",
             Backend::Repair => "backend Repair",
@@ -281,11 +307,15 @@ impl Stack {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
-    /// Every log, for the test's own log on failure.
+    /// Every log and every live node's counters, for the test's own log on failure.
     pub fn logs(&self) -> String {
         let mut all = String::new();
         for name in ["steerd.log", "node-fe.log", "node-be1.log", "node-be2.log"] {
             all += &format!("---- {name}\n{}", self.read_log(name));
+        }
+        for (node, _) in &self.nodes {
+            let stats = self.admin(node, "/stats").unwrap_or_else(|e| e);
+            all += &format!("---- {node} /stats\n{stats}\n");
         }
         all
     }

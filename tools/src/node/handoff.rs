@@ -143,7 +143,8 @@ impl Peer {
                 .ok_or_else(|| format!("{} closed before its challenge", self.addr))?;
             Ok::<_, String>((rd, wr, nonce))
         };
-        let (mut rd, wr, nonce) = tokio::time::timeout(Duration::from_secs(1), session)
+        // A lost SYN is retransmitted after a second: the budget covers one.
+        let (mut rd, wr, nonce) = tokio::time::timeout(BUDGET, session)
             .await
             .map_err(|_| format!("connect to {} timed out", self.addr))??;
         let answers = context(ANSWER, &nonce);
@@ -228,6 +229,26 @@ impl Peer {
                 Err(format!("{} did not answer before the deadline", self.addr))
             }
         }
+    }
+}
+
+/// How often [`keep_links`] checks that every peer's hand-off connection is up.
+const LINK_CHECK: Duration = Duration::from_millis(500);
+
+/// Keeps a hand-off connection open to every other node, from start-up on, and opens
+/// it again when it breaks, so that a hand-off never waits for a connection (and its
+/// challenge) behind a busy peer's accept loop: one that did waited past its budget
+/// and answered 503.
+pub async fn keep_links(node: Arc<Node>) {
+    let secret = node.cluster.secret.as_bytes().to_vec();
+    loop {
+        for (i, peer) in node.peers.iter().enumerate() {
+            if i != node.me {
+                // A peer not up yet, or gone, is tried again at the next check.
+                let _ = peer.link(&secret).await;
+            }
+        }
+        tokio::time::sleep(LINK_CHECK).await;
     }
 }
 

@@ -213,6 +213,7 @@ pub async fn run(
         tokio::spawn(handoff::forward_releases(node.clone(), events));
     }
     tokio::spawn(handoff::control_server(node.clone(), control));
+    tokio::spawn(handoff::keep_links(node.clone()));
     tokio::spawn(admin_server(node.clone(), admin));
     tokio::spawn(accept(node.clone(), direct4, true));
     tokio::spawn(accept(node.clone(), direct6, true));

@@ -310,7 +310,8 @@ fn curl_and_wrk(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
         )?;
         check!(
             !out.contains("Non-2xx") && !out.contains("Socket errors"),
-            "wrk {url} saw errors:\n{out}"
+            "wrk {url} saw errors:\n{out}\n{}",
+            stack.logs()
         );
         check!(out.contains(" requests in "), "wrk {url} made no request:\n{out}");
     }
