@@ -20,7 +20,7 @@ use prism_sock::async_tokio::{read_frame, write_frame};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use table::{Op, Table};
+use table::{Op, Table, UndoLog};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -245,13 +245,15 @@ async fn apply(
                 batch.push((Op::DropNode { mark }, None));
             }
         }
-        let mut next = table.clone();
-        let changes: Vec<_> = batch.iter().flat_map(|(op, _)| next.apply(op, now)).collect();
+        let mut log = UndoLog::default();
+        let changes: Vec<_> = batch
+            .iter()
+            .flat_map(|(op, _)| table.apply_logged(op, now, &mut log))
+            .collect();
         // One netlink round trip: short enough to make on the runtime thread.
         let result = nfnl.apply(&changes);
         match result {
             Ok(()) => {
-                table = next;
                 for (_, done) in batch {
                     if let Some(d) = done {
                         let _ = d.send(Ok(()));
@@ -259,18 +261,18 @@ async fn apply(
                 }
             }
             Err(e) => {
-                // Find the culprit: one transaction per op.
+                // The kernel took none of it. Find the culprit: one transaction per op.
+                table.undo(log);
                 eprintln!(
                     "prism-steerd: batch of {} failed ({e}); applying one by one",
                     batch.len()
                 );
                 for (op, done) in batch {
-                    let mut next = table.clone();
-                    let changes = next.apply(&op, now);
+                    let mut log = UndoLog::default();
+                    let changes = table.apply_logged(&op, now, &mut log);
                     let r = nfnl.apply(&changes);
-                    if r.is_ok() {
-                        table = next;
-                    } else {
+                    if r.is_err() {
+                        table.undo(log);
                         eprintln!("prism-steerd: {op:?}: {r:?}");
                     }
                     if let Some(d) = done {

@@ -176,7 +176,7 @@ pub struct Hold {
 }
 
 /// The whole steering state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Table {
     /// Per-flow owner.
     pub flows: HashMap<SocketAddr, Entry>,
@@ -186,6 +186,46 @@ pub struct Table {
     /// generation or an earlier one arriving late would otherwise steer a closed
     /// connection for good.
     pub released: HashMap<SocketAddr, (Generation, Instant)>,
+}
+
+/// What a batch of [`Table::apply_logged`] replaced, for [`Table::undo`] when the
+/// kernel refuses the batch: the kernel's copy is then still the old state. A log,
+/// not a copy of the table taken per batch, so a steer costs the same with a million
+/// flows as with ten.
+#[derive(Debug, Default)]
+pub struct UndoLog(Vec<Undo>);
+
+#[derive(Debug)]
+enum Undo {
+    /// A one-flow op ran: the flow's entry, hold and release as they were.
+    Flow {
+        flow: SocketAddr,
+        entry: Option<Entry>,
+        hold: Option<Hold>,
+        released: Option<(Generation, Instant)>,
+    },
+    /// A sweep ran: it only removes, so this is what it removed.
+    Removed(Removed),
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default)]
+struct Removed {
+    flows: Vec<(SocketAddr, Entry)>,
+    holds: Vec<(SocketAddr, Hold)>,
+    released: Vec<(SocketAddr, (Generation, Instant))>,
+}
+
+/// Puts `old` back as `key`'s value (or removes `key` when it had none).
+fn put_back<V>(map: &mut HashMap<SocketAddr, V>, key: SocketAddr, old: Option<V>) {
+    match old {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
 }
 
 /// The flow with a v4-mapped address written as plain IPv4.
@@ -202,6 +242,59 @@ impl Table {
     /// Applies `op` at time `now` and returns the element changes that do the same in
     /// the kernel, in order.
     pub fn apply(&mut self, op: &Op, now: Instant) -> Vec<Change> {
+        self.apply_into(op, now, &mut Removed::default())
+    }
+
+    /// [`Table::apply`], noting in `log` what it replaces.
+    pub fn apply_logged(&mut self, op: &Op, now: Instant, log: &mut UndoLog) -> Vec<Change> {
+        match *op {
+            Op::Hold { flow, .. }
+            | Op::Unhold { flow, .. }
+            | Op::Steer { flow, .. }
+            | Op::Release { flow, .. } => {
+                let flow = canonical(flow);
+                log.0.push(Undo::Flow {
+                    flow,
+                    entry: self.flows.get(&flow).cloned(),
+                    hold: self.holds.get(&flow).cloned(),
+                    released: self.released.get(&flow).copied(),
+                });
+                self.apply(op, now)
+            }
+            Op::Expire { .. } | Op::DropNode { .. } => {
+                let mut removed = Removed::default();
+                let out = self.apply_into(op, now, &mut removed);
+                log.0.push(Undo::Removed(removed));
+                out
+            }
+        }
+    }
+
+    /// Puts back what the ops noted in `log` replaced, last first.
+    pub fn undo(&mut self, log: UndoLog) {
+        for undo in log.0.into_iter().rev() {
+            match undo {
+                Undo::Flow {
+                    flow,
+                    entry,
+                    hold,
+                    released,
+                } => {
+                    put_back(&mut self.flows, flow, entry);
+                    put_back(&mut self.holds, flow, hold);
+                    put_back(&mut self.released, flow, released);
+                }
+                Undo::Removed(r) => {
+                    self.flows.extend(r.flows);
+                    self.holds.extend(r.holds);
+                    self.released.extend(r.released);
+                }
+            }
+        }
+    }
+
+    /// [`Table::apply`]; a sweep notes what it removes in `removed`.
+    fn apply_into(&mut self, op: &Op, now: Instant, removed: &mut Removed) -> Vec<Change> {
         let mut out = Vec::new();
         match *op {
             Op::Hold { flow, mark } => {
@@ -291,15 +384,21 @@ impl Table {
             }
             Op::Expire { orphans_after } => {
                 let old = |since: Instant| now.duration_since(since) > orphans_after;
-                self.drop_flows(&mut out, |e| {
+                self.drop_flows(&mut out, removed, |e| {
                     e.expires.is_some_and(|t| t <= now) || e.adopted.is_some_and(old)
                 });
-                self.drop_holds(&mut out, |h| h.mark.is_none() && old(h.since));
-                self.released.retain(|_, (_, at)| !old(*at));
+                self.drop_holds(&mut out, removed, |h| h.mark.is_none() && old(h.since));
+                self.released.retain(|flow, r| {
+                    let keep = !old(r.1);
+                    if !keep {
+                        removed.released.push((*flow, *r));
+                    }
+                    keep
+                });
             }
             Op::DropNode { mark } => {
-                self.drop_flows(&mut out, |e| e.mark == mark);
-                self.drop_holds(&mut out, |h| h.mark == Some(mark));
+                self.drop_flows(&mut out, removed, |e| e.mark == mark);
+                self.drop_holds(&mut out, removed, |h| h.mark == Some(mark));
             }
         }
         out
@@ -321,22 +420,24 @@ impl Table {
     }
 
     /// Removes the entries `gone` picks, with the changes that remove them.
-    fn drop_flows(&mut self, out: &mut Vec<Change>, gone: impl Fn(&Entry) -> bool) {
+    fn drop_flows(&mut self, out: &mut Vec<Change>, removed: &mut Removed, gone: impl Fn(&Entry) -> bool) {
         self.flows.retain(|flow, e| {
             let drop = gone(e);
             if drop {
                 out.push(Change::del(SetKind::Flows(e.mark), *flow));
+                removed.flows.push((*flow, e.clone()));
             }
             !drop
         });
     }
 
     /// Removes the holds `gone` picks, with the changes that remove them.
-    fn drop_holds(&mut self, out: &mut Vec<Change>, gone: impl Fn(&Hold) -> bool) {
+    fn drop_holds(&mut self, out: &mut Vec<Change>, removed: &mut Removed, gone: impl Fn(&Hold) -> bool) {
         self.holds.retain(|flow, h| {
             let drop = gone(h);
             if drop {
                 out.push(Change::del(SetKind::Hold, *flow));
+                removed.holds.push((*flow, h.clone()));
             }
             !drop
         });
@@ -561,5 +662,73 @@ mod tests {
         );
         assert_eq!(t.flows.len(), 2);
         assert!(t.released.is_empty());
+    }
+
+    /// A batch the kernel refuses leaves the table as it was, whatever the batch did:
+    /// holds, steers, releases of one flow several times over, a sweep and a dead node.
+    #[test]
+    fn a_refused_batch_is_undone_exactly() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        let (a, b, c) = (
+            flow("10.0.0.2:40000"),
+            flow("[fd00::2]:40001"),
+            flow("10.0.0.2:40002"),
+        );
+        t.apply(&steer(a, 1, 1), now);
+        t.apply(&steer(b, 2, 1), now);
+        t.apply(&release(c, 3, 1, Duration::from_secs(1)), now);
+        t.apply(&Op::Hold { flow: c, mark: 2 }, now);
+        t.flows.insert(flow("10.0.0.2:40003"), Entry::adopted(3, now));
+        t.apply(
+            &Op::Hold {
+                flow: flow("10.0.0.2:40004"),
+                mark: 2,
+            },
+            now,
+        );
+        t.holds.insert(
+            flow("10.0.0.2:40005"),
+            Hold {
+                mark: None,
+                since: now,
+            },
+        );
+        let before = t.clone();
+        let later = now + Duration::from_secs(10);
+        let batch = [
+            Op::Hold { flow: a, mark: 1 },
+            steer(a, 2, 2),
+            release(a, 2, 2, Duration::from_secs(1)),
+            steer(c, 1, 2),
+            Op::Unhold { flow: c, mark: 2 },
+            Op::Expire {
+                orphans_after: Duration::from_secs(4),
+            },
+            Op::DropNode { mark: 2 },
+            steer(flow("10.0.0.9:1"), 3, 1),
+        ];
+        let mut log = UndoLog::default();
+        let changes: Vec<_> = batch
+            .iter()
+            .flat_map(|op| t.apply_logged(op, later, &mut log))
+            .collect();
+        assert!(!changes.is_empty());
+        assert_ne!(t, before);
+        t.undo(log);
+        assert_eq!(t, before);
+    }
+
+    /// A one-flow op logs that flow alone, however many flows the table holds.
+    #[test]
+    fn a_steer_logs_its_flow_not_the_table() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        for port in 0..50_000u16 {
+            t.apply(&steer(SocketAddr::new([10, 0, 0, 2].into(), port), 1, 1), now);
+        }
+        let mut log = UndoLog::default();
+        t.apply_logged(&steer(flow("10.0.0.2:7"), 2, 2), now, &mut log);
+        assert!(matches!(log.0.as_slice(), [Undo::Flow { entry: Some(_), .. }]));
     }
 }
