@@ -100,9 +100,9 @@ impl Lingering {
     }
 }
 
-/// The outgoing hand-off connection to one node, opened on first use and again after
-/// it breaks; requests on it are answered by id, so hand-offs do not queue behind
-/// each other.
+/// The outgoing hand-off connection to one node, opened at start by [`keep_links`]
+/// and again after it breaks; requests on it are answered by id, so hand-offs do not
+/// queue behind each other.
 pub struct Peer {
     addr: SocketAddr,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
