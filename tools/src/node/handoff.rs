@@ -562,11 +562,27 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
     if let Exported::Repair(r) = &state {
         node.lingering.close(r.peer, None);
     }
+    let tuple = match &state {
+        Exported::Repair(r) => Some((r.local, r.peer)),
+        Exported::Module(m) => m.decode().ok().and_then(|d| d.local.zip(d.peer)),
+    };
     let imported = import_here(&node, state).await;
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("{name}: refused a hand-off: {e}");
+            // The tuple is taken here: say by what, for whoever reads the log.
+            let taken = match &e {
+                prism_sock::Error::Io(io) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse
+                ),
+                other => matches!(other.errno(), Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)),
+            };
+            let holder = match tuple.filter(|_| taken) {
+                Some((local, peer)) => super::tuple_holder::describe(local, peer),
+                None => String::new(),
+            };
+            eprintln!("{name}: refused a hand-off: {e}{holder}");
             super::Stats::bump(&node.stats.handoffs_refused);
             wr.answer(id, Err(format!("{name}: import: {e}"))).await;
             return;

@@ -7,6 +7,7 @@ pub mod handoff;
 pub mod http;
 pub mod stats;
 pub mod steer_client;
+mod tuple_holder;
 
 use crate::cluster::Cluster;
 use crate::objects;

@@ -194,9 +194,9 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         w,
-        "| backend | connections | hand-offs | median | p99 | export | frame | import | import -> first byte | steer |"
+        "| backend | connections | hand-offs | failed requests | median | p99 | export | frame | import | import -> first byte | steer |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
     for h in &r.handoff {
         let step = |f: fn(&super::results::StepDists) -> &Dist| {
             h.steps
@@ -205,10 +205,11 @@ pub fn markdown(r: &Results) -> String {
         };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {:.0} us | {:.0} us | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} us | {:.0} us | {} | {} | {} | {} | {} |",
             h.backend,
             h.connections,
             h.latency.n,
+            h.errors,
             h.latency.median_us,
             h.latency.p99_us,
             step(|s| &s.export),

@@ -70,6 +70,9 @@ pub struct HandoffCase {
     pub latency: Dist,
     #[serde(default)]
     pub steps: Option<StepDists>,
+    /// Requests wrk counted as failed (a 503 after a failed hand-off, a timeout).
+    #[serde(default)]
+    pub errors: u64,
 }
 
 /// The hand-offs of a case step by step (see prism-node's `Steps`), and the owners'

@@ -111,6 +111,26 @@ fn smoke(env: &Env, log: &mut Log) -> TestResult {
             "no hand-off timed with {backend}"
         );
     }
+    // The bench records failures instead of stopping on them; here they fail.
+    for d in &r.dsr {
+        check!(
+            d.errors == 0 && (!d.mode.starts_with("prism") || d.node_rsts == 0),
+            "{} {} B: {} failed requests, {} RSTs from the nodes",
+            d.mode,
+            d.object_size,
+            d.errors,
+            d.node_rsts
+        );
+    }
+    for h in &r.handoff {
+        check!(
+            h.errors == 0,
+            "hand-off run ({}, {} connections): {} failed requests",
+            h.backend,
+            h.connections,
+            h.errors
+        );
+    }
     let dir = std::env::temp_dir().join(format!("bench-report-{}", std::process::id()));
     bench::report::write(&r, &dir)?;
     let md = std::fs::read_to_string(dir.join("benchmarks.md")).map_err(|e| e.to_string())?;
