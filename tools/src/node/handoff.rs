@@ -53,6 +53,9 @@ const FORWARDS: u8 = 1;
 /// way here for microseconds, or milliseconds when a CPU is descheduled.
 const EXPORTED_LINGER: Duration = Duration::from_secs(1);
 
+/// How late a node with [`Fault::SlowToHearAnswers`] hears an answer.
+const SLOW_TO_HEAR: Duration = Duration::from_secs(3);
+
 type Waiter = oneshot::Sender<Result<(), String>>;
 
 struct Link {
@@ -69,8 +72,8 @@ fn context(label: &[u8], nonce: &[u8]) -> Vec<u8> {
 }
 
 /// Sockets this node exported with the repair backend, each kept open (dropping every
-/// packet, see `prism_sock::repair::export_detach`) for [`EXPORTED_LINGER`] after the
-/// owner took its connection, by flow.
+/// packet, see `prism_sock::repair::export_detach`) from the hand-off until
+/// [`EXPORTED_LINGER`] after the owner took its connection, by flow.
 #[derive(Default)]
 pub struct Lingering {
     next: AtomicU64,
@@ -335,8 +338,11 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
     };
     // With the module the kernel guards the tuple; the repair backend's socket guards
     // it itself (it drops every packet now) for as long as it stays open: until the
-    // packets l4 sent here before the hold have arrived.
-    let guard = (!forwards).then_some(std_stream);
+    // packets l4 sent here before the hold have arrived. It lingers from before the
+    // frame goes: the owner can hand the connection back here before this task hears
+    // its answer, and that import, which closes the flow's lingering socket first,
+    // needs the tuple.
+    let guard = (!forwards).then(|| node.lingering.keep(flow, std_stream));
     node.steer.disown(flow);
     let exported_at = super::stats::mono_ns();
     let handoff = Handoff { state, request: buf };
@@ -351,13 +357,15 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
     let sent = node.peers[owner]
         .send(node.cluster.secret.as_bytes(), &header, &handoff)
         .await;
+    if node.fault == Some(Fault::SlowToHearAnswers) {
+        tokio::time::sleep(SLOW_TO_HEAR).await;
+    }
     let Err(why) = sent else {
         super::Stats::bump(&node.stats.handoffs_out);
         if forwards {
             super::Stats::bump(&node.stats.forwards);
         }
-        if let Some(socket) = guard {
-            let id = node.lingering.keep(flow, socket);
+        if let Some(id) = guard {
             let node = node.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(EXPORTED_LINGER).await;
@@ -367,7 +375,9 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
         return None;
     };
     // The copy taken back needs the tuple.
-    drop(guard);
+    if let Some(id) = guard {
+        node.lingering.close(flow, Some(id));
+    }
     eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
     super::Stats::bump(&node.stats.handoffs_back);
     let Handoff { state, request } = handoff;

@@ -49,6 +49,10 @@ pub enum Fault {
     /// Listen for releases with the smallest receive buffer and pause half a second
     /// after each event, so a burst of releases overruns the listener.
     LaggingEventReader,
+    /// Hear each hand-off's answer three seconds late, as a sender whose task waits behind
+    /// a busy runtime: the connection can come back before the sender has heard that
+    /// it left.
+    SlowToHearAnswers,
 }
 
 /// Everything a node's tasks share.

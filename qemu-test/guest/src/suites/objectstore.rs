@@ -46,6 +46,14 @@ pub fn tests() -> Vec<Test> {
             run: |e, l| steerd_restart(e, l, Backend::Module),
         },
         Test {
+            name: "dsr_connection_back_before_the_sender_heard_the_answer",
+            run: |e, l| back_before_the_answer(e, l, Backend::Module),
+        },
+        Test {
+            name: "dsr_repair_connection_back_before_the_sender_heard_the_answer",
+            run: |e, l| back_before_the_answer(e, l, Backend::Repair),
+        },
+        Test {
             name: "dsr_dead_node_entries_expire",
             run: dead_node,
         },
@@ -354,6 +362,56 @@ fn owner_dies(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
     );
     let fe = stack.read_log("node-fe.log");
     check!(fe.contains("importing it back"), "fe did not import back:\n{fe}");
+    drop(stream);
+    stack.wait_empty(log)?;
+    client_never_reset(log, &rsts)?;
+    Ok(())
+}
+
+/// be2 hears each hand-off's answer a second late: the connection it handed to be1
+/// comes back to it before be2's hand-off has ended. be2 imports it anyway (with the
+/// repair backend the socket it exported still guards the tuple, and must give it up)
+/// and answers; nothing is refused, nobody resets.
+fn back_before_the_answer(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
+    let stack = Stack::up_with(env, log, &[("be2", "slow-to-hear-answers")], backend)?;
+    let rsts = resets()?;
+    let (key2, key1) = (stack.key_of("be2"), stack.key_of("be1"));
+    let mut stream = connect_client(false)?;
+    let mut buf = Vec::new();
+    let mut took = Duration::ZERO;
+    for (key, owner) in [(&key2, "be2"), (&key1, "be1"), (&key2, "be2")] {
+        let started = Instant::now();
+        let r = get(&mut stream, &mut buf, key).map_err(|e| format!("{e}\n{}", stack.logs()))?;
+        log.line(format!(
+            "{key} (owner {owner}): {} from {} in {:?}",
+            r.status,
+            r.served_by,
+            started.elapsed()
+        ));
+        check!(
+            r.status == 200 && r.served_by == owner,
+            "{key}: {} from {}, owner {owner}\n{}",
+            r.status,
+            r.served_by,
+            stack.logs()
+        );
+        check!(
+            objects::digest(&r.body) == stack.digest(key),
+            "{key}: digest mismatch"
+        );
+        took = started.elapsed();
+    }
+    // The third request came back to be2 while it still waited (3 s) for the second's
+    // answer.
+    check!(
+        took < Duration::from_millis(2500),
+        "the connection came back after {took:?}: too late to test anything"
+    );
+    let be2 = stack.read_log("node-be2.log");
+    check!(
+        !be2.contains("refused a hand-off"),
+        "be2 refused the connection coming back:\n{be2}"
+    );
     drop(stream);
     stack.wait_empty(log)?;
     client_never_reset(log, &rsts)?;
