@@ -256,12 +256,12 @@ pub async fn keep_links(node: Arc<Node>) {
 }
 
 /// Imports `state` on this node as a non-blocking socket (for tokio).
-async fn import_here(node: &Node, state: Exported) -> prism_sock::Result<OwnedFd> {
+async fn import_here(node: &Node, state: &Exported) -> prism_sock::Result<OwnedFd> {
     let options = ImportOptions {
         nonblock: true,
         ..ImportOptions::default()
     };
-    with_backend(node.backend, move |b| b.and_then(|b| b.import(&state, &options)))
+    with_backend(node.backend, |b| b.and_then(|b| b.import(state, &options)))
 }
 
 /// Hands `conn` (whose buffer starts with the request parsed at `parsed_at`) to node
@@ -381,7 +381,7 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
     eprintln!("{name}: {flow}: hand-off to {owner_name} failed ({why}); importing it back");
     super::Stats::bump(&node.stats.handoffs_back);
     let Handoff { state, request } = handoff;
-    match import_here(node, state).await {
+    match import_here(node, &state).await {
         Ok(fd) => {
             let stream = TcpStream::from_std(std::net::TcpStream::from(fd)).ok()?;
             // The owner may have imported and steered (generation + 1) before the
@@ -402,6 +402,26 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
             eprintln!("{name}: {flow}: connection lost: cannot import it back: {e}");
             None
         }
+    }
+}
+
+/// When `import` failed because the state's tuple is taken here: by what, for the
+/// log (else "").
+fn tuple_taken_by(state: &Exported, import: &prism_sock::Error) -> String {
+    let taken = match import {
+        prism_sock::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse
+        ),
+        other => matches!(other.errno(), Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)),
+    };
+    let tuple = match state {
+        Exported::Repair(r) => Some((r.local, r.peer)),
+        Exported::Module(m) => m.decode().ok().and_then(|d| d.local.zip(d.peer)),
+    };
+    match tuple.filter(|_| taken) {
+        Some((local, peer)) => super::tuple_holder::describe(local, peer),
+        None => String::new(),
     }
 }
 
@@ -572,27 +592,11 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
     if let Exported::Repair(r) = &state {
         node.lingering.close(r.peer, None);
     }
-    let tuple = match &state {
-        Exported::Repair(r) => Some((r.local, r.peer)),
-        Exported::Module(m) => m.decode().ok().and_then(|d| d.local.zip(d.peer)),
-    };
-    let imported = import_here(&node, state).await;
+    let imported = import_here(&node, &state).await;
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {
-            // The tuple is taken here: say by what, for whoever reads the log.
-            let taken = match &e {
-                prism_sock::Error::Io(io) => matches!(
-                    io.kind(),
-                    std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse
-                ),
-                other => matches!(other.errno(), Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)),
-            };
-            let holder = match tuple.filter(|_| taken) {
-                Some((local, peer)) => super::tuple_holder::describe(local, peer),
-                None => String::new(),
-            };
-            eprintln!("{name}: refused a hand-off: {e}{holder}");
+            eprintln!("{name}: refused a hand-off: {e}{}", tuple_taken_by(&state, &e));
             super::Stats::bump(&node.stats.handoffs_refused);
             wr.answer(id, Err(format!("{name}: import: {e}"))).await;
             return;

@@ -448,14 +448,25 @@ impl Bench {
             } = probe;
             let server = server.ok_or("the probe's socket was lost in a hop")?;
             let mut server = TcpStream::from(server);
+            // The client has had the first flight since before the hops; the rest
+            // waits for the server's next retransmission. A probe that sat held while
+            // the other batches hopped has backed its timer off for that long, up to
+            // TCP_RTO_MAX (120 s): a 512 KiB run on a slow host left one silent for
+            // more than 60 s.
             for s in [&client, &server] {
-                s.set_read_timeout(Some(Duration::from_secs(60)))
+                s.set_read_timeout(Some(Duration::from_secs(150)))
                     .map_err(|e| e.to_string())?;
             }
             expect_stream(&mut server, 1, queued)
                 .map_err(|e| format!("{node} reads the client's queued bytes: {e}"))?;
-            expect_stream(&mut client, 2, queued)
-                .map_err(|e| format!("client reads the queued bytes: {e}"))?;
+            expect_stream(&mut client, 2, queued).map_err(|e| {
+                let i = sockopt::tcp_info(server.as_fd());
+                format!(
+                    "client reads the queued bytes: {e}; {node}'s socket: rto {} us, backoff {}, \
+                     retransmits {}, unacked {} segments, last data sent {} ms ago",
+                    i.tcpi_rto, i.tcpi_backoff, i.tcpi_retransmits, i.tcpi_unacked, i.tcpi_last_data_sent
+                )
+            })?;
             send_stream(&mut server, 3, 1000)?;
             expect_stream(&mut client, 3, 1000)?;
             send_stream(&mut client, 4, 1000)?;
