@@ -205,50 +205,14 @@ impl Stack {
         wait(
             "three nodes connected to prism-steerd",
             Duration::from_secs(20),
-            || {
-                sh(
-                    &mut Log::default(),
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        "l4",
-                        "ss",
-                        "-Htn",
-                        "state",
-                        "established",
-                        "sport",
-                        "= :7000",
-                    ],
-                )
-                .is_ok_and(|o| o.lines().count() >= 3)
-            },
+            || established_to("l4", 7000) >= 3,
         )?;
         // Each node opens its hand-off connections at start: the first hand-off to a
         // peer must not wait for one behind that peer's busy accept loop.
         wait(
             "every node's hand-off connections from the two others",
             Duration::from_secs(20),
-            || {
-                NODES.iter().all(|n| {
-                    sh(
-                        &mut Log::default(),
-                        "ip",
-                        &[
-                            "netns",
-                            "exec",
-                            n,
-                            "ss",
-                            "-Htn",
-                            "state",
-                            "established",
-                            "sport",
-                            "= :7100",
-                        ],
-                    )
-                    .is_ok_and(|o| o.lines().count() >= NODES.len() - 1)
-                })
-            },
+            || NODES.iter().all(|n| established_to(n, 7100) >= NODES.len() - 1),
         )?;
         let want = match self.backend {
             Backend::Module => "backend Module",
@@ -435,6 +399,27 @@ pub fn steering_table() -> Result<serde_json::Value, String> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Established TCP connections in namespace `ns` whose local port is `port`.
+fn established_to(ns: &str, port: u16) -> usize {
+    let sport = format!("= :{port}");
+    sh(
+        &mut Log::default(),
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "sport",
+            &sport,
+        ],
+    )
+    .map_or(0, |o| o.lines().count())
 }
 
 pub fn listening(ns: &str, what: &str) -> bool {
