@@ -34,7 +34,7 @@ case "$mode" in
     rc=$?
     ;;
   bench)
-    "$bin/prism-guest-suite" bench "${env_args[@]}" --out "$out" --accel "${filter:-tcg}"
+    "$bin/prism-guest-suite" bench "${env_args[@]}" --out "$out" --accel "${filter:-tcg}" ${PRISM_BENCH_ARGS:-}
     rc=$?
     ;;
   profile)

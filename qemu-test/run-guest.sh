@@ -8,6 +8,8 @@
 # PRISM_TEST_FILTER picks tests by name; PRISM_TEST_REPEAT=N runs each of them N times;
 # PRISM_FUZZ_REQUESTS and PRISM_NETEM_HOPS size the fuzz and lossy-hop tests, and
 # PRISM_TEST_TIMEOUT (seconds) each test's limit (`make fuzz`, `make test-long`).
+# PRISM_BENCH_ARGS runs part of the benchmark (e.g. `--parts handoff
+# --handoff-connections 1`) and prints it without writing docs/.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -46,7 +48,7 @@ echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 start=$SECONDS
 timeout "$timeout_s" vng --run "$kimg" "${accel[@]}" --user root \
   --memory 2G --cpus 2 --rwdir "$out" \
-  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} PRISM_NETEM_HOPS=${PRISM_NETEM_HOPS:-} $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
+  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} PRISM_NETEM_HOPS=${PRISM_NETEM_HOPS:-} PRISM_BENCH_ARGS='${PRISM_BENCH_ARGS:-}' $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
 vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 
@@ -75,6 +77,7 @@ if [[ $mode == bench ]]; then
   [[ -f $out/bench.json && $(cat "$out/guest.rc" 2>/dev/null) == 0 ]] || {
     cat "$out/guest.log" 2>/dev/null || tail -50 "$out/console.log"; echo "run-guest: bench failed"; exit 1; }
   cat "$out/guest.log"
+  [[ -n ${PRISM_BENCH_ARGS:-} ]] && { echo "run-guest: partial run, docs/ left as they are"; exit 0; }
   "$repo/target/release/prism-guest-suite" bench-report "$out/bench.json" --dir "$repo/docs" || exit 1
   echo "run-guest: wrote docs/benchmarks.md, docs/benchmarks.svg, docs/benchmarks.json"
   exit 0

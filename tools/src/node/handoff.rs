@@ -486,6 +486,8 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                             exported: u64::from_be_bytes(*exported_at),
                             received: super::stats::mono_ns(),
                             imported: 0,
+                            answered: 0,
+                            writing: 0,
                         },
                         forwarded: flags & FORWARDS != 0,
                     };
@@ -617,6 +619,7 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
         }
     };
     let (answered, ()) = tokio::join!(wr.answer(id, Ok(())), steer);
+    times.answered = super::stats::mono_ns();
     if !answered {
         // The sender cannot learn that we have it, so it will import its copy and
         // steer the flow back to itself: let go of ours (nothing was sent on it yet).

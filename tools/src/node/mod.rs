@@ -360,6 +360,9 @@ async fn write_object(node: &Node, conn: &mut Conn, head: &http::Head) -> std::i
 /// registered (one taken over) writable, a trip through the event loop per hand-off.
 async fn respond(node: &Node, conn: &mut Conn, head: &[u8], body: &[u8]) -> std::io::Result<()> {
     let total = head.len() + body.len();
+    if let Some(t) = conn.handed_at.as_mut().filter(|t| t.writing == 0) {
+        t.writing = stats::mono_ns();
+    }
     let parts = [IoSlice::new(head), IoSlice::new(body)];
     let mut done = match socket2::SockRef::from(&conn.stream).send_vectored(&parts) {
         Ok(n) => n,

@@ -63,6 +63,11 @@ pub struct HandTimes {
     pub received: u64,
     /// The owner's import returned.
     pub imported: u64,
+    /// The owner's answer to the sender was written (with the repair backend, after
+    /// the steer it waits for).
+    pub answered: u64,
+    /// The owner's first response write began.
+    pub writing: u64,
 }
 
 /// One hand-off's steps, in µs.
@@ -77,6 +82,17 @@ pub struct Steps {
     /// Import -> first response byte: the answer to the sender, the steer when the
     /// owner waits for it, and the response's start.
     pub to_first_byte: u32,
+    /// Import -> the answer to the sender written (and the steer, when the owner
+    /// waits for it).
+    #[serde(default)]
+    pub answer: u32,
+    /// Answer -> the first response write begins (the request served from the buffer).
+    #[serde(default)]
+    pub serve: u32,
+    /// The first response write: the system call carries the segments through the
+    /// guest's veth pairs and l4's forwarding.
+    #[serde(default)]
+    pub write: u32,
     /// Request parsed on the sender -> first response byte from the owner.
     pub total: u32,
 }
@@ -118,6 +134,9 @@ impl Stats {
             frame: us(t.exported, t.received),
             import: us(t.received, t.imported),
             to_first_byte: us(t.imported, now),
+            answer: us(t.imported, t.answered),
+            serve: us(t.answered, t.writing),
+            write: us(t.writing, now),
             total: us(t.parsed, now),
         };
         let mut v = self.handoff_us.lock().unwrap_or_else(|e| e.into_inner());

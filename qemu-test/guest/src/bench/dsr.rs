@@ -344,12 +344,15 @@ fn handoff_cases(
             frame: of(|s| s.frame),
             import: of(|s| s.import),
             to_first_byte: of(|s| s.to_first_byte),
+            answer: of(|s| s.answer),
+            serve: of(|s| s.serve),
+            write: of(|s| s.write),
             steer: Dist::of(r.steers),
         };
         let latency = of(|s| s.total);
         log.line(format!(
-            "hand-off, {backend}, {c} connections: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}; medians: export {:.0}, frame {:.0}, import {:.0}, import -> first byte {:.0}, steer round trip {:.0} us",
-            latency.median_us, latency.p99_us, latency.n, steps.export.median_us, steps.frame.median_us, steps.import.median_us, steps.to_first_byte.median_us, steps.steer.median_us
+            "hand-off, {backend}, {c} connections: parsed on the front node -> first byte from the owner: median {:.0} us, p99 {:.0} us over {}; medians: export {:.0}, frame {:.0}, import {:.0}, import -> first byte {:.0} (answer {:.0}, serve {:.0}, first write {:.0}), steer round trip {:.0} us",
+            latency.median_us, latency.p99_us, latency.n, steps.export.median_us, steps.frame.median_us, steps.import.median_us, steps.to_first_byte.median_us, steps.answer.median_us, steps.serve.median_us, steps.write.median_us, steps.steer.median_us
         ));
         out.push(HandoffCase {
             backend: backend.into(),

@@ -188,15 +188,18 @@ pub fn markdown(r: &Results) -> String {
          import -> first byte (the answer to the sender and, with the module, the response \
          at once while prism-steerd steers the flow in the background and the sender forwards \
          the client's late packets; with the repair backend, which cannot forward, the flow is \
-         held at l4 and the owner waits for the steer). Steer is the owners' round trip to \
+         held at l4 and the owner waits for the steer), and that step in three: the answer \
+         to the sender written, the request served from its buffer, and the first response \
+         write (a system call that carries the segments through two veth pairs and l4's \
+         forwarding to the client). Steer is the owners' round trip to \
          prism-steerd (one nf_tables netlink batch). The nodes, prism-steerd, wrk and l4 share \
          the guest's CPUs.\n"
     );
     let _ = writeln!(
         w,
-        "| backend | connections | hand-offs | failed requests | median | p99 | export | frame | import | import -> first byte | steer |"
+        "| backend | connections | hand-offs | failed requests | median | p99 | export | frame | import | import -> first byte | of it: answer | serve | first write | steer |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for h in &r.handoff {
         let step = |f: fn(&super::results::StepDists) -> &Dist| {
             h.steps
@@ -205,7 +208,7 @@ pub fn markdown(r: &Results) -> String {
         };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {:.0} us | {:.0} us | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} us | {:.0} us | {} | {} | {} | {} | {} | {} | {} | {} |",
             h.backend,
             h.connections,
             h.latency.n,
@@ -216,6 +219,9 @@ pub fn markdown(r: &Results) -> String {
             step(|s| &s.frame),
             step(|s| &s.import),
             step(|s| &s.to_first_byte),
+            step(|s| &s.answer),
+            step(|s| &s.serve),
+            step(|s| &s.write),
             step(|s| &s.steer),
         );
     }

@@ -83,6 +83,14 @@ pub struct StepDists {
     pub frame: Dist,
     pub import: Dist,
     pub to_first_byte: Dist,
+    /// `to_first_byte` in three: the answer to the sender, serving the request, and
+    /// the first response write.
+    #[serde(default)]
+    pub answer: Dist,
+    #[serde(default)]
+    pub serve: Dist,
+    #[serde(default)]
+    pub write: Dist,
     pub steer: Dist,
 }
 
