@@ -9,9 +9,14 @@
 //! the owner's [`Generation`]; the times are the sender's CLOCK_MONOTONIC ns, for the
 //! owner's step timings) followed by a
 //! [`Handoff`]; the answer is `[id u64][0 = imported, 1 = refused]` and a message. The
-//! owner never imports after the deadline and the sender waits a second past it, so
-//! exactly one of them ends up with the socket: the owner, or the sender, which imports
-//! its copy of the state back and answers 503 itself.
+//! owner never imports after the deadline. A sender that hears no answer (the
+//! connection broke, or a second past the deadline went by) asks the owner, with a
+//! request flagged [`STATUS`] that names the hand-off's id, on a connection opened anew
+//! if need be, and keeps asking for up to [`SETTLE_LIMIT`]. The owner's book
+//! ([`super::outcomes`]) answers what it did, and refuses for good a hand-off it has not
+//! seen yet. So exactly one of them ends up with the socket: the owner, or the sender,
+//! which imports its copy of the state back and answers 503 itself. Only an owner that
+//! cannot be reached for [`SETTLE_LIMIT`] is taken for dead.
 //!
 //! With the module, the sender's DETACH names the owner (`forward-to`, flag
 //! [`FORWARDS`]): the client's packets that l4 still brings to the sender go on to the
@@ -20,6 +25,7 @@
 //! Without the module, l4 holds the flow until the owner has steered it, and only then
 //! does the owner serve.
 
+use super::outcomes::Outcome;
 use super::stats::HandTimes;
 use super::{serve, steer_here, with_backend, BackendChoice, Conn, Fault, Node, STEER_WAIT};
 use crate::steer_proto::{self, Generation, Request, NONCE_LEN};
@@ -27,7 +33,7 @@ use prism_sock::async_tokio::{read_frame, write_frame, EventStream};
 use prism_sock::{EventKind, Exported, Handoff, ImportOptions, MAX_FRAME};
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +54,16 @@ pub const ANSWER: &[u8] = b"prism-node answer v3";
 const READ_BUFFER: usize = 64 * 1024;
 /// Request flag: the sender forwards the client's packets to the owner.
 const FORWARDS: u8 = 1;
+/// Request flag: not a hand-off but a question about the hand-off whose id follows
+/// (8 bytes): answered 0 when the owner took it, 1 when it did not and never will.
+const STATUS: u8 = 2;
+/// How long a sender that heard no answer keeps asking before it takes the owner for
+/// dead and imports its copy back.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+/// How long one question waits for its answer.
+const ASK_WAIT: Duration = Duration::from_secs(1);
+/// How late a node with [`Fault::SlowToAnswer`] answers after its import.
+const SLOW_TO_ANSWER: Duration = Duration::from_secs(4);
 /// How long a socket exported with the repair backend stays open after the owner took
 /// the connection: the client's packets that passed l4 before its hold are on their
 /// way here for microseconds, or milliseconds when a CPU is descheduled.
@@ -57,6 +73,29 @@ const EXPORTED_LINGER: Duration = Duration::from_secs(1);
 const SLOW_TO_HEAR: Duration = Duration::from_secs(3);
 
 type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Why a hand-off connection could not be opened.
+struct LinkError {
+    why: String,
+    /// Nothing listens at the peer's address: its process is gone.
+    dead: bool,
+}
+
+impl From<String> for LinkError {
+    fn from(why: String) -> Self {
+        LinkError { why, dead: false }
+    }
+}
+
+/// How a hand-off request ended for its sender.
+enum Sent {
+    /// The owner imported the connection.
+    Taken,
+    /// The owner did not and never will import it (or the request never left).
+    Refused(String),
+    /// No answer: the owner may or may not have imported it.
+    Unknown(String),
+}
 
 struct Link {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
@@ -124,19 +163,22 @@ impl Peer {
         Peer {
             addr,
             link: tokio::sync::Mutex::new(None),
-            next_id: AtomicU64::new(1),
+            // From the clock, so that ids grow across this node's restarts too: an
+            // owner's book keeps them for a minute.
+            next_id: AtomicU64::new(now_ms().saturating_mul(1000).max(1)),
         }
     }
 
-    async fn link(&self, secret: &[u8]) -> Result<Arc<Link>, String> {
+    async fn link(&self, secret: &[u8]) -> Result<Arc<Link>, LinkError> {
         let mut slot = self.link.lock().await;
         if let Some(link) = slot.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
             return Ok(link.clone());
         }
         let session = async {
-            let stream = TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| format!("connect to {}: {e}", self.addr))?;
+            let stream = TcpStream::connect(self.addr).await.map_err(|e| LinkError {
+                why: format!("connect to {}: {e}", self.addr),
+                dead: e.kind() == std::io::ErrorKind::ConnectionRefused,
+            })?;
             let _ = stream.set_nodelay(true);
             let (rd, wr) = stream.into_split();
             let mut rd = BufReader::new(rd);
@@ -144,12 +186,12 @@ impl Peer {
                 .await
                 .map_err(|e| format!("challenge from {}: {e}", self.addr))?
                 .ok_or_else(|| format!("{} closed before its challenge", self.addr))?;
-            Ok::<_, String>((rd, wr, nonce))
+            Ok::<_, LinkError>((rd, wr, nonce))
         };
         // A lost SYN is retransmitted after a second: the budget covers one.
         let (mut rd, wr, nonce) = tokio::time::timeout(BUDGET, session)
             .await
-            .map_err(|_| format!("connect to {} timed out", self.addr))??;
+            .map_err(|_| LinkError::from(format!("connect to {} timed out", self.addr)))??;
         let answers = context(ANSWER, &nonce);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(wr),
@@ -187,17 +229,20 @@ impl Peer {
                 }
             }
             reader.alive.store(false, Ordering::Release);
-            for (_, w) in reader.waiting.lock().expect("not poisoned").drain() {
-                let _ = w.send(Err("connection to the owner lost".into()));
-            }
+            // Dropped unanswered: whether the owner took them is unknown.
+            reader.waiting.lock().expect("not poisoned").clear();
         });
         *slot = Some(link.clone());
         Ok(link)
     }
 
-    /// Sends `handoff` and waits for the owner's answer (or the deadline).
-    async fn send(&self, secret: &[u8], header: &Header, handoff: &Handoff) -> Result<(), String> {
-        let link = self.link(secret).await?;
+    /// Sends `handoff` and waits for the owner's answer (or a second past the deadline).
+    /// Returns the request's id with the outcome.
+    async fn send(&self, secret: &[u8], header: &Header, handoff: &Handoff) -> (u64, Sent) {
+        let link = match self.link(secret).await {
+            Ok(l) => l,
+            Err(e) => return (0, Sent::Refused(e.why)),
+        };
         let handoff = handoff.to_bytes();
         let mut body = Vec::with_capacity(49 + handoff.len());
         body.extend_from_slice(&[0; 8]);
@@ -209,6 +254,33 @@ impl Peer {
         body.extend_from_slice(&header.exported_at.to_be_bytes());
         body.push(header.flags);
         body.extend_from_slice(&handoff);
+        let (id, answer) = self.request(&link, secret, body).await;
+        let Some(answer) = answer else {
+            return (
+                id,
+                Sent::Unknown(format!("send to {}: connection lost", self.addr)),
+            );
+        };
+        match tokio::time::timeout(BUDGET + Duration::from_secs(1), answer).await {
+            Ok(Ok(Ok(()))) => (id, Sent::Taken),
+            Ok(Ok(Err(why))) => (id, Sent::Refused(why)),
+            Ok(Err(_)) => (id, Sent::Unknown("connection to the owner lost".into())),
+            Err(_) => {
+                link.waiting.lock().expect("not poisoned").remove(&id);
+                let why = format!("{} did not answer before the deadline", self.addr);
+                (id, Sent::Unknown(why))
+            }
+        }
+    }
+
+    /// Writes request `body` (its first 8 bytes become its id) on `link`; returns the id
+    /// and where its answer will come, or `None` when the write failed.
+    async fn request(
+        &self,
+        link: &Link,
+        secret: &[u8],
+        mut body: Vec<u8>,
+    ) -> (u64, Option<oneshot::Receiver<Result<(), String>>>) {
         // The owner refuses an id that does not grow: ids are taken in the order the
         // frames are written, under the writer's lock.
         let (tx, rx) = oneshot::channel();
@@ -219,17 +291,46 @@ impl Peer {
         let frame = steer_proto::sign(secret, &context(CONTEXT, &link.nonce), &body);
         let written = write_frame(&mut *writer, &frame).await;
         drop(writer);
-        if let Err(e) = written {
+        if written.is_err() {
             link.alive.store(false, Ordering::Release);
             link.waiting.lock().expect("not poisoned").remove(&id);
-            return Err(format!("send to {}: {e}", self.addr));
+            return (id, None);
         }
-        match tokio::time::timeout(BUDGET + Duration::from_secs(1), rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("connection to the owner lost".into()),
+        (id, Some(rx))
+    }
+
+    /// Asks the owner whether it took hand-off `id`, until it answers or
+    /// [`SETTLE_LIMIT`] passes. True when it took it; an error when it is dead (nothing
+    /// listens at its address: its sockets, an imported one too, died with it) or could
+    /// not be reached for that long.
+    async fn settle(&self, secret: &[u8], id: u64) -> Result<bool, String> {
+        let give_up = tokio::time::Instant::now() + SETTLE_LIMIT;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < give_up {
+            match self.ask(secret, id).await {
+                Ok(taken) => return Ok(taken),
+                Err(e) if e.dead => return Err(format!("{} is dead ({})", self.addr, e.why)),
+                Err(e) => last = e.why,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("{} unreachable for {SETTLE_LIMIT:?} ({last})", self.addr))
+    }
+
+    async fn ask(&self, secret: &[u8], id: u64) -> Result<bool, LinkError> {
+        let link = self.link(secret).await?;
+        let mut body = vec![0; 8];
+        body.extend_from_slice(&[0; 8 + 4 + 8 + 4 + 8 + 8]);
+        body.push(STATUS);
+        body.extend_from_slice(&id.to_be_bytes());
+        let (asked, answer) = self.request(&link, secret, body).await;
+        let answer = answer.ok_or_else(|| LinkError::from("connection lost".to_string()))?;
+        match tokio::time::timeout(ASK_WAIT, answer).await {
+            Ok(Ok(result)) => Ok(result.is_ok()),
+            Ok(Err(_)) => Err("connection lost".to_string().into()),
             Err(_) => {
-                link.waiting.lock().expect("not poisoned").remove(&id);
-                Err(format!("{} did not answer before the deadline", self.addr))
+                link.waiting.lock().expect("not poisoned").remove(&asked);
+                Err("no answer".to_string().into())
             }
         }
     }
@@ -354,13 +455,29 @@ pub async fn hand_off(node: &Arc<Node>, conn: Conn, owner: usize, parsed_at: u64
         exported_at,
         flags,
     };
-    let sent = node.peers[owner]
-        .send(node.cluster.secret.as_bytes(), &header, &handoff)
-        .await;
+    let secret = node.cluster.secret.as_bytes();
+    let (id, sent) = node.peers[owner].send(secret, &header, &handoff).await;
     if node.fault == Some(Fault::SlowToHearAnswers) {
         tokio::time::sleep(SLOW_TO_HEAR).await;
     }
-    let Err(why) = sent else {
+    let refused = match sent {
+        Sent::Taken => None,
+        Sent::Refused(why) => Some(why),
+        // The owner may have imported: importing our copy too would give the client
+        // two endpoints. Ask.
+        Sent::Unknown(why) => {
+            eprintln!("{name}: {flow}: no answer from {owner_name} ({why}); asking it");
+            match node.peers[owner].settle(secret, id).await {
+                Ok(true) => {
+                    eprintln!("{name}: {flow}: {owner_name} had taken it");
+                    None
+                }
+                Ok(false) => Some(format!("{why}; {owner_name} did not take it")),
+                Err(e) => Some(format!("{why}; {e}")),
+            }
+        }
+    };
+    let Some(why) = refused else {
         super::Stats::bump(&node.stats.handoffs_out);
         if forwards {
             super::Stats::bump(&node.stats.forwards);
@@ -491,9 +608,9 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                         },
                         forwarded: flags & FORWARDS != 0,
                     };
-                    Some((u64::from_be_bytes(*id), timing, Handoff::from_bytes(rest)))
+                    Some((u64::from_be_bytes(*id), timing, flags, rest))
                 });
-                let Some((id, timing, handoff)) = parsed else {
+                let Some((id, timing, flags, rest)) = parsed else {
                     eprintln!("{}: malformed hand-off frame from {from}; closing", node.name());
                     return;
                 };
@@ -505,14 +622,24 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                     return;
                 }
                 last_id = id;
-                let handoff = match handoff {
+                if flags & STATUS != 0 {
+                    let Some(asked) = rest.first_chunk::<8>() else {
+                        eprintln!("{}: malformed question from {from}; closing", node.name());
+                        return;
+                    };
+                    let asked = u64::from_be_bytes(*asked);
+                    tokio::spawn(answer_question(node.clone(), wr.clone(), id, from.ip(), asked));
+                    continue;
+                }
+                let handoff = match Handoff::from_bytes(rest) {
                     Ok(h) => h,
                     Err(e) => {
                         wr.answer(id, Err(e.to_string())).await;
                         continue;
                     }
                 };
-                tokio::spawn(take_over(node.clone(), wr.clone(), id, timing, handoff));
+                let from = from.ip();
+                tokio::spawn(take_over(node.clone(), wr.clone(), from, id, timing, handoff));
             }
         });
     }
@@ -568,7 +695,33 @@ struct Timing {
     forwarded: bool,
 }
 
-async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, handoff: Handoff) {
+/// Answers a sender's question `id` about its hand-off `asked`, once the book knows.
+async fn answer_question(node: Arc<Node>, wr: Arc<Answers>, id: u64, from: IpAddr, asked: u64) {
+    // An import takes milliseconds; past this, the sender asks again.
+    for _ in 0..1000 {
+        match node.outcomes.ask(from, asked) {
+            Some(Outcome::Taken) => {
+                wr.answer(id, Ok(())).await;
+                return;
+            }
+            Some(_) => {
+                wr.answer(id, Err(format!("{}: hand-off {asked} not taken", node.name())))
+                    .await;
+                return;
+            }
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+async fn take_over(
+    node: Arc<Node>,
+    wr: Arc<Answers>,
+    from: IpAddr,
+    id: u64,
+    timing: Timing,
+    handoff: Handoff,
+) {
     let Timing {
         deadline,
         hops,
@@ -582,7 +735,15 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
         // SAFETY: plain signal to this process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
+    if !node.outcomes.claim(from, id) {
+        // The sender asked before this frame came, and took the connection back.
+        super::Stats::bump(&node.stats.handoffs_refused);
+        wr.answer(id, Err("the sender gave this hand-off up".into()))
+            .await;
+        return;
+    }
     if now_ms() > deadline {
+        node.outcomes.settle(from, id, Outcome::Refused);
         super::Stats::bump(&node.stats.handoffs_refused);
         wr.answer(id, Err("deadline passed before the import".into()))
             .await;
@@ -598,6 +759,7 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
     let imported = match imported {
         Ok(i) => i,
         Err(e) => {
+            node.outcomes.settle(from, id, Outcome::Refused);
             eprintln!("{name}: refused a hand-off: {e}{}", tuple_taken_by(&state, &e));
             super::Stats::bump(&node.stats.handoffs_refused);
             wr.answer(id, Err(format!("{name}: import: {e}"))).await;
@@ -605,11 +767,15 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
         }
     };
     times.imported = super::stats::mono_ns();
+    node.outcomes.settle(from, id, Outcome::Taken);
     let std_stream = std::net::TcpStream::from(imported);
     let Ok(peer) = std_stream.peer_addr() else { return };
     // The answer and the steer go out together. With forwarding, the client's packets
     // reach this node through the sender until l4 steers them, so serving starts now;
     // without it they are held at l4 until the steer is in.
+    if node.fault == Some(Fault::SlowToAnswer) {
+        tokio::time::sleep(SLOW_TO_ANSWER).await;
+    }
     let steered = steer_here(&node, peer, generation);
     let steer = async {
         if forwarded {
@@ -621,12 +787,9 @@ async fn take_over(node: Arc<Node>, wr: Arc<Answers>, id: u64, timing: Timing, h
     let (answered, ()) = tokio::join!(wr.answer(id, Ok(())), steer);
     times.answered = super::stats::mono_ns();
     if !answered {
-        // The sender cannot learn that we have it, so it will import its copy and
-        // steer the flow back to itself: let go of ours (nothing was sent on it yet).
-        let _ = with_backend(node.backend, |c| c.and_then(|c| c.export_detach(&std_stream)));
-        node.steer.disown(peer);
-        eprintln!("{name}: hand-off {id}: sender gone before our answer; let it go");
-        return;
+        // The connection is ours all the same: a sender that heard nothing asks, and
+        // the book tells it so.
+        eprintln!("{name}: hand-off {id}: answer not delivered; the connection stays here");
     }
     let Ok(stream) = TcpStream::from_std(std_stream) else {
         return;

@@ -5,6 +5,7 @@
 
 pub mod handoff;
 pub mod http;
+mod outcomes;
 pub mod stats;
 pub mod steer_client;
 mod tuple_holder;
@@ -53,6 +54,9 @@ pub enum Fault {
     /// a busy runtime: the connection can come back before the sender has heard that
     /// it left.
     SlowToHearAnswers,
+    /// Answer each hand-off four seconds after importing it, as an owner stopped between
+    /// its import and its answer: the sender hears nothing in time and asks.
+    SlowToAnswer,
 }
 
 /// Everything a node's tasks share.
@@ -76,6 +80,8 @@ pub struct Node {
     pub backend: BackendChoice,
     /// Sockets exported with the repair backend that still guard their tuple.
     pub lingering: handoff::Lingering,
+    /// What became of the hand-offs other nodes sent here, for their questions.
+    pub outcomes: outcomes::Outcomes,
 }
 
 impl Node {
@@ -204,6 +210,7 @@ pub async fn run(
         fault,
         backend,
         lingering: handoff::Lingering::default(),
+        outcomes: outcomes::Outcomes::default(),
         me,
         cluster,
     });

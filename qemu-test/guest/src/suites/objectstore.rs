@@ -54,6 +54,10 @@ pub fn tests() -> Vec<Test> {
             run: |e, l| back_before_the_answer(e, l, Backend::Repair),
         },
         Test {
+            name: "dsr_owner_answers_after_the_sender_gave_up",
+            run: |e, l| answer_too_late(e, l, Backend::Module),
+        },
+        Test {
             name: "dsr_dead_node_entries_expire",
             run: dead_node,
         },
@@ -411,6 +415,48 @@ fn back_before_the_answer(env: &Env, log: &mut Log, backend: Backend) -> TestRes
     check!(
         !be2.contains("refused a hand-off"),
         "be2 refused the connection coming back:\n{be2}"
+    );
+    drop(stream);
+    stack.wait_empty(log)?;
+    client_never_reset(log, &rsts)?;
+    Ok(())
+}
+
+/// be2 imports each hand-off but answers four seconds later, after the sender stopped
+/// waiting: fe must not import its copy back (the client would have two endpoints and
+/// get fe's 503 and be2's answer over each other); it asks be2, learns be2 has the
+/// connection, and the client gets be2's answer, then the next owner's, unharmed.
+fn answer_too_late(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
+    let stack = Stack::up_with(env, log, &[("be2", "slow-to-answer")], backend)?;
+    let rsts = resets()?;
+    let (key2, key1) = (stack.key_of("be2"), stack.key_of("be1"));
+    let mut stream = connect_client(false)?;
+    let mut buf = Vec::new();
+    for (key, owner) in [(&key2, "be2"), (&key1, "be1")] {
+        let started = Instant::now();
+        let r = get(&mut stream, &mut buf, key).map_err(|e| format!("{e}\n{}", stack.logs()))?;
+        log.line(format!(
+            "{key} (owner {owner}): {} from {} in {:?}",
+            r.status,
+            r.served_by,
+            started.elapsed()
+        ));
+        check!(
+            r.status == 200 && r.served_by == owner,
+            "{key}: {} from {}, owner {owner}\n{}",
+            r.status,
+            r.served_by,
+            stack.logs()
+        );
+        check!(
+            objects::digest(&r.body) == stack.digest(key),
+            "{key}: digest mismatch"
+        );
+    }
+    let fe = stack.read_log("node-fe.log");
+    check!(
+        fe.contains("asking it") && fe.contains("be2 had taken it") && !fe.contains("importing it back"),
+        "fe did not learn from be2 that it had the connection:\n{fe}"
     );
     drop(stream);
     stack.wait_empty(log)?;
