@@ -162,7 +162,7 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration, repea
 /// Every RST the guest's kernel sends during a test, with its reason and the stack that
 /// sent it, kept in a tracefs instance of its own: a failing test's log ends with them,
 /// so a reset seen once in a long run can be traced to its code path.
-mod rst_trace {
+pub mod rst_trace {
     use std::io::Write as _;
     use std::path::{Path, PathBuf};
 
@@ -190,12 +190,22 @@ mod rst_trace {
         let _ = std::fs::write(dir.join("trace"), "");
     }
 
+    /// The events the instance holds (RSTs with their stacks), if tracing works here.
+    pub fn events() -> Option<Vec<String>> {
+        let text = dir().and_then(|d| std::fs::read_to_string(d.join("trace")).ok())?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
     /// Appends what the instance holds to `log`.
     pub fn append_to(log: &Path) {
-        let Some(text) = dir().and_then(|d| std::fs::read_to_string(d.join("trace")).ok()) else {
+        let Some(events) = events() else {
             return;
         };
-        let events: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
             let _ = writeln!(f, "---- RSTs sent and received in the guest during the test");
             for l in events {

@@ -166,6 +166,8 @@ fn measure(
     let (cpu0, tx0) = (fe_cpu_secs()?, fe_tx_bytes()?);
     let resets0 = counters("client")?.estab_resets;
     let rsts0 = node_rsts()?;
+    // Only this run's RSTs in the trace, to say which one a node sent if it sends any.
+    crate::harness::rst_trace::restart();
     let children: Vec<Child> = runs
         .iter()
         .map(|(script, url, c)| spawn_wrk(script, url, *c, secs))
@@ -220,6 +222,8 @@ fn measure(
             case.node_rsts,
             stack.logs()
         ));
+        let events = crate::harness::rst_trace::events().unwrap_or_default();
+        log.line(format!("RSTs traced during the run:\n{}", events.join("\n")));
     }
     Ok(case)
 }
