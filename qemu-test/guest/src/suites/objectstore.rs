@@ -87,6 +87,10 @@ pub fn tests() -> Vec<Test> {
             run: |e, l| curl_and_wrk(e, l, Backend::Repair),
         },
         Test {
+            name: "dsr_repair_owner_answers_after_the_sender_gave_up",
+            run: |e, l| answer_too_late(e, l, Backend::Repair),
+        },
+        Test {
             name: "dsr_repair_owner_dies_between_export_and_import",
             run: |e, l| owner_dies(e, l, Backend::Repair),
         },
