@@ -353,27 +353,45 @@ fn owner_dies(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
         r.status,
         r.served_by
     );
-    let r = get(&mut stream, &mut buf, &live_key)?;
-    log.line(format!(
-        "{live_key} (owner be1): {} from {}",
-        r.status, r.served_by
-    ));
-    check!(
-        r.status == 200 && r.served_by == "be1",
-        "then {} from {}",
-        r.status,
-        r.served_by
-    );
-    check!(
-        objects::digest(&r.body) == stack.digest(&live_key),
-        "digest mismatch"
-    );
+    get_from_owner(log, &stack, &mut stream, &mut buf, &live_key, "be1")?;
     let fe = stack.read_log("node-fe.log");
     check!(fe.contains("importing it back"), "fe did not import back:\n{fe}");
     drop(stream);
     stack.wait_empty(log)?;
     client_never_reset(log, &rsts)?;
     Ok(())
+}
+
+/// GETs `key` on the client's connection and checks that `owner` answered it with the
+/// object's body; returns how long it took.
+fn get_from_owner(
+    log: &mut Log,
+    stack: &Stack,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    key: &str,
+    owner: &str,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let r = get(stream, buf, key).map_err(|e| format!("{e}\n{}", stack.logs()))?;
+    log.line(format!(
+        "{key} (owner {owner}): {} from {} in {:?}",
+        r.status,
+        r.served_by,
+        started.elapsed()
+    ));
+    check!(
+        r.status == 200 && r.served_by == owner,
+        "{key}: {} from {}, owner {owner}\n{}",
+        r.status,
+        r.served_by,
+        stack.logs()
+    );
+    check!(
+        objects::digest(&r.body) == stack.digest(key),
+        "{key}: digest mismatch"
+    );
+    Ok(started.elapsed())
 }
 
 /// be2 hears each hand-off's answer a second late: the connection it handed to be1
@@ -388,26 +406,7 @@ fn back_before_the_answer(env: &Env, log: &mut Log, backend: Backend) -> TestRes
     let mut buf = Vec::new();
     let mut took = Duration::ZERO;
     for (key, owner) in [(&key2, "be2"), (&key1, "be1"), (&key2, "be2")] {
-        let started = Instant::now();
-        let r = get(&mut stream, &mut buf, key).map_err(|e| format!("{e}\n{}", stack.logs()))?;
-        log.line(format!(
-            "{key} (owner {owner}): {} from {} in {:?}",
-            r.status,
-            r.served_by,
-            started.elapsed()
-        ));
-        check!(
-            r.status == 200 && r.served_by == owner,
-            "{key}: {} from {}, owner {owner}\n{}",
-            r.status,
-            r.served_by,
-            stack.logs()
-        );
-        check!(
-            objects::digest(&r.body) == stack.digest(key),
-            "{key}: digest mismatch"
-        );
-        took = started.elapsed();
+        took = get_from_owner(log, &stack, &mut stream, &mut buf, key, owner)?;
     }
     // The third request came back to be2 while it still waited (3 s) for the second's
     // answer.
@@ -437,25 +436,7 @@ fn answer_too_late(env: &Env, log: &mut Log, backend: Backend) -> TestResult {
     let mut stream = connect_client(false)?;
     let mut buf = Vec::new();
     for (key, owner) in [(&key2, "be2"), (&key1, "be1")] {
-        let started = Instant::now();
-        let r = get(&mut stream, &mut buf, key).map_err(|e| format!("{e}\n{}", stack.logs()))?;
-        log.line(format!(
-            "{key} (owner {owner}): {} from {} in {:?}",
-            r.status,
-            r.served_by,
-            started.elapsed()
-        ));
-        check!(
-            r.status == 200 && r.served_by == owner,
-            "{key}: {} from {}, owner {owner}\n{}",
-            r.status,
-            r.served_by,
-            stack.logs()
-        );
-        check!(
-            objects::digest(&r.body) == stack.digest(key),
-            "{key}: digest mismatch"
-        );
+        get_from_owner(log, &stack, &mut stream, &mut buf, key, owner)?;
     }
     let fe = stack.read_log("node-fe.log");
     check!(
