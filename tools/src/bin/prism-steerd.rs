@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
     let result = Cluster::load(&cli.config).and_then(|c| {
-        tokio::runtime::Builder::new_multi_thread()
+        // One thread: every request passes three tasks (session, batcher, replies),
+        // and on a runtime with several workers each pass could wake another thread;
+        // the batcher's netlink round trip is short, and batches grow under load.
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("tokio: {e}"))?

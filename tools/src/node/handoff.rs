@@ -21,7 +21,8 @@
 //! With the module, the sender's DETACH names the owner (`forward-to`, flag
 //! [`FORWARDS`]): the client's packets that l4 still brings to the sender go on to the
 //! owner, whose module drops those that arrive before its import. So the owner serves
-//! the request as soon as it has imported, and l4's steering follows in the background.
+//! the request as soon as it has imported; its answer to the sender and l4's steering
+//! follow in the background.
 //! Without the module, l4 holds the flow until the owner has steered it, and only then
 //! does the owner serve.
 
@@ -770,27 +771,33 @@ async fn take_over(
     node.outcomes.settle(from, id, Outcome::Taken);
     let std_stream = std::net::TcpStream::from(imported);
     let Ok(peer) = std_stream.peer_addr() else { return };
-    // The answer and the steer go out together. With forwarding, the client's packets
-    // reach this node through the sender until l4 steers them, so serving starts now;
-    // without it they are held at l4 until the steer is in.
     if node.fault == Some(Fault::SlowToAnswer) {
         tokio::time::sleep(SLOW_TO_ANSWER).await;
     }
+    // The client waits for none of this: with forwarding its packets reach this node
+    // through the sender until l4 steers them, so the answer and the steer go out in
+    // a task of their own, which runs once the first response write has gone (or on
+    // an idle worker). Without forwarding l4 holds the flow until the steer is in, so
+    // serving waits for it; the answer goes out meanwhile.
     let steered = steer_here(&node, peer, generation);
-    let steer = async {
-        if forwarded {
-            tokio::spawn(steered);
-        } else {
-            steered.await;
+    let answered = {
+        let name = name.clone();
+        async move {
+            if !wr.answer(id, Ok(())).await {
+                // The connection is ours all the same: a sender that heard nothing
+                // asks, and the book tells it so.
+                eprintln!("{name}: hand-off {id}: answer not delivered; the connection stays here");
+            }
         }
     };
-    let (answered, ()) = tokio::join!(wr.answer(id, Ok(())), steer);
-    times.answered = super::stats::mono_ns();
-    if !answered {
-        // The connection is ours all the same: a sender that heard nothing asks, and
-        // the book tells it so.
-        eprintln!("{name}: hand-off {id}: answer not delivered; the connection stays here");
+    if forwarded {
+        tokio::spawn(async move {
+            tokio::join!(answered, steered);
+        });
+    } else {
+        tokio::join!(answered, steered);
     }
+    times.answered = super::stats::mono_ns();
     let Ok(stream) = TcpStream::from_std(std_stream) else {
         return;
     };

@@ -63,8 +63,8 @@ pub struct HandTimes {
     pub received: u64,
     /// The owner's import returned.
     pub imported: u64,
-    /// The owner's answer to the sender was written (with the repair backend, after
-    /// the steer it waits for).
+    /// The owner was free to serve: with forwarding, once it queued the answer to the
+    /// sender and the steer; with the repair backend, once both were done.
     pub answered: u64,
     /// The owner's first response write began.
     pub writing: u64,
@@ -79,11 +79,11 @@ pub struct Steps {
     pub frame: u32,
     /// The owner's import.
     pub import: u32,
-    /// Import -> first response byte: the answer to the sender, the steer when the
-    /// owner waits for it, and the response's start.
+    /// Import -> first response byte: queuing (with forwarding) or sending (without)
+    /// the answer to the sender and the steer, and the response's start.
     pub to_first_byte: u32,
-    /// Import -> the answer to the sender written (and the steer, when the owner
-    /// waits for it).
+    /// Import -> the owner free to serve: the answer and the steer queued (with
+    /// forwarding), or done (without).
     #[serde(default)]
     pub answer: u32,
     /// Answer -> the first response write begins (the request served from the buffer).
