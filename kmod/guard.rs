@@ -5,6 +5,12 @@
 //! with RST: sent on to the flow's new owner (`tunnel.rs`) or dropped. On the owner's
 //! side it drops what another host forwarded for a connection that has no socket here
 //! (yet, or any more), for the same reason.
+//!
+//! A LOCAL_OUT hook drops any RST this host sends on a departed tuple. A packet that
+//! passed the LOCAL_IN hook just before its tuple departed meets no socket in TCP's
+//! lookup (the export unhashed it meanwhile) and the listener answers it with RST; the
+//! entry is in the table by then, so the RST stays here and the peer retransmits into
+//! the guard.
 
 use crate::bindings as b;
 use crate::departed::{Departed, Tuple, Verdict};
@@ -18,7 +24,7 @@ use kernel::prelude::*;
 /// Everything the hooks and the pernet callbacks reach, at a stable address.
 struct Inner {
     table: KBox<Departed>,
-    hooks: [b::nf_hook_ops; 2],
+    hooks: [b::nf_hook_ops; 4],
     pernet: b::pernet_operations,
 }
 
@@ -62,7 +68,8 @@ unsafe fn bytes<const N: usize>(skb: *const b::sk_buff, offset: c_int) -> Option
     Some(unsafe { *p.cast::<[u8; N]>() })
 }
 
-/// The tuple of an incoming TCP packet and its TCP flags.
+/// The tuple of a TCP packet as an incoming one names it (its source is the remote end),
+/// and its TCP flags.
 ///
 /// # Safety
 ///
@@ -188,6 +195,42 @@ unsafe extern "C" fn hook(
     }
 }
 
+/// The LOCAL_OUT hook: drops this host's RSTs on departed tuples.
+///
+/// # Safety
+///
+/// Called by netfilter only: `priv_` is the departed table, `skb` and `state` valid.
+unsafe extern "C" fn rst_hook(
+    priv_: *mut c_void,
+    skb: *mut b::sk_buff,
+    state: *const b::nf_hook_state,
+) -> c_uint {
+    // SAFETY: as in `hook`.
+    let table = unsafe { &*priv_.cast::<Departed>() };
+    if table.active() == 0 {
+        return b::NF_ACCEPT;
+    }
+    // SAFETY: netfilter passes a valid hook state.
+    let state = unsafe { &*state };
+    // SAFETY: netfilter passes a valid packet and hook state.
+    let Some((tuple, flags)) = (unsafe { parse(skb, state) }) else {
+        return b::NF_ACCEPT;
+    };
+    if flags & b::PRISM_TCPHDR_RST == 0 {
+        return b::NF_ACCEPT;
+    }
+    match table.check(&tuple.reversed(), false) {
+        Verdict::Accept => b::NF_ACCEPT,
+        Verdict::Drop | Verdict::Forward(_) => {
+            // SAFETY: the hook's namespace is alive.
+            if let Some(d) = unsafe { pernet::net_data(state.net) } {
+                Stats::add(&d.stats.departed_dropped, 1);
+            }
+            b::NF_DROP
+        }
+    }
+}
+
 /// Hooks a new namespace.
 ///
 /// # Safety
@@ -234,15 +277,21 @@ impl Guard {
         let table = core::ptr::from_ref::<Departed>(&inner.table)
             .cast_mut()
             .cast();
-        for (ops, pf) in inner
-            .hooks
-            .iter_mut()
-            .zip([b::NFPROTO_IPV4, b::NFPROTO_IPV6])
-        {
-            ops.hook = Some(hook);
+        let (local_in, local_out) = (
+            b::nf_inet_hooks_NF_INET_LOCAL_IN,
+            b::nf_inet_hooks_NF_INET_LOCAL_OUT,
+        );
+        let hooks: [(b::nf_hookfn, u32, u32); 4] = [
+            (Some(hook), b::NFPROTO_IPV4, local_in),
+            (Some(hook), b::NFPROTO_IPV6, local_in),
+            (Some(rst_hook), b::NFPROTO_IPV4, local_out),
+            (Some(rst_hook), b::NFPROTO_IPV6, local_out),
+        ];
+        for (ops, (f, pf, hooknum)) in inner.hooks.iter_mut().zip(hooks) {
+            ops.hook = f;
             ops.priv_ = table;
             ops.pf = pf as u8;
-            ops.hooknum = b::nf_inet_hooks_NF_INET_LOCAL_IN;
+            ops.hooknum = hooknum;
             // Ahead of filter tables: a user's REJECT rule must not answer either.
             ops.priority = b::nf_ip_hook_priorities_NF_IP_PRI_RAW;
         }

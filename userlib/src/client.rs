@@ -75,7 +75,8 @@ pub struct DepartedInfo {
     pub quota: u32,
     /// How long a tuple is guarded, in milliseconds.
     pub timeout_ms: u32,
-    /// Packets dropped instead of answered with RST.
+    /// Packets dropped instead of answered with RST, and RSTs this host was about to
+    /// send on a departed tuple.
     pub dropped: u64,
     /// Guarded tuples that expired.
     pub expired: u64,

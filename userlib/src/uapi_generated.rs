@@ -132,7 +132,8 @@ pub enum InfoAttr {
     /// How long a departed tuple is guarded unless imported here again first.
     DepartedTimeoutMs = 11,
     /// Packets of departed tuples dropped silently instead of answered with RST
-    /// (no forward-to was given, or forwarding failed).
+    /// (no forward-to was given, or forwarding failed), and RSTs this host was
+    /// about to send on a departed tuple.
     DepartedDropped = 12,
     /// Departed tuples that reached their timeout.
     DepartedExpired = 13,

@@ -69,6 +69,10 @@ pub fn tests() -> Vec<Test> {
             run: guard_syn_ack,
         },
         Test {
+            name: "guard_v4_holds_this_hosts_rst_on_departed_tuple",
+            run: guard_holds_rst,
+        },
+        Test {
             name: "export_refuses_pending_urgent_data",
             run: urgent_pending,
         },
@@ -820,6 +824,123 @@ fn guard_syn_ack(env: &Env, log: &mut Log) -> TestResult {
     check!(&buf == b"new connection", "client read {buf:?}");
     let info = fe.info().map_err(|e| e.to_string())?;
     check!(info.departed.active == 0, "guard entry left: {:?}", info.departed);
+    Ok(())
+}
+
+/// The one's-complement sum of `data` as 16-bit big-endian words, folded, from `sum`.
+fn ones_complement(mut sum: u32, data: &[u8]) -> u32 {
+    for pair in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// A TCP RST from `from` to `to` with sequence number `seq`, IPv4 header included.
+fn rst_packet(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32) -> Vec<u8> {
+    let mut tcp = [0u8; 20];
+    tcp[..2].copy_from_slice(&from.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x04;
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&from.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    let sum = !(ones_complement(ones_complement(0, &pseudo), &tcp) as u16);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    // The kernel fills in the IP header's length, id and checksum (IP_HDRINCL).
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, libc::IPPROTO_TCP as u8, 0, 0];
+    ip.extend_from_slice(&from.ip().octets());
+    ip.extend_from_slice(&to.ip().octets());
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// Sends `packet` (IPv4 header included) from the current namespace.
+fn send_raw_v4(packet: &[u8], to: std::net::Ipv4Addr) -> std::io::Result<()> {
+    // SAFETY: plain socket creation; owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let (sa, len) = sockaddr_bytes(SocketAddr::new(to.into(), 0));
+    // SAFETY: `packet` and the address are valid for their lengths.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            sa.as_ptr().cast(),
+            len,
+        )
+    };
+    if sent != packet.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// TCP answers a packet that passed the guard's LOCAL_IN hook just before its tuple
+/// departed with RST from the listener (the export unhashed the socket meanwhile). The
+/// guard's LOCAL_OUT hook keeps any RST of fe's on a departed tuple at home: here one
+/// with the exact sequence number the client expects, sent from fe through a raw
+/// socket (which goes through LOCAL_OUT as TCP's own RSTs do). Without the hook the
+/// client's connection is reset.
+fn guard_holds_rst(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let c = Client::connect().map_err(|e| e.to_string())?;
+    let (client, server) = connect_via_topology(false, 8097, None)?;
+    let (SocketAddr::V4(client_addr), SocketAddr::V4(vip)) = (
+        client.local_addr().map_err(|e| e.to_string())?,
+        server.local_addr().map_err(|e| e.to_string())?,
+    ) else {
+        return Err("not an IPv4 connection".into());
+    };
+    let state = c.export_detach(server.as_fd()).map_err(|e| e.to_string())?;
+    let seq = state.decode().map_err(|e| e.to_string())?.snd_nxt;
+    drop(server);
+    let fe = in_ns("fe", Client::connect)?.map_err(|e| e.to_string())?;
+    let before = fe.info().map_err(|e| e.to_string())?.departed;
+    check!(before.active == 1, "no guard entry: {before:?}");
+    let rst = rst_packet(vip, client_addr, seq);
+    let sent = in_ns("fe", move || send_raw_v4(&rst, *client_addr.ip()))?;
+    // A packet that a LOCAL_OUT hook drops fails its send with EPERM.
+    log.line(format!("fe's raw send of the RST: {sent:?}"));
+    match sent {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(format!("raw send: {e}")),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = fe.info().map_err(|e| e.to_string())?.departed;
+    log.line(format!("fe's guard before the RST: {before:?}; after: {after:?}"));
+    // TCP_ESTABLISHED in include/net/tcp_states.h.
+    const ESTABLISHED: u8 = 1;
+    let state = tcp_info(client.as_fd()).tcpi_state;
+    check!(
+        state == ESTABLISHED,
+        "the client's connection is in state {state} (1 = established): the RST left fe"
+    );
+    check!(
+        after.dropped == before.dropped + 1,
+        "fe's guard counted {} dropped packets, not one more than {}",
+        after.dropped,
+        before.dropped
+    );
     Ok(())
 }
 
