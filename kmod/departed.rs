@@ -44,20 +44,6 @@ pub(crate) struct Tuple {
     pub(crate) rport: u16,
 }
 
-impl Tuple {
-    /// The same connection seen from its other end: a packet this host sends names the
-    /// local address as its source.
-    pub(crate) fn reversed(&self) -> Self {
-        Self {
-            local: self.remote,
-            remote: self.local,
-            lport: self.rport,
-            rport: self.lport,
-            ..*self
-        }
-    }
-}
-
 fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }
@@ -88,6 +74,18 @@ impl Tuple {
             t.remote[..4].copy_from_slice(&remote[12..]);
         }
         t
+    }
+
+    /// The same connection seen from its other end: a packet this host sends names the
+    /// local address as its source.
+    pub(crate) fn reversed(&self) -> Self {
+        Self {
+            local: self.remote,
+            remote: self.local,
+            lport: self.rport,
+            rport: self.lport,
+            ..*self
+        }
     }
 
     fn hash(&self, seed: u32) -> usize {

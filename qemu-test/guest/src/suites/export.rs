@@ -862,33 +862,14 @@ fn rst_packet(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32
 
 /// Sends `packet` (IPv4 header included) from the current namespace.
 fn send_raw_v4(packet: &[u8], to: std::net::Ipv4Addr) -> std::io::Result<()> {
-    // SAFETY: plain socket creation; owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let (sa, len) = sockaddr_bytes(SocketAddr::new(to.into(), 0));
-    // SAFETY: `packet` and the address are valid for their lengths.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            sa.as_ptr().cast(),
-            len,
-        )
-    };
-    if sent != packet.len() as isize {
-        return Err(std::io::Error::last_os_error());
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+    let sent = sock.send_to(packet, &SocketAddr::new(to.into(), 0).into())?;
+    if sent != packet.len() {
+        return Err(std::io::Error::other(format!(
+            "sent {sent} of {} bytes",
+            packet.len()
+        )));
     }
     Ok(())
 }
