@@ -8,7 +8,9 @@ use crate::error::{Error, KernelError, Result};
 use crate::events::Group;
 use crate::events::TrackedSocket;
 use crate::state::MigrationState;
-use crate::uapi::{Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, MCGRP_RELEASES, PROTO_VERSION};
+use crate::uapi::{
+    Command, InfoAttr, StateAttr, FAMILY_NAME, MCGRP_EVENTS, MCGRP_RELEASES, PROTO_VERSION, QUEUE_CHUNK,
+};
 use neli::consts::genl::{Cmd, CtrlAttr, CtrlAttrMcastGrp, CtrlCmd, Index, NlAttrType};
 use neli::consts::nl::{GenlId, NlType, NlmF, NlmsgerrAttr};
 use neli::consts::socket::NlFamily;
@@ -129,10 +131,14 @@ pub struct Client {
     seq: Cell<u32>,
     /// Request size the socket's send buffer is known to take.
     sndbuf: Cell<usize>,
-    /// Where replies are received, allocated once: neli's own receive path zero-fills
-    /// a buffer of the largest reply (1 MiB and more) for every datagram, which cost
-    /// more than the whole request.
+    /// Where replies are received: an allocation with room for the largest reply the
+    /// module can send (its max-queue-bytes of queues and the state), never zeroed.
+    /// neli's own receive path zero-fills a buffer that size for every datagram, which
+    /// cost more than the whole request; and a reply received anywhere smaller would
+    /// have to be peeked at first, one more system call per export.
     replies: RefCell<Vec<u8>>,
+    /// The capacity `replies` gets, from the module's max-queue-bytes.
+    max_reply: usize,
     /// Where export and import requests are built, kept between requests: a fresh
     /// buffer of a large state is fresh pages (malloc maps them), and faulting them in
     /// cost more than the kernel's work.
@@ -185,8 +191,12 @@ fn proto(e: impl std::fmt::Display) -> Error {
 /// acknowledgement, with room for skb overhead.
 const RCVBUF: usize = 4 << 20;
 
-/// The largest reply datagram: max-queue-bytes (1 MiB) of queued data plus the state.
-const MAX_REPLY: usize = (1 << 20) + (64 << 10);
+/// The largest reply datagram for `max_queue_bytes`: the queues in chunks of
+/// `QUEUE_CHUNK` with their attribute headers, plus room for the state and the headers.
+fn max_reply(max_queue_bytes: u32) -> usize {
+    let queued = max_queue_bytes as usize;
+    queued + (queued / QUEUE_CHUNK as usize + 2) * 4 + (64 << 10)
+}
 
 /// Sets a socket buffer size with `force` (allowed with CAP_NET_ADMIN), else `plain`
 /// (capped by the sysctl), for `size` bytes.
@@ -232,23 +242,9 @@ const INFO_REQUIRED: [InfoAttr; 16] = [
     InfoAttr::EventsLost,
 ];
 
-/// Replies up to this size are received into the kept buffer and copied out.
+/// Replies up to this size are copied out of the kept buffer; a larger export reply
+/// takes the buffer with it.
 const SMALL_REPLY: usize = 16 << 10;
-
-/// The length of the next datagram on `fd`, which stays queued.
-fn peek_len(fd: i32) -> std::io::Result<usize> {
-    loop {
-        // SAFETY: a zero-length read into no buffer; MSG_TRUNC returns the real length.
-        let n = unsafe { libc::recv(fd, std::ptr::null_mut(), 0, libc::MSG_PEEK | libc::MSG_TRUNC) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
 
 /// Receives the next datagram into `v`'s spare capacity (which must hold it); its
 /// length, with `v` set to it.
@@ -339,7 +335,8 @@ impl Client {
             releases_group: None,
             seq: Cell::new(1),
             sndbuf: Cell::new(DEFAULT_SNDBUF),
-            replies: RefCell::new(vec![0; MAX_REPLY]),
+            replies: RefCell::new(Vec::with_capacity(SMALL_REPLY)),
+            max_reply: SMALL_REPLY,
             requests: RefCell::new(Vec::new()),
         };
         let request = request(
@@ -372,6 +369,9 @@ impl Client {
         client.events_group =
             group(MCGRP_EVENTS).ok_or_else(|| proto("family has no `events` multicast group"))?;
         client.releases_group = group(MCGRP_RELEASES);
+        // Every later reply is received whole in one call, the largest export included.
+        client.max_reply = max_reply(client.info()?.max_queue_bytes);
+        client.replies = RefCell::new(Vec::with_capacity(client.max_reply));
         Ok(client)
     }
 
@@ -421,7 +421,8 @@ impl Client {
         let mut out = Vec::new();
         let mut buf = self.replies.borrow_mut();
         loop {
-            let msgs = match recv_datagram(self.sock.as_raw_fd(), &mut buf) {
+            buf.clear();
+            let msgs = match recv_into(self.sock.as_raw_fd(), &mut buf) {
                 Ok(n) => NlBuffer::<T, R>::from_bytes_with_input(&mut Cursor::new(&buf[..n]), n)
                     .map_err(netlink)?,
                 // The reply arrived whole but the acknowledgement behind it did not fit
@@ -675,8 +676,8 @@ impl Client {
     /// and where in the vector that starts. No acknowledgement is asked for: the reply is
     /// the answer, and a failure comes back as an error message all the same, so a call
     /// is one send and one receive. A small reply is received into a buffer kept between
-    /// calls and copied out; with `exact` a large one is received into the returned
-    /// vector itself (one more system call, to learn its size, and no copy).
+    /// calls and copied out; with `exact` a large one is returned in that buffer itself
+    /// (no copy), and the client takes a fresh one.
     fn call(
         &self,
         cmd: Command,
@@ -733,24 +734,23 @@ impl Client {
             return Err(netlink(std::io::Error::last_os_error()));
         }
         drop(req);
+        let mut buf = self.replies.borrow_mut();
         loop {
-            // A large reply (an export's queues) is received straight into a vector of
-            // its size, which becomes the caller's: one copy, from the kernel.
-            let peeked = if exact { peek_len(fd).map_err(netlink)? } else { 0 };
-            if peeked > SMALL_REPLY {
-                let mut own = Vec::with_capacity(peeked);
-                let n = recv_into(fd, &mut own).map_err(netlink)?;
-                if let Some((start, mlen)) = self.find_reply(&own[..n], seq, cmd, skip)? {
-                    own.truncate(start + mlen);
-                    return Ok((own, start + NLMSG_HEADER + skip));
-                }
+            buf.clear();
+            let n = recv_into(fd, &mut buf).map_err(netlink)?;
+            let Some((start, mlen)) = self.find_reply(&buf[..n], seq, cmd, skip)? else {
                 continue;
+            };
+            if exact && n > SMALL_REPLY {
+                // A large reply (an export's queues) becomes the caller's where the
+                // kernel wrote it: one copy, from the kernel. The allocation shrinks
+                // in place to the reply.
+                let mut own = std::mem::replace(&mut *buf, Vec::with_capacity(self.max_reply));
+                own.truncate(start + mlen);
+                own.shrink_to_fit();
+                return Ok((own, start + NLMSG_HEADER + skip));
             }
-            let mut buf = self.replies.borrow_mut();
-            let n = recv_datagram(fd, &mut buf).map_err(netlink)?;
-            if let Some((start, mlen)) = self.find_reply(&buf[..n], seq, cmd, skip)? {
-                return Ok((buf[start + NLMSG_HEADER + skip..start + mlen].to_vec(), 0));
-            }
+            return Ok((buf[start + NLMSG_HEADER + skip..start + mlen].to_vec(), 0));
         }
     }
 

@@ -42,7 +42,7 @@ fn smoke(env: &Env, log: &mut Log) -> TestResult {
     };
     // One request and its answer per side, plus the close of the exported fd.
     check!(
-        module.syscalls_export.1 <= 4 && module.syscalls_import.1 <= 4,
+        module.syscalls_export.1 <= 3 && module.syscalls_import.1 <= 2,
         "module hop made {:?} + {:?} system calls",
         module.syscalls_export,
         module.syscalls_import
