@@ -76,7 +76,8 @@ src=/build/prism-sock-dkms
 rm -rf "$root$src" && mkdir -p "$root$src/kmod"
 cp "$repo/Makefile" "$repo/Kbuild" "$repo/dkms.conf" "$root$src/"
 cp "$repo"/kmod/*.c "$repo"/kmod/*.h "$repo/kmod/bindgen_parameters" "$root$src/kmod/"
-for f in "$repo"/kmod/*.rs; do [[ $f == *_generated.rs ]] || cp "$f" "$root$src/kmod/"; done
+# Kbuild generates the bindings; the uapi module (generated from the spec) ships as is.
+for f in "$repo"/kmod/*.rs; do [[ $f == */bindings_generated.rs ]] || cp "$f" "$root$src/kmod/"; done
 in_root make -C "$src" dkms-build DKMS_KERNEL="$release" DKMS_KERNEL_SOURCE="$tree" >>"$log" 2>&1 ||
   { grep -E "error|warning" -A6 "$log" | tail -40 >&2; cat "$root"/var/lib/dkms/prism-sock/*/build/make.log 2>/dev/null | tail -30 >&2; exit 1; }
 built=$(find "$root/var/lib/dkms/prism-sock" -path "*$release*" -name 'prism_sock.ko*' | head -1)
