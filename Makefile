@@ -9,7 +9,7 @@ KDIR ?= $(eval KDIR := $$(shell qemu-test/build-kernel.sh))$(KDIR)
 # file was built with the default LLVM).
 KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))
 
-.PHONY: setup uapi kernel module tools test test-host test-guest test-long fuzz demo bench profile lint clean dkms-add dkms-build dkms-install stock-kernel-test
+.PHONY: setup uapi kernel module tools test test-host test-guest test-long fuzz demo bench profile lint clean dkms-src dkms-add dkms-build dkms-install stock-kernel-test
 
 setup:
 	@scripts/setup.sh
@@ -80,12 +80,18 @@ DKMS_VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/prism-sock-$(DKMS_VERSION)
 DKMS_TARGET = $(if $(DKMS_KERNEL),-k $(DKMS_KERNEL) $(if $(DKMS_KERNEL_SOURCE),--kernelsourcedir $(DKMS_KERNEL_SOURCE)))
 
+# What DKMS builds from, copied to DEST: Kbuild generates the bindings, the uapi module
+# (generated from the spec by `make uapi`) ships as it is.
+dkms-src:
+	@test -n "$(DEST)" || { echo "dkms-src needs DEST=directory"; exit 1; }
+	rm -rf $(DEST) && mkdir -p $(DEST)/kmod
+	cp Kbuild dkms.conf $(DEST)/
+	cp $(filter-out kmod/bindings_generated.rs,$(wildcard kmod/*.rs)) kmod/*.c kmod/*.h kmod/bindgen_parameters $(DEST)/kmod/
+
 dkms-add:
 	@command -v dkms >/dev/null || { echo "dkms is not installed (apt-get install dkms)"; exit 1; }
 	-dkms remove prism-sock/$(DKMS_VERSION) --all >/dev/null 2>&1
-	rm -rf $(DKMS_SRC) && mkdir -p $(DKMS_SRC)/kmod
-	cp Kbuild dkms.conf $(DKMS_SRC)/
-	cp $(filter-out kmod/bindings_generated.rs,$(wildcard kmod/*.rs)) kmod/*.c kmod/*.h kmod/bindgen_parameters $(DKMS_SRC)/kmod/
+	$(MAKE) -s dkms-src DEST=$(DKMS_SRC)
 	dkms add prism-sock/$(DKMS_VERSION)
 
 dkms-build: dkms-add

@@ -73,11 +73,9 @@ fi
 echo "KERNELRELEASE=$release CROSS_COMPILE=x86_64-linux-gnu- CC=x86_64-linux-gnu-gcc-14" >"$root$tree/.prism-make-flags"
 in_root sh -c 'command -v dkms >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dkms' >>"$log" 2>&1
 src=/build/prism-sock-dkms
-rm -rf "$root$src" && mkdir -p "$root$src/kmod"
-cp "$repo/Makefile" "$repo/Kbuild" "$repo/dkms.conf" "$root$src/"
-cp "$repo"/kmod/*.c "$repo"/kmod/*.h "$repo/kmod/bindgen_parameters" "$root$src/kmod/"
-# Kbuild generates the bindings; the uapi module (generated from the spec) ships as is.
-for f in "$repo"/kmod/*.rs; do [[ $f == */bindings_generated.rs ]] || cp "$f" "$root$src/kmod/"; done
+# The Makefile's own list of what DKMS builds from (dkms-src), and the Makefile.
+make -s -C "$repo" dkms-src DEST="$root$src" >&2
+cp "$repo/Makefile" "$root$src/"
 in_root make -C "$src" dkms-build DKMS_KERNEL="$release" DKMS_KERNEL_SOURCE="$tree" >>"$log" 2>&1 ||
   { grep -E "error|warning" -A6 "$log" | tail -40 >&2; cat "$root"/var/lib/dkms/prism-sock/*/build/make.log 2>/dev/null | tail -30 >&2; exit 1; }
 built=$(find "$root/var/lib/dkms/prism-sock" -path "*$release*" -name 'prism_sock.ko*' | head -1)
