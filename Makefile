@@ -9,7 +9,7 @@ KDIR ?= $(eval KDIR := $$(shell qemu-test/build-kernel.sh))$(KDIR)
 # file was built with the default LLVM).
 KMAKEFLAGS = $(shell cat $(KDIR)/.prism-make-flags 2>/dev/null || echo LLVM=1 LIBCLANG_PATH=$$(llvm-config --libdir))
 
-.PHONY: setup uapi kernel module tools test test-host test-guest test-long fuzz demo bench profile lint clean dkms-src dkms-add dkms-build dkms-install stock-kernel-test
+.PHONY: setup uapi kernel module tools test test-host test-guest test-long fuzz demo bench profile lint clean dkms-check dkms-src dkms-add dkms-build dkms-install stock-kernel-test
 
 setup:
 	@scripts/setup.sh
@@ -41,7 +41,13 @@ test-host: setup
 test-guest: module tools
 	qemu-test/run-guest.sh suite
 
-test: lint test-host test-guest
+test: lint test-host dkms-check test-guest
+
+# The DKMS source list is complete: the module builds from that copy alone.
+DKMS_CHECK := $(CURDIR)/target/dkms-check
+dkms-check: setup uapi
+	$(MAKE) -s dkms-src DEST=$(DKMS_CHECK)
+	$(MAKE) -C $(KDIR) M=$(DKMS_CHECK) $(KMAKEFLAGS) modules
 
 # The spec-driven fuzz test alone, with more requests (KERNEL_FLAVOR=debug for KASAN,
 # lockdep and kmemleak).
