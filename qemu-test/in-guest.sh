@@ -26,7 +26,7 @@ rc=0
 case "$mode" in
   suite)
     "$bin/prism-guest-suite" suite "${env_args[@]}" --out "$out" --test-timeout "$test_timeout" ${filter:+--filter "$filter"} \
-      --repeat "${PRISM_TEST_REPEAT:-1}"
+      ${PRISM_TEST_SKIP:+--skip "$PRISM_TEST_SKIP"} --repeat "${PRISM_TEST_REPEAT:-1}"
     rc=$?
     ;;
   demo)

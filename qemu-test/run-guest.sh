@@ -49,7 +49,7 @@ echo "run-guest: booting $(basename "$kdir") ($(cat "$probe")), results in $out"
 start=$SECONDS
 timeout "$timeout_s" vng --run "$kimg" "${accel[@]}" --user root \
   --memory 2G --cpus 2 --rwdir "$out" \
-  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} PRISM_NETEM_HOPS=${PRISM_NETEM_HOPS:-} PRISM_BENCH_ARGS='${PRISM_BENCH_ARGS:-}' $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
+  --exec "PRISM_MODULE=$module PRISM_TEST_REPEAT=${PRISM_TEST_REPEAT:-1} PRISM_TEST_SKIP=${PRISM_TEST_SKIP:-} PRISM_FUZZ_REQUESTS=${PRISM_FUZZ_REQUESTS:-20000} PRISM_NETEM_HOPS=${PRISM_NETEM_HOPS:-} PRISM_BENCH_ARGS='${PRISM_BENCH_ARGS:-}' $here/in-guest.sh $mode $out $repo $kdir $test_timeout $filter" </dev/null >"$out/console.log" 2>&1
 vng_rc=$?
 echo "run-guest: guest finished in $((SECONDS - start)) s (exit $vng_rc)"
 
@@ -113,5 +113,7 @@ fi
 if ((passed + failed == 1)); then
   echo "run-guest: no test ran"; failed=$((failed + 1))
 fi
+skipped=$(grep -c '^SKIP ' "$out/results.txt")
+((skipped > 0)) && echo "$skipped left out (PRISM_TEST_SKIP)"
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -103,9 +103,15 @@ macro_rules! check {
 }
 
 /// Runs every test (or those whose name contains one of the comma-separated parts of
-/// `filter`) `repeat` times, each run in its own child process that may run `timeout`
-/// at most.
-pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration, repeat: u32) -> ExitCode {
+/// `filter`, less those that contain one of `skip`'s) `repeat` times, each run in its
+/// own child process that may run `timeout` at most.
+pub fn run(
+    env: &Env,
+    out: &Path,
+    (filter, skip): (Option<&str>, Option<&str>),
+    timeout: Duration,
+    repeat: u32,
+) -> ExitCode {
     let logs = out.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
         eprintln!("cannot create {}: {e}", logs.display());
@@ -120,9 +126,21 @@ pub fn run(env: &Env, out: &Path, filter: Option<&str>, timeout: Duration, repea
     };
     let me = std::env::current_exe().expect("own path");
     let mut failed = 0;
-    let runs = crate::suites::all()
+    let matches = |list: &str, name: &str| {
+        list.split(',')
+            .any(|part| !part.is_empty() && name.contains(part))
+    };
+    let (skipped, chosen): (Vec<_>, Vec<_>) = crate::suites::all()
         .into_iter()
-        .filter(|t| filter.is_none_or(|f| f.split(',').any(|alt| t.name.contains(alt))))
+        .filter(|t| filter.is_none_or(|f| matches(f, t.name)))
+        .partition(|t| skip.is_some_and(|s| matches(s, t.name)));
+    for t in skipped {
+        let line = format!("SKIP {} (left out of this run)", t.name);
+        println!("{line}");
+        let _ = writeln!(results, "{line}");
+    }
+    let runs = chosen
+        .into_iter()
         .flat_map(|t| (1..=repeat.max(1)).map(move |k| (t, k)));
     for (t, k) in runs {
         // A repeated test's runs keep their own logs: name, name.2, name.3, ...

@@ -34,6 +34,10 @@ enum Cmd {
         /// Run only tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// Leave out tests whose name contains one of these comma-separated parts (a
+        /// kernel that lacks what they need); each is reported as SKIP.
+        #[arg(long)]
+        skip: Option<String>,
         /// Longest one test may run, in seconds.
         #[arg(long, default_value_t = 180)]
         test_timeout: u64,
@@ -136,12 +140,13 @@ fn main() -> ExitCode {
             env,
             out,
             filter,
+            skip,
             test_timeout,
             repeat,
         } => harness::run(
             &env,
             &out,
-            filter.as_deref(),
+            (filter.as_deref(), skip.as_deref()),
             std::time::Duration::from_secs(test_timeout),
             repeat,
         ),
