@@ -802,9 +802,16 @@ fn rmmod_during_imports(env: &Env, log: &mut Log) -> TestResult {
                 .then_some(done)
                 .ok_or_else(|| std::io::Error::last_os_error().to_string())
         });
+        // Once the removal may have begun, imports are paced: the module's exit first
+        // stops the tracker (RCU grace periods, tens of ms on a stock kernel) before it
+        // unregisters the family, and an unpaced stream could finish in that time.
         let results: Vec<_> = states
             .iter()
-            .map(|st| {
+            .enumerate()
+            .map(|(i, st)| {
+                if i >= RMMOD_AFTER {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 let r = be1.import_stream(st, &ImportOptions::default());
                 imported.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 r.map(|(t, _)| t).map_err(|e| e.to_string())
