@@ -22,6 +22,7 @@
 #include <net/ip_tunnels.h>
 #include <net/inet6_hashtables.h>
 #include <linux/if_arp.h>
+#include <net/tls.h>
 #include "helpers.h"
 
 /* Macros bindgen cannot evaluate, turned into constants it can. */
@@ -45,3 +46,7 @@ const u8 PRISM_SK_FORCE_REUSE = SK_FORCE_REUSE;
 const unsigned int PRISM_TCP_TIMEWAIT_LEN_MS = TCP_TIMEWAIT_LEN * 1000 / HZ;
 const unsigned int PRISM_SKB_GSO_IPXIP4 = SKB_GSO_IPXIP4;
 const u16 PRISM_ETH_P_IP = ETH_P_IP;
+const u16 PRISM_TLS_1_2_VERSION = TLS_1_2_VERSION;
+const u16 PRISM_TLS_1_3_VERSION = TLS_1_3_VERSION;
+const unsigned int PRISM_SOL_TLS = SOL_TLS;
+const unsigned int PRISM_TLS_MAX_PAYLOAD_SIZE = TLS_MAX_PAYLOAD_SIZE;

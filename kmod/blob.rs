@@ -8,6 +8,7 @@
 
 use crate::bindings as b;
 use crate::genl::{errno, AttrSink, Request};
+use crate::ktls::{Cipher, Keys, Tls, REC_SEQ, RX_ATTRS, TX_ATTRS};
 use crate::tcp_state::{Conn, TcpState};
 use crate::uapi::policy::SOCK_IMPORT_MAXATTR as IMPORT_MAXATTR;
 use crate::uapi::{state as a, BLOB_VERSION, MAX_QUEUE_BYTES};
@@ -78,6 +79,11 @@ names! {
     SNDBUF => "sndbuf", RCVBUF => "rcvbuf", BUF_LOCKS => "buf-locks", TOS => "tos",
     WINDOW_CLAMP => "window-clamp", RCV_SSTHRESH => "rcv-ssthresh", REUSEADDR => "reuseaddr",
     MIGRATION_ID => "migration-id", BIND_ADDR => "bind-addr", FD => "fd",
+    TLS_VERSION => "tls-version", TLS_CIPHER => "tls-cipher", TLS_TX_KEY => "tls-tx-key",
+    TLS_TX_IV => "tls-tx-iv", TLS_TX_SALT => "tls-tx-salt", TLS_TX_REC_SEQ => "tls-tx-rec-seq",
+    TLS_RX_KEY => "tls-rx-key", TLS_RX_IV => "tls-rx-iv", TLS_RX_SALT => "tls-rx-salt",
+    TLS_RX_REC_SEQ => "tls-rx-rec-seq", TLS_TX_ZEROCOPY => "tls-tx-zerocopy",
+    TLS_RX_NO_PAD => "tls-rx-no-pad",
 }
 
 /// Sequence number `x` is after `y` (modulo 2^32), as the kernel's `after()`.
@@ -509,6 +515,7 @@ impl<'a> Blob<'a> {
             at.nla(a::WINDOW_CLAMP),
         )?;
         let migration_id = u64::from_ne_bytes(at.bytes(a::MIGRATION_ID)?);
+        let tls = decode_tls(&at, tcp_state)?;
 
         let send_queue = core::mem::take(&mut at.send);
         let recv_queue = core::mem::take(&mut at.recv);
@@ -560,6 +567,7 @@ impl<'a> Blob<'a> {
                 reuseaddr: at.flag(a::REUSEADDR)?,
                 send_len: send_len as u32,
                 recv_len: recv_len as u32,
+                tls,
             },
             migration_id,
             send_queue,
@@ -582,6 +590,93 @@ impl<'a> Blob<'a> {
             .wrapping_sub(u32::from(self.fin_received))
             .wrapping_sub(self.recv_len)
     }
+}
+
+/// The kTLS attributes, if any: version and cipher known to kTLS, each direction's
+/// fields all there or all absent, each of the cipher's size.
+fn decode_tls<'a>(at: &Attrs<'a>, tcp_state: u32) -> Result<Option<Tls>, Invalid<'a>> {
+    let [tk, ti, ts, tr] = TX_ATTRS;
+    let [rk, ri, rs, rr] = RX_ATTRS;
+    let kinds = [
+        a::TLS_VERSION,
+        a::TLS_CIPHER,
+        a::TLS_TX_ZEROCOPY,
+        a::TLS_RX_NO_PAD,
+        tk,
+        ti,
+        ts,
+        tr,
+        rk,
+        ri,
+        rs,
+        rr,
+    ];
+    let any = kinds.iter().find(|k| at.present(**k));
+    let Some(first) = any else {
+        return Ok(None);
+    };
+    let version = at.u16(a::TLS_VERSION)?;
+    check(
+        version == b::PRISM_TLS_1_2_VERSION || version == b::PRISM_TLS_1_3_VERSION,
+        EINVAL,
+        c_str!("tls-version must be 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3)"),
+        at.nla(a::TLS_VERSION),
+    )?;
+    let id = at.u16(a::TLS_CIPHER)?;
+    let cipher = Cipher::find(id).ok_or((
+        errno(b::EOPNOTSUPP),
+        c_str!("tls-cipher is not a kTLS cipher this module knows"),
+        at.nla(a::TLS_CIPHER),
+    ))?;
+    check(
+        tcp_state == b::TCP_ESTABLISHED,
+        errno(b::EOPNOTSUPP),
+        c_str!("a kTLS connection imports only in ESTABLISHED"),
+        at.nla(*first),
+    )?;
+    let keys = |kinds: [u16; 4]| -> Result<Option<Keys>, Invalid<'a>> {
+        if !kinds.iter().any(|k| at.present(*k)) {
+            return Ok(None);
+        }
+        let mut k = Keys::default();
+        let sizes = [cipher.key, cipher.iv, cipher.salt, REC_SEQ];
+        let fields: [&mut [u8]; 4] = [&mut k.key, &mut k.iv, &mut k.salt, &mut k.rec_seq];
+        for ((kind, size), field) in kinds.into_iter().zip(sizes).zip(fields) {
+            let x = at.get(kind)?;
+            check(
+                x.data.len() == size,
+                EINVAL,
+                c_str!("kTLS key, IV, salt or record sequence does not have the cipher's size"),
+                Some(x.nla),
+            )?;
+            field[..size].copy_from_slice(x.data);
+        }
+        Ok(Some(k))
+    };
+    let tx = keys(TX_ATTRS)?;
+    let rx = keys(RX_ATTRS)?;
+    check(
+        tx.is_some() || rx.is_some(),
+        EINVAL,
+        c_str!("tls-version without the keys of either direction"),
+        at.nla(a::TLS_VERSION),
+    )?;
+    let tx_zerocopy = at.flag(a::TLS_TX_ZEROCOPY)?;
+    let rx_no_pad = at.flag(a::TLS_RX_NO_PAD)?;
+    check(
+        !rx_no_pad || (rx.is_some() && version == b::PRISM_TLS_1_3_VERSION),
+        EINVAL,
+        c_str!("tls-rx-no-pad needs TLS 1.3 and receive keys"),
+        at.nla(a::TLS_RX_NO_PAD),
+    )?;
+    Ok(Some(Tls {
+        version,
+        cipher,
+        tx,
+        rx,
+        tx_zerocopy,
+        rx_no_pad,
+    }))
 }
 
 /// Puts a congestion control name as the NUL-terminated string `cc-name` carries.
@@ -644,5 +739,8 @@ pub(crate) fn encode(st: &TcpState, msg: &mut impl AttrSink) -> Result {
     msg.put_u32(a::WINDOW_CLAMP, st.window_clamp)?;
     msg.put_u32(a::RCV_SSTHRESH, st.rcv_ssthresh)?;
     msg.put_u8(a::REUSEADDR, st.reuseaddr.into())?;
+    if let Some(tls) = &st.tls {
+        tls.encode(msg)?;
+    }
     Ok(())
 }

@@ -168,3 +168,28 @@ pub(crate) unsafe fn mtup_init(sk: *mut b::sock) {
         }
     }
 }
+
+/// The largest plaintext of a kTLS transmit record: 7.x lets TLS_TX_MAX_PAYLOAD_LEN
+/// lower it (RFC 8449), 6.12 always uses TLS_MAX_PAYLOAD_SIZE.
+pub(crate) fn tls_tx_max_payload(ctx: &b::tls_context) -> u32 {
+    #[cfg(prism_kernel = "6.12")]
+    {
+        let _ = ctx;
+        b::PRISM_TLS_MAX_PAYLOAD_SIZE
+    }
+    #[cfg(not(prism_kernel = "6.12"))]
+    return u32::from(ctx.tx_max_payload_len);
+}
+
+/// A TLS 1.3 KeyUpdate arrived and the receive side waits for the new key (7.x; 6.12
+/// cannot change a receive key).
+pub(crate) fn tls_key_update_pending(rx: &b::tls_sw_context_rx) -> bool {
+    #[cfg(prism_kernel = "6.12")]
+    {
+        let _ = rx;
+        false
+    }
+    #[cfg(not(prism_kernel = "6.12"))]
+    // SAFETY: a plain bool of a live context, read as `READ_ONCE` does.
+    return unsafe { core::ptr::read_volatile(core::ptr::addr_of!(rx.key_update_pending)) };
+}

@@ -10,6 +10,7 @@ use crate::departed::{Full, Tuple};
 use crate::fault;
 use crate::genl::{errno, AttrSize, Request};
 use crate::guard;
+use crate::ktls;
 use crate::pernet;
 use crate::socket::{FdSocket, SockLock};
 use crate::tcp_state::TcpState;
@@ -77,16 +78,17 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     // grew meanwhile gets a reply sized again under the lock. No slack for what may
     // arrive: netlink copies a reply that is more than half slack (`netlink_trim`), so
     // room for one more segment would cost every idle export a copy.
-    let room = TcpState::queued_unlocked(sk);
-    let mut msg = req.reply_sized(cmd::SOCK_EXPORT, reply_size(room))?;
+    let tls_room = |tls: bool| if tls { ktls::ENCODED_MAX } else { 0 };
+    let room = reply_size(TcpState::queued_unlocked(sk)) + tls_room(TcpState::ulp_unlocked(sk));
+    let mut msg = req.reply_sized(cmd::SOCK_EXPORT, room)?;
     let lock = SockLock::lock(&file)?;
     let st = TcpState::capture(&lock).map_err(|(e, msg)| {
         req.set_err(Some(fd_attr), msg);
         e
     })?;
-    let queued = (st.send_len + st.recv_len) as usize;
-    if queued > room {
-        msg = req.reply_sized(cmd::SOCK_EXPORT, reply_size(queued))?;
+    let need = reply_size((st.send_len + st.recv_len) as usize) + tls_room(st.tls.is_some());
+    if need > room {
+        msg = req.reply_sized(cmd::SOCK_EXPORT, need)?;
     }
     // SAFETY: plain call into the random pool.
     let migration_id = unsafe { b::get_random_u64() };

@@ -28,6 +28,7 @@ use crate::departed::Tuple;
 use crate::fault;
 use crate::genl::{errno, to_result, AttrSink, Request};
 use crate::guard;
+use crate::ktls::{self, Tls};
 use crate::pernet;
 use crate::socket::SockLock;
 use crate::tcp_state::cc_name;
@@ -483,6 +484,42 @@ impl Building {
         Ok(())
     }
 
+    /// Attaches kTLS through the kernel's own setsockopt paths (the tls ULP, then
+    /// TLS_TX and TLS_RX with the blob's keys and record sequences, then its options),
+    /// as the application did on the exporting host. Called without the socket lock
+    /// (those paths take it), in repair mode, while the guard drops the flow's packets:
+    /// TLS_RX parses the restored receive queue, nothing reaches the peer.
+    fn attach_tls(&self, tls: &Tls) -> Result<(), Failure> {
+        self.setsockopt_bytes(b::SOL_TCP, b::TCP_ULP, b"tls")
+            .map_err(|e| {
+                if e == ENOENT {
+                    fail(e, c_str!("kTLS is not available on this host (modprobe tls)"))
+                } else {
+                    fail(e, c_str!("attaching the tls upper-layer protocol failed"))
+                }
+            })?;
+        for (keys, name) in [(&tls.tx, b::TLS_TX), (&tls.rx, b::TLS_RX)] {
+            let Some(keys) = keys else { continue };
+            let mut info = [0u8; ktls::INFO_MAX];
+            let len = tls.info(keys, &mut info);
+            let set = self.setsockopt_bytes(b::PRISM_SOL_TLS, name, &info[..len]);
+            ktls::wipe(&mut info);
+            set.map_err(|e| {
+                fail(
+                    e,
+                    c_str!("setting the kTLS keys failed (is the cipher available on this host?)"),
+                )
+            })?;
+        }
+        if tls.tx_zerocopy {
+            self.setsockopt(b::PRISM_SOL_TLS, b::TLS_TX_ZEROCOPY_RO, 1)?;
+        }
+        if tls.rx_no_pad {
+            self.setsockopt(b::PRISM_SOL_TLS, b::TLS_RX_EXPECT_NO_PAD, 1)?;
+        }
+        Ok(())
+    }
+
     /// Whether leaving repair mode must send a window probe. The probe (an old sequence
     /// number) makes the peer acknowledge at once: worth it when sent data is
     /// unacknowledged (its ACKs may have been dropped during the hop, and would
@@ -701,11 +738,30 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         blob.sport,
         blob.dport,
     );
+    if blob.tls.is_some() {
+        // kTLS attaches without the socket lock (below): until the import ends, the
+        // guard keeps the peer's packets from a socket that could acknowledge them.
+        // SAFETY: the request's namespace lives while it is handled.
+        let quota = unsafe { table.quota(net) }.ok_or(ENODEV)?;
+        if table.insert(&tuple, None, quota).is_err() {
+            req.set_err(
+                None,
+                c_str!("departed-tuple table is full: cannot hold the flow while kTLS attaches"),
+            );
+            return Err(errno(b::ENOSPC));
+        }
+    }
     {
         // SAFETY: the socket lives as long as `building`, which outlives the lock.
-        let lock = unsafe { SockLock::lock_raw(building.sk) };
-        let live = building
-            .restore(&lock, &blob)
+        let mut lock = unsafe { SockLock::lock_raw(building.sk) };
+        let mut restored = building.restore(&lock, &blob);
+        if let (Ok(()), Some(tls)) = (&restored, &blob.tls) {
+            drop(lock);
+            restored = building.attach_tls(tls);
+            // SAFETY: as above.
+            lock = unsafe { SockLock::lock_raw(building.sk) };
+        }
+        let live = restored
             .and_then(|()| {
                 building.repair_off_silent(&lock);
                 building.finish(&lock, &blob)

@@ -19,6 +19,7 @@ mod genl;
 mod guard;
 mod import;
 mod info;
+mod ktls;
 mod list;
 mod pernet;
 mod socket;

@@ -5,6 +5,7 @@
 use crate::bindings as b;
 use crate::compat;
 use crate::genl::{errno, ChunkedAttr, Message};
+use crate::ktls::Tls;
 use crate::socket::SockLock;
 use crate::uapi::{BUF_LOCK_RCV, BUF_LOCK_SND, MAX_QUEUE_BYTES};
 use core::ptr::{addr_of, NonNull};
@@ -73,6 +74,8 @@ pub(crate) struct Conn {
     pub(crate) send_len: u32,
     /// Bytes received, not yet read by the application, from `copied_seq` on.
     pub(crate) recv_len: u32,
+    /// kTLS state, for a socket with the tls upper-layer protocol.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl Conn {
@@ -243,14 +246,9 @@ impl TcpState {
                     ))
                 }
             }
-            // kTLS and other ULPs keep their own state and put transformed bytes
-            // (ciphertext) on the queues: a blob without that state would corrupt the stream.
-            if !(*tp).inet_conn.icsk_ulp_ops.is_null() {
-                return Err(refuse(
-                    b::EOPNOTSUPP,
-                    c_str!("sockets with an upper-layer protocol (kTLS) are not supported"),
-                ));
-            }
+            // kTLS keeps its own state and puts ciphertext on the queues: the blob
+            // carries that state, or the export is refused.
+            let tls = Tls::capture(sk, state)?;
             if (*tp).repair() != 0 {
                 return Err(refuse(b::EBUSY, c_str!("socket is in TCP_REPAIR mode")));
             }
@@ -416,6 +414,7 @@ impl TcpState {
                     reuseaddr: common.skc_reuse() != 0,
                     send_len,
                     recv_len,
+                    tls,
                 },
             })
         }
@@ -439,6 +438,19 @@ impl TcpState {
             let send = read(addr_of!((*tp).write_seq)).wrapping_sub(read(addr_of!((*tp).snd_una)));
             let recv = read(addr_of!((*tp).rcv_nxt)).wrapping_sub(read(addr_of!((*tp).copied_seq)));
             (u64::from(send) + u64::from(recv)).min(u64::from(MAX_QUEUE_BYTES)) as usize
+        }
+    }
+
+    /// Whether `sk` has an upper-layer protocol (kTLS), read without its lock: a size
+    /// hint for the reply, as `queued_unlocked`.
+    pub(crate) fn ulp_unlocked(sk: NonNull<b::sock>) -> bool {
+        let sk = sk.as_ptr();
+        // SAFETY: as in `queued_unlocked`; the pointer is only compared with null.
+        unsafe {
+            (*sk).sk_type == b::PRISM_SOCK_STREAM
+                && u32::from((*sk).sk_protocol) == b::IPPROTO_TCP
+                && !core::ptr::read_volatile(addr_of!((*sk.cast::<b::inet_connection_sock>()).icsk_ulp_ops))
+                    .is_null()
         }
     }
 

@@ -265,6 +265,30 @@ pub(crate) mod state {
     pub(crate) const NONBLOCK: u16 = 56;
     /// `forward-to`
     pub(crate) const FORWARD_TO: u16 = 57;
+    /// `tls-version`
+    pub(crate) const TLS_VERSION: u16 = 58;
+    /// `tls-cipher`
+    pub(crate) const TLS_CIPHER: u16 = 59;
+    /// `tls-tx-key`
+    pub(crate) const TLS_TX_KEY: u16 = 60;
+    /// `tls-tx-iv`
+    pub(crate) const TLS_TX_IV: u16 = 61;
+    /// `tls-tx-salt`
+    pub(crate) const TLS_TX_SALT: u16 = 62;
+    /// `tls-tx-rec-seq`
+    pub(crate) const TLS_TX_REC_SEQ: u16 = 63;
+    /// `tls-rx-key`
+    pub(crate) const TLS_RX_KEY: u16 = 64;
+    /// `tls-rx-iv`
+    pub(crate) const TLS_RX_IV: u16 = 65;
+    /// `tls-rx-salt`
+    pub(crate) const TLS_RX_SALT: u16 = 66;
+    /// `tls-rx-rec-seq`
+    pub(crate) const TLS_RX_REC_SEQ: u16 = 67;
+    /// `tls-tx-zerocopy`
+    pub(crate) const TLS_TX_ZEROCOPY: u16 = 68;
+    /// `tls-rx-no-pad`
+    pub(crate) const TLS_RX_NO_PAD: u16 = 69;
 }
 
 /// Request policies: for each operation that takes attributes, the highest one
@@ -290,7 +314,7 @@ pub(crate) mod policy {
     ];
 
     /// Highest attribute of a `sock-import` request.
-    pub(crate) const SOCK_IMPORT_MAXATTR: u16 = 56;
+    pub(crate) const SOCK_IMPORT_MAXATTR: u16 = 69;
     /// Policy of a `sock-import` request.
     pub(crate) const SOCK_IMPORT: &[(u16, u32, u16)] = &[
         (super::state::BLOB_VERSION, b::NLA_U32, 0),
@@ -343,6 +367,18 @@ pub(crate) mod policy {
         (super::state::REUSEADDR, b::NLA_U8, 0),
         (super::state::PAD, b::NLA_FLAG, 0),
         (super::state::MIGRATION_ID, b::NLA_U64, 0),
+        (super::state::TLS_VERSION, b::NLA_U16, 0),
+        (super::state::TLS_CIPHER, b::NLA_U16, 0),
+        (super::state::TLS_TX_KEY, b::NLA_BINARY, 32),
+        (super::state::TLS_TX_IV, b::NLA_BINARY, 12),
+        (super::state::TLS_TX_SALT, b::NLA_BINARY, 4),
+        (super::state::TLS_TX_REC_SEQ, b::NLA_BINARY, 8),
+        (super::state::TLS_RX_KEY, b::NLA_BINARY, 32),
+        (super::state::TLS_RX_IV, b::NLA_BINARY, 12),
+        (super::state::TLS_RX_SALT, b::NLA_BINARY, 4),
+        (super::state::TLS_RX_REC_SEQ, b::NLA_BINARY, 8),
+        (super::state::TLS_TX_ZEROCOPY, b::NLA_U8, 0),
+        (super::state::TLS_RX_NO_PAD, b::NLA_U8, 0),
         (super::state::BIND_ADDR, b::NLA_BINARY, 16),
         (super::state::FREEBIND, b::NLA_FLAG, 0),
         (super::state::TRANSPARENT, b::NLA_FLAG, 0),

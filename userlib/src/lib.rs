@@ -27,5 +27,5 @@ pub use backend::{Backend, Exported};
 pub use client::{Client, DepartedInfo, ImportOptions, Imported, ModuleInfo, RawAttr};
 pub use error::{Error, KernelError, Result};
 pub use events::{Event, EventKind, EventListener, Group, Reason, TrackedSocket};
-pub use state::{DecodedState, MigrationState, BLOB_VERSION};
+pub use state::{DecodedState, DecodedTls, MigrationState, TlsSecrets, BLOB_VERSION};
 pub use transfer::{read_frame, write_frame, Handoff, MAX_FRAME};

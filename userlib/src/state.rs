@@ -21,6 +21,15 @@ pub struct MigrationState {
     start: usize,
 }
 
+impl Drop for MigrationState {
+    /// A blob with kTLS keys is wiped before its memory is freed.
+    fn drop(&mut self) {
+        if has_tls(self.as_bytes()) {
+            wipe(&mut self.buf);
+        }
+    }
+}
+
 impl PartialEq for MigrationState {
     fn eq(&self, other: &Self) -> bool {
         self.as_bytes() == other.as_bytes()
@@ -92,10 +101,108 @@ pub struct DecodedState {
     pub keepalive: bool,
     /// SO_MARK.
     pub mark: u32,
+    /// kTLS state, for a connection that carries it.
+    pub tls: Option<DecodedTls>,
+}
+
+/// The kTLS part of a [`DecodedState`]. Keys, IVs and salts are secret: they are left
+/// out of its `Serialize` output (see [`TlsSecrets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DecodedTls {
+    /// TLS version: 0x0303 (1.2) or 0x0304 (1.3).
+    pub version: u16,
+    /// `TLS_CIPHER_*` number of `<linux/tls.h>`.
+    pub cipher: u16,
+    /// Record sequence number of the next record sent, if TLS_TX is set.
+    pub tx_rec_seq: Option<u64>,
+    /// Record sequence number of the next record received, if TLS_RX is set.
+    pub rx_rec_seq: Option<u64>,
+    /// TLS_TX_ZEROCOPY_RO is set.
+    pub tx_zerocopy: bool,
+    /// TLS_RX_EXPECT_NO_PAD is set.
+    pub rx_no_pad: bool,
+    /// Key material; not serialized.
+    #[serde(skip)]
+    pub secrets: TlsSecrets,
+}
+
+/// Key, IV and salt of each direction, as the blob carries them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsSecrets {
+    /// Transmit key.
+    #[serde(serialize_with = "hex")]
+    pub tx_key: Vec<u8>,
+    /// Transmit IV of the next record.
+    #[serde(serialize_with = "hex")]
+    pub tx_iv: Vec<u8>,
+    /// Transmit salt.
+    #[serde(serialize_with = "hex")]
+    pub tx_salt: Vec<u8>,
+    /// Receive key.
+    #[serde(serialize_with = "hex")]
+    pub rx_key: Vec<u8>,
+    /// Receive IV of the next record.
+    #[serde(serialize_with = "hex")]
+    pub rx_iv: Vec<u8>,
+    /// Receive salt.
+    #[serde(serialize_with = "hex")]
+    pub rx_salt: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSecrets(..)")
+    }
+}
+
+impl Drop for TlsSecrets {
+    fn drop(&mut self) {
+        for v in [
+            &mut self.tx_key,
+            &mut self.tx_iv,
+            &mut self.tx_salt,
+            &mut self.rx_key,
+            &mut self.rx_iv,
+            &mut self.rx_salt,
+        ] {
+            wipe(v);
+        }
+    }
+}
+
+fn hex<S: serde::Serializer>(bytes: &[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!(
+        "{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+/// Overwrites `bytes` with zeros in a way the compiler keeps.
+pub(crate) fn wipe(bytes: &mut [u8]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: a valid, aligned byte of the slice.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `bytes` (a blob's attributes) carry kTLS key material.
+fn has_tls(bytes: &[u8]) -> bool {
+    attributes(bytes).any(|(kind, _)| kind == u16::from(StateAttr::TlsVersion))
 }
 
 fn short(what: &str) -> Error {
     Error::Protocol(format!("state blob: malformed {what}"))
+}
+
+fn tls(d: &mut DecodedState) -> &mut DecodedTls {
+    d.tls.get_or_insert_with(Default::default)
+}
+
+fn rec_seq(p: &[u8]) -> Result<u64> {
+    p.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| short("TLS record sequence"))
 }
 
 fn ip(bytes: &[u8]) -> Result<IpAddr> {
@@ -187,6 +294,18 @@ impl MigrationState {
                 StateAttr::Nodelay => d.nodelay = u8v()? != 0,
                 StateAttr::Keepalive => d.keepalive = u8v()? != 0,
                 StateAttr::Mark => d.mark = u32v()?,
+                StateAttr::TlsVersion => tls(&mut d).version = u16v()?,
+                StateAttr::TlsCipher => tls(&mut d).cipher = u16v()?,
+                StateAttr::TlsTxRecSeq => tls(&mut d).tx_rec_seq = Some(rec_seq(p)?),
+                StateAttr::TlsRxRecSeq => tls(&mut d).rx_rec_seq = Some(rec_seq(p)?),
+                StateAttr::TlsTxZerocopy => tls(&mut d).tx_zerocopy = u8v()? != 0,
+                StateAttr::TlsRxNoPad => tls(&mut d).rx_no_pad = u8v()? != 0,
+                StateAttr::TlsTxKey => tls(&mut d).secrets.tx_key = p.to_vec(),
+                StateAttr::TlsTxIv => tls(&mut d).secrets.tx_iv = p.to_vec(),
+                StateAttr::TlsTxSalt => tls(&mut d).secrets.tx_salt = p.to_vec(),
+                StateAttr::TlsRxKey => tls(&mut d).secrets.rx_key = p.to_vec(),
+                StateAttr::TlsRxIv => tls(&mut d).secrets.rx_iv = p.to_vec(),
+                StateAttr::TlsRxSalt => tls(&mut d).secrets.rx_salt = p.to_vec(),
                 _ => {}
             }
         }

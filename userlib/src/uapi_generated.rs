@@ -398,11 +398,42 @@ pub enum StateAttr {
     /// owner's guard drops those that arrive before its import. Not unspecified,
     /// loopback, multicast or broadcast (EINVAL); without detach, EINVAL.
     ForwardTo = 57,
+    /// kTLS (present only for a socket with the tls upper-layer protocol): the TLS
+    /// version of both directions, 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3), as
+    /// struct tls_crypto_info carries it. See docs/design/tls.md.
+    TlsVersion = 58,
+    /// kTLS: the cipher of both directions, a TLS_CIPHER_* number of
+    /// <linux/tls.h> (51 AES-GCM-128, 52 AES-GCM-256, 53 AES-CCM-128,
+    /// 54 ChaCha20-Poly1305, 55 SM4-GCM, 56 SM4-CCM, 57 ARIA-GCM-128, 58 ARIA-GCM-256).
+    TlsCipher = 59,
+    /// kTLS transmit key (SECRET), the cipher's key size.
+    TlsTxKey = 60,
+    /// kTLS transmit IV (SECRET) as TLS_TX's getsockopt reports it: the IV of the
+    /// next record, the cipher's IV size.
+    TlsTxIv = 61,
+    /// kTLS transmit salt (SECRET), the cipher's salt size (empty for ChaCha20).
+    TlsTxSalt = 62,
+    /// kTLS transmit record sequence number of the next record, 8 bytes, network
+    /// order.
+    TlsTxRecSeq = 63,
+    /// kTLS receive key (SECRET).
+    TlsRxKey = 64,
+    /// kTLS receive IV (SECRET) of the next record.
+    TlsRxIv = 65,
+    /// kTLS receive salt (SECRET).
+    TlsRxSalt = 66,
+    /// kTLS receive record sequence number of the next record to decrypt, whose
+    /// ciphertext starts the receive queue.
+    TlsRxRecSeq = 67,
+    /// kTLS TLS_TX_ZEROCOPY_RO is set (0 or 1).
+    TlsTxZerocopy = 68,
+    /// kTLS TLS_RX_EXPECT_NO_PAD is set (0 or 1).
+    TlsRxNoPad = 69,
 }
 impl neli::consts::genl::NlAttrType for StateAttr {}
 
 /// Names of the `state` attributes, by number less one.
-pub const STATE_ATTR_NAMES: [&str; 57] = [
+pub const STATE_ATTR_NAMES: [&str; 69] = [
     "fd",
     "blob-version",
     "family",
@@ -460,4 +491,16 @@ pub const STATE_ATTR_NAMES: [&str; 57] = [
     "transparent",
     "nonblock",
     "forward-to",
+    "tls-version",
+    "tls-cipher",
+    "tls-tx-key",
+    "tls-tx-iv",
+    "tls-tx-salt",
+    "tls-tx-rec-seq",
+    "tls-rx-key",
+    "tls-rx-iv",
+    "tls-rx-salt",
+    "tls-rx-rec-seq",
+    "tls-tx-zerocopy",
+    "tls-rx-no-pad",
 ];

@@ -3,6 +3,7 @@
 
 mod bench;
 mod harness;
+mod ktls;
 mod migrate;
 mod module;
 mod netlink_raw;

@@ -29,9 +29,9 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-type Attrs = Vec<(u16, Vec<u8>)>;
+pub(super) type Attrs = Vec<(u16, Vec<u8>)>;
 
-fn parse(blob: &[u8]) -> Attrs {
+pub(super) fn parse(blob: &[u8]) -> Attrs {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 4 <= blob.len() {
@@ -43,7 +43,7 @@ fn parse(blob: &[u8]) -> Attrs {
     out
 }
 
-fn encode(attrs: &Attrs) -> Vec<u8> {
+pub(super) fn encode(attrs: &Attrs) -> Vec<u8> {
     let mut out = Vec::new();
     for (kind, p) in attrs {
         out.extend_from_slice(&((4 + p.len()) as u16).to_ne_bytes());

@@ -15,6 +15,7 @@ mod objectstore;
 pub mod release;
 mod repair;
 mod state;
+mod tls;
 
 use crate::harness::Test;
 
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Test> {
     all.extend(hops::tests());
     all.extend(hop_stress::tests());
     all.extend(import_refusals::tests());
+    all.extend(tls::tests());
     all.extend(faults::tests());
     all.extend(fuzz::tests());
     all.extend(release::tests());

@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! kTLS state in the blob (docs/design/tls.md). `capture` reads, under the socket lock,
+//! what TLS_TX/TLS_RX's getsockopt would report (version, cipher, key, salt, the IV and
+//! record sequence number of the next record) and refuses a socket whose TLS layer
+//! holds bytes the TCP queues do not. `Tls::info` builds what the setsockopt takes
+//! back on import. Key material lives in `Keys`, which wipes itself when dropped.
+
+use crate::bindings as b;
+use crate::compat;
+use crate::genl::{errno, AttrSink};
+use crate::tcp_state::Refusal;
+use crate::uapi::state as a;
+use core::ptr::addr_of;
+use kernel::c_str;
+use kernel::prelude::*;
+
+/// Bytes of a record sequence number for every kTLS cipher.
+pub(crate) const REC_SEQ: usize = 8;
+/// Largest key, IV and salt of the ciphers below.
+const KEY_MAX: usize = 32;
+const IV_MAX: usize = 12;
+const SALT_MAX: usize = 4;
+/// Largest `tls12_crypto_info_*`: the header (version, cipher) and the fields.
+pub(crate) const INFO_MAX: usize = 4 + IV_MAX + KEY_MAX + SALT_MAX + REC_SEQ;
+
+/// A cipher kTLS knows, with the sizes of its `tls12_crypto_info_*` fields (the UAPI
+/// structs lay them out as header, IV, key, salt, record sequence, unpadded).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cipher {
+    pub(crate) id: u16,
+    pub(crate) iv: usize,
+    pub(crate) key: usize,
+    pub(crate) salt: usize,
+}
+
+macro_rules! ciphers {
+    ($($id:ident, $iv:ident, $key:ident, $salt:ident;)*) => {
+        const CIPHERS: &[Cipher] = &[$(Cipher {
+            id: b::$id as u16,
+            iv: b::$iv as usize,
+            key: b::$key as usize,
+            salt: b::$salt as usize,
+        }),*];
+    };
+}
+
+ciphers! {
+    TLS_CIPHER_AES_GCM_128, TLS_CIPHER_AES_GCM_128_IV_SIZE, TLS_CIPHER_AES_GCM_128_KEY_SIZE, TLS_CIPHER_AES_GCM_128_SALT_SIZE;
+    TLS_CIPHER_AES_GCM_256, TLS_CIPHER_AES_GCM_256_IV_SIZE, TLS_CIPHER_AES_GCM_256_KEY_SIZE, TLS_CIPHER_AES_GCM_256_SALT_SIZE;
+    TLS_CIPHER_AES_CCM_128, TLS_CIPHER_AES_CCM_128_IV_SIZE, TLS_CIPHER_AES_CCM_128_KEY_SIZE, TLS_CIPHER_AES_CCM_128_SALT_SIZE;
+    TLS_CIPHER_CHACHA20_POLY1305, TLS_CIPHER_CHACHA20_POLY1305_IV_SIZE, TLS_CIPHER_CHACHA20_POLY1305_KEY_SIZE, TLS_CIPHER_CHACHA20_POLY1305_SALT_SIZE;
+    TLS_CIPHER_SM4_GCM, TLS_CIPHER_SM4_GCM_IV_SIZE, TLS_CIPHER_SM4_GCM_KEY_SIZE, TLS_CIPHER_SM4_GCM_SALT_SIZE;
+    TLS_CIPHER_SM4_CCM, TLS_CIPHER_SM4_CCM_IV_SIZE, TLS_CIPHER_SM4_CCM_KEY_SIZE, TLS_CIPHER_SM4_CCM_SALT_SIZE;
+    TLS_CIPHER_ARIA_GCM_128, TLS_CIPHER_ARIA_GCM_128_IV_SIZE, TLS_CIPHER_ARIA_GCM_128_KEY_SIZE, TLS_CIPHER_ARIA_GCM_128_SALT_SIZE;
+    TLS_CIPHER_ARIA_GCM_256, TLS_CIPHER_ARIA_GCM_256_IV_SIZE, TLS_CIPHER_ARIA_GCM_256_KEY_SIZE, TLS_CIPHER_ARIA_GCM_256_SALT_SIZE;
+}
+
+impl Cipher {
+    pub(crate) fn find(id: u16) -> Option<Self> {
+        CIPHERS.iter().copied().find(|c| c.id == id)
+    }
+
+    /// Size of the `tls12_crypto_info_*` struct TLS_TX/TLS_RX take.
+    fn info_len(&self) -> usize {
+        4 + self.iv + self.key + self.salt + REC_SEQ
+    }
+}
+
+/// Overwrites `bytes` with zeros in a way the compiler keeps (`memzero_explicit`).
+pub(crate) fn wipe(bytes: &mut [u8]) {
+    for x in bytes.iter_mut() {
+        // SAFETY: a valid, aligned `u8` of the slice.
+        unsafe { core::ptr::write_volatile(x, 0) };
+    }
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+}
+
+/// One direction's secrets and position. Only the cipher's sizes of each array count.
+#[derive(Default)]
+pub(crate) struct Keys {
+    pub(crate) key: [u8; KEY_MAX],
+    pub(crate) iv: [u8; IV_MAX],
+    pub(crate) salt: [u8; SALT_MAX],
+    pub(crate) rec_seq: [u8; REC_SEQ],
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        wipe(&mut self.key);
+        wipe(&mut self.iv);
+        wipe(&mut self.salt);
+    }
+}
+
+/// The kTLS state of a socket: both directions share version and cipher (the kernel
+/// requires it); either may be unset.
+pub(crate) struct Tls {
+    pub(crate) version: u16,
+    pub(crate) cipher: Cipher,
+    pub(crate) tx: Option<Keys>,
+    pub(crate) rx: Option<Keys>,
+    pub(crate) tx_zerocopy: bool,
+    pub(crate) rx_no_pad: bool,
+}
+
+/// Attribute kinds of one direction: key, IV, salt, record sequence.
+pub(crate) const TX_ATTRS: [u16; 4] = [a::TLS_TX_KEY, a::TLS_TX_IV, a::TLS_TX_SALT, a::TLS_TX_REC_SEQ];
+pub(crate) const RX_ATTRS: [u16; 4] = [a::TLS_RX_KEY, a::TLS_RX_IV, a::TLS_RX_SALT, a::TLS_RX_REC_SEQ];
+
+/// Attribute bytes `encode` writes at most: two u16, eight binaries, two u8.
+pub(crate) const ENCODED_MAX: usize = 2 * 8 + 2 * (4 + KEY_MAX + 4 + IV_MAX + 4 + SALT_MAX + 4 + REC_SEQ) + 2 * 8;
+
+fn refuse(code: u32, msg: &'static kernel::str::CStr) -> Refusal {
+    (errno(code), msg)
+}
+
+/// `list_empty` / `skb_queue_empty` of a list head whose lock (the socket's) is held.
+fn list_empty<T>(head: *const T, first: *const core::ffi::c_void) -> bool {
+    core::ptr::eq(first, head.cast())
+}
+
+impl Tls {
+    /// The kTLS state of `sk`, `None` without an upper-layer protocol.
+    ///
+    /// # Safety
+    ///
+    /// `sk` must be a TCP socket whose lock the caller holds.
+    pub(crate) unsafe fn capture(sk: *mut b::sock, tcp_state: u8) -> Result<Option<Self>, Refusal> {
+        let icsk = sk.cast::<b::inet_connection_sock>();
+        // SAFETY: a TCP socket starts with its `inet_connection_sock`; the ULP and its
+        // data are set under the socket lock (held) and stay until the socket is freed.
+        let (ops, ctx) = unsafe { ((*icsk).icsk_ulp_ops, (*icsk).icsk_ulp_data.cast::<b::tls_context>()) };
+        if ops.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: a registered ULP's ops outlive the sockets that use them.
+        let name = unsafe { &(*ops).name };
+        if name[..4].iter().map(|c| *c as u8).ne(*b"tls\0") {
+            return Err(refuse(
+                b::EOPNOTSUPP,
+                c_str!("sockets with an upper-layer protocol other than tls are not supported"),
+            ));
+        }
+        if ctx.is_null() {
+            return Err(refuse(b::EOPNOTSUPP, c_str!("kTLS socket without a TLS context (TOE)")));
+        }
+        // SAFETY: the tls ULP's data is its `tls_context`, stable under the socket lock.
+        let c = unsafe { &*ctx };
+        let (tx_conf, rx_conf) = (u32::from(c.tx_conf()), u32::from(c.rx_conf()));
+        if tx_conf > b::TLS_SW || rx_conf > b::TLS_SW {
+            return Err(refuse(
+                b::EOPNOTSUPP,
+                c_str!("kTLS device offload (TLS_HW) cannot be carried: only software kTLS moves"),
+            ));
+        }
+        if tx_conf == b::TLS_BASE && rx_conf == b::TLS_BASE {
+            return Err(refuse(
+                b::EOPNOTSUPP,
+                c_str!("the tls ULP is attached but neither TLS_TX nor TLS_RX is set"),
+            ));
+        }
+        if u32::from(tcp_state) != b::TCP_ESTABLISHED {
+            return Err(refuse(
+                b::EOPNOTSUPP,
+                c_str!("a kTLS socket moves only while ESTABLISHED: the kernel attaches TLS to no other state"),
+            ));
+        }
+        if compat::tls_tx_max_payload(c) != b::PRISM_TLS_MAX_PAYLOAD_SIZE {
+            return Err(refuse(
+                b::EOPNOTSUPP,
+                c_str!("kTLS TLS_TX_MAX_PAYLOAD_LEN is set, which is not carried"),
+            ));
+        }
+        if tx_conf == b::TLS_SW {
+            // SAFETY: TLS_SW's transmit context; its fields change under the socket lock.
+            unsafe { Self::tx_idle(c) }?;
+        }
+        if rx_conf == b::TLS_SW {
+            // SAFETY: as above, for the receive context.
+            unsafe { Self::rx_idle(c) }?;
+        }
+        let info = if tx_conf == b::TLS_SW {
+            &c.crypto_send
+        } else {
+            &c.crypto_recv
+        };
+        // SAFETY: `info` is the union's header, set by the TLS_TX/TLS_RX setsockopt.
+        let (version, id) = unsafe { (info.info.as_ref().version, info.info.as_ref().cipher_type) };
+        let Some(cipher) = Cipher::find(id) else {
+            return Err(refuse(b::EOPNOTSUPP, c_str!("kTLS cipher unknown to this module")));
+        };
+        let keys = |crypto: &b::tls_crypto_context, cctx: &b::cipher_context| -> Result<Keys, Refusal> {
+            if cipher.info_len() > core::mem::size_of::<b::tls_crypto_context>() {
+                return Err(refuse(b::EOPNOTSUPP, c_str!("kTLS cipher unknown to this module")));
+            }
+            // SAFETY: the union holds the setsockopt's `tls12_crypto_info_*` of this
+            // cipher, `info_len` bytes, which fit the union (checked above).
+            let raw = unsafe {
+                core::slice::from_raw_parts(addr_of!(*crypto).cast::<u8>(), cipher.info_len())
+            };
+            let mut k = Keys::default();
+            let key_at = 4 + cipher.iv;
+            let salt_at = key_at + cipher.key;
+            k.key[..cipher.key].copy_from_slice(&raw[key_at..salt_at]);
+            k.salt[..cipher.salt].copy_from_slice(&raw[salt_at..salt_at + cipher.salt]);
+            // As TLS_TX/TLS_RX's getsockopt: the IV and sequence of the next record
+            // live in the cipher context, behind the salt.
+            let iv = cctx.iv.iter().skip(cipher.salt).take(cipher.iv);
+            for (d, s) in k.iv.iter_mut().zip(iv) {
+                *d = *s as u8;
+            }
+            for (d, s) in k.rec_seq.iter_mut().zip(cctx.rec_seq.iter()) {
+                *d = *s as u8;
+            }
+            Ok(k)
+        };
+        let tx = if tx_conf == b::TLS_SW {
+            Some(keys(&c.crypto_send, &c.tx)?)
+        } else {
+            None
+        };
+        let rx = if rx_conf == b::TLS_SW {
+            Some(keys(&c.crypto_recv, &c.rx)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            version,
+            cipher,
+            tx,
+            rx,
+            tx_zerocopy: c.zerocopy_sendfile() != 0,
+            rx_no_pad: c.rx_no_pad() != 0,
+        }))
+    }
+
+    /// Refuses while the transmit side holds a record the TCP send queue does not:
+    /// one being built (MSG_MORE, or a sender waiting for memory), encrypted but not
+    /// yet queued to TCP, partly queued, or in an asynchronous cipher.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be the TLS_SW context of a socket whose lock the caller holds.
+    unsafe fn tx_idle(c: &b::tls_context) -> Result<(), Refusal> {
+        let tx = c.priv_ctx_tx.cast::<b::tls_sw_context_tx>();
+        // SAFETY: TLS_SW's transmit context lives as long as the TLS context.
+        let busy = c.pending_open_record_frags
+            || !c.partially_sent_record.is_null()
+            || unsafe {
+                !(*tx).open_rec.is_null()
+                    || !list_empty(addr_of!((*tx).tx_list), (*tx).tx_list.next.cast())
+                    || core::ptr::read_volatile(addr_of!((*tx).encrypt_pending.counter)) != 0
+            };
+        if busy {
+            return Err(refuse(
+                b::EAGAIN,
+                c_str!("a kTLS record is being built or sent (MSG_MORE, or the send buffer is full): retry once it is out"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses while the receive side holds bytes outside the TCP receive queue:
+    /// records decrypted but not read, a record copied out of the queue (the
+    /// strparser's copy mode), a decryption in flight, or a pending key update.
+    ///
+    /// # Safety
+    ///
+    /// `c` must be the TLS_SW context of a socket whose lock the caller holds.
+    unsafe fn rx_idle(c: &b::tls_context) -> Result<(), Refusal> {
+        let rx = c.priv_ctx_rx.cast::<b::tls_sw_context_rx>();
+        // SAFETY: TLS_SW's receive context lives as long as the TLS context; its
+        // queues and parser change under the socket lock.
+        let r = unsafe { &*rx };
+        // SAFETY: the socket lock guards both queues; peeking only reads them.
+        let (decrypted, held) = unsafe {
+            (
+                !b::prism_skb_peek_tail(addr_of!(r.rx_list).cast_mut()).is_null(),
+                !b::prism_skb_peek_tail(addr_of!(r.async_hold).cast_mut()).is_null(),
+            )
+        };
+        if decrypted {
+            return Err(refuse(
+                b::EAGAIN,
+                c_str!("decrypted kTLS records are not read yet: read them, then export"),
+            ));
+        }
+        if r.strp.stopped() != 0 {
+            return Err(refuse(b::EIO, c_str!("the kTLS receive side stopped after an error")));
+        }
+        // SAFETY: atomics of the receive context, read as `atomic_read` does.
+        let pending = unsafe { core::ptr::read_volatile(addr_of!(r.decrypt_pending.counter)) };
+        if r.strp.copy_mode() != 0
+            || pending != 0
+            || held
+        {
+            return Err(refuse(
+                b::EAGAIN,
+                c_str!("a kTLS record is held outside the TCP receive queue: retry"),
+            ));
+        }
+        if compat::tls_key_update_pending(r) {
+            return Err(refuse(
+                b::EAGAIN,
+                c_str!("a TLS 1.3 KeyUpdate arrived: install the new receive key, then export"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The attributes of this state, in the blob's order.
+    pub(crate) fn encode(&self, msg: &mut impl AttrSink) -> Result {
+        msg.put_u16(a::TLS_VERSION, self.version)?;
+        msg.put_u16(a::TLS_CIPHER, self.cipher.id)?;
+        for (keys, kinds) in [(&self.tx, TX_ATTRS), (&self.rx, RX_ATTRS)] {
+            if let Some(k) = keys {
+                msg.put(kinds[0], &k.key[..self.cipher.key])?;
+                msg.put(kinds[1], &k.iv[..self.cipher.iv])?;
+                msg.put(kinds[2], &k.salt[..self.cipher.salt])?;
+                msg.put(kinds[3], &k.rec_seq)?;
+            }
+        }
+        msg.put_u8(a::TLS_TX_ZEROCOPY, self.tx_zerocopy.into())?;
+        msg.put_u8(a::TLS_RX_NO_PAD, self.rx_no_pad.into())?;
+        Ok(())
+    }
+
+    /// The `tls12_crypto_info_*` TLS_TX (or TLS_RX) takes for `keys`, written to
+    /// `out`; returns its length. The caller wipes `out`.
+    pub(crate) fn info(&self, keys: &Keys, out: &mut [u8; INFO_MAX]) -> usize {
+        let c = &self.cipher;
+        out[..2].copy_from_slice(&self.version.to_ne_bytes());
+        out[2..4].copy_from_slice(&c.id.to_ne_bytes());
+        let mut at = 4;
+        for part in [&keys.iv[..c.iv], &keys.key[..c.key], &keys.salt[..c.salt], &keys.rec_seq[..]] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        at
+    }
+}

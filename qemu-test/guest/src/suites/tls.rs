@@ -1,0 +1,472 @@
+//! kTLS connections move with their TLS state: every version and cipher this kernel
+//! offers, records in flight both ways, a thousand hops of one connection, and the
+//! refusals of a TLS layer that holds bytes the TCP queues do not. The client is a kTLS
+//! socket keyed directly (see `crate::ktls`): it authenticates every record it reads,
+//! so a wrong key, IV or record sequence after a move fails its read.
+
+use super::common::{expect_refusal, loaded};
+use super::export::connect_via_topology;
+use super::import_refusals::{encode, parse};
+use crate::check;
+use crate::harness::{Env, Log, Test, TestResult};
+use crate::ktls::{self, Pair, CIPHERS, TLS_1_2, TLS_1_3};
+use crate::migrate::{pattern_at, rsts_all, Cluster, Retries};
+use crate::topology::Topology;
+use prism_sock::uapi::StateAttr;
+use prism_sock::{ImportOptions, MigrationState};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "tls_hop_every_version_and_cipher",
+            run: every_cipher,
+        },
+        Test {
+            name: "tls_1000_hops_of_one_connection_every_byte_checked",
+            run: thousand_hops,
+        },
+        Test {
+            name: "tls_records_in_flight_both_ways_across_10_hops",
+            run: in_flight,
+        },
+        Test {
+            name: "tls_tampered_key_fails_the_peer_not_the_kernel",
+            run: tampered,
+        },
+        Test {
+            name: "tls_export_refuses_a_busy_tls_layer",
+            run: refusals,
+        },
+        Test {
+            name: "tls_import_refuses_malformed_tls_attributes",
+            run: malformed,
+        },
+    ]
+}
+
+const PORT: u16 = 8400;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// A connection through the topology, both ends keyed with `pair`.
+fn keyed(v6: bool, port: u16, pair: &Pair) -> Result<(TcpStream, TcpStream), String> {
+    let (client, server) = connect_via_topology(v6, port, None)?;
+    pair.client(client.as_fd()).map_err(io("kTLS on the client"))?;
+    pair.server(server.as_fd()).map_err(io("kTLS on fe"))?;
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+    }
+    Ok((client, server))
+}
+
+/// Writes one record of `len` bytes of stream `seed` from `offset`.
+fn send_record(s: &mut TcpStream, seed: u64, offset: u64, len: usize) -> Result<(), String> {
+    s.write_all(&pattern_at(seed, offset, len))
+        .map_err(io("send a record"))
+}
+
+/// Reads `len` bytes and checks they are stream `seed` from `offset`.
+fn expect(s: &mut TcpStream, seed: u64, offset: u64, len: usize) -> Result<(), String> {
+    let mut got = vec![0u8; len];
+    s.read_exact(&mut got).map_err(io("read records"))?;
+    check!(
+        got == pattern_at(seed, offset, len),
+        "{len} bytes from offset {offset} of stream {seed} differ"
+    );
+    Ok(())
+}
+
+/// Whether this kernel offers `version` with cipher `c` (a client-side probe).
+fn offered(v6: bool, port: u16, version: u16, c: ktls::Cipher) -> Result<Option<std::io::Error>, String> {
+    let (client, _server) = connect_via_topology(v6, port, None)?;
+    Ok(Pair::new(version, c).client(client.as_fd()).err())
+}
+
+/// Each version and cipher the kernel offers: a connection with records read, one
+/// record left unread in fe's receive queue and one sent by fe, hops to be1 and back;
+/// the blob carries the record sequences, the new owner reads the unread record and
+/// both ends go on exchanging records. The two AES-GCM ciphers must be offered.
+fn every_cipher(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let rst_before = rsts_all()?;
+    let mut port = PORT;
+    let mut moved = Vec::new();
+    for version in [TLS_1_2, TLS_1_3] {
+        for cipher in CIPHERS {
+            port += 1;
+            if let Some(e) = offered(false, port, version, cipher)? {
+                log.line(format!("{version:#06x} {}: not offered here ({e})", cipher.name));
+                check!(
+                    !cipher.name.starts_with("AES-GCM"),
+                    "{} must be offered: {e}",
+                    cipher.name
+                );
+                continue;
+            }
+            port += 1;
+            let pair = Pair::new(version, cipher);
+            let (mut client, mut fe) = keyed(false, port, &pair)?;
+            let tls13 = version == TLS_1_3;
+            ktls::set_option(fe.as_fd(), ktls::TLS_TX_ZEROCOPY_RO, 1).map_err(io("zerocopy"))?;
+            if tls13 {
+                ktls::set_option(fe.as_fd(), ktls::TLS_RX_EXPECT_NO_PAD, 1).map_err(io("no-pad"))?;
+            }
+            for i in 0..3 {
+                send_record(&mut client, 1, 1000 * i, 1000)?;
+            }
+            expect(&mut fe, 1, 0, 2000)?;
+            send_record(&mut fe, 2, 0, 700)?;
+            expect(&mut client, 2, 0, 700)?;
+            super::export::wait_for("the third record queued on fe", || {
+                crate::sockopt::queued(fe.as_fd(), false) > 1000
+            })?;
+            let state = cluster
+                .nl("fe")
+                .export_snapshot(fe.as_fd())
+                .and_then(|s| s.decode())
+                .map_err(|e| format!("snapshot: {e}"))?;
+            let tls = state.tls.ok_or("the blob carries no kTLS state")?;
+            check!(
+                tls.version == version && tls.cipher == cipher.id,
+                "blob says version {:#x} cipher {}",
+                tls.version,
+                tls.cipher
+            );
+            check!(
+                tls.tx_rec_seq == Some(pair.down.rec_seq + 1) && tls.rx_rec_seq == Some(pair.up.rec_seq + 2),
+                "record sequences {:?}/{:?}, expected {}/{}",
+                tls.tx_rec_seq,
+                tls.rx_rec_seq,
+                pair.down.rec_seq + 1,
+                pair.up.rec_seq + 2
+            );
+            check!(
+                tls.tx_zerocopy && tls.rx_no_pad == tls13,
+                "options zerocopy {} no-pad {}",
+                tls.tx_zerocopy,
+                tls.rx_no_pad
+            );
+            let (mut be1, _, _) = cluster.hop(log, fe, "fe", "be1", &[])?;
+            be1.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+            let zc = ktls::get_option(be1.as_fd(), ktls::TLS_TX_ZEROCOPY_RO).map_err(io("zerocopy"))?;
+            let np = if tls13 {
+                ktls::get_option(be1.as_fd(), ktls::TLS_RX_EXPECT_NO_PAD).map_err(io("no-pad"))?
+            } else {
+                0
+            };
+            check!(
+                zc == 1 && np == u32::from(tls13),
+                "be1's options: zerocopy {zc}, no-pad {np}"
+            );
+            expect(&mut be1, 1, 2000, 1000)?;
+            send_record(&mut be1, 2, 700, 5000)?;
+            expect(&mut client, 2, 700, 5000)?;
+            send_record(&mut client, 1, 3000, 300)?;
+            let (mut back, _, _) = cluster.hop(log, be1, "be1", "fe", &[])?;
+            back.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+            expect(&mut back, 1, 3000, 300)?;
+            send_record(&mut back, 2, 5700, 16384)?;
+            expect(&mut client, 2, 5700, 16384)?;
+            moved.push(format!("{version:#06x} {}", cipher.name));
+        }
+    }
+    log.line(format!("moved and checked: {}", moved.join(", ")));
+    check!(
+        moved.len() >= 4,
+        "only {} version/cipher pairs moved",
+        moved.len()
+    );
+    let rst_after = rsts_all()?;
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
+    Ok(())
+}
+
+/// One TLS 1.3 connection hops 1,000 times, fe to fe (export with detach, import in
+/// the same namespace: no steering, so the hops are many). Between hops the client and
+/// the owner exchange a record each of a size that varies; every tenth hop a client
+/// record waits unread in the receive queue across the hop.
+fn thousand_hops(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let cluster = Cluster::new(false)?;
+    let pair = Pair::new(TLS_1_3, CIPHERS[0]);
+    let (mut client, mut owner) = keyed(false, PORT + 40, &pair)?;
+    let nl = cluster.nl("fe");
+    let (mut up, mut down) = (0u64, 0u64);
+    let mut pending = None;
+    for hop in 0..1000u64 {
+        let len = 1 + (hop * 7919 % 6000) as usize;
+        send_record(&mut client, 3, up, len)?;
+        if hop % 10 == 0 {
+            pending = Some((up, len));
+        } else {
+            if let Some((at, l)) = pending.take() {
+                expect(&mut owner, 3, at, l)?;
+            }
+            expect(&mut owner, 3, up, len)?;
+        }
+        up += len as u64;
+        send_record(&mut owner, 4, down, len / 2 + 1)?;
+        expect(&mut client, 4, down, len / 2 + 1)?;
+        down += len as u64 / 2 + 1;
+        let state = nl
+            .export_detach(owner.as_fd())
+            .map_err(|e| format!("export {hop}: {e}"))?;
+        drop(owner);
+        owner = nl
+            .import_stream(&state, &ImportOptions::default())
+            .map_err(|e| format!("import {hop}: {e}"))?
+            .0;
+        owner.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+    }
+    if let Some((at, l)) = pending.take() {
+        expect(&mut owner, 3, at, l)?;
+    }
+    log.line(format!(
+        "1000 hops; {up} bytes up and {down} bytes down checked, in records"
+    ));
+    Ok(())
+}
+
+/// The client streams 1,000-byte records up and reads the owner's 2,000-byte records
+/// down in threads of its own, while the connection hops fe -> be1 -> be2 -> fe ...
+/// ten times: exports meet records partly received, unacknowledged data both ways
+/// and the peer's window at work. An export that finds the TLS layer busy (EAGAIN) is
+/// made again. Every byte is checked at both ends.
+fn in_flight(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let rst_before = rsts_all()?;
+    let pair = Pair::new(TLS_1_2, CIPHERS[1]);
+    let (client, mut owner) = keyed(false, PORT + 50, &pair)?;
+    const HOPS: usize = 10;
+    const UP: u64 = 1000;
+    const UP_PER_HOP: u64 = 150;
+    const DOWN: u64 = 2000;
+    const DOWN_PER_HOP: u64 = 60;
+    let mut writer = client.try_clone().map_err(io("clone"))?;
+    let mut reader = client;
+    let (up_done, down_done) = std::thread::scope(|s| -> Result<_, String> {
+        let up = s.spawn(move || -> Result<u64, String> {
+            for i in 0..UP_PER_HOP * (HOPS as u64 + 1) {
+                send_record(&mut writer, 5, i * UP, UP as usize)?;
+            }
+            Ok(UP_PER_HOP * (HOPS as u64 + 1) * UP)
+        });
+        let down = s.spawn(move || -> Result<u64, String> {
+            let total = DOWN_PER_HOP * (HOPS as u64 + 1) * DOWN;
+            expect(&mut reader, 6, 0, total as usize)?;
+            Ok(total)
+        });
+        let route = ["fe", "be1", "be2"];
+        let mut retries = Retries::default();
+        let pause = |on: bool| {
+            if on {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        };
+        for hop in 0..=HOPS as u64 {
+            expect(&mut owner, 5, hop * UP_PER_HOP * UP, (UP_PER_HOP * UP) as usize)?;
+            for i in 0..DOWN_PER_HOP {
+                send_record(&mut owner, 6, (hop * DOWN_PER_HOP + i) * DOWN, DOWN as usize)?;
+            }
+            if hop == HOPS as u64 {
+                break;
+            }
+            let (from, to) = (route[hop as usize % 3], route[(hop as usize + 1) % 3]);
+            owner = cluster.hop_retrying(log, owner, (from, to), 400, &pause, &mut retries)?;
+            owner.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+        }
+        log.line(format!("{HOPS} hops; calls made again: {:?}", retries.errors));
+        let up = up.join().map_err(|_| "writer panicked")??;
+        let down = down.join().map_err(|_| "reader panicked")??;
+        Ok((up, down))
+    })?;
+    log.line(format!("{up_done} bytes up, {down_done} bytes down checked"));
+    let rst_after = rsts_all()?;
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
+    Ok(())
+}
+
+/// The attributes of a blob with one of them replaced.
+fn with_attr(state: &MigrationState, kind: StateAttr, f: impl Fn(&mut Vec<u8>)) -> MigrationState {
+    let k = u16::from(kind);
+    let mut attrs = parse(state.as_bytes());
+    for (t, p) in attrs.iter_mut() {
+        if *t == k {
+            f(p);
+        }
+    }
+    MigrationState::from_bytes(encode(&attrs))
+}
+
+/// A blob whose transmit key was changed imports (the module cannot know the key), and
+/// the client's first read after the move fails authentication (EBADMSG): the peer
+/// refuses the records, the kernel carries on.
+fn tampered(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let cluster = Cluster::new(false)?;
+    let pair = Pair::new(TLS_1_3, CIPHERS[0]);
+    let (mut client, fe) = keyed(false, PORT + 60, &pair)?;
+    let state = cluster
+        .nl("fe")
+        .export_detach(fe.as_fd())
+        .map_err(|e| format!("export: {e}"))?;
+    let bad = with_attr(&state, StateAttr::TlsTxKey, |k| k[0] ^= 1);
+    let (mut be1, _) = cluster
+        .nl("be1")
+        .import_stream(&bad, &ImportOptions::default())
+        .map_err(|e| format!("import: {e}"))?;
+    let port = client.local_addr().map_err(|e| e.to_string())?.port();
+    Topology::steer_flow(log, false, port, "be1", true)?;
+    send_record(&mut be1, 7, 0, 100)?;
+    let mut buf = [0u8; 100];
+    let r = client.read(&mut buf);
+    log.line(format!("client read after the tampered move: {r:?}"));
+    check!(
+        r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EBADMSG),
+        "expected EBADMSG, got {r:?}"
+    );
+    drop(cluster);
+    Ok(())
+}
+
+/// Export refuses what the TLS layer holds outside the TCP queues, and leaves the
+/// socket working: the ULP with no keys (EOPNOTSUPP), a record partly read (the rest
+/// waits decrypted: EAGAIN until it is read), a record still open on the sending side
+/// (MSG_MORE: EAGAIN until it is closed). Once the reason is gone the same socket moves.
+fn refusals(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let nl = loaded(env, log)?;
+    let cluster = Cluster::new(false)?;
+    let fe_nl = cluster.nl("fe");
+
+    let (_c0, bare) = connect_via_topology(false, PORT + 70, None)?;
+    ktls::attach_ulp(bare.as_fd()).map_err(io("ULP"))?;
+    expect_refusal(
+        fe_nl.export_snapshot(bare.as_fd()),
+        libc::EOPNOTSUPP,
+        "neither TLS_TX nor TLS_RX",
+        log,
+    )?;
+
+    let pair = Pair::new(TLS_1_2, CIPHERS[0]);
+    let (mut client, mut fe) = keyed(false, PORT + 71, &pair)?;
+    send_record(&mut client, 8, 0, 1000)?;
+    expect(&mut fe, 8, 0, 400)?;
+    expect_refusal(
+        fe_nl.export_detach(fe.as_fd()),
+        libc::EAGAIN,
+        "decrypted kTLS records are not read yet",
+        log,
+    )?;
+    expect(&mut fe, 8, 400, 600)?;
+
+    // SAFETY: a valid buffer on our own socket.
+    let n = unsafe {
+        libc::send(
+            std::os::fd::AsRawFd::as_raw_fd(&fe),
+            pattern_at(9, 0, 100).as_ptr().cast(),
+            100,
+            libc::MSG_MORE,
+        )
+    };
+    check!(n == 100, "send with MSG_MORE: {n}");
+    expect_refusal(
+        fe_nl.export_detach(fe.as_fd()),
+        libc::EAGAIN,
+        "being built or sent",
+        log,
+    )?;
+    send_record(&mut fe, 9, 100, 100)?;
+    expect(&mut client, 9, 0, 200)?;
+
+    let state = fe_nl
+        .export_detach(fe.as_fd())
+        .map_err(|e| format!("export once idle: {e}"))?;
+    drop(fe);
+    let (mut again, _) = fe_nl
+        .import_stream(&state, &ImportOptions::default())
+        .map_err(|e| format!("import: {e}"))?;
+    again.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+    send_record(&mut client, 8, 1000, 500)?;
+    expect(&mut again, 8, 1000, 500)?;
+    send_record(&mut again, 9, 200, 500)?;
+    expect(&mut client, 9, 200, 500)?;
+    drop(nl);
+    Ok(())
+}
+
+/// Import refuses kTLS attributes that cannot be right, before anything is built:
+/// an unknown cipher, an unknown version, a key of the wrong size, a direction with
+/// a field missing.
+fn malformed(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let cluster = Cluster::new(false)?;
+    let pair = Pair::new(TLS_1_3, CIPHERS[1]);
+    let (client, fe) = keyed(false, PORT + 80, &pair)?;
+    let port = client.local_addr().map_err(|e| e.to_string())?.port();
+    let state = cluster
+        .nl("fe")
+        .export_snapshot(fe.as_fd())
+        .map_err(|e| format!("export: {e}"))?;
+    let be1 = cluster.nl("be1");
+    let import = |s: &MigrationState| be1.import(s, &ImportOptions::default());
+    expect_refusal(
+        import(&with_attr(&state, StateAttr::TlsCipher, |p| {
+            p.copy_from_slice(&99u16.to_ne_bytes())
+        })),
+        libc::EOPNOTSUPP,
+        "tls-cipher",
+        log,
+    )?;
+    expect_refusal(
+        import(&with_attr(&state, StateAttr::TlsVersion, |p| {
+            p.copy_from_slice(&0x0302u16.to_ne_bytes())
+        })),
+        libc::EINVAL,
+        "tls-version",
+        log,
+    )?;
+    expect_refusal(
+        import(&with_attr(&state, StateAttr::TlsRxKey, |p| p.truncate(16))),
+        libc::EINVAL,
+        "cipher's size",
+        log,
+    )?;
+    let k = u16::from(StateAttr::TlsTxIv);
+    let attrs: Vec<_> = parse(state.as_bytes())
+        .into_iter()
+        .filter(|(t, _)| *t != k)
+        .collect();
+    expect_refusal(
+        import(&MigrationState::from_bytes(encode(&attrs))),
+        libc::EINVAL,
+        "missing attribute: tls-tx-iv",
+        log,
+    )?;
+    check!(
+        crate::migrate::flow_sockets("be1", port)?.is_empty(),
+        "a refused import left a socket on be1"
+    );
+    Ok(())
+}
