@@ -676,6 +676,8 @@ fn decode_tls<'a>(at: &Attrs<'a>, tcp_state: u32) -> Result<Option<Tls>, Invalid
         rx,
         tx_zerocopy,
         rx_no_pad,
+        // The blob's receive queue already holds such bytes.
+        rx_held: 0,
     }))
 }
 

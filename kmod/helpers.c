@@ -200,6 +200,19 @@ struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list)
 	return skb_peek_tail(list);
 }
 
+unsigned int prism_skb_len(const struct sk_buff *skb)
+{
+	return skb->len;
+}
+
+/* skb_shinfo() is a macro: lets an skb forget the list it borrowed (no reference). */
+void prism_skb_forget_frag_list(struct sk_buff *skb)
+{
+	skb_shinfo(skb)->frag_list = NULL;
+	skb->len = 0;
+	skb->data_len = 0;
+}
+
 struct ipv6_pinfo *prism_inet6_sk(const struct sock *sk)
 {
 	return inet6_sk(sk);

@@ -108,5 +108,7 @@ unsigned short prism_netdev_type(const struct net_device *dev);
 struct inet_hashinfo *prism_tcp_hashinfo(const struct net *net);
 int prism_ip_decrease_ttl(struct iphdr *iph);
 void prism_ip_select_ident(struct net *net, struct sk_buff *skb);
+void prism_skb_forget_frag_list(struct sk_buff *skb);
+unsigned int prism_skb_len(const struct sk_buff *skb);
 
 #endif

@@ -493,7 +493,10 @@ impl Building {
         self.setsockopt_bytes(b::SOL_TCP, b::TCP_ULP, b"tls")
             .map_err(|e| {
                 if e == ENOENT {
-                    fail(e, c_str!("kTLS is not available on this host (modprobe tls)"))
+                    fail(
+                        e,
+                        c_str!("kTLS is not available on this host (modprobe tls)"),
+                    )
                 } else {
                     fail(e, c_str!("attaching the tls upper-layer protocol failed"))
                 }

@@ -102,14 +102,57 @@ pub(crate) struct Tls {
     pub(crate) rx: Option<Keys>,
     pub(crate) tx_zerocopy: bool,
     pub(crate) rx_no_pad: bool,
+    /// Bytes of the next record the receive parser already took out of the TCP queue
+    /// (its copy mode): they go in front of the blob's receive queue. Not an attribute.
+    pub(crate) rx_held: u32,
 }
 
 /// Attribute kinds of one direction: key, IV, salt, record sequence.
-pub(crate) const TX_ATTRS: [u16; 4] = [a::TLS_TX_KEY, a::TLS_TX_IV, a::TLS_TX_SALT, a::TLS_TX_REC_SEQ];
-pub(crate) const RX_ATTRS: [u16; 4] = [a::TLS_RX_KEY, a::TLS_RX_IV, a::TLS_RX_SALT, a::TLS_RX_REC_SEQ];
+pub(crate) const TX_ATTRS: [u16; 4] = [
+    a::TLS_TX_KEY,
+    a::TLS_TX_IV,
+    a::TLS_TX_SALT,
+    a::TLS_TX_REC_SEQ,
+];
+pub(crate) const RX_ATTRS: [u16; 4] = [
+    a::TLS_RX_KEY,
+    a::TLS_RX_IV,
+    a::TLS_RX_SALT,
+    a::TLS_RX_REC_SEQ,
+];
 
 /// Attribute bytes `encode` writes at most: two u16, eight binaries, two u8.
-pub(crate) const ENCODED_MAX: usize = 2 * 8 + 2 * (4 + KEY_MAX + 4 + IV_MAX + 4 + SALT_MAX + 4 + REC_SEQ) + 2 * 8;
+pub(crate) const ENCODED_MAX: usize =
+    2 * 8 + 2 * (4 + KEY_MAX + 4 + IV_MAX + 4 + SALT_MAX + 4 + REC_SEQ) + 2 * 8;
+
+/// A socket's upper-layer protocol.
+enum Ulp {
+    None,
+    /// The tls ULP and its context (null only for a TOE device's bypass).
+    Tls(*mut b::tls_context),
+    Other,
+}
+
+/// # Safety
+///
+/// `sk` must be a TCP socket whose lock the caller holds.
+unsafe fn ulp(sk: *mut b::sock) -> Ulp {
+    let icsk = sk.cast::<b::inet_connection_sock>();
+    // SAFETY: a TCP socket starts with its `inet_connection_sock`; the ULP and its data
+    // are set under the socket lock (held) and stay until the socket is freed.
+    let (ops, ctx) = unsafe {
+        (
+            (*icsk).icsk_ulp_ops,
+            (*icsk).icsk_ulp_data.cast::<b::tls_context>(),
+        )
+    };
+    // SAFETY: a registered ULP's ops outlive the sockets that use them.
+    match unsafe { ops.as_ref() } {
+        None => Ulp::None,
+        Some(o) if o.name[..4].iter().map(|c| *c as u8).eq(*b"tls\0") => Ulp::Tls(ctx),
+        Some(_) => Ulp::Other,
+    }
+}
 
 fn refuse(code: u32, msg: &'static kernel::str::CStr) -> Refusal {
     (errno(code), msg)
@@ -127,23 +170,22 @@ impl Tls {
     ///
     /// `sk` must be a TCP socket whose lock the caller holds.
     pub(crate) unsafe fn capture(sk: *mut b::sock, tcp_state: u8) -> Result<Option<Self>, Refusal> {
-        let icsk = sk.cast::<b::inet_connection_sock>();
-        // SAFETY: a TCP socket starts with its `inet_connection_sock`; the ULP and its
-        // data are set under the socket lock (held) and stay until the socket is freed.
-        let (ops, ctx) = unsafe { ((*icsk).icsk_ulp_ops, (*icsk).icsk_ulp_data.cast::<b::tls_context>()) };
-        if ops.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: a registered ULP's ops outlive the sockets that use them.
-        let name = unsafe { &(*ops).name };
-        if name[..4].iter().map(|c| *c as u8).ne(*b"tls\0") {
+        // SAFETY: the caller's guarantees.
+        let ctx = match unsafe { ulp(sk) } {
+            Ulp::None => return Ok(None),
+            Ulp::Other => {
+                return Err(refuse(
+                    b::EOPNOTSUPP,
+                    c_str!("sockets with an upper-layer protocol other than tls are not supported"),
+                ))
+            }
+            Ulp::Tls(ctx) => ctx,
+        };
+        if ctx.is_null() {
             return Err(refuse(
                 b::EOPNOTSUPP,
-                c_str!("sockets with an upper-layer protocol other than tls are not supported"),
+                c_str!("kTLS socket without a TLS context (TOE)"),
             ));
-        }
-        if ctx.is_null() {
-            return Err(refuse(b::EOPNOTSUPP, c_str!("kTLS socket without a TLS context (TOE)")));
         }
         // SAFETY: the tls ULP's data is its `tls_context`, stable under the socket lock.
         let c = unsafe { &*ctx };
@@ -188,33 +230,40 @@ impl Tls {
         // SAFETY: `info` is the union's header, set by the TLS_TX/TLS_RX setsockopt.
         let (version, id) = unsafe { (info.info.as_ref().version, info.info.as_ref().cipher_type) };
         let Some(cipher) = Cipher::find(id) else {
-            return Err(refuse(b::EOPNOTSUPP, c_str!("kTLS cipher unknown to this module")));
+            return Err(refuse(
+                b::EOPNOTSUPP,
+                c_str!("kTLS cipher unknown to this module"),
+            ));
         };
-        let keys = |crypto: &b::tls_crypto_context, cctx: &b::cipher_context| -> Result<Keys, Refusal> {
-            if cipher.info_len() > core::mem::size_of::<b::tls_crypto_context>() {
-                return Err(refuse(b::EOPNOTSUPP, c_str!("kTLS cipher unknown to this module")));
-            }
-            // SAFETY: the union holds the setsockopt's `tls12_crypto_info_*` of this
-            // cipher, `info_len` bytes, which fit the union (checked above).
-            let raw = unsafe {
-                core::slice::from_raw_parts(addr_of!(*crypto).cast::<u8>(), cipher.info_len())
+        let keys =
+            |crypto: &b::tls_crypto_context, cctx: &b::cipher_context| -> Result<Keys, Refusal> {
+                if cipher.info_len() > core::mem::size_of::<b::tls_crypto_context>() {
+                    return Err(refuse(
+                        b::EOPNOTSUPP,
+                        c_str!("kTLS cipher unknown to this module"),
+                    ));
+                }
+                // SAFETY: the union holds the setsockopt's `tls12_crypto_info_*` of this
+                // cipher, `info_len` bytes, which fit the union (checked above).
+                let raw = unsafe {
+                    core::slice::from_raw_parts(addr_of!(*crypto).cast::<u8>(), cipher.info_len())
+                };
+                let mut k = Keys::default();
+                let key_at = 4 + cipher.iv;
+                let salt_at = key_at + cipher.key;
+                k.key[..cipher.key].copy_from_slice(&raw[key_at..salt_at]);
+                k.salt[..cipher.salt].copy_from_slice(&raw[salt_at..salt_at + cipher.salt]);
+                // As TLS_TX/TLS_RX's getsockopt: the IV and sequence of the next record
+                // live in the cipher context, behind the salt.
+                let iv = cctx.iv.iter().skip(cipher.salt).take(cipher.iv);
+                for (d, s) in k.iv.iter_mut().zip(iv) {
+                    *d = *s as u8;
+                }
+                for (d, s) in k.rec_seq.iter_mut().zip(cctx.rec_seq.iter()) {
+                    *d = *s as u8;
+                }
+                Ok(k)
             };
-            let mut k = Keys::default();
-            let key_at = 4 + cipher.iv;
-            let salt_at = key_at + cipher.key;
-            k.key[..cipher.key].copy_from_slice(&raw[key_at..salt_at]);
-            k.salt[..cipher.salt].copy_from_slice(&raw[salt_at..salt_at + cipher.salt]);
-            // As TLS_TX/TLS_RX's getsockopt: the IV and sequence of the next record
-            // live in the cipher context, behind the salt.
-            let iv = cctx.iv.iter().skip(cipher.salt).take(cipher.iv);
-            for (d, s) in k.iv.iter_mut().zip(iv) {
-                *d = *s as u8;
-            }
-            for (d, s) in k.rec_seq.iter_mut().zip(cctx.rec_seq.iter()) {
-                *d = *s as u8;
-            }
-            Ok(k)
-        };
         let tx = if tx_conf == b::TLS_SW {
             Some(keys(&c.crypto_send, &c.tx)?)
         } else {
@@ -232,6 +281,8 @@ impl Tls {
             rx,
             tx_zerocopy: c.zerocopy_sendfile() != 0,
             rx_no_pad: c.rx_no_pad() != 0,
+            // SAFETY: the socket is locked (caller).
+            rx_held: unsafe { held_record(sk) }.map_or(0, |(_, len)| len),
         }))
     }
 
@@ -261,9 +312,10 @@ impl Tls {
         Ok(())
     }
 
-    /// Refuses while the receive side holds bytes outside the TCP receive queue:
-    /// records decrypted but not read, a record copied out of the queue (the
-    /// strparser's copy mode), a decryption in flight, or a pending key update.
+    /// Refuses while the receive side holds bytes outside the TCP receive queue that
+    /// the blob cannot carry as received bytes: records decrypted but not read, a
+    /// decryption in flight, a pending key update. (A record the parser copied out of
+    /// the queue is still ciphertext: `held_record` carries it.)
     ///
     /// # Safety
     ///
@@ -287,14 +339,14 @@ impl Tls {
             ));
         }
         if r.strp.stopped() != 0 {
-            return Err(refuse(b::EIO, c_str!("the kTLS receive side stopped after an error")));
+            return Err(refuse(
+                b::EIO,
+                c_str!("the kTLS receive side stopped after an error"),
+            ));
         }
         // SAFETY: atomics of the receive context, read as `atomic_read` does.
         let pending = unsafe { core::ptr::read_volatile(addr_of!(r.decrypt_pending.counter)) };
-        if r.strp.copy_mode() != 0
-            || pending != 0
-            || held
-        {
+        if pending != 0 || held {
             return Err(refuse(
                 b::EAGAIN,
                 c_str!("a kTLS record is held outside the TCP receive queue: retry"),
@@ -333,10 +385,76 @@ impl Tls {
         out[..2].copy_from_slice(&self.version.to_ne_bytes());
         out[2..4].copy_from_slice(&c.id.to_ne_bytes());
         let mut at = 4;
-        for part in [&keys.iv[..c.iv], &keys.key[..c.key], &keys.salt[..c.salt], &keys.rec_seq[..]] {
+        for part in [
+            &keys.iv[..c.iv],
+            &keys.key[..c.key],
+            &keys.salt[..c.salt],
+            &keys.rec_seq[..],
+        ] {
             out[at..at + part.len()].copy_from_slice(part);
             at += part.len();
         }
         at
     }
+}
+
+/// The protocol whose `disconnect` ends `sk` silently, for a TLS socket: kTLS refuses
+/// `disconnect` (its parser may point into the receive queue TCP would free), so its
+/// receive parser first lets go of that queue and stops, as it does after an error,
+/// and TCP's own `disconnect` (the ULP's saved base protocol) runs. `None` for a socket
+/// without the tls ULP.
+///
+/// # Safety
+///
+/// `sk` must be a TCP socket whose lock the caller holds, about to be disconnected.
+pub(crate) unsafe fn release_for_disconnect(sk: *mut b::sock) -> Option<*mut b::proto> {
+    // SAFETY: the caller's guarantees.
+    let Ulp::Tls(ctx) = (unsafe { ulp(sk) }) else {
+        return None;
+    };
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: the tls ULP's data is its context; the socket lock guards it.
+    let c = unsafe { &mut *ctx };
+    if u32::from(c.rx_conf()) == b::TLS_SW {
+        // SAFETY: TLS_SW's receive context; its parser changes under the socket lock.
+        let strp = unsafe { &mut (*c.priv_ctx_rx.cast::<b::tls_sw_context_rx>()).strp };
+        if strp.copy_mode() == 0 && !strp.anchor.is_null() {
+            // SAFETY: outside copy mode the anchor only borrows the queue's skbs.
+            unsafe { b::prism_skb_forget_frag_list(strp.anchor) };
+        }
+        // SAFETY: a plain field the parser's readers read with `READ_ONCE`.
+        unsafe { core::ptr::write_volatile(&mut strp.msg_ready, false) };
+        strp.stm = Default::default();
+        strp.set_stopped(1);
+    }
+    Some(c.sk_proto)
+}
+
+/// The next record's bytes the receive parser took out of the TCP queue (copy mode,
+/// used when the receive buffer runs short): the skb holding them and their length.
+/// They precede the TCP receive queue in sequence space, from the record's start.
+///
+/// # Safety
+///
+/// `sk` must be a TCP socket whose lock the caller holds.
+pub(crate) unsafe fn held_record(sk: *mut b::sock) -> Option<(*mut b::sk_buff, u32)> {
+    // SAFETY: the caller's guarantees.
+    let Ulp::Tls(ctx) = (unsafe { ulp(sk) }) else {
+        return None;
+    };
+    // SAFETY: the tls ULP's context (or null), guarded by the socket lock.
+    let c = unsafe { ctx.as_ref() }?;
+    if u32::from(c.rx_conf()) != b::TLS_SW {
+        return None;
+    }
+    // SAFETY: TLS_SW's receive context and its parser, under the socket lock.
+    let strp = unsafe { &(*c.priv_ctx_rx.cast::<b::tls_sw_context_rx>()).strp };
+    if strp.copy_mode() == 0 || strp.anchor.is_null() {
+        return None;
+    }
+    // SAFETY: in copy mode the anchor owns the copied bytes; its length counts them.
+    let len = unsafe { b::prism_skb_len(strp.anchor) };
+    (len > 0).then_some((strp.anchor, len))
 }

@@ -82,16 +82,19 @@ impl Drop for SockLock<'_> {
 }
 
 /// `tcp_disconnect(sk, 0)`, through the socket's protocol as `tcp_close` calls it:
-/// 7.x no longer exports it.
+/// 7.x no longer exports it. For a kTLS socket, through the protocol kTLS saved (see
+/// `ktls::release_for_disconnect`).
 ///
 /// # Safety
 ///
 /// `sk` must be a locked TCP socket.
 pub(crate) unsafe fn disconnect(sk: *mut b::sock) {
-    // SAFETY: a TCP socket's protocol is `tcp_prot` or `tcpv6_prot`, whose `disconnect`
-    // is `tcp_disconnect`; the socket is locked (caller).
+    // SAFETY: a TCP socket's protocol is `tcp_prot` or `tcpv6_prot` (or kTLS's copy,
+    // whose saved base is one of them), whose `disconnect` is `tcp_disconnect`; the
+    // socket is locked (caller).
     unsafe {
-        if let Some(disconnect) = (*(*sk).__sk_common.skc_prot).disconnect {
+        let prot = crate::ktls::release_for_disconnect(sk).unwrap_or((*sk).__sk_common.skc_prot);
+        if let Some(disconnect) = (*prot).disconnect {
             disconnect(sk, 0);
         }
     }

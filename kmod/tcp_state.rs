@@ -307,8 +307,11 @@ impl TcpState {
 
             let t = &*tp;
             let send_len = t.write_seq.wrapping_sub(t.snd_una);
+            let held = tls.as_ref().map_or(0, |t| t.rx_held);
             let recv_max = t.rcv_nxt.wrapping_sub(t.copied_seq);
-            if u64::from(send_len) + u64::from(recv_max) > u64::from(MAX_QUEUE_BYTES) {
+            if u64::from(send_len) + u64::from(recv_max) + u64::from(held)
+                > u64::from(MAX_QUEUE_BYTES)
+            {
                 return Err(refuse(
                     b::E2BIG,
                     c_str!("queued bytes exceed the module's max-queue-bytes"),
@@ -320,7 +323,7 @@ impl TcpState {
             let fin_unread = !tail.is_null()
                 && compat::tcp_flags(&*b::prism_tcp_skb_cb(tail)) & u16::from(b::PRISM_TCPHDR_FIN)
                     != 0;
-            let recv_len = recv_max.wrapping_sub(u32::from(fin_unread));
+            let recv_len = recv_max.wrapping_sub(u32::from(fin_unread)) + held;
 
             let icsk = &t.inet_conn;
             let cc_name = cc_name(t);
@@ -449,8 +452,10 @@ impl TcpState {
         unsafe {
             (*sk).sk_type == b::PRISM_SOCK_STREAM
                 && u32::from((*sk).sk_protocol) == b::IPPROTO_TCP
-                && !core::ptr::read_volatile(addr_of!((*sk.cast::<b::inet_connection_sock>()).icsk_ulp_ops))
-                    .is_null()
+                && !core::ptr::read_volatile(addr_of!(
+                    (*sk.cast::<b::inet_connection_sock>()).icsk_ulp_ops
+                ))
+                .is_null()
         }
     }
 
@@ -482,6 +487,29 @@ impl TcpState {
                 ));
             }
             let mut out = ChunkedAttr::new(msg, recv_kind, self.recv_len as usize, chunk);
+            // A kTLS record the parser copied out of the queue comes first.
+            if let Some((held, len)) = crate::ktls::held_record(sk) {
+                out.append(len as usize, |dst, at| {
+                    // SAFETY: the parser's skb holds `len` bytes; `dst` is the part at `at`.
+                    let ret = b::skb_copy_bits(
+                        held,
+                        at as i32,
+                        dst.as_mut_ptr().cast(),
+                        dst.len() as i32,
+                    );
+                    if ret < 0 {
+                        Err(EIO)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|_| {
+                    refuse(
+                        b::EIO,
+                        c_str!("the kTLS parser's record does not match its length"),
+                    )
+                })?;
+            }
             copy_list(&mut (*sk).sk_receive_queue, self.copied_seq, &mut out)?;
             if !out.complete() {
                 return Err(refuse(

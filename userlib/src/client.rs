@@ -750,7 +750,12 @@ impl Client {
                 own.shrink_to_fit();
                 return Ok((own, start + NLMSG_HEADER + skip));
             }
-            return Ok((buf[start + NLMSG_HEADER + skip..start + mlen].to_vec(), 0));
+            let out = buf[start + NLMSG_HEADER + skip..start + mlen].to_vec();
+            // An export's kTLS keys leave this reused buffer with the copy.
+            if cmd == Command::SockExport && crate::state::has_tls(&out) {
+                crate::state::wipe(&mut buf[..n]);
+            }
+            return Ok((out, 0));
         }
     }
 

@@ -187,7 +187,7 @@ pub(crate) fn wipe(bytes: &mut [u8]) {
 }
 
 /// Whether `bytes` (a blob's attributes) carry kTLS key material.
-fn has_tls(bytes: &[u8]) -> bool {
+pub(crate) fn has_tls(bytes: &[u8]) -> bool {
     attributes(bytes).any(|(kind, _)| kind == u16::from(StateAttr::TlsVersion))
 }
 

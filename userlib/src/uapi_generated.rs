@@ -28,10 +28,14 @@ pub enum Command {
     /// as it was; with detach it is finished here without a packet to the peer (its fd
     /// then reports ECONNABORTED) and its tuple is guarded against RST. Needs
     /// CAP_NET_ADMIN in the caller's user namespace and over the socket's network
-    /// namespace. Refused with EOPNOTSUPP: sockets with an upper-layer protocol (kTLS),
-    /// with urgent (MSG_OOB) data the reader has not passed, attached to an
-    /// in-kernel user (sockmap/psock), or signing segments with TCP-MD5 or TCP-AO
-    /// keys (which cannot be read back).
+    /// namespace. A socket with software kTLS carries its TLS state (the tls-*
+    /// attributes, docs/design/tls.md); one whose TLS layer holds bytes outside the
+    /// TCP queues (records decrypted but unread, a record being built or not yet
+    /// queued to TCP) is refused with EAGAIN and can be exported once that is over.
+    /// Refused with EOPNOTSUPP: kTLS device offload, kTLS without keys or not
+    /// ESTABLISHED, another upper-layer protocol, urgent (MSG_OOB) data the reader
+    /// has not passed, sockets attached to an in-kernel user (sockmap/psock), or
+    /// signing segments with TCP-MD5 or TCP-AO keys (which cannot be read back).
     SockExport = 2,
     /// Builds a live socket from a sock-export blob in the caller's network namespace
     /// and installs it as a new O_CLOEXEC fd of the caller. Every attribute is checked

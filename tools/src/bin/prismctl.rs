@@ -67,6 +67,9 @@ enum Cmd {
     Decode {
         /// The state blob.
         file: PathBuf,
+        /// Also print kTLS keys, IVs and salts (left out by default: they are secret).
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Import a state file and run COMMAND with the live socket as its fd 3.
     Import {
@@ -110,8 +113,16 @@ fn pidfd_getfd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
 }
 
 fn decoded_json(state: &MigrationState) -> Result<String, String> {
+    decoded_json_with(state, false)
+}
+
+/// The state as JSON; kTLS key material only with `secrets`.
+fn decoded_json_with(state: &MigrationState, secrets: bool) -> Result<String, String> {
     let d = state.decode().map_err(|e| format!("decode: {e}"))?;
     let mut v = serde_json::to_value(&d).map_err(|e| e.to_string())?;
+    if let (true, Some(tls)) = (secrets, &d.tls) {
+        v["tls"]["secrets"] = serde_json::to_value(&tls.secrets).map_err(|e| e.to_string())?;
+    }
     v["send_queue_bytes"] = d.send_queue.len().into();
     v["recv_queue_bytes"] = d.recv_queue.len().into();
     v["blob_bytes"] = state.as_bytes().len().into();
@@ -290,8 +301,8 @@ fn main() -> ExitCode {
             out,
             decode,
         } => export(pid, fd, detach, &out, decode),
-        Cmd::Decode { file } => read_state(&file)
-            .and_then(|s| decoded_json(&s))
+        Cmd::Decode { file, show_secrets } => read_state(&file)
+            .and_then(|s| decoded_json_with(&s, show_secrets))
             .map(|j| println!("{j}")),
         Cmd::Import {
             file,

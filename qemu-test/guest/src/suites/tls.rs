@@ -8,7 +8,7 @@ use super::common::{expect_refusal, loaded};
 use super::export::connect_via_topology;
 use super::import_refusals::{encode, parse};
 use crate::check;
-use crate::harness::{Env, Log, Test, TestResult};
+use crate::harness::{sh, Env, Log, Test, TestResult};
 use crate::ktls::{self, Pair, CIPHERS, TLS_1_2, TLS_1_3};
 use crate::migrate::{pattern_at, rsts_all, Cluster, Retries};
 use crate::topology::Topology;
@@ -352,7 +352,8 @@ fn tampered(env: &Env, log: &mut Log) -> TestResult {
 /// Export refuses what the TLS layer holds outside the TCP queues, and leaves the
 /// socket working: the ULP with no keys (EOPNOTSUPP), a record partly read (the rest
 /// waits decrypted: EAGAIN until it is read), a record still open on the sending side
-/// (MSG_MORE: EAGAIN until it is closed). Once the reason is gone the same socket moves.
+/// (MSG_MORE: EAGAIN until it is closed). Once the reason is gone the same socket moves;
+/// detached with a whole record parsed, its old fd reports ECONNABORTED.
 fn refusals(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let nl = loaded(env, log)?;
@@ -411,6 +412,32 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
     expect(&mut again, 8, 1000, 500)?;
     send_record(&mut again, 9, 200, 500)?;
     expect(&mut client, 9, 200, 500)?;
+
+    // A detached TLS socket whose parser holds a whole record from the receive queue:
+    // its old fd reports the detach (the parser let go of the queue TCP dropped), and
+    // the record reaches the new owner.
+    send_record(&mut client, 8, 1500, 800)?;
+    super::export::wait_for("the record queued", || {
+        crate::sockopt::queued(again.as_fd(), false) > 800
+    })?;
+    let state = fe_nl
+        .export_detach(again.as_fd())
+        .map_err(|e| format!("export with a record ready: {e}"))?;
+    let mut buf = [0u8; 800];
+    let old = again.read(&mut buf);
+    log.line(format!("the detached TLS socket's read: {old:?}"));
+    check!(
+        old.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::ECONNABORTED),
+        "the detached TLS socket read {old:?}"
+    );
+    drop(again);
+    let (mut last, _) = fe_nl
+        .import_stream(&state, &ImportOptions::default())
+        .map_err(|e| format!("import: {e}"))?;
+    last.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+    expect(&mut last, 8, 1500, 800)?;
+    send_record(&mut last, 9, 700, 100)?;
+    expect(&mut client, 9, 700, 100)?;
     drop(nl);
     Ok(())
 }
@@ -429,6 +456,7 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
         .nl("fe")
         .export_snapshot(fe.as_fd())
         .map_err(|e| format!("export: {e}"))?;
+    secrets_hidden(env, log, &state)?;
     let be1 = cluster.nl("be1");
     let import = |s: &MigrationState| be1.import(s, &ImportOptions::default());
     expect_refusal(
@@ -467,6 +495,39 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
     check!(
         crate::migrate::flow_sockets("be1", port)?.is_empty(),
         "a refused import left a socket on be1"
+    );
+    Ok(())
+}
+
+/// `prismctl decode` shows the kTLS version, cipher and record sequences but not the
+/// keys, IVs and salts; `--show-secrets` shows them.
+fn secrets_hidden(env: &Env, log: &mut Log, state: &MigrationState) -> TestResult {
+    let bin = env.repo()?.join("target/release/prismctl");
+    let file = std::env::temp_dir().join(format!("tls-blob-{}.bin", std::process::id()));
+    std::fs::write(&file, state.as_bytes()).map_err(io("write the blob"))?;
+    let mut decode = |extra: &[&str]| -> Result<serde_json::Value, String> {
+        let mut args = vec!["decode", file.to_str().unwrap_or_default()];
+        args.extend(extra);
+        let out = sh(log, &bin.to_string_lossy(), &args)?;
+        serde_json::from_str(out.trim()).map_err(|e| format!("prismctl output: {e}: {out}"))
+    };
+    let plain = decode(&[])?;
+    let shown = decode(&["--show-secrets"])?;
+    let _ = std::fs::remove_file(&file);
+    let d = state.decode().map_err(|e| e.to_string())?;
+    let tls = d.tls.ok_or("no kTLS state")?;
+    let key: String = tls.secrets.tx_key.iter().map(|b| format!("{b:02x}")).collect();
+    check!(
+        plain["tls"]["cipher"] == tls.cipher && plain["tls"]["tx_rec_seq"] == tls.tx_rec_seq.unwrap_or(0),
+        "prismctl decode: {plain}"
+    );
+    check!(
+        !plain.to_string().contains(&key) && plain["tls"].get("secrets").is_none(),
+        "prismctl decode printed key material: {plain}"
+    );
+    check!(
+        shown["tls"]["secrets"]["tx_key"] == key.as_str(),
+        "prismctl decode --show-secrets: {shown}"
     );
     Ok(())
 }
