@@ -83,7 +83,7 @@ names! {
     TLS_TX_IV => "tls-tx-iv", TLS_TX_SALT => "tls-tx-salt", TLS_TX_REC_SEQ => "tls-tx-rec-seq",
     TLS_RX_KEY => "tls-rx-key", TLS_RX_IV => "tls-rx-iv", TLS_RX_SALT => "tls-rx-salt",
     TLS_RX_REC_SEQ => "tls-rx-rec-seq", TLS_TX_ZEROCOPY => "tls-tx-zerocopy",
-    TLS_RX_NO_PAD => "tls-rx-no-pad",
+    TLS_RX_NO_PAD => "tls-rx-no-pad", TLS_RX_DECRYPTED => "tls-rx-decrypted",
 }
 
 /// Sequence number `x` is after `y` (modulo 2^32), as the kernel's `after()`.
@@ -98,6 +98,8 @@ pub(crate) struct Blob<'a> {
     pub(crate) migration_id: u64,
     pub(crate) send_queue: KVec<&'a [u8]>,
     pub(crate) recv_queue: KVec<&'a [u8]>,
+    /// kTLS records decrypted but not read on the exporting host, in order.
+    pub(crate) tls_decrypted: KVec<&'a [u8]>,
     /// Local address to bind instead of the exported one.
     pub(crate) bind_addr: Option<[u8; 16]>,
     pub(crate) freebind: bool,
@@ -124,6 +126,7 @@ struct Attrs<'a> {
     by_kind: [Option<Attr<'a>>; IMPORT_MAXATTR as usize + 1],
     send: KVec<&'a [u8]>,
     recv: KVec<&'a [u8]>,
+    decrypted: KVec<&'a [u8]>,
 }
 
 fn nomem<'a>() -> Invalid<'a> {
@@ -136,6 +139,7 @@ impl<'a> Attrs<'a> {
             by_kind: [const { None }; IMPORT_MAXATTR as usize + 1],
             send: KVec::new(),
             recv: KVec::new(),
+            decrypted: KVec::new(),
         };
         for nla in req.all_attrs() {
             // SAFETY: genetlink validated every attribute's header and length; the
@@ -152,11 +156,12 @@ impl<'a> Attrs<'a> {
                 a::PAD => {}
                 // An empty chunk carries nothing, and accepting it would leave the
                 // number of chunks (and the work to collect them) unbounded.
-                a::SEND_QUEUE | a::RECV_QUEUE if data.is_empty() => {
+                a::SEND_QUEUE | a::RECV_QUEUE | a::TLS_RX_DECRYPTED if data.is_empty() => {
                     return Err((EINVAL, c_str!("empty queue chunk"), Some(nla)));
                 }
                 a::SEND_QUEUE => out.send.push(data, GFP_KERNEL).map_err(|_| nomem())?,
                 a::RECV_QUEUE => out.recv.push(data, GFP_KERNEL).map_err(|_| nomem())?,
+                a::TLS_RX_DECRYPTED => out.decrypted.push(data, GFP_KERNEL).map_err(|_| nomem())?,
                 k if usize::from(k) < out.by_kind.len() => {
                     let slot = &mut out.by_kind[usize::from(k)];
                     if slot.is_some() {
@@ -326,7 +331,7 @@ impl<'a> Blob<'a> {
         let send_len = queue_len(&at.send);
         let recv_len = queue_len(&at.recv);
         check(
-            send_len + recv_len <= u64::from(MAX_QUEUE_BYTES),
+            send_len + recv_len + queue_len(&at.decrypted) <= u64::from(MAX_QUEUE_BYTES),
             errno(b::E2BIG),
             c_str!("queues exceed the module's max-queue-bytes"),
             None,
@@ -516,9 +521,16 @@ impl<'a> Blob<'a> {
         )?;
         let migration_id = u64::from_ne_bytes(at.bytes(a::MIGRATION_ID)?);
         let tls = decode_tls(&at, tcp_state)?;
+        check(
+            at.decrypted.is_empty() || tls.as_ref().is_some_and(|t| t.rx.is_some()),
+            einval,
+            c_str!("tls-rx-decrypted without kTLS receive keys"),
+            None,
+        )?;
 
         let send_queue = core::mem::take(&mut at.send);
         let recv_queue = core::mem::take(&mut at.recv);
+        let tls_decrypted = core::mem::take(&mut at.decrypted);
         Ok(Self {
             conn: Conn {
                 family,
@@ -572,6 +584,7 @@ impl<'a> Blob<'a> {
             migration_id,
             send_queue,
             recv_queue,
+            tls_decrypted,
             bind_addr,
             freebind: at.present(a::FREEBIND),
             transparent: at.present(a::TRANSPARENT),
@@ -676,8 +689,10 @@ fn decode_tls<'a>(at: &Attrs<'a>, tcp_state: u32) -> Result<Option<Tls>, Invalid
         rx,
         tx_zerocopy,
         rx_no_pad,
-        // The blob's receive queue already holds such bytes.
+        // The blob's receive queue already holds such bytes; its decrypted records
+        // are kept apart (`Blob::tls_decrypted`).
         rx_held: 0,
+        rx_decrypted: (0, 0),
     }))
 }
 

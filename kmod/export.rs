@@ -78,15 +78,20 @@ pub(crate) fn sock_export(req: &Request<'_>) -> Result {
     // grew meanwhile gets a reply sized again under the lock. No slack for what may
     // arrive: netlink copies a reply that is more than half slack (`netlink_trim`), so
     // room for one more segment would cost every idle export a copy.
-    let tls_room = |tls: bool| if tls { ktls::ENCODED_MAX } else { 0 };
-    let room = reply_size(TcpState::queued_unlocked(sk)) + tls_room(TcpState::ulp_unlocked(sk));
+    let tls_hint = if TcpState::ulp_unlocked(sk) {
+        ktls::ENCODED_MAX
+    } else {
+        0
+    };
+    let room = reply_size(TcpState::queued_unlocked(sk)) + tls_hint;
     let mut msg = req.reply_sized(cmd::SOCK_EXPORT, room)?;
     let lock = SockLock::lock(&file)?;
     let st = TcpState::capture(&lock).map_err(|(e, msg)| {
         req.set_err(Some(fd_attr), msg);
         e
     })?;
-    let need = reply_size((st.send_len + st.recv_len) as usize) + tls_room(st.tls.is_some());
+    let need = reply_size((st.send_len + st.recv_len) as usize)
+        + st.tls.as_ref().map_or(0, |t| t.reply_room());
     if need > room {
         msg = req.reply_sized(cmd::SOCK_EXPORT, need)?;
     }

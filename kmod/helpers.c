@@ -200,6 +200,22 @@ struct sk_buff *prism_skb_peek_tail(struct sk_buff_head *list)
 	return skb_peek_tail(list);
 }
 
+/* skb->cb as strparser's users (kTLS's rx_list among them) lay it out. */
+struct sk_skb_cb *prism_sk_skb_cb(struct sk_buff *skb)
+{
+	return (struct sk_skb_cb *)skb->cb;
+}
+
+struct sk_buff *prism_alloc_skb(unsigned int len)
+{
+	return alloc_skb(len, GFP_KERNEL);
+}
+
+void prism_skb_queue_tail(struct sk_buff_head *list, struct sk_buff *skb)
+{
+	__skb_queue_tail(list, skb);
+}
+
 unsigned int prism_skb_len(const struct sk_buff *skb)
 {
 	return skb->len;

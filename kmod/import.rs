@@ -766,6 +766,8 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         }
         let live = restored
             .and_then(|()| {
+                // SAFETY: the socket is locked and ours; TLS_RX was set by `attach_tls`.
+                unsafe { ktls::queue_decrypted(lock.sk(), &blob.tls_decrypted) }?;
                 building.repair_off_silent(&lock);
                 building.finish(&lock, &blob)
             })

@@ -8,10 +8,10 @@
 
 use crate::bindings as b;
 use crate::compat;
-use crate::genl::{errno, AttrSink};
+use crate::genl::{errno, AttrSink, ChunkedAttr, Message};
 use crate::tcp_state::Refusal;
 use crate::uapi::state as a;
-use core::ptr::addr_of;
+use core::ptr::{addr_of, addr_of_mut};
 use kernel::c_str;
 use kernel::prelude::*;
 
@@ -105,7 +105,15 @@ pub(crate) struct Tls {
     /// Bytes of the next record the receive parser already took out of the TCP queue
     /// (its copy mode): they go in front of the blob's receive queue. Not an attribute.
     pub(crate) rx_held: u32,
+    /// Bytes and records of decrypted, unread application data (`rx_list`), which
+    /// `write_decrypted` puts in the reply.
+    pub(crate) rx_decrypted: (u32, u32),
 }
+
+/// The TLS record type of application data (RFC 8446 `application_data`).
+const RECORD_TYPE_DATA: u8 = 23;
+/// The largest plaintext of a record.
+const RECORD_MAX: u32 = 1 << 14;
 
 /// Attribute kinds of one direction: key, IV, salt, record sequence.
 pub(crate) const TX_ATTRS: [u16; 4] = [
@@ -218,10 +226,12 @@ impl Tls {
             // SAFETY: TLS_SW's transmit context; its fields change under the socket lock.
             unsafe { Self::tx_idle(c) }?;
         }
-        if rx_conf == b::TLS_SW {
+        let rx_decrypted = if rx_conf == b::TLS_SW {
             // SAFETY: as above, for the receive context.
-            unsafe { Self::rx_idle(c) }?;
-        }
+            unsafe { Self::rx_idle(c) }?
+        } else {
+            (0, 0)
+        };
         let info = if tx_conf == b::TLS_SW {
             &c.crypto_send
         } else {
@@ -283,6 +293,7 @@ impl Tls {
             rx_no_pad: c.rx_no_pad() != 0,
             // SAFETY: the socket is locked (caller).
             rx_held: unsafe { held_record(sk) }.map_or(0, |(_, len)| len),
+            rx_decrypted,
         }))
     }
 
@@ -312,31 +323,38 @@ impl Tls {
         Ok(())
     }
 
-    /// Refuses while the receive side holds bytes outside the TCP receive queue that
-    /// the blob cannot carry as received bytes: records decrypted but not read, a
-    /// decryption in flight, a pending key update. (A record the parser copied out of
-    /// the queue is still ciphertext: `held_record` carries it.)
+    /// Refuses while the receive side holds what the blob cannot carry: a control
+    /// record decrypted but not read, a decryption in flight, a pending key update.
+    /// Returns the bytes and records of decrypted application data not read yet,
+    /// which the blob carries. (A record the parser copied out of the queue is still
+    /// ciphertext: `held_record` carries it.)
     ///
     /// # Safety
     ///
     /// `c` must be the TLS_SW context of a socket whose lock the caller holds.
-    unsafe fn rx_idle(c: &b::tls_context) -> Result<(), Refusal> {
+    unsafe fn rx_idle(c: &b::tls_context) -> Result<(u32, u32), Refusal> {
         let rx = c.priv_ctx_rx.cast::<b::tls_sw_context_rx>();
         // SAFETY: TLS_SW's receive context lives as long as the TLS context; its
         // queues and parser change under the socket lock.
         let r = unsafe { &*rx };
-        // SAFETY: the socket lock guards both queues; peeking only reads them.
-        let (decrypted, held) = unsafe {
-            (
-                !b::prism_skb_peek_tail(addr_of!(r.rx_list).cast_mut()).is_null(),
-                !b::prism_skb_peek_tail(addr_of!(r.async_hold).cast_mut()).is_null(),
-            )
-        };
-        if decrypted {
-            return Err(refuse(
-                b::EAGAIN,
-                c_str!("decrypted kTLS records are not read yet: read them, then export"),
-            ));
+        // SAFETY: the socket lock guards the queue; peeking only reads it.
+        let held = unsafe { !b::prism_skb_peek_tail(addr_of!(r.async_hold).cast_mut()).is_null() };
+        let mut decrypted = (0u32, 0u32);
+        // SAFETY: `rx_list` is the context's, locked by the caller.
+        for (_, len, kind) in unsafe { records(rx) } {
+            if kind != RECORD_TYPE_DATA {
+                return Err(refuse(
+                    b::EAGAIN,
+                    c_str!("a decrypted kTLS control record (alert, handshake) is not read yet: read it first"),
+                ));
+            }
+            if len > RECORD_MAX {
+                return Err(refuse(
+                    b::EIO,
+                    c_str!("a decrypted kTLS record is larger than a record"),
+                ));
+            }
+            decrypted = (decrypted.0 + len, decrypted.1 + 1);
         }
         if r.strp.stopped() != 0 {
             return Err(refuse(
@@ -358,7 +376,12 @@ impl Tls {
                 c_str!("a TLS 1.3 KeyUpdate arrived: install the new receive key, then export"),
             ));
         }
-        Ok(())
+        Ok(decrypted)
+    }
+
+    /// Reply bytes `encode` and `write_decrypted` need at most.
+    pub(crate) fn reply_room(&self) -> usize {
+        ENCODED_MAX + self.rx_decrypted.0 as usize + 8 * self.rx_decrypted.1 as usize
     }
 
     /// The attributes of this state, in the blob's order.
@@ -457,4 +480,139 @@ pub(crate) unsafe fn held_record(sk: *mut b::sock) -> Option<(*mut b::sk_buff, u
     // SAFETY: in copy mode the anchor owns the copied bytes; its length counts them.
     let len = unsafe { b::prism_skb_len(strp.anchor) };
     (len > 0).then_some((strp.anchor, len))
+}
+
+/// The records of a receive context's `rx_list`: skb, unread bytes, record type.
+///
+/// # Safety
+///
+/// `rx` must be a TLS_SW receive context whose socket lock the caller holds for as
+/// long as the iterator and its skbs are used.
+unsafe fn records(
+    rx: *mut b::tls_sw_context_rx,
+) -> impl Iterator<Item = (*mut b::sk_buff, u32, u8)> {
+    // SAFETY: the caller's guarantees; `rx_list` is a circular list of skbs.
+    let head = unsafe { addr_of!((*rx).rx_list) }.cast::<b::sk_buff>();
+    // SAFETY: as above; a list head starts with the first skb, and `next` is the first
+    // field of `struct sk_buff`.
+    let mut skb = unsafe { *head.cast::<*mut b::sk_buff>() };
+    core::iter::from_fn(move || {
+        if core::ptr::eq(skb, head) {
+            return None;
+        }
+        let this = skb;
+        // SAFETY: a queued skb, under the socket lock; its control block is the
+        // strparser users' layout (`sk_skb_cb`), as kTLS uses it for `rx_list`.
+        unsafe {
+            skb = *this.cast::<*mut b::sk_buff>();
+            let cb = &*b::prism_sk_skb_cb(this);
+            Some((this, cb.strp.strp.full_len.max(0) as u32, cb.tls.control))
+        }
+    })
+}
+
+/// The receive context of `sk`'s TLS_SW receive side, if any.
+///
+/// # Safety
+///
+/// `sk` must be a TCP socket whose lock the caller holds.
+unsafe fn rx_context(sk: *mut b::sock) -> Option<*mut b::tls_sw_context_rx> {
+    // SAFETY: the caller's guarantees.
+    let Ulp::Tls(ctx) = (unsafe { ulp(sk) }) else {
+        return None;
+    };
+    // SAFETY: the tls ULP's context (or null), guarded by the socket lock.
+    let c = unsafe { ctx.as_ref() }?;
+    (u32::from(c.rx_conf()) == b::TLS_SW).then(|| c.priv_ctx_rx.cast::<b::tls_sw_context_rx>())
+}
+
+/// Writes the decrypted, unread application data of `sk` as `tls-rx-decrypted`
+/// attributes, one per record, as `capture` counted them under the same lock.
+///
+/// # Safety
+///
+/// `sk` must be a TCP socket whose lock the caller held since `capture`.
+pub(crate) unsafe fn write_decrypted(
+    sk: *mut b::sock,
+    msg: &mut Message<'_>,
+) -> Result<(), Refusal> {
+    // SAFETY: the caller's guarantees.
+    let Some(rx) = (unsafe { rx_context(sk) }) else {
+        return Ok(());
+    };
+    // SAFETY: as above.
+    for (skb, len, _) in unsafe { records(rx) } {
+        if len == 0 {
+            continue;
+        }
+        // SAFETY: as in `records`.
+        let offset = unsafe { (*b::prism_sk_skb_cb(skb)).strp.strp.offset };
+        let mut out = ChunkedAttr::new(msg, a::TLS_RX_DECRYPTED, len as usize, len as usize);
+        out.append(len as usize, |dst, at| {
+            // SAFETY: the record's unread bytes are `len` bytes from `offset`.
+            let ret = unsafe {
+                b::skb_copy_bits(
+                    skb,
+                    offset + at as i32,
+                    dst.as_mut_ptr().cast(),
+                    dst.len() as i32,
+                )
+            };
+            if ret < 0 {
+                Err(EIO)
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|_| {
+            refuse(
+                b::EIO,
+                c_str!("a decrypted kTLS record does not fit the reply"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Queues `records` (decrypted application data from a blob) for the first reads of
+/// `sk`, whose TLS_RX is set: they go on the receive context's `rx_list` as kTLS's
+/// own partly read records do.
+///
+/// # Safety
+///
+/// `sk` must be a TCP socket whose lock the caller holds, with TLS_RX set, reachable
+/// by nobody else yet.
+pub(crate) unsafe fn queue_decrypted(sk: *mut b::sock, records: &[&[u8]]) -> Result<(), Refusal> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the caller's guarantees.
+    let Some(rx) = (unsafe { rx_context(sk) }) else {
+        return Err(refuse(
+            b::EIO,
+            c_str!("decrypted records for a socket without TLS_RX"),
+        ));
+    };
+    for r in records {
+        // SAFETY: plain allocation; `GFP_KERNEL` (the caller may sleep).
+        let skb = unsafe { b::prism_alloc_skb(r.len() as u32) };
+        if skb.is_null() {
+            return Err(refuse(
+                b::ENOMEM,
+                c_str!("no memory for the decrypted kTLS records"),
+            ));
+        }
+        // SAFETY: the fresh skb has room for `r.len()` bytes at its tail; its control
+        // block is zeroed by the allocation and laid out as kTLS reads `rx_list`'s.
+        unsafe {
+            let dst = b::skb_put(skb, r.len() as u32);
+            core::ptr::copy_nonoverlapping(r.as_ptr(), dst.cast::<u8>(), r.len());
+            let cb = &mut *b::prism_sk_skb_cb(skb);
+            cb.strp.strp.full_len = r.len() as i32;
+            cb.strp.strp.offset = 0;
+            cb.tls.control = RECORD_TYPE_DATA;
+            b::prism_skb_queue_tail(addr_of_mut!((*rx).rx_list), skb);
+        }
+    }
+    Ok(())
 }

@@ -308,8 +308,9 @@ impl TcpState {
             let t = &*tp;
             let send_len = t.write_seq.wrapping_sub(t.snd_una);
             let held = tls.as_ref().map_or(0, |t| t.rx_held);
+            let decrypted = tls.as_ref().map_or(0, |t| t.rx_decrypted.0);
             let recv_max = t.rcv_nxt.wrapping_sub(t.copied_seq);
-            if u64::from(send_len) + u64::from(recv_max) + u64::from(held)
+            if u64::from(send_len) + u64::from(recv_max) + u64::from(held) + u64::from(decrypted)
                 > u64::from(MAX_QUEUE_BYTES)
             {
                 return Err(refuse(
@@ -516,6 +517,9 @@ impl TcpState {
                     b::EIO,
                     c_str!("receive queue does not match its sequence numbers"),
                 ));
+            }
+            if self.tls.as_ref().is_some_and(|t| t.rx_decrypted.1 > 0) {
+                crate::ktls::write_decrypted(sk, msg)?;
             }
         }
         Ok(())

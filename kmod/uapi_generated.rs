@@ -289,6 +289,8 @@ pub(crate) mod state {
     pub(crate) const TLS_TX_ZEROCOPY: u16 = 68;
     /// `tls-rx-no-pad`
     pub(crate) const TLS_RX_NO_PAD: u16 = 69;
+    /// `tls-rx-decrypted`
+    pub(crate) const TLS_RX_DECRYPTED: u16 = 70;
 }
 
 /// Request policies: for each operation that takes attributes, the highest one
@@ -314,7 +316,7 @@ pub(crate) mod policy {
     ];
 
     /// Highest attribute of a `sock-import` request.
-    pub(crate) const SOCK_IMPORT_MAXATTR: u16 = 69;
+    pub(crate) const SOCK_IMPORT_MAXATTR: u16 = 70;
     /// Policy of a `sock-import` request.
     pub(crate) const SOCK_IMPORT: &[(u16, u32, u16)] = &[
         (super::state::BLOB_VERSION, b::NLA_U32, 0),
@@ -379,6 +381,7 @@ pub(crate) mod policy {
         (super::state::TLS_RX_REC_SEQ, b::NLA_BINARY, 8),
         (super::state::TLS_TX_ZEROCOPY, b::NLA_U8, 0),
         (super::state::TLS_RX_NO_PAD, b::NLA_U8, 0),
+        (super::state::TLS_RX_DECRYPTED, b::NLA_BINARY, 16384),
         (super::state::BIND_ADDR, b::NLA_BINARY, 16),
         (super::state::FREEBIND, b::NLA_FLAG, 0),
         (super::state::TRANSPARENT, b::NLA_FLAG, 0),

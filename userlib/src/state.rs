@@ -121,6 +121,8 @@ pub struct DecodedTls {
     pub tx_zerocopy: bool,
     /// TLS_RX_EXPECT_NO_PAD is set.
     pub rx_no_pad: bool,
+    /// Bytes of records decrypted but not read yet, which the blob carries.
+    pub rx_decrypted: usize,
     /// Key material; not serialized.
     #[serde(skip)]
     pub secrets: TlsSecrets,
@@ -300,6 +302,7 @@ impl MigrationState {
                 StateAttr::TlsRxRecSeq => tls(&mut d).rx_rec_seq = Some(rec_seq(p)?),
                 StateAttr::TlsTxZerocopy => tls(&mut d).tx_zerocopy = u8v()? != 0,
                 StateAttr::TlsRxNoPad => tls(&mut d).rx_no_pad = u8v()? != 0,
+                StateAttr::TlsRxDecrypted => tls(&mut d).rx_decrypted += p.len(),
                 StateAttr::TlsTxKey => tls(&mut d).secrets.tx_key = p.to_vec(),
                 StateAttr::TlsTxIv => tls(&mut d).secrets.tx_iv = p.to_vec(),
                 StateAttr::TlsTxSalt => tls(&mut d).secrets.tx_salt = p.to_vec(),

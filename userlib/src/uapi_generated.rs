@@ -29,9 +29,10 @@ pub enum Command {
     /// then reports ECONNABORTED) and its tuple is guarded against RST. Needs
     /// CAP_NET_ADMIN in the caller's user namespace and over the socket's network
     /// namespace. A socket with software kTLS carries its TLS state (the tls-*
-    /// attributes, docs/design/tls.md); one whose TLS layer holds bytes outside the
-    /// TCP queues (records decrypted but unread, a record being built or not yet
-    /// queued to TCP) is refused with EAGAIN and can be exported once that is over.
+    /// attributes, docs/design/tls.md); one whose TLS layer holds bytes the blob
+    /// cannot carry (a record being built or not yet queued to TCP, a control record
+    /// not read yet, a decryption in flight) is refused with EAGAIN and can be
+    /// exported once that is over.
     /// Refused with EOPNOTSUPP: kTLS device offload, kTLS without keys or not
     /// ESTABLISHED, another upper-layer protocol, urgent (MSG_OOB) data the reader
     /// has not passed, sockets attached to an in-kernel user (sockmap/psock), or
@@ -433,11 +434,16 @@ pub enum StateAttr {
     TlsTxZerocopy = 68,
     /// kTLS TLS_RX_EXPECT_NO_PAD is set (0 or 1).
     TlsRxNoPad = 69,
+    /// kTLS: application data of records already decrypted but not read yet (a
+    /// read that took part of a record, or MSG_PEEK), one attribute per record in
+    /// order, 1 byte to 16 KiB. The importing socket hands them to its first reads,
+    /// before the records of recv-queue.
+    TlsRxDecrypted = 70,
 }
 impl neli::consts::genl::NlAttrType for StateAttr {}
 
 /// Names of the `state` attributes, by number less one.
-pub const STATE_ATTR_NAMES: [&str; 69] = [
+pub const STATE_ATTR_NAMES: [&str; 70] = [
     "fd",
     "blob-version",
     "family",
@@ -507,4 +513,5 @@ pub const STATE_ATTR_NAMES: [&str; 69] = [
     "tls-rx-rec-seq",
     "tls-tx-zerocopy",
     "tls-rx-no-pad",
+    "tls-rx-decrypted",
 ];

@@ -203,3 +203,58 @@ pub fn get_option(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<u32> {
         Err(io::Error::last_os_error())
     }
 }
+
+const TLS_SET_RECORD_TYPE: libc::c_int = 1;
+const TLS_GET_RECORD_TYPE: libc::c_int = 2;
+
+/// Sends `data` as one record of TLS content type `kind` (21 alert, 22 handshake).
+pub fn send_typed(fd: BorrowedFd<'_>, kind: u8, data: &[u8]) -> io::Result<()> {
+    let mut cbuf = [0u64; 4];
+    let iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the control buffer holds one cmsg with one byte.
+    unsafe {
+        let mut mh: libc::msghdr = std::mem::zeroed();
+        mh.msg_iov = (&iov as *const libc::iovec).cast_mut();
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = libc::CMSG_SPACE(1) as _;
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        (*c).cmsg_level = SOL_TLS;
+        (*c).cmsg_type = TLS_SET_RECORD_TYPE;
+        (*c).cmsg_len = libc::CMSG_LEN(1) as _;
+        *libc::CMSG_DATA(c) = kind;
+        if libc::sendmsg(fd.as_raw_fd(), &mh, 0) != data.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one record with its TLS content type.
+pub fn recv_typed(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(u8, usize)> {
+    let mut cbuf = [0u64; 4];
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; buffers outlive the call.
+    unsafe {
+        let mut mh: libc::msghdr = std::mem::zeroed();
+        mh.msg_iov = (&iov as *const libc::iovec).cast_mut();
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+        let n = libc::recvmsg(fd.as_raw_fd(), &mut mh, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        if c.is_null() || (*c).cmsg_level != SOL_TLS || (*c).cmsg_type != TLS_GET_RECORD_TYPE {
+            return Err(io::Error::other("no record type"));
+        }
+        Ok((*libc::CMSG_DATA(c), n as usize))
+    }
+}

@@ -38,7 +38,7 @@ pub fn tests() -> Vec<Test> {
             run: tampered,
         },
         Test {
-            name: "tls_export_refuses_a_busy_tls_layer",
+            name: "tls_decrypted_records_move_busy_layers_are_refused",
             run: refusals,
         },
         Test {
@@ -349,16 +349,28 @@ fn tampered(env: &Env, log: &mut Log) -> TestResult {
     Ok(())
 }
 
-/// Export refuses what the TLS layer holds outside the TCP queues, and leaves the
-/// socket working: the ULP with no keys (EOPNOTSUPP), a record partly read (the rest
-/// waits decrypted: EAGAIN until it is read), a record still open on the sending side
-/// (MSG_MORE: EAGAIN until it is closed). Once the reason is gone the same socket moves;
-/// detached with a whole record parsed, its old fd reports ECONNABORTED.
+/// What the TLS layer holds outside the TCP queues: the ULP with no keys is refused
+/// (EOPNOTSUPP); a record partly read or only peeked at waits decrypted, and moves as
+/// such; a record still open on the sending side (MSG_MORE) and an unread control
+/// record are refused (EAGAIN) and the socket works on, and once the reason is gone
+/// the same socket moves. Detached with a whole record parsed, its old fd reports
+/// ECONNABORTED.
 fn refusals(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let nl = loaded(env, log)?;
     let cluster = Cluster::new(false)?;
     let fe_nl = cluster.nl("fe");
+    let hop = |s: TcpStream| -> Result<TcpStream, String> {
+        let state = fe_nl
+            .export_detach(s.as_fd())
+            .map_err(|e| format!("export: {e}"))?;
+        drop(s);
+        let (s, _) = fe_nl
+            .import_stream(&state, &ImportOptions::default())
+            .map_err(|e| format!("import: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+        Ok(s)
+    };
 
     let (_c0, bare) = connect_via_topology(false, PORT + 70, None)?;
     ktls::attach_ulp(bare.as_fd()).map_err(io("ULP"))?;
@@ -371,15 +383,32 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
 
     let pair = Pair::new(TLS_1_2, CIPHERS[0]);
     let (mut client, mut fe) = keyed(false, PORT + 71, &pair)?;
+    // Partly read: 600 bytes of the record wait decrypted.
     send_record(&mut client, 8, 0, 1000)?;
     expect(&mut fe, 8, 0, 400)?;
-    expect_refusal(
-        fe_nl.export_detach(fe.as_fd()),
-        libc::EAGAIN,
-        "decrypted kTLS records are not read yet",
-        log,
-    )?;
+    let d = fe_nl
+        .export_snapshot(fe.as_fd())
+        .and_then(|s| s.decode())
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let carried = d.tls.as_ref().map(|t| t.rx_decrypted);
+    check!(carried == Some(600), "decrypted bytes in the blob: {carried:?}");
+    let mut fe = hop(fe)?;
     expect(&mut fe, 8, 400, 600)?;
+    // Peeked at: the whole record waits decrypted.
+    send_record(&mut client, 8, 1000, 700)?;
+    let mut peek = [0u8; 300];
+    // SAFETY: a valid buffer on our own socket.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&fe),
+            peek.as_mut_ptr().cast(),
+            peek.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    check!(n == 300, "MSG_PEEK: {n}");
+    let mut fe = hop(fe)?;
+    expect(&mut fe, 8, 1000, 700)?;
 
     // SAFETY: a valid buffer on our own socket.
     let n = unsafe {
@@ -400,23 +429,37 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
     send_record(&mut fe, 9, 100, 100)?;
     expect(&mut client, 9, 0, 200)?;
 
-    let state = fe_nl
-        .export_detach(fe.as_fd())
-        .map_err(|e| format!("export once idle: {e}"))?;
-    drop(fe);
-    let (mut again, _) = fe_nl
-        .import_stream(&state, &ImportOptions::default())
-        .map_err(|e| format!("import: {e}"))?;
-    again.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
-    send_record(&mut client, 8, 1000, 500)?;
-    expect(&mut again, 8, 1000, 500)?;
+    // An alert read without a control buffer fails the read and waits decrypted.
+    ktls::send_typed(client.as_fd(), 21, &[1, 0]).map_err(io("send an alert"))?;
+    let mut buf = [0u8; 64];
+    let r = fe.read(&mut buf);
+    check!(
+        r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EIO),
+        "a plain read of an alert: {r:?}"
+    );
+    expect_refusal(
+        fe_nl.export_detach(fe.as_fd()),
+        libc::EAGAIN,
+        "control record",
+        log,
+    )?;
+    let (kind, n) = ktls::recv_typed(fe.as_fd(), &mut buf).map_err(io("read the alert"))?;
+    check!(
+        kind == 21 && buf[..n] == [1, 0],
+        "alert read as type {kind}: {:?}",
+        &buf[..n]
+    );
+
+    let mut again = hop(fe)?;
+    send_record(&mut client, 8, 1700, 500)?;
+    expect(&mut again, 8, 1700, 500)?;
     send_record(&mut again, 9, 200, 500)?;
     expect(&mut client, 9, 200, 500)?;
 
     // A detached TLS socket whose parser holds a whole record from the receive queue:
     // its old fd reports the detach (the parser let go of the queue TCP dropped), and
     // the record reaches the new owner.
-    send_record(&mut client, 8, 1500, 800)?;
+    send_record(&mut client, 8, 2200, 800)?;
     super::export::wait_for("the record queued", || {
         crate::sockopt::queued(again.as_fd(), false) > 800
     })?;
@@ -435,7 +478,7 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
         .import_stream(&state, &ImportOptions::default())
         .map_err(|e| format!("import: {e}"))?;
     last.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
-    expect(&mut last, 8, 1500, 800)?;
+    expect(&mut last, 8, 2200, 800)?;
     send_record(&mut last, 9, 700, 100)?;
     expect(&mut client, 9, 700, 100)?;
     drop(nl);
