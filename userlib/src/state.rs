@@ -355,4 +355,40 @@ mod tests {
         assert_eq!(attributes(&bytes).count(), 1);
         assert_eq!(attributes(&[2, 0, 1, 0]).count(), 0);
     }
+
+    #[test]
+    fn tls_state_decodes_with_its_secrets_kept_out_of_debug_and_serde() {
+        use crate::uapi::StateAttr as A;
+        let k = |a: A| u16::from(a);
+        let mut bytes = attr(k(A::BlobVersion), &1u32.to_ne_bytes());
+        bytes.extend(attr(k(A::TlsVersion), &0x0304u16.to_ne_bytes()));
+        bytes.extend(attr(k(A::TlsCipher), &51u16.to_ne_bytes()));
+        bytes.extend(attr(k(A::TlsTxKey), &[0xab; 16]));
+        bytes.extend(attr(k(A::TlsTxIv), &[0xcd; 8]));
+        bytes.extend(attr(k(A::TlsTxSalt), &[0xef; 4]));
+        bytes.extend(attr(k(A::TlsTxRecSeq), &7u64.to_be_bytes()));
+        bytes.extend(attr(k(A::TlsRxDecrypted), b"hello"));
+        bytes.extend(attr(k(A::TlsRxDecrypted), b"!"));
+        let state = super::MigrationState::from_bytes(bytes);
+        let d = state.decode().expect("decodes");
+        let tls = d.tls.clone().expect("kTLS state");
+        assert_eq!(
+            (tls.version, tls.cipher, tls.tx_rec_seq, tls.rx_rec_seq),
+            (0x0304, 51, Some(7), None)
+        );
+        assert_eq!(tls.rx_decrypted, 6);
+        assert_eq!(tls.secrets.tx_key, vec![0xab; 16]);
+        let json = serde_json::to_string(&d).expect("serializes");
+        let debug = format!("{d:?}");
+        for shown in [&json, &debug] {
+            assert!(
+                !shown.contains("abababab") && !shown.contains("171, 171"),
+                "{shown}"
+            );
+        }
+        assert!(json.contains("\"cipher\":51"), "{json}");
+        let secrets = serde_json::to_string(&tls.secrets).expect("serializes");
+        assert!(secrets.contains(&"ab".repeat(16)), "{secrets}");
+        assert!(super::has_tls(state.as_bytes()));
+    }
 }

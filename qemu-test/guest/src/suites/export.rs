@@ -498,7 +498,8 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
         "not ESTABLISHED",
         log,
     )?;
-    // A connection with the kTLS upper-layer protocol attached.
+    // A connection with the kTLS upper-layer protocol attached but no keys (a keyed
+    // one moves: suite tls).
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let tls = TcpStream::connect(l.local_addr().unwrap()).map_err(|e| e.to_string())?;
     let ulp = b"tls";
@@ -516,7 +517,7 @@ fn wrong_fds(env: &Env, log: &mut Log) -> TestResult {
     expect_refusal(
         c.export_snapshot(tls.as_fd()),
         libc::EOPNOTSUPP,
-        "upper-layer protocol",
+        "neither TLS_TX nor TLS_RX",
         log,
     )?;
     // A closed descriptor number.
