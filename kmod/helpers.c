@@ -216,11 +216,6 @@ void prism_skb_queue_tail(struct sk_buff_head *list, struct sk_buff *skb)
 	__skb_queue_tail(list, skb);
 }
 
-unsigned int prism_skb_len(const struct sk_buff *skb)
-{
-	return skb->len;
-}
-
 /* skb_shinfo() is a macro: lets an skb forget the list it borrowed (no reference). */
 void prism_skb_forget_frag_list(struct sk_buff *skb)
 {

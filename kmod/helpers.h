@@ -92,9 +92,6 @@ bool prism_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay
 
 /* Forwarding a departed flow's packets (forward.rs). */
 unsigned int prism_skb_len(const struct sk_buff *skb);
-struct sk_skb_cb *prism_sk_skb_cb(struct sk_buff *skb);
-struct sk_buff *prism_alloc_skb(unsigned int len);
-void prism_skb_queue_tail(struct sk_buff_head *list, struct sk_buff *skb);
 unsigned char *prism_skb_network_header(const struct sk_buff *skb);
 void prism_skb_reset_network_header(struct sk_buff *skb);
 int prism_skb_cow_head(struct sk_buff *skb, unsigned int headroom);
@@ -112,8 +109,9 @@ unsigned short prism_netdev_type(const struct net_device *dev);
 struct inet_hashinfo *prism_tcp_hashinfo(const struct net *net);
 int prism_ip_decrease_ttl(struct iphdr *iph);
 void prism_ip_select_ident(struct net *net, struct sk_buff *skb);
+
+/* kTLS state (ktls.rs). */
 void prism_skb_forget_frag_list(struct sk_buff *skb);
-unsigned int prism_skb_len(const struct sk_buff *skb);
 struct sk_skb_cb *prism_sk_skb_cb(struct sk_buff *skb);
 struct sk_buff *prism_alloc_skb(unsigned int len);
 void prism_skb_queue_tail(struct sk_buff_head *list, struct sk_buff *skb);
