@@ -286,7 +286,9 @@ fn accept_incoming(fd: RawFd) {
     );
 }
 
-/// TCP_INFO of `fd`, which must be ESTABLISHED (the only state taken here).
+/// TCP_INFO of `fd`, which must be ESTABLISHED (the only state taken here) and have
+/// no upper-layer protocol: kTLS keeps keys and record state TCP_REPAIR cannot read,
+/// and its queues hold ciphertext, so such a socket moves only with the module.
 fn established_info(fd: RawFd) -> Result<libc::tcp_info> {
     let info = get_info(fd)?;
     if info.tcpi_state != 1 {
@@ -295,7 +297,34 @@ fn established_info(fd: RawFd) -> Result<libc::tcp_info> {
             info.tcpi_state
         )));
     }
+    if let Some(ulp) = upper_layer(fd)? {
+        return Err(Error::Protocol(format!(
+            "the socket has the {ulp} upper-layer protocol (kTLS): the TCP_REPAIR backend cannot carry its state; use the module's export"
+        )));
+    }
     Ok(info)
+}
+
+/// The name of `fd`'s upper-layer protocol (TCP_ULP), if it has one.
+fn upper_layer(fd: RawFd) -> Result<Option<String>> {
+    let mut name = [0u8; 16];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: `name` has room for `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_ULP,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(os("TCP_ULP"));
+    }
+    let name = &name[..(len as usize).min(name.len())];
+    let name = name.split(|c| *c == 0).next().unwrap_or_default();
+    Ok((!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned()))
 }
 
 fn get_info(fd: RawFd) -> Result<libc::tcp_info> {

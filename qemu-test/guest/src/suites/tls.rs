@@ -350,7 +350,7 @@ fn tampered(env: &Env, log: &mut Log) -> TestResult {
 }
 
 /// What the TLS layer holds outside the TCP queues: the ULP with no keys is refused
-/// (EOPNOTSUPP); a record partly read or only peeked at waits decrypted, and moves as
+/// (EOPNOTSUPP), and userlib's TCP_REPAIR backend refuses any kTLS socket; a record partly read or only peeked at waits decrypted, and moves as
 /// such; a record still open on the sending side (MSG_MORE) and an unread control
 /// record are refused (EAGAIN) and the socket works on, and once the reason is gone
 /// the same socket moves. Detached with a whole record parsed, its old fd reports
@@ -383,6 +383,14 @@ fn refusals(env: &Env, log: &mut Log) -> TestResult {
 
     let pair = Pair::new(TLS_1_2, CIPHERS[0]);
     let (mut client, mut fe) = keyed(false, PORT + 71, &pair)?;
+    // The TCP_REPAIR backend cannot read kTLS state: it refuses, and the socket goes on.
+    let r = prism_sock::repair::export_detach(&fe);
+    log.line(format!("repair backend: {:?}", r.as_ref().err()));
+    check!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("upper-layer protocol")),
+        "the TCP_REPAIR backend took a kTLS socket"
+    );
     // Partly read: 600 bytes of the record wait decrypted.
     send_record(&mut client, 8, 0, 1000)?;
     expect(&mut fe, 8, 0, 400)?;
