@@ -20,6 +20,8 @@ mod error;
 mod events;
 pub mod repair;
 mod state;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transfer;
 pub mod uapi;
 

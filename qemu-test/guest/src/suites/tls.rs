@@ -30,6 +30,10 @@ pub fn tests() -> Vec<Test> {
             run: thousand_hops,
         },
         Test {
+            name: "tls_python_client_through_hops_after_a_rustls_handshake",
+            run: python_client,
+        },
+        Test {
             name: "tls_records_in_flight_both_ways_across_10_hops",
             run: in_flight,
         },
@@ -579,6 +583,200 @@ fn secrets_hidden(env: &Env, log: &mut Log, state: &MigrationState) -> TestResul
     check!(
         shown["tls"]["secrets"]["tx_key"] == key.as_str(),
         "prismctl decode --show-secrets: {shown}"
+    );
+    Ok(())
+}
+
+/// The client of `python_client`: Python's `ssl` (OpenSSL) with the test CA, one TLS
+/// connection, `n` requests "i len" each answered by `len` bytes it checks; it knows
+/// nothing of the moves. Prints "OK <requests> <bytes> <version> <cipher>".
+const PY_CLIENT: &str = r#"
+import socket, ssl, sys
+host, port, ca, n, ver = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(ca)
+v = ssl.TLSVersion.TLSv1_2 if ver == "1.2" else ssl.TLSVersion.TLSv1_3
+ctx.minimum_version = v
+ctx.maximum_version = v
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="prism.test")
+pat = bytes(range(251)) * 100
+total = 0
+for i in range(n):
+    ln = 1 + (i * 7919) % 20000
+    s.sendall(("%d %d
+" % (i, ln)).encode())
+    got = bytearray()
+    while len(got) < ln:
+        chunk = s.recv(ln - len(got))
+        if not chunk:
+            sys.exit("EOF after %d of %d bytes of response %d" % (len(got), ln, i))
+        got += chunk
+    off = (i * 31) % 251
+    if bytes(got) != pat[off:off + ln]:
+        sys.exit("response %d differs" % i)
+    total += ln
+print("OK", n, total, s.version(), s.cipher()[0])
+"#;
+
+/// The answer to request `i` of `len` bytes, as `PY_CLIENT` expects it.
+fn py_answer(i: u64, len: usize) -> Vec<u8> {
+    let off = (i * 31 % 251) as usize;
+    (0..len).map(|k| ((off + k) % 251) as u8).collect()
+}
+
+/// A server configuration for one TLS version and cipher suite, with a leaf
+/// certificate for "prism.test" signed by a fresh CA, whose PEM goes to `ca_file`.
+fn server_config(
+    version: &'static rustls::SupportedProtocolVersion,
+    suite: rustls::SupportedCipherSuite,
+    ca_file: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+    let err = |e: rcgen::Error| e.to_string();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+    let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
+    let leaf = rcgen::CertificateParams::new(vec!["prism.test".to_string()])
+        .map_err(err)?
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .map_err(err)?;
+    std::fs::write(ca_file, ca.pem()).map_err(io("write the CA"))?;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .map_err(|e| e.to_string())?;
+    config.enable_secret_extraction = true;
+    Ok(std::sync::Arc::new(config))
+}
+
+/// A rustls handshake (userlib `tls::accept`) switches the connection to kTLS; then a
+/// Python `ssl` client sends requests on it and checks every answer while the
+/// connection moves after each request: within the owner's namespace, and every 250th
+/// time to the next host. TLS 1.3 with AES-256-GCM (1,000 hops), TLS 1.2 with
+/// AES-128-GCM (300), and ChaCha20-Poly1305 when the kernel offers it (300).
+fn python_client(env: &Env, log: &mut Log) -> TestResult {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let rst_before = rsts_all()?;
+    let mut runs = vec![
+        (
+            &rustls::version::TLS13,
+            cs::TLS13_AES_256_GCM_SHA384,
+            "1.3",
+            1000u64,
+        ),
+        (
+            &rustls::version::TLS12,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            "1.2",
+            300,
+        ),
+    ];
+    match offered(false, PORT + 90, TLS_1_3, CIPHERS[3])? {
+        None => runs.push((
+            &rustls::version::TLS13,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            "1.3",
+            300,
+        )),
+        Some(e) => log.line(format!("ChaCha20-Poly1305 not offered by this kernel: {e}")),
+    }
+    let ca = std::env::temp_dir().join(format!("prism-tls-ca-{}.pem", std::process::id()));
+    for (run, (version, suite, ver, hops)) in runs.into_iter().enumerate() {
+        let config = server_config(version, suite, &ca)?;
+        let port = PORT + 91 + run as u16;
+        let vip = std::net::SocketAddr::new(crate::topology::vip(false), port);
+        let listener =
+            crate::topology::in_ns("fe", move || std::net::TcpListener::bind(vip))?.map_err(io("listen"))?;
+        let script = std::env::temp_dir().join(format!("prism-tls-client-{}.py", std::process::id()));
+        std::fs::write(&script, PY_CLIENT).map_err(io("write the client"))?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", "client", "python3"])
+            .arg(&script)
+            .args([vip.ip().to_string(), port.to_string()])
+            .arg(&ca)
+            .args([hops.to_string(), ver.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(io("python3"))?;
+        let (tcp, _) = listener.accept().map_err(io("accept"))?;
+        let accepted = prism_sock::tls::accept(tcp, config).map_err(|e| format!("handshake: {e}"))?;
+        check!(accepted.early.is_empty(), "early data {:?}", accepted.early);
+        let mut owner = accepted.stream;
+        owner.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+        let route = ["fe", "be1", "be2"];
+        let mut at = 0usize;
+        let mut bytes = 0usize;
+        for i in 0..hops {
+            let mut line = Vec::new();
+            let mut byte = [0u8; 256];
+            while !line.ends_with(b"\n") {
+                let n = owner.read(&mut byte).map_err(io("read a request"))?;
+                check!(n > 0, "the client closed at request {i}");
+                line.extend_from_slice(&byte[..n]);
+            }
+            let text = String::from_utf8_lossy(&line);
+            let mut words = text.split_whitespace();
+            let (idx, len): (u64, usize) = match (words.next(), words.next()) {
+                (Some(a), Some(b)) => (
+                    a.parse().map_err(|_| format!("request {text:?}"))?,
+                    b.parse().map_err(|_| format!("request {text:?}"))?,
+                ),
+                _ => return Err(format!("request {text:?}")),
+            };
+            check!(idx == i, "request {idx} arrived as number {i}");
+            owner.write_all(&py_answer(i, len)).map_err(io("answer"))?;
+            bytes += len;
+            if i % 250 == 125 {
+                let (from, to) = (route[at], route[(at + 1) % 3]);
+                owner = cluster.hop(log, owner, from, to, &[])?.0;
+                at = (at + 1) % 3;
+            } else {
+                let nl = cluster.nl(route[at]);
+                let state = nl
+                    .export_detach(owner.as_fd())
+                    .map_err(|e| format!("export {i}: {e}"))?;
+                drop(owner);
+                owner = nl
+                    .import_stream(&state, &ImportOptions::default())
+                    .map_err(|e| format!("import {i}: {e}"))?
+                    .0;
+            }
+            owner.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+        }
+        let out = child.wait_with_output().map_err(io("python3"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        log.line(format!(
+            "TLS {ver} {:?}: {hops} hops, {bytes} bytes answered; client: {} {}",
+            suite.suite(),
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+        check!(
+            out.status.success() && stdout.starts_with(&format!("OK {hops} {bytes}")),
+            "the Python client failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&script);
+    }
+    let _ = std::fs::remove_file(&ca);
+    let rst_after = rsts_all()?;
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
     );
     Ok(())
 }
