@@ -2,8 +2,9 @@
 # The demo, run inside the guest by in-guest.sh: L7 direct server return on the
 # embedded topology. Loads the module, builds client -- l4 -- {fe, be1, be2}, starts
 # prism-steerd in l4 and prism-node on the three nodes, then fetches objects through
-# the VIP with clients nobody here wrote (Python's http.client, curl, wrk) over IPv4
-# and IPv6: each request is answered by the object's owner, the front node relays no
+# the VIP with clients nobody here wrote (Python's http.client and ssl, curl, wrk) over
+# IPv4 and IPv6, HTTP and HTTPS (TLS ends in kernel TLS, which moves with the
+# connection): each request is answered by the object's owner, the front node relays no
 # response byte, every body's digest is checked, and once the clients are done every
 # SOCK_RELEASED event has emptied prism-steerd's sets. Arguments: REPO KDIR
 set -euo pipefail
@@ -26,19 +27,21 @@ for ns in client l4 fe be1 be2; do
   printf '%-7s %s\n' "$ns" "$(ip -n "$ns" -br addr | grep -Ev '^(lo|sit0)' | awk '{print $1, $3, $4}' | tr '\n' ' ')"
 done
 
-step "start prism-steerd in l4 and prism-node on fe, be1, be2 (shared secret in $run/cluster.json)"
+step "start prism-steerd in l4 and prism-node on fe, be1, be2 (shared secret in $run/cluster.json; HTTPS with a demo CA in $run/tls)"
 conf=$run/cluster.json
+"$bin/prism-node" tls-cert --out "$run/tls" --name prism.test --name 10.100.0.1 --name fd00:100::1
 secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 (umask 077; sed "s/@SECRET@/$secret/" "$repo/qemu-test/cluster.json" > "$conf")
 ip netns exec l4 "$bin/prism-steerd" --config "$conf" 2> "$run/steerd.log" & pids+=($!)
 for i in $(seq 50); do ip netns exec l4 ss -ltn | grep -q ':7000 ' && break; sleep 0.1; done
 for n in fe be1 be2; do
   ip netns exec "$n" "$bin/prismctl" monitor --json > "$run/events-$n.jsonl" 2>&1 & pids+=($!)
-  ip netns exec "$n" "$bin/prism-node" run --config "$conf" --name "$n" 2> "$run/node-$n.log" & pids+=($!)
+  ip netns exec "$n" "$bin/prism-node" run --config "$conf" --name "$n" \
+    --tls-cert "$run/tls/cert.pem" --tls-key "$run/tls/key.pem" 2> "$run/node-$n.log" & pids+=($!)
 done
 for i in $(seq 100); do
   up=0
-  for n in fe be1 be2; do ip netns exec "$n" ss -ltn | grep -q '10.100.0.1:80 ' && up=$((up + 1)); done
+  for n in fe be1 be2; do ip netns exec "$n" ss -ltn | grep -q '10.100.0.1:443 ' && up=$((up + 1)); done
   [[ $up == 3 ]] && ip netns exec l4 ss -tn | grep -c ':7000 ' | grep -q 3 && break
   sleep 0.2
 done
@@ -48,16 +51,22 @@ step "who owns what (consistent hashing over fe, be1, be2)"
 keys=(obj-1 obj-0 obj-2 obj-5 obj-3 obj-8 obj-4)
 "$bin/prism-node" digest --config "$conf" "${keys[@]}" | tee "$run/digests.txt"
 
-step "one keep-alive connection, seven requests (Python http.client), IPv4 then IPv6"
-for vip in 10.100.0.1 fd00:100::1; do
-  ip netns exec client python3 - "$vip" "$run/digests.txt" <<'PY' || fail "keep-alive sequence over $vip"
-import hashlib, http.client, subprocess, sys
+step "one keep-alive connection, seven requests (Python http.client; HTTPS: Python ssl), IPv4 then IPv6"
+for vip in 10.100.0.1 fd00:100::1; do for scheme in http https; do
+  echo "-- $scheme over $vip"
+  ip netns exec client python3 - "$vip" "$run/digests.txt" "$scheme" "$run/tls/ca.pem" <<'PY' || fail "keep-alive sequence ($scheme) over $vip"
+import hashlib, http.client, ssl, subprocess, sys
 vip, digests = sys.argv[1], {l.split()[0]: l.split() for l in open(sys.argv[2])}
+scheme, ca = sys.argv[3], sys.argv[4]
 def fe_tx():
     out = subprocess.run(["ip", "netns", "exec", "fe", "cat", "/sys/class/net/eth0/statistics/tx_bytes"],
                          capture_output=True, text=True, check=True)
     return int(out.stdout)
-conn = http.client.HTTPConnection(vip, 80, timeout=20)
+if scheme == "https":
+    # TLS ends in kernel TLS on fe; the session moves with the connection to each owner.
+    conn = http.client.HTTPSConnection(vip, 443, timeout=20, context=ssl.create_default_context(cafile=ca))
+else:
+    conn = http.client.HTTPConnection(vip, 80, timeout=20)
 bad = 0
 print(f"{'key':7} {'owner':5} {'served by':9} {'hops':4} {'status':6} {'bytes':>8}  digest  fe sent (of it relayed)")
 for key, (_, size, owner, digest) in digests.items():
@@ -73,16 +82,18 @@ for key, (_, size, owner, digest) in digests.items():
           f"{'ok' if ok else 'BAD':6}  {sent} B" + ("  (response bytes relayed: 0)" if by != "fe" else "  (fe owns it)"))
     if r.status != 200 or not ok or by != owner or (by != "fe" and sent >= len(body)):
         bad += 1
+if scheme == "https":
+    print(f"TLS: {conn.sock.version()} {conn.sock.cipher()[0]}, verified against the demo CA")
 conn.close()
 sys.exit(1 if bad else 0)
 PY
-done
+done; done
 
-step "curl: one keep-alive connection for all seven keys, IPv4 and IPv6"
-for url in http://10.100.0.1 'http://[fd00:100::1]'; do
+step "curl: one keep-alive connection for all seven keys, HTTP and HTTPS (--cacert), IPv4 and IPv6"
+for url in http://10.100.0.1 'http://[fd00:100::1]' https://10.100.0.1 'https://[fd00:100::1]'; do
   args=()
   for k in "${keys[@]}"; do args+=("$url/objects/$k" -o "$run/body-$k"); done
-  ip netns exec client curl -sS --max-time 60 \
+  ip netns exec client curl -sS --max-time 60 --cacert "$run/tls/ca.pem" \
     -w '%{url}  status %{http_code}  %{size_download} B  new connections %{num_connects}  served by %header{x-served-by}\n' \
     "${args[@]}" | tee "$run/curl.txt"
   for k in "${keys[@]}"; do

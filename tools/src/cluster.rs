@@ -17,6 +17,10 @@ pub struct Cluster {
     /// HTTP port on the VIP.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// HTTPS port on the VIP, if the cluster serves HTTPS (nodes started with a
+    /// certificate terminate TLS there; the session runs in kernel TLS and moves).
+    #[serde(default)]
+    pub https_port: Option<u16>,
     /// Key of the steering control protocol's HMAC (at least 16 bytes).
     pub secret: String,
     /// The steering daemon.

@@ -30,6 +30,23 @@ enum Cmd {
         /// Inject a fault (tests only).
         #[arg(long, hide = true)]
         fault: Option<Fault>,
+        /// Serve HTTPS on the VIP's https_port too, with this certificate chain (PEM);
+        /// the session runs in kernel TLS and moves with the connection.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Write a demo CA (ca.pem) and a certificate signed by it (cert.pem, key.pem) to
+    /// DIR, for the names given (host names or IP addresses).
+    TlsCert {
+        /// Where to write the PEM files.
+        #[arg(long)]
+        out: PathBuf,
+        /// A name the certificate is for (repeat for more).
+        #[arg(long = "name", default_value = "prism.test")]
+        names: Vec<String>,
     },
     /// Print the SHA-256 an object's body must have, and its owner.
     Digest {
@@ -49,13 +66,20 @@ fn main() -> ExitCode {
             name,
             backend,
             fault,
+            tls_cert,
+            tls_key,
         } => Cluster::load(&config).and_then(|c| {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(node::tls::server_config(&cert, &key)?),
+                _ => None,
+            };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| format!("tokio: {e}"))?
-                .block_on(node::run(c, &name, fault, backend))
+                .block_on(node::run(c, &name, fault, backend, tls))
         }),
+        Cmd::TlsCert { out, names } => node::tls::make_certificate(&out, &names),
         Cmd::Digest { config, keys } => Cluster::load(&config).and_then(|c| {
             let ring = c.ring();
             for key in keys {

@@ -8,6 +8,7 @@ pub mod http;
 mod outcomes;
 pub mod stats;
 pub mod steer_client;
+pub mod tls;
 mod tuple_holder;
 
 use crate::cluster::Cluster;
@@ -143,6 +144,7 @@ pub async fn run(
     name: &str,
     fault: Option<Fault>,
     backend: BackendChoice,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(), String> {
     let backend = match backend {
         BackendChoice::Auto => match Client::connect() {
@@ -184,6 +186,19 @@ pub async fn run(
     let vip6 = bind(SocketAddr::new(cluster.vip6.into(), cluster.port)).await?;
     let direct4 = bind(SocketAddr::new(this.addr4.into(), cluster.port)).await?;
     let direct6 = bind(SocketAddr::new(this.addr6.into(), cluster.port)).await?;
+    let https = match (cluster.https_port, tls) {
+        (Some(port), Some(config)) => Some((
+            bind(SocketAddr::new(cluster.vip4.into(), port)).await?,
+            bind(SocketAddr::new(cluster.vip6.into(), port)).await?,
+            config,
+        )),
+        (Some(port), None) => {
+            eprintln!("{name}: no certificate (--tls-cert, --tls-key): not serving HTTPS on port {port}");
+            None
+        }
+        (None, Some(_)) => return Err("a certificate, but the cluster has no https_port".into()),
+        (None, None) => None,
+    };
     let control = bind(this.control_addr()).await?;
     let admin = bind(this.admin_addr()).await?;
     // Without the module there are no release events: the node reports its own closes.
@@ -227,6 +242,14 @@ pub async fn run(
     tokio::spawn(handoff::control_server(node.clone(), control));
     tokio::spawn(handoff::keep_links(node.clone()));
     tokio::spawn(admin_server(node.clone(), admin));
+    if let Some((https4, https6, config)) = https {
+        eprintln!(
+            "{name}: HTTPS on the VIP, port {}",
+            https4.local_addr().map_or(0, |a| a.port())
+        );
+        tokio::spawn(accept_tls(node.clone(), https4, config.clone()));
+        tokio::spawn(accept_tls(node.clone(), https6, config));
+    }
     tokio::spawn(accept(node.clone(), direct4, true));
     tokio::spawn(accept(node.clone(), direct6, true));
     tokio::spawn(accept(node.clone(), vip6, false));
@@ -255,6 +278,41 @@ async fn accept(node: Arc<Node>, listener: TcpListener, direct: bool) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// HTTPS on the VIP: each connection's handshake ends in kernel TLS, and from then on
+/// it is served (and handed off) as a plain one.
+async fn accept_tls(node: Arc<Node>, listener: TcpListener, config: Arc<rustls::ServerConfig>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("{}: accept: {e}", node.name());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tls::accept(stream, config).await {
+                Ok((stream, early)) => {
+                    let conn = Conn {
+                        stream,
+                        peer,
+                        buf: early,
+                        hops: 0,
+                        generation: Generation::born_now(),
+                        handed_at: None,
+                        direct: false,
+                    };
+                    serve(node, conn).await;
+                }
+                Err(e) => eprintln!("{}: TLS handshake with {peer}: {e}", node.name()),
+            }
+        });
     }
 }
 

@@ -50,7 +50,12 @@ fn sets(c: &Cluster) -> Vec<(SetKind, bool)> {
 }
 
 fn rules(c: &Cluster) -> Vec<String> {
-    let (v4, v6, port) = (c.vip4, c.vip6, c.port);
+    let (v4, v6) = (c.vip4, c.vip6);
+    // The VIP's service ports: HTTP, and HTTPS when the cluster serves it.
+    let port = match c.https_port {
+        Some(https) => format!("{{ {}, {https} }}", c.port),
+        None => c.port.to_string(),
+    };
     let chain = format!("add rule {TABLE} steer");
     let mut out = vec![
         format!("{chain} ip daddr {v4} tcp dport {port} ip saddr . tcp sport @hold4 drop"),
