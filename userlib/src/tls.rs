@@ -169,6 +169,57 @@ pub fn accept(stream: TcpStream, config: Arc<ServerConfig>) -> Result<Accepted> 
     })
 }
 
+/// Keeps only the cipher suites of `provider` whose cipher this kernel's TLS offers
+/// (probed once per cipher on a loopback connection), so that a handshake never
+/// settles on a cipher the socket cannot then switch to. Without loopback networking
+/// the provider is left as it is.
+pub fn restrict_to_kernel(provider: &mut rustls::crypto::CryptoProvider) {
+    let mut offered = std::collections::HashMap::new();
+    provider.cipher_suites.retain(|suite| {
+        let Some(cipher) = suite_cipher(suite) else {
+            return false;
+        };
+        *offered
+            .entry(cipher)
+            .or_insert_with(|| kernel_offers(cipher).unwrap_or(true))
+    });
+}
+
+/// The kTLS cipher of a rustls cipher suite.
+fn suite_cipher(suite: &rustls::SupportedCipherSuite) -> Option<u16> {
+    use rustls::CipherSuite as S;
+    match suite.suite() {
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(CIPHER_AES_GCM_128),
+        S::TLS13_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(CIPHER_AES_GCM_256),
+        S::TLS13_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(CIPHER_CHACHA20_POLY1305),
+        _ => None,
+    }
+}
+
+/// Whether kernel TLS takes `cipher`: TLS_TX with zero keys on a loopback connection.
+fn kernel_offers(cipher: u16) -> io::Result<bool> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let _server = listener.accept()?;
+    let fd = client.as_raw_fd();
+    setsockopt(fd, libc::SOL_TCP, libc::TCP_ULP, b"tls")?;
+    let (iv, key, salt) = match cipher {
+        CIPHER_AES_GCM_128 => (8, 16, 4),
+        CIPHER_AES_GCM_256 => (8, 32, 4),
+        _ => (12, 32, 0),
+    };
+    let mut info = TLS_1_3.to_ne_bytes().to_vec();
+    info.extend_from_slice(&cipher.to_ne_bytes());
+    info.resize(4 + iv + key + salt + 8, 0);
+    Ok(setsockopt(fd, SOL_TLS, TLS_TX, &info).is_ok())
+}
+
 fn cipher_of(s: &ConnectionTrafficSecrets) -> Result<u16> {
     match s {
         ConnectionTrafficSecrets::Aes128Gcm { .. } => Ok(CIPHER_AES_GCM_128),

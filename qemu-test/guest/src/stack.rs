@@ -113,6 +113,13 @@ impl Stack {
         }
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let cluster = Cluster::load(&config)?;
+        // A demo CA and a certificate for the VIP: the nodes serve HTTPS too.
+        let names = [
+            "prism.test".to_string(),
+            cluster.vip4.to_string(),
+            cluster.vip6.to_string(),
+        ];
+        prism_tools::node::tls::make_certificate(&dir.join("tls"), &names)?;
         let mut stack = Stack {
             _topology: topology,
             dir,
@@ -182,7 +189,21 @@ impl Stack {
             Backend::Module => "module",
             Backend::Repair => "repair",
         };
-        let mut args = vec!["run", "--config", &config, "--name", name, "--backend", backend];
+        let cert = self.dir.join("tls/cert.pem").to_string_lossy().into_owned();
+        let key = self.dir.join("tls/key.pem").to_string_lossy().into_owned();
+        let mut args = vec![
+            "run",
+            "--config",
+            &config,
+            "--name",
+            name,
+            "--backend",
+            backend,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
         if let Some(f) = fault {
             args.extend(["--fault", f]);
         }
@@ -200,7 +221,9 @@ impl Stack {
 
     pub fn wait_ready(&self, log: &mut Log) -> TestResult {
         wait("the nodes to listen on the VIP", Duration::from_secs(20), || {
-            NODES.iter().all(|n| listening(n, "10.100.0.1:80 "))
+            NODES
+                .iter()
+                .all(|n| listening(n, "10.100.0.1:80 ") && listening(n, "10.100.0.1:443 "))
         })?;
         wait(
             "three nodes connected to prism-steerd",
@@ -231,6 +254,11 @@ impl Stack {
             "stack up: prism-steerd in l4, prism-node on fe, be1, be2 ({want})"
         ));
         Ok(())
+    }
+
+    /// The demo CA the nodes' certificate is signed by (PEM), for HTTPS clients.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
     }
 
     /// `GET path` on `node`'s admin port, the body.

@@ -188,8 +188,12 @@ pub async fn run(
     let direct6 = bind(SocketAddr::new(this.addr6.into(), cluster.port)).await?;
     let https = match (cluster.https_port, tls) {
         (Some(port), Some(config)) => Some((
-            bind(SocketAddr::new(cluster.vip4.into(), port)).await?,
-            bind(SocketAddr::new(cluster.vip6.into(), port)).await?,
+            [
+                (bind(SocketAddr::new(cluster.vip4.into(), port)).await?, false),
+                (bind(SocketAddr::new(cluster.vip6.into(), port)).await?, false),
+                (bind(SocketAddr::new(this.addr4.into(), port)).await?, true),
+                (bind(SocketAddr::new(this.addr6.into(), port)).await?, true),
+            ],
             config,
         )),
         (Some(port), None) => {
@@ -242,13 +246,14 @@ pub async fn run(
     tokio::spawn(handoff::control_server(node.clone(), control));
     tokio::spawn(handoff::keep_links(node.clone()));
     tokio::spawn(admin_server(node.clone(), admin));
-    if let Some((https4, https6, config)) = https {
+    if let Some((listeners, config)) = https {
         eprintln!(
-            "{name}: HTTPS on the VIP, port {}",
-            https4.local_addr().map_or(0, |a| a.port())
+            "{name}: HTTPS on port {}, in kernel TLS",
+            listeners[0].0.local_addr().map_or(0, |a| a.port())
         );
-        tokio::spawn(accept_tls(node.clone(), https4, config.clone()));
-        tokio::spawn(accept_tls(node.clone(), https6, config));
+        for (listener, direct) in listeners {
+            tokio::spawn(accept_tls(node.clone(), listener, config.clone(), direct));
+        }
     }
     tokio::spawn(accept(node.clone(), direct4, true));
     tokio::spawn(accept(node.clone(), direct6, true));
@@ -281,9 +286,9 @@ async fn accept(node: Arc<Node>, listener: TcpListener, direct: bool) {
     }
 }
 
-/// HTTPS on the VIP: each connection's handshake ends in kernel TLS, and from then on
-/// it is served (and handed off) as a plain one.
-async fn accept_tls(node: Arc<Node>, listener: TcpListener, config: Arc<rustls::ServerConfig>) {
+/// HTTPS: each connection's handshake ends in kernel TLS, and from then on it is
+/// served (and, on the VIP, handed off) as a plain one.
+async fn accept_tls(node: Arc<Node>, listener: TcpListener, config: Arc<rustls::ServerConfig>, direct: bool) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -306,7 +311,7 @@ async fn accept_tls(node: Arc<Node>, listener: TcpListener, config: Arc<rustls::
                         hops: 0,
                         generation: Generation::born_now(),
                         handed_at: None,
-                        direct: false,
+                        direct,
                     };
                     serve(node, conn).await;
                 }

@@ -1,8 +1,10 @@
 //! L7 direct server return against a real proxy: the same objects fetched through the
 //! VIP by wrk (keep-alive) from (a) nginx on the front node proxying to the owner,
 //! (b) prism-node handing each connection to the owner, with the owner changing at
-//! every request or (`prism-affine`) never after the first, (c) the owners directly. The
-//! front node runs on one CPU. Then the hand-off time, step by step, as the owners
+//! every request or (`prism-affine`) never after the first, (c) the owners directly;
+//! then the same over HTTPS (`-tls`: nginx terminating TLS, prism-node terminating it in
+//! kernel TLS that moves with the connection, the owners' own HTTPS). The front node
+//! runs on one CPU. Then the hand-off time, step by step, as the owners
 //! record it, with one connection (requests one at a time) and under load, with the
 //! module and with the repair backend.
 
@@ -19,6 +21,8 @@ use std::time::Duration;
 const FRONT_CPU: u32 = 0;
 /// nginx's port on the VIP (prism-node has 80 there).
 const NGINX_PORT: u16 = 8080;
+/// nginx's HTTPS port on the VIP (prism-node has the cluster's https_port there).
+const NGINX_TLS_PORT: u16 = 8443;
 /// Objects of the benchmark's catalogue: `COUNT` keys cycling through the sizes.
 const COUNT: u32 = 32;
 
@@ -261,7 +265,17 @@ http {{
         default be1;
 {map}    }}
     server {{
-        listen {}:{NGINX_PORT} reuseport;
+        listen {vip}:{NGINX_PORT} reuseport;
+        location /objects/ {{
+            proxy_pass http://$owner;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    server {{
+        listen {vip}:{NGINX_TLS_PORT} ssl reuseport;
+        ssl_certificate {tls}/cert.pem;
+        ssl_certificate_key {tls}/key.pem;
         location /objects/ {{
             proxy_pass http://$owner;
             proxy_http_version 1.1;
@@ -272,7 +286,8 @@ http {{
 "#,
         upstream("be1")?,
         upstream("be2")?,
-        stack.cluster.vip4,
+        vip = stack.cluster.vip4,
+        tls = stack.dir.join("tls").display(),
         dir = dir.display(),
     );
     let path = dir.join("nginx.conf");
@@ -417,7 +432,7 @@ pub fn run(
                     &stack,
                     "prism",
                     size,
-                    &[(both, format!("http://{vip}/"), c)],
+                    &[(both.clone(), format!("http://{vip}/"), c)],
                     load.secs,
                 )?);
                 let direct = |node: &str| -> Result<String, String> {
@@ -443,8 +458,53 @@ pub fn run(
                     "direct",
                     size,
                     &[
-                        (only1, direct("be1")?, c.div_ceil(2)),
-                        (only2, direct("be2")?, c / 2),
+                        (only1.clone(), direct("be1")?, c.div_ceil(2)),
+                        (only2.clone(), direct("be2")?, c / 2),
+                    ],
+                    load.secs,
+                )?);
+                // The same over HTTPS: nginx terminates TLS and proxies; prism-node
+                // terminates it in kernel TLS, which moves with each hand-off.
+                let https = stack.cluster.https_port.ok_or("the cluster has no https_port")?;
+                let direct_tls = |node: &str| -> Result<String, String> {
+                    let n = stack.cluster.node(node).ok_or("no such node")?;
+                    Ok(format!("https://{}:{https}/", n.addr4))
+                };
+                cases.push(measure(
+                    log,
+                    &stack,
+                    "nginx-tls",
+                    size,
+                    &[(both.clone(), format!("https://{vip}:{NGINX_TLS_PORT}/"), c)],
+                    load.secs,
+                )?);
+                cases.push(measure(
+                    log,
+                    &stack,
+                    "prism-tls",
+                    size,
+                    &[(both.clone(), format!("https://{vip}:{https}/"), c)],
+                    load.secs,
+                )?);
+                cases.push(measure(
+                    log,
+                    &stack,
+                    "prism-tls-affine",
+                    size,
+                    &[
+                        (only1.clone(), format!("https://{vip}:{https}/"), c.div_ceil(2)),
+                        (only2.clone(), format!("https://{vip}:{https}/"), c / 2),
+                    ],
+                    load.secs,
+                )?);
+                cases.push(measure(
+                    log,
+                    &stack,
+                    "direct-tls",
+                    size,
+                    &[
+                        (only1, direct_tls("be1")?, c.div_ceil(2)),
+                        (only2, direct_tls("be2")?, c / 2),
                     ],
                     load.secs,
                 )?);

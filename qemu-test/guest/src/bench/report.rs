@@ -255,7 +255,10 @@ pub fn markdown(r: &Results) -> String {
          request, so every request hops (from fe for a connection's first, then from owner to \
          owner: fe sees only the first). **prism-affine**: each connection asks for one owner's \
          keys, so it hops once and stays. **direct**: each client talks straight to the owner \
-         of its keys (the upper bound). The front node's processes run on one CPU (taskset). \
+         of its keys (the upper bound). The `-tls` modes are the same over HTTPS (wrk with \
+         OpenSSL, one handshake per connection): nginx terminates TLS and proxies in clear; \
+         prism-node terminates it with rustls and runs the session in kernel TLS, whose state \
+         moves with every hand-off; direct-tls is the owners' own HTTPS. The front node's processes run on one CPU (taskset). \
          Front CPU is the user and system time of every process in `fe`'s namespace; softirq \
          work charged to other tasks is not in it. Bytes sent is what `fe`'s link transmitted, \
          retransmissions included: relayed responses for nginx, hand-off frames for prism. \
@@ -270,7 +273,16 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
     for s in sizes(r) {
-        for mode in ["nginx", "prism", "prism-affine", "direct"] {
+        for mode in [
+            "nginx",
+            "prism",
+            "prism-affine",
+            "direct",
+            "nginx-tls",
+            "prism-tls",
+            "prism-tls-affine",
+            "direct-tls",
+        ] {
             if let Some(d) = dsr(r, mode, s) {
                 let _ = writeln!(
                     w,
@@ -302,6 +314,18 @@ pub fn markdown(r: &Results) -> String {
             ratio(f("nginx", |d| d.fe_cpu_ms_per_request), f("prism", |d| d.fe_cpu_ms_per_request)),
             ratio(f("nginx", |d| d.fe_tx_bytes_per_request), f("prism", |d| d.fe_tx_bytes_per_request)),
         );
+        if dsr(r, "prism-tls", s).is_some() {
+            let _ = writeln!(
+                w,
+                "- {} over HTTPS: throughput prism-tls / nginx-tls **{}**, prism-tls-affine / nginx-tls **{}**, prism-tls / direct-tls {}; front CPU per request nginx-tls / prism-tls **{}**; front bytes per request nginx-tls / prism-tls {}",
+                size(s),
+                ratio(f("prism-tls", |d| d.req_per_s), f("nginx-tls", |d| d.req_per_s)),
+                ratio(f("prism-tls-affine", |d| d.req_per_s), f("nginx-tls", |d| d.req_per_s)),
+                ratio(f("prism-tls", |d| d.req_per_s), f("direct-tls", |d| d.req_per_s)),
+                ratio(f("nginx-tls", |d| d.fe_cpu_ms_per_request), f("prism-tls", |d| d.fe_cpu_ms_per_request)),
+                ratio(f("nginx-tls", |d| d.fe_tx_bytes_per_request), f("prism-tls", |d| d.fe_tx_bytes_per_request)),
+            );
+        }
     }
 
     let _ = writeln!(w, "\n## 3. Scaling\n");

@@ -77,7 +77,7 @@ fn smoke(env: &Env, log: &mut Log) -> TestResult {
         r.live.len()
     );
     for size in &opts.load.sizes {
-        for mode in ["nginx", "prism", "direct"] {
+        for mode in ["nginx", "prism", "direct", "nginx-tls", "prism-tls", "direct-tls"] {
             check!(
                 r.dsr
                     .iter()
@@ -93,18 +93,19 @@ fn smoke(env: &Env, log: &mut Log) -> TestResult {
             .find(|d| d.mode == m && d.object_size == big)
             .map_or(0.0, |d| d.fe_tx_bytes_per_request)
     };
-    let relayed = sent("nginx") >= big as f64;
-    let not_relayed = sent("prism") < big as f64 / 8.0;
-    check!(
-        relayed,
-        "nginx's front node sent {:.0} B per {big} B object",
-        sent("nginx")
-    );
-    check!(
-        not_relayed,
-        "prism's front node sent {:.0} B per {big} B object",
-        sent("prism")
-    );
+    for (proxy, prism) in [("nginx", "prism"), ("nginx-tls", "prism-tls")] {
+        let (relayed, not_relayed) = (sent(proxy) >= big as f64, sent(prism) < big as f64 / 8.0);
+        check!(
+            relayed,
+            "{proxy}'s front node sent {:.0} B per {big} B object",
+            sent(proxy)
+        );
+        check!(
+            not_relayed,
+            "{prism}'s front node sent {:.0} B per {big} B object",
+            sent(prism)
+        );
+    }
     for backend in ["module", "repair"] {
         check!(
             r.handoff.iter().any(|h| h.backend == backend && h.latency.n > 0),
