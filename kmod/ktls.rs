@@ -110,6 +110,10 @@ pub(crate) struct Tls {
     pub(crate) rx_decrypted: (u32, u32),
 }
 
+/// What kTLS's counters of asynchronous encryptions and decryptions hold when none is
+/// in flight: they start at 1 (`tls_set_sw_offload`), and a waiter drops them to 0.
+const IDLE: i32 = 1;
+
 /// The TLS record type of application data (RFC 8446 `application_data`).
 const RECORD_TYPE_DATA: u8 = 23;
 /// The largest plaintext of a record.
@@ -312,7 +316,7 @@ impl Tls {
             || unsafe {
                 !(*tx).open_rec.is_null()
                     || !list_empty(addr_of!((*tx).tx_list), (*tx).tx_list.next.cast())
-                    || core::ptr::read_volatile(addr_of!((*tx).encrypt_pending.counter)) != 0
+                    || core::ptr::read_volatile(addr_of!((*tx).encrypt_pending.counter)) != IDLE
             };
         if busy {
             return Err(refuse(
@@ -364,7 +368,7 @@ impl Tls {
         }
         // SAFETY: atomics of the receive context, read as `atomic_read` does.
         let pending = unsafe { core::ptr::read_volatile(addr_of!(r.decrypt_pending.counter)) };
-        if pending != 0 || held {
+        if pending != IDLE || held {
             return Err(refuse(
                 b::EAGAIN,
                 c_str!("a kTLS record is held outside the TCP receive queue: retry"),

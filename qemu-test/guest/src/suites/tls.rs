@@ -638,6 +638,11 @@ fn server_config(
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
+    // The CA's name differs from the leaf's (rcgen's default), or OpenSSL takes the
+    // leaf for a self-signed certificate.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "prism-sock test CA");
     let ca_key = rcgen::KeyPair::generate().map_err(err)?;
     let ca = ca_params.self_signed(&ca_key).map_err(err)?;
     let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
@@ -712,7 +717,9 @@ fn python_client(env: &Env, log: &mut Log) -> TestResult {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(io("python3"))?;
-        let (tcp, _) = listener.accept().map_err(io("accept"))?;
+        let mut child = child;
+        let tcp = accept_from(&listener, &mut child)?;
+        tcp.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
         let accepted = prism_sock::tls::accept(tcp, config).map_err(|e| format!("handshake: {e}"))?;
         check!(accepted.early.is_empty(), "early data {:?}", accepted.early);
         let mut owner = accepted.stream;
@@ -779,4 +786,34 @@ fn python_client(env: &Env, log: &mut Log) -> TestResult {
         "a host sent RST: {rst_before:?} -> {rst_after:?}"
     );
     Ok(())
+}
+
+/// The connection of `client` (a child process) on `listener`; if the child exits
+/// first, or after 60 s, an error with what it printed.
+fn accept_from(
+    listener: &std::net::TcpListener,
+    client: &mut std::process::Child,
+) -> Result<TcpStream, String> {
+    listener.set_nonblocking(true).map_err(io("nonblocking"))?;
+    let start = std::time::Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(io("blocking"))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+        let exited = client.try_wait().map_err(io("client"))?.is_some();
+        if exited || start.elapsed() > Duration::from_secs(60) {
+            let _ = client.kill();
+            let mut out = String::new();
+            if let Some(mut e) = client.stderr.take() {
+                let _ = e.read_to_string(&mut out);
+            }
+            return Err(format!("the client never connected: {out}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
