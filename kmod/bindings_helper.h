@@ -23,6 +23,7 @@
 #include <net/inet6_hashtables.h>
 #include <linux/if_arp.h>
 #include <net/tls.h>
+#include <linux/mman.h>
 #include "helpers.h"
 
 /* Macros bindgen cannot evaluate, turned into constants it can. */
@@ -50,3 +51,5 @@ const u16 PRISM_TLS_1_2_VERSION = TLS_1_2_VERSION;
 const u16 PRISM_TLS_1_3_VERSION = TLS_1_3_VERSION;
 const unsigned int PRISM_SOL_TLS = SOL_TLS;
 const unsigned int PRISM_TLS_MAX_PAYLOAD_SIZE = TLS_MAX_PAYLOAD_SIZE;
+const unsigned long PRISM_PROT_RW = PROT_READ | PROT_WRITE;
+const unsigned long PRISM_MAP_PRIVATE_ANON = MAP_PRIVATE | MAP_ANONYMOUS;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Wrappers of static inline functions and macros; see helpers.h. */
 #include "helpers.h"
+#include <linux/uaccess.h>
 
 struct sk_buff *prism_genlmsg_new(size_t payload, gfp_t flags)
 {
@@ -163,6 +164,22 @@ int prism_skb_network_offset(const struct sk_buff *skb)
 sockptr_t prism_kernel_sockptr(void *p)
 {
 	return KERNEL_SOCKPTR(p);
+}
+
+sockptr_t prism_user_sockptr(void __user *p)
+{
+	return USER_SOCKPTR(p);
+}
+
+/* copy_to_user() and clear_user() are inline on x86. */
+unsigned long prism_copy_to_user(void __user *to, const void *from, unsigned long n)
+{
+	return copy_to_user(to, from, n);
+}
+
+unsigned long prism_clear_user(void __user *to, unsigned long n)
+{
+	return clear_user(to, n);
 }
 
 struct socket *prism_sk_socket(const struct sock *sk)

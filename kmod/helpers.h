@@ -67,6 +67,9 @@ const void *prism_skb_header_pointer(const struct sk_buff *skb, int offset, int 
 				     void *buffer);
 int prism_skb_network_offset(const struct sk_buff *skb);
 sockptr_t prism_kernel_sockptr(void *p);
+sockptr_t prism_user_sockptr(void __user *p);
+unsigned long prism_copy_to_user(void __user *to, const void *from, unsigned long n);
+unsigned long prism_clear_user(void __user *to, unsigned long n);
 struct socket *prism_sk_socket(const struct sock *sk);
 void prism_sock_set_flag_done(struct sock *sk);
 int prism_tcp_mtu_probing(const struct net *net);

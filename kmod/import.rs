@@ -501,11 +501,31 @@ impl Building {
                     fail(e, c_str!("attaching the tls upper-layer protocol failed"))
                 }
             })?;
+        // The keys reach TLS_TX/TLS_RX from a page of the importing process: for a
+        // kernel pointer the kTLS setter copies with a `memcpy` that FORTIFY_SOURCE
+        // reports as a field-spanning write (a WARNING on distribution kernels).
+        let page = ktls::UserPage::map()
+            .map_err(|e| fail(e, c_str!("cannot map a page for the kTLS keys")))?;
         for (keys, name) in [(&tls.tx, b::TLS_TX), (&tls.rx, b::TLS_RX)] {
             let Some(keys) = keys else { continue };
             let mut info = [0u8; ktls::INFO_MAX];
             let len = tls.info(keys, &mut info);
-            let set = self.setsockopt_bytes(b::PRISM_SOL_TLS, name, &info[..len]);
+            let set = page.fill(&info[..len]).and_then(|()| {
+                // SAFETY: the page is mapped in the caller's address space and holds
+                // `len` bytes; the setsockopt path copies them with `copy_from_user`.
+                let ret = unsafe {
+                    b::do_sock_setsockopt(
+                        self.sock.as_ptr(),
+                        false,
+                        b::PRISM_SOL_TLS as c_int,
+                        name as c_int,
+                        b::prism_user_sockptr(page.addr()),
+                        len as c_int,
+                    )
+                };
+                to_result(ret)
+            });
+            page.wipe();
             ktls::wipe(&mut info);
             set.map_err(|e| {
                 fail(

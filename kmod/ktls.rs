@@ -620,3 +620,74 @@ pub(crate) unsafe fn queue_decrypted(sk: *mut b::sock, records: &[&[u8]]) -> Res
     }
     Ok(())
 }
+
+/// One anonymous page mapped in the calling process, unmapped when dropped: a user
+/// pointer for setsockopt paths that only copy user memory correctly.
+pub(crate) struct UserPage {
+    addr: usize,
+}
+
+/// Bytes mapped: a page holds any `tls12_crypto_info_*`.
+const USER_PAGE: usize = 4096;
+
+impl UserPage {
+    /// Maps the page; EFAULT for a caller without an address space.
+    pub(crate) fn map() -> Result<Self> {
+        // SAFETY: an anonymous private mapping in the current process (the netlink
+        // sender, in whose context a request is handled).
+        let addr = unsafe {
+            b::vm_mmap(
+                core::ptr::null_mut(),
+                0,
+                USER_PAGE as core::ffi::c_ulong,
+                b::PRISM_PROT_RW,
+                b::PRISM_MAP_PRIVATE_ANON,
+                0,
+            )
+        } as usize;
+        // vm_mmap returns an address, or a negative errno cast to one.
+        if addr == 0 || addr > usize::MAX - 4095 {
+            return Err(EFAULT);
+        }
+        Ok(Self { addr })
+    }
+
+    pub(crate) fn addr(&self) -> *mut core::ffi::c_void {
+        self.addr as *mut _
+    }
+
+    /// Copies `bytes` to the start of the page.
+    pub(crate) fn fill(&self, bytes: &[u8]) -> Result {
+        if bytes.len() > USER_PAGE {
+            return Err(EINVAL);
+        }
+        // SAFETY: the page is mapped writable for `USER_PAGE` bytes; the copy checks
+        // the user address.
+        let left = unsafe {
+            b::prism_copy_to_user(
+                self.addr(),
+                bytes.as_ptr().cast(),
+                bytes.len() as core::ffi::c_ulong,
+            )
+        };
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(EFAULT)
+        }
+    }
+
+    /// Zeroes the page (its contents were secret).
+    pub(crate) fn wipe(&self) {
+        // SAFETY: as in `fill`.
+        unsafe { b::prism_clear_user(self.addr(), USER_PAGE as core::ffi::c_ulong) };
+    }
+}
+
+impl Drop for UserPage {
+    fn drop(&mut self) {
+        self.wipe();
+        // SAFETY: the mapping made in `map`, released once.
+        unsafe { b::vm_munmap(self.addr as core::ffi::c_ulong, USER_PAGE) };
+    }
+}
