@@ -539,6 +539,36 @@ impl<'m, 'a> ChunkedAttr<'m, 'a> {
         Ok(())
     }
 
+    /// Appends `len` bytes of `skb`'s data from byte `offset` on.
+    ///
+    /// # Safety
+    ///
+    /// `skb` must be an skb the caller keeps alive and unchanged for the call (a queue's,
+    /// under its socket's lock) holding at least `offset + len` bytes.
+    pub(crate) unsafe fn append_skb(
+        &mut self,
+        skb: *mut b::sk_buff,
+        offset: usize,
+        len: usize,
+    ) -> Result {
+        self.append(len, |dst, at| {
+            // SAFETY: the caller's guarantees; `dst` is the part at `at` of the `len` bytes.
+            let ret = unsafe {
+                b::skb_copy_bits(
+                    skb,
+                    (offset + at) as c_int,
+                    dst.as_mut_ptr().cast(),
+                    dst.len() as c_int,
+                )
+            };
+            if ret < 0 {
+                Err(EIO)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
     /// Whether exactly the announced total was written.
     pub(crate) fn complete(&self) -> bool {
         self.left == 0 && self.room == 0

@@ -552,23 +552,9 @@ pub(crate) unsafe fn write_decrypted(
         // SAFETY: as in `records`.
         let offset = unsafe { (*b::prism_sk_skb_cb(skb)).strp.strp.offset };
         let mut out = ChunkedAttr::new(msg, a::TLS_RX_DECRYPTED, len as usize, len as usize);
-        out.append(len as usize, |dst, at| {
-            // SAFETY: the record's unread bytes are `len` bytes from `offset`.
-            let ret = unsafe {
-                b::skb_copy_bits(
-                    skb,
-                    offset + at as i32,
-                    dst.as_mut_ptr().cast(),
-                    dst.len() as i32,
-                )
-            };
-            if ret < 0 {
-                Err(EIO)
-            } else {
-                Ok(())
-            }
-        })
-        .map_err(|_| {
+        // SAFETY: the record's unread bytes are `len` bytes from `offset` of a queued
+        // skb, under the socket lock.
+        unsafe { out.append_skb(skb, offset.max(0) as usize, len as usize) }.map_err(|_| {
             refuse(
                 b::EIO,
                 c_str!("a decrypted kTLS record does not fit the reply"),

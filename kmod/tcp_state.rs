@@ -152,24 +152,8 @@ unsafe fn copy_payload(
     }
     *from = end;
     let len = (span - skip) as usize;
-    out.append(len, |dst, at| {
-        // SAFETY: the skb holds `span` payload bytes; `dst` is the next part of the
-        // `len` bytes from offset `skip` on.
-        let ret = unsafe {
-            b::skb_copy_bits(
-                skb,
-                (skip as usize + at) as i32,
-                dst.as_mut_ptr().cast(),
-                dst.len() as i32,
-            )
-        };
-        if ret < 0 {
-            Err(EIO)
-        } else {
-            Ok(())
-        }
-    })
-    .map_err(|_| {
+    // SAFETY: the skb (locked queue, caller) holds `span` payload bytes.
+    unsafe { out.append_skb(skb, skip as usize, len) }.map_err(|_| {
         refuse(
             b::EIO,
             c_str!("queue holds more bytes than its sequence numbers say"),
@@ -490,21 +474,8 @@ impl TcpState {
             let mut out = ChunkedAttr::new(msg, recv_kind, self.recv_len as usize, chunk);
             // A kTLS record the parser copied out of the queue comes first.
             if let Some((held, len)) = crate::ktls::held_record(sk) {
-                out.append(len as usize, |dst, at| {
-                    // SAFETY: the parser's skb holds `len` bytes; `dst` is the part at `at`.
-                    let ret = b::skb_copy_bits(
-                        held,
-                        at as i32,
-                        dst.as_mut_ptr().cast(),
-                        dst.len() as i32,
-                    );
-                    if ret < 0 {
-                        Err(EIO)
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(|_| {
+                // The parser's skb holds `len` bytes; the socket lock is held.
+                out.append_skb(held, 0, len as usize).map_err(|_| {
                     refuse(
                         b::EIO,
                         c_str!("the kTLS parser's record does not match its length"),
