@@ -205,7 +205,7 @@ impl Building {
     }
 
     /// Everything that goes before connect but the socket options.
-    fn prepare(&self, blob: &Blob<'_>) -> Result<(), Failure> {
+    fn prepare(&self, blob: &Blob<'_>) -> Result<Bufs, Failure> {
         let tcp = b::SOL_TCP;
         // What TCP_REPAIR_ON and the two TCP_QUEUE_SEQ calls do, written directly: the
         // socket is fresh (TCP_CLOSE, empty queues) and the family already required
@@ -292,23 +292,29 @@ impl Building {
                 ),
             )
         };
+        // The exported sizes, within what this caller could set here (beyond that only
+        // with SO_*BUFFORCE's right).
+        let bufs = if force {
+            Bufs {
+                snd: blob.sndbuf as c_int,
+                rcv: blob.rcvbuf as c_int,
+            }
+        } else {
+            Bufs {
+                snd: (blob.sndbuf as c_int).min(snd_cap),
+                rcv: (blob.rcvbuf as c_int).min(rcv_cap),
+            }
+        };
         // SAFETY: the socket is not hashed and not reachable by anyone but us yet.
         unsafe {
-            // The exported sizes, within what this caller could set here (beyond that
-            // only with SO_*BUFFORCE's right); room for the queues the blob brings in
-            // any case, as they are already the connection's.
+            // Restoring goes through the buffer checks (`tcp_try_rmem_schedule`, the
+            // send path's free space), so it gets room for the queues the blob brings;
+            // `finish` puts the exported sizes back, or each hop would grow the
+            // buffers, and with them the window and the queues the next export carries.
             let snd_need = (2 * blob.send_len + (64 << 10)) as c_int;
             let rcv_need = (2 * blob.recv_len + (64 << 10)) as c_int;
-            let (snd, rcv) = if force {
-                (blob.sndbuf as c_int, blob.rcvbuf as c_int)
-            } else {
-                (
-                    (blob.sndbuf as c_int).min(snd_cap),
-                    (blob.rcvbuf as c_int).min(rcv_cap),
-                )
-            };
-            (*sk).sk_sndbuf = snd.max(snd_need);
-            (*sk).sk_rcvbuf = rcv.max(rcv_need);
+            (*sk).sk_sndbuf = bufs.snd.max(snd_need);
+            (*sk).sk_rcvbuf = bufs.rcv.max(rcv_need);
             let mut locks = u32::from((*sk).sk_userlocks);
             if snd_locked {
                 locks |= b::SOCK_SNDBUF_LOCK;
@@ -334,7 +340,8 @@ impl Building {
             } else {
                 fail(e, c_str!("binding the local address failed"))
             }
-        })
+        })?;
+        Ok(bufs)
     }
 
     /// Connects in repair mode (no SYN) and restores everything but the unsent data,
@@ -591,7 +598,7 @@ impl Building {
     }
 
     /// Queues the unsent data as new data and restores what leaving repair mode reset.
-    fn finish(&self, lock: &SockLock<'_>, blob: &Blob<'_>) -> Result<(), Failure> {
+    fn finish(&self, lock: &SockLock<'_>, blob: &Blob<'_>, bufs: Bufs) -> Result<(), Failure> {
         // SAFETY: we hold the socket lock.
         unsafe {
             (*lock.sk())
@@ -604,6 +611,13 @@ impl Building {
         // SAFETY: as above.
         if unsafe { (*self.tp()).write_seq } != blob.write_seq {
             return Err(fail(EIO, c_str!("unsent data was not restored whole")));
+        }
+        // Queues above these sizes drain as on the old host: the window shrinks and
+        // writers wait until they are below.
+        // SAFETY: we hold the socket lock.
+        unsafe {
+            (*lock.sk()).sk_sndbuf = bufs.snd;
+            (*lock.sk()).sk_rcvbuf = bufs.rcv;
         }
         Ok(())
     }
@@ -690,6 +704,13 @@ impl Drop for Building {
     }
 }
 
+/// The send and receive buffer sizes an imported socket ends with.
+#[derive(Clone, Copy)]
+struct Bufs {
+    snd: c_int,
+    rcv: c_int,
+}
+
 /// The largest buffer a caller without SO_*BUFFORCE's right can give a socket here: a
 /// size the application locked came from SO_SNDBUF/SO_RCVBUF, which stop at twice the
 /// core maximum; an unlocked one is TCP's autotuning, which grows to the namespace's
@@ -732,7 +753,7 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
         e
     };
     let building = Building::create(net, &blob).map_err(report)?;
-    building.prepare(&blob).map_err(report)?;
+    let bufs = building.prepare(&blob).map_err(report)?;
     // What can fail and does not need the live socket happens before it goes live: the
     // reply and the release tracking are allocated now. Once repair mode ends the
     // socket may acknowledge the peer's data, and tearing it down then would lose it.
@@ -789,7 +810,7 @@ pub(crate) fn sock_import(req: &Request<'_>) -> Result {
                 // SAFETY: the socket is locked and ours; TLS_RX was set by `attach_tls`.
                 unsafe { ktls::queue_decrypted(lock.sk(), &blob.tls_decrypted) }?;
                 building.repair_off_silent(&lock);
-                building.finish(&lock, &blob)
+                building.finish(&lock, &blob, bufs)
             })
             .map_err(report)
             .and_then(|()| {

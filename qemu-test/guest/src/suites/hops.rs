@@ -5,9 +5,13 @@ use super::common::loaded;
 use super::export::{connect_via_topology, wait_for};
 use crate::check;
 use crate::harness::{Env, Log, Test, TestResult};
-use crate::migrate::{counters, expect_stream, flow_sockets, rsts_all, send_stream, Cluster, HopTimes};
+use crate::migrate::{
+    counters, expect_stream, flow_sockets, pattern_at, rsts_all, send_stream, Cluster, HopTimes,
+};
 use crate::topology::{self, in_ns, Topology};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -55,7 +59,101 @@ pub fn tests() -> Vec<Test> {
             name: "migrate_v4_rcv_wnd_beyond_its_scale",
             run: rcv_wnd_beyond_scale,
         },
+        Test {
+            name: "migrate_v4_locked_buffers_keep_their_size_with_full_queues",
+            run: locked_buffers,
+        },
     ]
+}
+
+/// An application's SO_SNDBUF/SO_RCVBUF bound the queues a connection holds, hop after
+/// hop: with both queues full at every export (the client writes and does not read),
+/// each import ends with the sizes the application set. The module once kept the room
+/// it made for restoring the queues, so buffers, window and queues grew at every hop
+/// until an export exceeded max-queue-bytes. Every byte is checked both ways.
+fn locked_buffers(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    let mut cluster = Cluster::new(false)?;
+    let rst_before = rsts_all()?;
+    let (mut client, mut sock) = connect_via_topology(false, PORT + 3, Some(16 << 10))?;
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        crate::sockopt::set_int(sock.as_fd(), libc::SOL_SOCKET, opt, 64 << 10)
+            .map_err(|e| format!("setsockopt: {e}"))?;
+    }
+    let sizes = |s: &TcpStream| -> Result<(i32, i32), String> {
+        let get = |opt| crate::sockopt::get_int(s.as_fd(), libc::SOL_SOCKET, opt);
+        Ok((
+            get(libc::SO_SNDBUF).map_err(|e| format!("SO_SNDBUF: errno {e}"))?,
+            get(libc::SO_RCVBUF).map_err(|e| format!("SO_RCVBUF: errno {e}"))?,
+        ))
+    };
+    let set = sizes(&sock)?;
+    let (mut up, mut down) = (0u64, 0u64);
+    for pair in ["fe", "be1", "be2", "fe"].windows(2) {
+        fill(&mut client, 91, &mut up)?;
+        fill(&mut sock, 92, &mut down)?;
+        let queues = (
+            crate::sockopt::queued(sock.as_fd(), true),
+            crate::sockopt::queued(sock.as_fd(), false),
+        );
+        log.line(format!(
+            "{}: send and receive queues {queues:?} bytes, buffers {:?}",
+            pair[0],
+            sizes(&sock)?
+        ));
+        check!(
+            queues.0 > 0 && queues.1 > 0,
+            "the queues are not both in use: {queues:?}"
+        );
+        sock = cluster.hop(log, sock, pair[0], pair[1], &[])?.0;
+        let now = sizes(&sock)?;
+        check!(
+            now == set,
+            "{}: (SO_SNDBUF, SO_RCVBUF) {now:?} after the hop, {set:?} set",
+            pair[1]
+        );
+    }
+    let timeout = Some(Duration::from_secs(60));
+    sock.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    client.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    std::thread::scope(|s| -> Result<(), String> {
+        let reader = s.spawn(move || expect_stream(&mut client, 92, down as usize));
+        expect_stream(&mut sock, 91, up as usize).map_err(|e| format!("owner: {e}"))?;
+        reader
+            .join()
+            .map_err(|_| "reader panicked")?
+            .map_err(|e| format!("client: {e}"))?;
+        Ok(())
+    })?;
+    log.line(format!("{up} bytes up and {down} bytes down checked"));
+    let rst_after = rsts_all()?;
+    check!(
+        rst_after == rst_before,
+        "a host sent RST: {rst_before:?} -> {rst_after:?}"
+    );
+    Ok(())
+}
+
+/// Writes stream `seed` from byte `*off` until the socket takes no more (three tries
+/// 50 ms apart), without blocking.
+fn fill(sock: &mut TcpStream, seed: u64, off: &mut u64) -> Result<(), String> {
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut idle = 0;
+    while idle < 3 {
+        match sock.write(&pattern_at(seed, *off, 16 << 10)) {
+            Ok(n) => {
+                *off += n as u64;
+                idle = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                idle += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(format!("write at byte {off}: {e}")),
+        }
+    }
+    sock.set_nonblocking(false).map_err(|e| e.to_string())
 }
 
 /// A listener with SO_RCVBUF set gets a small window scale, and tcp_select_window()
