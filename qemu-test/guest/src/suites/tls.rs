@@ -49,8 +49,16 @@ pub fn tests() -> Vec<Test> {
             name: "tls_import_refuses_malformed_tls_attributes",
             run: malformed,
         },
+        Test {
+            name: MODULE_TEST,
+            run: module_on_demand,
+        },
     ]
 }
+
+/// The test that needs tls as a loadable module (Debian's kernel has it so; the test
+/// kernel builds it in, and `make test` leaves the test out).
+pub const MODULE_TEST: &str = "tls_module_not_loaded_import_loads_it_or_refuses_cleanly";
 
 const PORT: u16 = 8400;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,6 +95,9 @@ fn expect(s: &mut TcpStream, seed: u64, offset: u64, len: usize) -> Result<(), S
     Ok(())
 }
 
+/// Ciphers every kernel the suite runs on must offer kTLS with.
+const REQUIRED: [&str; 4] = ["AES-GCM-128", "AES-GCM-256", "AES-CCM-128", "ChaCha20-Poly1305"];
+
 /// Whether this kernel offers `version` with cipher `c` (a client-side probe).
 fn offered(v6: bool, port: u16, version: u16, c: ktls::Cipher) -> Result<Option<std::io::Error>, String> {
     let (client, _server) = connect_via_topology(v6, port, None)?;
@@ -96,7 +107,8 @@ fn offered(v6: bool, port: u16, version: u16, c: ktls::Cipher) -> Result<Option<
 /// Each version and cipher the kernel offers: a connection with records read, one
 /// record left unread in fe's receive queue and one sent by fe, hops to be1 and back;
 /// the blob carries the record sequences, the new owner reads the unread record and
-/// both ends go on exchanging records. The two AES-GCM ciphers must be offered.
+/// both ends go on exchanging records. The ciphers in `REQUIRED` must be offered (the
+/// test kernel and Debian's have them; SM4 and ARIA only the test kernel).
 fn every_cipher(env: &Env, log: &mut Log) -> TestResult {
     let _t = Topology::up()?;
     let _c = loaded(env, log)?;
@@ -110,7 +122,7 @@ fn every_cipher(env: &Env, log: &mut Log) -> TestResult {
             if let Some(e) = offered(false, port, version, cipher)? {
                 log.line(format!("{version:#06x} {}: not offered here ({e})", cipher.name));
                 check!(
-                    !cipher.name.starts_with("AES-GCM"),
+                    !REQUIRED.contains(&cipher.name),
                     "{} must be offered: {e}",
                     cipher.name
                 );
@@ -551,6 +563,43 @@ fn malformed(env: &Env, log: &mut Log) -> TestResult {
         "missing attribute: tls-tx-iv",
         log,
     )?;
+    // Decrypted records: an empty one, more than max-queue-bytes of them, one longer
+    // than a record, and any for a connection without kTLS receive keys.
+    let decrypted = u16::from(StateAttr::TlsRxDecrypted);
+    let with_records = |base: &MigrationState, records: &[Vec<u8>]| {
+        let mut attrs = parse(base.as_bytes());
+        attrs.extend(records.iter().map(|r| (decrypted, r.clone())));
+        MigrationState::from_bytes(encode(&attrs))
+    };
+    expect_refusal(
+        import(&with_records(&state, &[vec![]])),
+        libc::EINVAL,
+        "empty queue chunk",
+        log,
+    )?;
+    expect_refusal(
+        import(&with_records(&state, &vec![vec![0x5a; 16 << 10]; 65])),
+        libc::E2BIG,
+        "max-queue-bytes",
+        log,
+    )?;
+    let r = import(&with_records(&state, &[vec![0x5a; (16 << 10) + 1]]));
+    log.line(format!("a decrypted record of 16 KiB + 1: {r:?}"));
+    check!(
+        matches!(&r, Err(prism_sock::Error::Kernel(k)) if k.errno == libc::ERANGE || k.errno == libc::EINVAL),
+        "a decrypted record longer than a record: {r:?}"
+    );
+    let (_c, plain) = connect_via_topology(false, PORT + 81, None)?;
+    let plain = cluster
+        .nl("fe")
+        .export_snapshot(plain.as_fd())
+        .map_err(|e| format!("export of a plain socket: {e}"))?;
+    expect_refusal(
+        import(&with_records(&plain, &[vec![1; 100]])),
+        libc::EINVAL,
+        "without kTLS receive keys",
+        log,
+    )?;
     check!(
         crate::migrate::flow_sockets("be1", port)?.is_empty(),
         "a refused import left a socket on be1"
@@ -627,41 +676,24 @@ fn py_answer(i: u64, len: usize) -> Vec<u8> {
     (0..len).map(|k| ((off + k) % 251) as u8).collect()
 }
 
-/// A server configuration for one TLS version and cipher suite, with a leaf
-/// certificate for "prism.test" signed by a fresh CA, whose PEM goes to `ca_file`.
+/// A server configuration for one TLS version and cipher suite, with the certificate
+/// and key the demo's `prism-node tls-cert` wrote to `dir`.
 fn server_config(
     version: &'static rustls::SupportedProtocolVersion,
     suite: rustls::SupportedCipherSuite,
-    ca_file: &std::path::Path,
+    dir: &std::path::Path,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
-    let err = |e: rcgen::Error| e.to_string();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    // The CA's name differs from the leaf's (rcgen's default), or OpenSSL takes the
-    // leaf for a self-signed certificate.
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "prism-sock test CA");
-    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
-    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
-    let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
-    let leaf = rcgen::CertificateParams::new(vec!["prism.test".to_string()])
-        .map_err(err)?
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .map_err(err)?;
-    std::fs::write(ca_file, ca.pem()).map_err(io("write the CA"))?;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = CertificateDer::from_pem_file(dir.join("cert.pem")).map_err(|e| format!("cert.pem: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).map_err(|e| format!("key.pem: {e}"))?;
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites = vec![suite];
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(provider))
         .with_protocol_versions(&[version])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
+        .with_single_cert(vec![cert], key)
         .map_err(|e| e.to_string())?;
     config.enable_secret_extraction = true;
     Ok(std::sync::Arc::new(config))
@@ -692,18 +724,20 @@ fn python_client(env: &Env, log: &mut Log) -> TestResult {
             300,
         ),
     ];
-    match offered(false, PORT + 90, TLS_1_3, CIPHERS[3])? {
-        None => runs.push((
-            &rustls::version::TLS13,
-            cs::TLS13_CHACHA20_POLY1305_SHA256,
-            "1.3",
-            300,
-        )),
-        Some(e) => log.line(format!("ChaCha20-Poly1305 not offered by this kernel: {e}")),
+    if let Some(e) = offered(false, PORT + 90, TLS_1_3, CIPHERS[3])? {
+        return Err(format!("ChaCha20-Poly1305 is not offered by this kernel: {e}"));
     }
-    let ca = std::env::temp_dir().join(format!("prism-tls-ca-{}.pem", std::process::id()));
+    runs.push((
+        &rustls::version::TLS13,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        "1.3",
+        300,
+    ));
+    let certs = std::env::temp_dir().join(format!("prism-tls-certs-{}", std::process::id()));
+    prism_tools::node::tls::make_certificate(&certs, &["prism.test".to_string()])?;
+    let ca = certs.join("ca.pem");
     for (run, (version, suite, ver, hops)) in runs.into_iter().enumerate() {
-        let config = server_config(version, suite, &ca)?;
+        let config = server_config(version, suite, &certs)?;
         let port = PORT + 91 + run as u16;
         let vip = std::net::SocketAddr::new(crate::topology::vip(false), port);
         let listener =
@@ -782,7 +816,7 @@ fn python_client(env: &Env, log: &mut Log) -> TestResult {
         );
         let _ = std::fs::remove_file(&script);
     }
-    let _ = std::fs::remove_file(&ca);
+    let _ = std::fs::remove_dir_all(&certs);
     let rst_after = rsts_all()?;
     check!(
         rst_after == rst_before,
@@ -819,4 +853,104 @@ fn accept_from(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether kTLS is a loadable module here: `modinfo` names a tls.ko file (for a
+/// built-in it prints "(builtin)", and without a module tree it fails).
+fn tls_is_modular() -> bool {
+    std::process::Command::new("modinfo")
+        .args(["-F", "filename", "tls"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(".ko"))
+}
+
+/// Whether the tls module is loaded.
+fn tls_loaded() -> Result<bool, String> {
+    let text = std::fs::read_to_string("/proc/modules").map_err(io("/proc/modules"))?;
+    Ok(text.lines().any(|l| l.split_whitespace().next() == Some("tls")))
+}
+
+/// Unloads tls; the last kTLS socket's destruction may come a moment after its close.
+fn unload_tls(log: &mut Log) -> TestResult {
+    for _ in 0..100 {
+        if !tls_loaded()? {
+            return Ok(());
+        }
+        if sh(log, "rmmod", &["tls"]).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("tls stays loaded: a kTLS socket is still open".into())
+}
+
+/// `/proc/sys/kernel/modprobe` as it was, written back when dropped.
+struct ModprobePath(String);
+
+impl ModprobePath {
+    const FILE: &'static str = "/proc/sys/kernel/modprobe";
+
+    fn save() -> Result<Self, String> {
+        Ok(Self(std::fs::read_to_string(Self::FILE).map_err(io(Self::FILE))?))
+    }
+
+    fn set(&self, path: &str) -> TestResult {
+        std::fs::write(Self::FILE, path).map_err(io(Self::FILE))
+    }
+}
+
+impl Drop for ModprobePath {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::FILE, self.0.trim_end());
+    }
+}
+
+/// A TLS socket's blob imported on a host whose tls module is not loaded: with module
+/// loading broken (modprobe path gone) the import is refused with ENOENT and a message
+/// and leaves no socket behind; with it working the same blob imports, the import loads
+/// tls on demand, and the connection carries records both ways.
+fn module_on_demand(env: &Env, log: &mut Log) -> TestResult {
+    let _t = Topology::up()?;
+    let _c = loaded(env, log)?;
+    check!(
+        tls_is_modular(),
+        "tls is built into this kernel: this test needs it as a module (make stock-kernel-test)"
+    );
+    let cluster = Cluster::new(false)?;
+    let nl = cluster.nl("fe");
+    let modprobe = ModprobePath::save()?;
+    let pair = Pair::new(TLS_1_3, CIPHERS[0]);
+    // The client stays plain TCP until the move: its kTLS would hold the module.
+    let (mut client, fe) = connect_via_topology(false, PORT + 100, None)?;
+    client.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+    pair.server(fe.as_fd()).map_err(io("kTLS on fe"))?;
+    let state = nl.export_detach(fe.as_fd()).map_err(|e| format!("export: {e}"))?;
+    drop(fe);
+    unload_tls(log)?;
+    let port = client.local_addr().map_err(|e| e.to_string())?.port();
+
+    modprobe.set("/nonexistent/modprobe")?;
+    expect_refusal(
+        nl.import_stream(&state, &ImportOptions::default()).map(|r| r.0),
+        libc::ENOENT,
+        "kTLS is not available on this host",
+        log,
+    )?;
+    check!(!tls_loaded()?, "tls was loaded with modprobe gone");
+    let left = crate::migrate::flow_sockets("fe", port)?;
+    check!(left.is_empty(), "the refused import left sockets: {left:?}");
+
+    modprobe.set(modprobe.0.trim_end())?;
+    let (mut moved, _) = nl
+        .import_stream(&state, &ImportOptions::default())
+        .map_err(|e| format!("import with modprobe back: {e}"))?;
+    moved.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+    check!(tls_loaded()?, "the import did not load tls");
+    pair.client(client.as_fd()).map_err(io("kTLS on the client"))?;
+    send_record(&mut moved, 11, 0, 3000)?;
+    expect(&mut client, 11, 0, 3000)?;
+    send_record(&mut client, 12, 0, 3000)?;
+    expect(&mut moved, 12, 0, 3000)?;
+    log.line("refused without modprobe; loaded on demand, records both ways after");
+    Ok(())
 }
