@@ -544,10 +544,39 @@ fn tuple_taken_by(state: &Exported, import: &prism_sock::Error) -> String {
 }
 
 /// Accepts hand-offs from the other nodes.
-pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
+/// Serves hand-offs from other nodes on a thread and runtime of their own: reading a
+/// frame, importing and answering never wait behind the connections this node serves,
+/// which under load kept the main runtime's queue seconds long and let imports miss
+/// their deadline (the sender then answered 503). Imported connections are served on
+/// the runtime this is called from.
+pub fn spawn_control_server(node: Arc<Node>, listener: TcpListener) -> Result<(), String> {
+    let listener = listener
+        .into_std()
+        .map_err(|e| format!("hand-off listener: {e}"))?;
+    let serving = tokio::runtime::Handle::current();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("hand-off runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("handoffs".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => control_server(node, l, serving).await,
+                    Err(e) => eprintln!("{}: hand-off listener: {e}", node.name()),
+                }
+            })
+        })
+        .map_err(|e| format!("hand-off thread: {e}"))?;
+    Ok(())
+}
+
+async fn control_server(node: Arc<Node>, listener: TcpListener, serving: tokio::runtime::Handle) {
     while let Ok((stream, from)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             // A frame in one read where it fits (a hand-off is mostly a few hundred bytes).
@@ -640,7 +669,13 @@ pub async fn control_server(node: Arc<Node>, listener: TcpListener) {
                     }
                 };
                 let from = from.ip();
-                tokio::spawn(take_over(node.clone(), wr.clone(), from, id, timing, handoff));
+                tokio::spawn(take_over(
+                    node.clone(),
+                    serving.clone(),
+                    (wr.clone(), from, id),
+                    timing,
+                    handoff,
+                ));
             }
         });
     }
@@ -717,9 +752,8 @@ async fn answer_question(node: Arc<Node>, wr: Arc<Answers>, id: u64, from: IpAdd
 
 async fn take_over(
     node: Arc<Node>,
-    wr: Arc<Answers>,
-    from: IpAddr,
-    id: u64,
+    serving: tokio::runtime::Handle,
+    (wr, from, id): (Arc<Answers>, IpAddr, u64),
     timing: Timing,
     handoff: Handoff,
 ) {
@@ -798,20 +832,22 @@ async fn take_over(
         tokio::join!(answered, steered);
     }
     times.answered = super::stats::mono_ns();
-    let Ok(stream) = TcpStream::from_std(std_stream) else {
-        return;
-    };
     super::Stats::bump(&node.stats.handoffs_in);
-    let conn = Conn {
-        stream,
-        peer,
-        buf: request,
-        hops,
-        generation,
-        handed_at: Some(times),
-        direct: false,
-    };
-    serve(node, conn).await;
+    serving.spawn(async move {
+        let Ok(stream) = TcpStream::from_std(std_stream) else {
+            return;
+        };
+        let conn = Conn {
+            stream,
+            peer,
+            buf: request,
+            hops,
+            generation,
+            handed_at: Some(times),
+            direct: false,
+        };
+        serve(node, conn).await;
+    });
 }
 
 /// Tells prism-steerd about every VIP socket this node released, so it removes the

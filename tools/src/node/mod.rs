@@ -243,7 +243,7 @@ pub async fn run(
     if let Some(events) = events {
         tokio::spawn(handoff::forward_releases(node.clone(), events));
     }
-    tokio::spawn(handoff::control_server(node.clone(), control));
+    handoff::spawn_control_server(node.clone(), control)?;
     tokio::spawn(handoff::keep_links(node.clone()));
     tokio::spawn(admin_server(node.clone(), admin));
     if let Some((listeners, config)) = https {
