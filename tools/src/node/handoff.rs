@@ -543,7 +543,6 @@ fn tuple_taken_by(state: &Exported, import: &prism_sock::Error) -> String {
     }
 }
 
-/// Accepts hand-offs from the other nodes.
 /// Serves hand-offs from other nodes on a thread and runtime of their own: reading a
 /// frame, importing and answering never wait behind the connections this node serves,
 /// which under load kept the main runtime's queue seconds long and let imports miss
@@ -572,6 +571,7 @@ pub fn spawn_control_server(node: Arc<Node>, listener: TcpListener) -> Result<()
     Ok(())
 }
 
+/// Accepts hand-offs from the other nodes; `serving` runs the connections taken over.
 async fn control_server(node: Arc<Node>, listener: TcpListener, serving: tokio::runtime::Handle) {
     while let Ok((stream, from)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
