@@ -363,7 +363,9 @@ pub enum StateAttr {
     /// the caller could set on this host (twice net.core.wmem_max when buf-locks
     /// says the application set it, else up to net.ipv4.tcp_wmem's maximum),
     /// unless the caller has CAP_NET_ADMIN in the initial user namespace (the
-    /// right SO_SNDBUFFORCE needs); never below what the queued data needs.
+    /// right SO_SNDBUFFORCE needs). The imported socket ends with that size; while
+    /// its queues are restored it has room for them, and queued data above the
+    /// size drains as it would have on the exporting host (writers wait).
     Sndbuf = 43,
     /// sk_rcvbuf in bytes (as SO_RCVBUF reports it); bounded on import as sndbuf
     /// is, by net.core.rmem_max and net.ipv4.tcp_rmem.
