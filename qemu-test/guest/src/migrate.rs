@@ -450,6 +450,15 @@ pub fn rsts_all() -> Result<Vec<(&'static str, u64)>, String> {
         .collect()
 }
 
+/// Fails when a host sent an RST since `before` was taken with [`rsts_all`].
+pub fn no_rst_since(before: &[(&'static str, u64)]) -> Result<(), String> {
+    let after = rsts_all()?;
+    if after != before {
+        return Err(format!("a host sent RST: {before:?} -> {after:?}"));
+    }
+    Ok(())
+}
+
 /// One `TcpExt` counter of namespace `ns` (/proc/net/netstat), e.g. `PAWSEstab`.
 pub fn tcp_ext_counter(ns: &str, name: &'static str) -> Result<u64, String> {
     in_ns(ns, move || -> Result<u64, String> {

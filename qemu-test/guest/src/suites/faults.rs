@@ -13,7 +13,7 @@ use super::export::{connect_via_topology, wait_for};
 use super::migration::hold_client_acks;
 use crate::check;
 use crate::harness::{Env, Log, Test, TestResult};
-use crate::migrate::{expect_stream, flow_sockets, rsts_all, send_stream, Cluster};
+use crate::migrate::{expect_stream, flow_sockets, no_rst_since, rsts_all, send_stream, Cluster};
 use crate::sockopt::queued;
 use crate::topology::in_ns;
 use crate::topology::{Topology, NODES};
@@ -316,11 +316,7 @@ fn every_point(env: &Env, log: &mut Log) -> TestResult {
             })?;
         }
     }
-    let rst_after = rsts_all()?;
-    check!(
-        rst_after == rst_before,
-        "a host sent RST: {rst_before:?} -> {rst_after:?}"
-    );
+    no_rst_since(&rst_before)?;
     for node in ["fe", "be1"] {
         let info = cluster.nl(node).info().map_err(|e| e.to_string())?;
         log.line(format!(
@@ -396,10 +392,6 @@ fn two_exporters(env: &Env, log: &mut Log) -> TestResult {
     log.line(format!(
         "{ROUNDS} rounds, one export each; the other got: {refusals:?}"
     ));
-    let rst_after = rsts_all()?;
-    check!(
-        rst_after == rst_before,
-        "a host sent RST: {rst_before:?} -> {rst_after:?}"
-    );
+    no_rst_since(&rst_before)?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use super::export::{connect_via_topology, wait_for};
 use crate::check;
 use crate::harness::{Env, Log, Test, TestResult};
 use crate::migrate::{
-    counters, expect_stream, flow_sockets, pattern_at, rsts_all, send_stream, Cluster, HopTimes,
+    counters, expect_stream, flow_sockets, no_rst_since, pattern_at, rsts_all, send_stream, Cluster, HopTimes,
 };
 use crate::topology::{self, in_ns, Topology};
 use std::io::Write;
@@ -127,11 +127,7 @@ fn locked_buffers(env: &Env, log: &mut Log) -> TestResult {
         Ok(())
     })?;
     log.line(format!("{up} bytes up and {down} bytes down checked"));
-    let rst_after = rsts_all()?;
-    check!(
-        rst_after == rst_before,
-        "a host sent RST: {rst_before:?} -> {rst_after:?}"
-    );
+    no_rst_since(&rst_before)?;
     Ok(())
 }
 
@@ -264,11 +260,7 @@ fn chain(env: &Env, log: &mut Log, v6: bool, route: &[&'static str]) -> TestResu
             flow_sockets(node, port).map(|v| v.is_empty()).unwrap_or(false)
         })?;
     }
-    let rst_after = rsts_all()?;
-    check!(
-        rst_after == rst_before,
-        "a host sent RST: {rst_before:?} -> {rst_after:?}"
-    );
+    no_rst_since(&rst_before)?;
     Ok(())
 }
 
@@ -372,11 +364,7 @@ fn sequential(env: &Env, log: &mut Log) -> TestResult {
     ));
     no_leak("be1", cluster.control_sockets("be1"))?;
     no_leak("fe", cluster.control_sockets("fe") + 1)?;
-    let rst_after = rsts_all()?;
-    check!(
-        rst_after == rst_before,
-        "a host sent RST: {rst_before:?} -> {rst_after:?}"
-    );
+    no_rst_since(&rst_before)?;
     // Each side's requests count in its own namespace.
     let exports = cluster.nl("fe").info().map_err(|e| e.to_string())?.exports;
     let imports = cluster.nl("be1").info().map_err(|e| e.to_string())?.imports;
@@ -446,11 +434,7 @@ fn concurrent(env: &Env, log: &mut Log) -> TestResult {
     // The workers' control connections closed with their clusters.
     no_leak("be1", 0)?;
     no_leak("fe", 1)?;
-    let rst_after = rsts_all()?;
-    check!(
-        rst_after == rst_before,
-        "a host sent RST: {rst_before:?} -> {rst_after:?}"
-    );
+    no_rst_since(&rst_before)?;
     Ok(())
 }
 
